@@ -1,0 +1,224 @@
+"""The prepare stage: load examples, split them, validate them, write them.
+
+Splits written to the prepared folder:
+
+- ``gold_train`` / ``gold_val`` / ``gold_test``: the small labelled gold set.
+- ``transfer``: unlabelled inputs the teacher will label.
+- ``production``: simulated production traffic in windows; the last
+  ``shifted_windows`` windows are domain-shifted. Ground truth is kept in
+  ``true_label`` (it "arrives later"); ``label`` stays empty.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from distill import contracts
+from distill.config import DataConfig, PipelineConfig
+from distill.io import atomic_dir, write_json
+
+SPLITS = ("gold_train", "gold_val", "gold_test", "transfer", "production")
+USER_SPLIT_NAMES = {
+    "train": "gold_train", "training": "gold_train",
+    "val": "gold_val", "valid": "gold_val", "validation": "gold_val", "dev": "gold_val",
+    "test": "gold_test",
+}
+READERS = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True),
+           ".json": pd.read_json, ".parquet": pd.read_parquet}
+
+
+class DataError(ValueError):
+    """The input data cannot be used; the message names the file and what to fix."""
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    labels: list[str]
+    sizes: dict[str, int]
+    source: str
+
+
+def load_examples(cfg: DataConfig) -> pd.DataFrame:
+    """Read the user's file into columns ``text``, ``label`` (+ ``split``, slice columns)."""
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found (set data.path in params.yaml to a CSV, JSONL or Parquet file)")
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
+    try:
+        frame = reader(path)
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{path}: could not be read as {path.suffix}: {exc}") from None
+    if frame.empty:
+        raise DataError(f"{path}: the file holds no rows")
+    for key, column in (("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)):
+        if column not in frame.columns:
+            raise DataError(
+                f"{path}: column {column!r} ({key}) not found; the file has columns {list(frame.columns)}"
+            )
+    missing = [c for c in cfg.slice_columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: slice columns {missing} (data.slice_columns) not found")
+    keep = {cfg.text_column: "text", cfg.label_column: "label"}
+    if "split" in frame.columns:
+        keep["split"] = "split"
+    out = frame[list(keep) + cfg.slice_columns].rename(columns=keep)
+    out["text"] = out["text"].astype("string")
+    out["label"] = out["label"].astype("string")
+    return out
+
+
+def split_gold(labelled: pd.DataFrame, cfg: DataConfig, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+    """Take up to ``gold_per_label`` examples per label and split them train/val/test."""
+    too_small = labelled["label"].value_counts()
+    too_small = too_small[too_small < 3]
+    if len(too_small):
+        raise DataError(
+            f"labels {dict(too_small)} have fewer than 3 examples; each needs one per gold split "
+            "(add examples or drop the label)"
+        )
+    parts: dict[str, list[pd.DataFrame]] = {"gold_train": [], "gold_val": [], "gold_test": [], "rest": []}
+    for _, group in labelled.groupby("label", sort=True):
+        group = group.iloc[rng.permutation(len(group))]
+        n = min(len(group), cfg.gold_per_label)
+        n_train = max(1, round(n * cfg.gold_fractions[0]))
+        n_val = max(1, round(n * cfg.gold_fractions[1]))
+        n_train = min(n_train, n - n_val - 1)
+        parts["gold_train"].append(group.iloc[:n_train])
+        parts["gold_val"].append(group.iloc[n_train:n_train + n_val])
+        parts["gold_test"].append(group.iloc[n_train + n_val:n])
+        parts["rest"].append(group.iloc[n:])
+    return {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
+
+
+def check_user_splits(frame: pd.DataFrame, source: str) -> dict[str, pd.DataFrame]:
+    """Use the user's own ``split`` column; every evaluated label must occur in training."""
+    names = frame["split"].astype("string").str.lower().map(USER_SPLIT_NAMES)
+    unknown = sorted(frame.loc[names.isna() & frame["label"].notna(), "split"].astype(str).unique())
+    if unknown:
+        raise DataError(f"{source}: unknown split values {unknown}; use train / validation / test")
+    parts = {name: frame[names == name].drop(columns="split") for name in ("gold_train", "gold_val", "gold_test")}
+    for name in ("gold_val", "gold_test"):
+        unseen = sorted(set(parts[name]["label"]) - set(parts["gold_train"]["label"]))
+        if unseen:
+            raise DataError(f"{source}: labels {unseen} occur in the {name} split but never in training")
+    parts["rest"] = frame[names.isna()].drop(columns="split")
+    return parts
+
+
+def take_windows(pool: pd.DataFrame, n_windows: int, size: int, start: int, shifted: bool,
+                 rng: np.random.Generator) -> pd.DataFrame:
+    """Cut ``n_windows`` windows of ``size`` requests from ``pool`` (fewer if it runs out)."""
+    n = min(len(pool), n_windows * size)
+    rows = pool.iloc[rng.permutation(len(pool))[:n]].copy()
+    rows["window"] = start + np.arange(n) // size
+    rows["shifted"] = shifted
+    return rows
+
+
+def split_examples(examples: pd.DataFrame, shifted_pool: pd.DataFrame | None, cfg: DataConfig,
+                   seed: int, source: str) -> dict[str, pd.DataFrame]:
+    """Split examples into the five prepared splits."""
+    rng = np.random.default_rng(seed)
+    examples = examples.drop_duplicates("text").reset_index(drop=True)
+    labelled = examples[examples["label"].notna()]
+    if labelled.empty:
+        raise DataError(f"{source}: no row has a label; the gold set needs labelled examples")
+    if "split" in examples.columns and examples["split"].notna().any():
+        parts = check_user_splits(examples, source)
+    else:
+        parts = split_gold(labelled, cfg, rng)
+        parts["rest"] = pd.concat([parts["rest"], examples[examples["label"].isna()]], ignore_index=True)
+    rest = parts.pop("rest").sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    n_prod = min(cfg.production_windows * cfg.window_size, len(rest) // 3)
+    production = take_windows(rest.iloc[:n_prod], cfg.production_windows, cfg.window_size, 0, False, rng)
+    transfer = rest.iloc[n_prod:n_prod + cfg.transfer_size].copy()
+    if shifted_pool is not None and cfg.shifted_windows:
+        shifted_pool = shifted_pool[~shifted_pool["text"].isin(examples["text"])].drop_duplicates("text")
+        shifted = take_windows(shifted_pool, cfg.shifted_windows, cfg.window_size,
+                               int(production["window"].max()) + 1 if len(production) else 0, True, rng)
+        production = pd.concat([production, shifted], ignore_index=True)
+    transfer["label"] = pd.NA  # the teacher labels these
+    production = production.rename(columns={"label": "true_label"})
+    production["label"] = pd.NA
+    production["request_id"] = np.arange(len(production))
+    return {**parts, "transfer": transfer.reset_index(drop=True), "production": production}
+
+
+def validate_splits(splits: dict[str, pd.DataFrame], labels: list[str], cfg: DataConfig, source: str) -> None:
+    """Run the prepared_splits contract over the union of the gold and transfer splits.
+
+    The production split is simulated future traffic; once absorbed into the
+    transfer set its texts legitimately occur twice, so it is not part of the union.
+    """
+    union = pd.concat([frame.assign(split=name)[["text", "label", "split"]]
+                       for name, frame in splits.items() if name != "production"], ignore_index=True)
+    contracts.check_frame(union, "prepared_splits", source=source,
+                          parameters={"max_text_chars": cfg.max_text_chars, "label_set": labels})
+
+
+def read_incoming(incoming_dir: Path | None) -> pd.DataFrame:
+    """Unlabelled production traffic collected for re-distillation (data/incoming/*.parquet)."""
+    files = sorted(Path(incoming_dir).glob("*.parquet")) if incoming_dir else []
+    if not files:
+        return pd.DataFrame({"text": pd.Series(dtype="string")})
+    frames = [pd.read_parquet(f, columns=["text"]) for f in files]
+    return pd.concat(frames, ignore_index=True).drop_duplicates("text")
+
+
+def add_incoming(splits: dict[str, pd.DataFrame], incoming: pd.DataFrame) -> None:
+    """Append new traffic to the transfer split, minus texts already in a gold or transfer split."""
+    taken = pd.concat([splits[s]["text"] for s in ("gold_train", "gold_val", "gold_test", "transfer")])
+    new = incoming[~incoming["text"].isin(taken)].assign(label=pd.NA)
+    splits["transfer"] = pd.concat([splits["transfer"], new], ignore_index=True)
+
+
+def run(cfg: PipelineConfig, out_dir: Path, incoming_dir: Path | None = None) -> PrepareResult:
+    """Build, split, validate and write the prepared data set.
+
+    Texts under ``incoming_dir`` (production traffic kept by the drift monitor)
+    join the transfer set, so a re-distillation learns the shifted domain.
+    """
+    data_cfg = cfg.data
+    if data_cfg.path is None:
+        from distill.intents import build_intent_examples
+
+        examples, shifted_pool = build_intent_examples(data_cfg.language, cfg.seed)
+        source = f"home-assistant-intents ({data_cfg.language})"
+    else:
+        examples, shifted_pool, source = load_examples(data_cfg), None, str(data_cfg.path)
+    contracts.check_frame(examples.dropna(subset=["label"])[["text", "label"]], "raw_examples", source=source,
+                          parameters={"max_text_chars": data_cfg.max_text_chars})
+    splits = split_examples(examples, shifted_pool, data_cfg, cfg.seed, source)
+    add_incoming(splits, read_incoming(incoming_dir))
+    labels = sorted(splits["gold_train"]["label"].unique())
+    validate_splits(splits, labels, data_cfg, source)
+    with atomic_dir(out_dir) as tmp:
+        for name, frame in splits.items():
+            frame.to_parquet(tmp / f"{name}.parquet", index=False)
+        write_json(tmp / "labels.json", {"labels": labels, "source": source})
+    sizes = {name: len(frame) for name, frame in splits.items()}
+    return PrepareResult(out_dir, labels, sizes, source)
+
+
+def read_split(prepared: Path, name: str) -> pd.DataFrame:
+    """Read one prepared split."""
+    return pd.read_parquet(Path(prepared) / f"{name}.parquet")
+
+
+def read_labels(prepared: Path) -> list[str]:
+    """The ordered label set of a prepared data set."""
+    return json.loads((Path(prepared) / "labels.json").read_text())["labels"]
+
+
+def result_dict(result: PrepareResult) -> dict:
+    out = asdict(result)
+    out["out_dir"] = str(result.out_dir)
+    return out

@@ -1,0 +1,102 @@
+"""The teacher stage: bootstrap one from the packaged MiniLM, or import a given folder.
+
+The stage writes a self-describing model folder whose card holds the teacher's
+fingerprint (a content hash of weights, config and tokenizer). Everything
+downstream is keyed on that fingerprint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from distill import data as data_stage
+from distill.config import PipelineConfig
+from distill.gates import GateReport, check_teacher
+from distill.io import atomic_dir, write_json
+from distill.models import (Classifier, ModelError, init_from_encoder, load_classifier, packaged_encoder_path,
+                            predict_logits, read_card, save_classifier)
+from distill.trainer import TrainData, TrainSettings, steps_for, train
+
+
+@dataclass
+class TeacherResult:
+    out_dir: Path
+    fingerprint: str
+    source: str
+    bootstrapped: bool
+    parameters: int
+    val_accuracy: float | None
+
+
+def label_ids(labels: list[str], values) -> np.ndarray:
+    """Map label names to ids; unknown or missing labels become -100 (ignored)."""
+    index = {label: i for i, label in enumerate(labels)}
+    return np.array([index.get(v, -100) if isinstance(v, str) else -100 for v in values], dtype=np.int64)
+
+
+def gold_data(prepared: Path, split: str, labels: list[str]) -> TrainData:
+    """A gold split as TrainData."""
+    frame = data_stage.read_split(prepared, split)
+    return TrainData(frame["text"].tolist(), label_ids(labels, frame["label"]))
+
+
+def bootstrap(cfg: PipelineConfig, prepared: Path, labels: list[str]) -> tuple[Classifier, float]:
+    """Fine-tune the packaged all-MiniLM-L6-v2 on the gold training set."""
+    clf = init_from_encoder(packaged_encoder_path(), labels)
+    train_set, val_set = gold_data(prepared, "gold_train", labels), gold_data(prepared, "gold_val", labels)
+    t = cfg.teacher
+    settings = TrainSettings(
+        max_steps=steps_for(len(train_set), t.batch_size, t.epochs), batch_size=t.batch_size,
+        learning_rate=t.learning_rate, max_length=t.max_length, patience=10**6,
+        eval_every=max(1, steps_for(len(train_set), t.batch_size, 1)), device=cfg.train.device, seed=cfg.seed)
+    result = train(clf, train_set, val_set, settings, progress="teacher fine-tuning")
+    return clf, result.best_val_accuracy
+
+
+def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path | None = None) -> TeacherResult:
+    """Write the teacher folder: the configured one (checked), or a bootstrapped one.
+
+    ``teacher_path`` overrides ``cfg.teacher.path`` (the flow resolves MLflow
+    URIs to a downloaded folder and passes it here).
+    """
+    labels = data_stage.read_labels(prepared)
+    given = teacher_path or (Path(cfg.teacher.path) if cfg.teacher.path else None)
+    if given is not None and str(given).startswith("models:/"):
+        raise ModelError(f"teacher.path {given}: MLflow URIs are resolved by the flow (distill run); "
+                         "for `dvc repro` alone, point teacher.path at a model folder")
+    with atomic_dir(out_dir) as tmp:
+        if given is None:
+            clf, val_accuracy = bootstrap(cfg, prepared, labels)
+            source, boot = f"bootstrap:{packaged_encoder_path().name} (all-MiniLM-L6-v2)", True
+        else:
+            if not Path(given).is_dir():
+                raise ModelError(f"teacher.path {given}: folder not found")
+            clf, val_accuracy, source, boot = load_classifier(Path(given), labels), None, str(given), False
+        fingerprint = save_classifier(clf, tmp, {"role": "teacher", "source": source})
+    return TeacherResult(out_dir, fingerprint, source, boot, clf.num_parameters, val_accuracy)
+
+
+def fingerprint_of(folder: Path) -> str:
+    """The fingerprint recorded in a model folder's card."""
+    return read_card(folder)["fingerprint"]
+
+
+def validate(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_dir: Path) -> GateReport:
+    """Score the teacher on the gold test set and apply the teacher gate; write both."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    clf = load_classifier(teacher_dir)
+    test = gold_data(prepared, "gold_test", clf.labels)
+    pred = predict_logits(clf, test.texts, cfg.evaluate.batch_size, cfg.teacher.max_length,
+                          progress="validating teacher").argmax(axis=1)
+    metrics = {"accuracy": float(accuracy_score(test.labels, pred)),
+               "macro_f1": float(f1_score(test.labels, pred, average="macro", zero_division=0)),
+               "test_size": len(test)}
+    gate = check_teacher(metrics, cfg.teacher)
+    with atomic_dir(out_dir) as tmp:
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "gate.json", {**gate.to_dict(), "fingerprint": fingerprint_of(teacher_dir)})
+    return gate

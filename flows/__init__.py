@@ -1,0 +1,1 @@
+"""Prefect flows: the lifecycle, read top to bottom."""

@@ -1,0 +1,136 @@
+"""distill_pipeline: validate the teacher, distil, evaluate, audit, register, promote, monitor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from distill.config import PipelineConfig, load_config, write_overrides
+from distill.gates import GateReport, decide_promotion
+from distill.io import read_json
+from distill.models import read_card
+from tasks import dvc, registry
+from tasks.dvc import StageFailed
+
+PATHS = {
+    "prepared": "data/prepared",
+    "teacher": "models/teacher",
+    "teacher_report": "reports/teacher",
+    "outputs": "data/teacher_outputs/logits.parquet",
+    "student": "models/student",
+    "baseline": "models/baseline",
+    "evaluate": "reports/evaluate",
+    "audit": "reports/audit",
+}
+
+
+@task(name="validate teacher")
+def validate_teacher(project_dir: str) -> GateReport:
+    """Run the teacher gate stage; a failed gate comes back as a report, not an exception."""
+    try:
+        dvc.repro.fn("validate_teacher", project_dir)
+    except StageFailed:
+        gate_file = Path(project_dir, PATHS["teacher_report"], "gate.json")
+        if not gate_file.is_file():
+            raise
+    gate = read_json(Path(project_dir, PATHS["teacher_report"], "gate.json"))
+    return GateReport(gate["passed"], gate["reasons"])
+
+
+def summary_table(metrics: dict) -> str:
+    """The run's comparison table as Markdown."""
+    head = "| model | accuracy | macro-F1 | agreement | p50 ms | p95 ms | params (M) | size (MB) |\n"
+    head += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    rows = [f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['agreement_with_teacher']:.3f} | "
+            f"{m['latency_p50_ms']:.2f} | {m['latency_p95_ms']:.2f} | {m['parameters'] / 1e6:.2f} | "
+            f"{m['size_mb']:.1f} |" for name, m in metrics.items()]
+    return head + "\n".join(rows)
+
+
+def print_summary(metrics: dict, decision: GateReport, version: str, promoted: bool, reports: dict) -> None:
+    """A rich table and the report paths on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="distill: teacher vs students (gold test set)")
+    for column in ("model", "accuracy", "macro-F1", "agree w/ teacher", "p50 ms", "params", "size MB"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, m in metrics.items():
+        table.add_row(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['agreement_with_teacher']:.3f}",
+                      f"{m['latency_p50_ms']:.2f}", f"{m['parameters'] / 1e6:.1f}M", f"{m['size_mb']:.1f}")
+    console = Console()
+    console.print(table)
+    verdict = "[green]promoted to champion[/]" if promoted else "[yellow]not promoted[/]"
+    console.print(f"student version {version}: {verdict}")
+    for reason in decision.reasons:
+        console.print(f"  - {reason}")
+    for name, path in reports.items():
+        console.print(f"{name}: {path}")
+
+
+@flow(name="distill_pipeline", log_prints=True)
+def distill_pipeline(project_dir: str = ".", overrides: list[str] | None = None, monitor: bool = True,
+                     reason: str = "manual") -> dict:
+    """The whole lifecycle on params.yaml (plus ``overrides``, written into it as `dvc exp run -S` does).
+
+    Args:
+        project_dir: the DVC project holding params.yaml and dvc.yaml.
+        overrides: ``section.key=value`` items, e.g. ``train.alpha=0.5``.
+        monitor: end with a drift-monitoring pass over the production stream.
+        reason: why this run started (manual, drift, schedule); recorded as a tag.
+    """
+    logger = get_run_logger()
+    params = Path(project_dir, "params.yaml")
+    write_overrides(params, overrides or [])
+    cfg: PipelineConfig = load_config(params)
+    path = {key: str(Path(project_dir, value)) for key, value in PATHS.items()}
+
+    runs = [dvc.repro("prepare", project_dir), dvc.repro("teacher", project_dir)]
+    teacher_card = read_card(Path(path["teacher"]))
+    teacher_version = registry.register_teacher(cfg, path["teacher"], teacher_card, project_dir)
+    teacher_gate = validate_teacher(project_dir)
+    if not teacher_gate.passed:
+        logger.error("teacher gate failed: %s", "; ".join(teacher_gate.reasons))
+        return {"completed": False, "teacher_gate": teacher_gate.to_dict(),
+                "report": str(Path(path["teacher_report"], "gate.json"))}
+
+    runs.append(dvc.repro("label", project_dir))
+    dvc.push(project_dir)
+    runs += [dvc.repro(stage, project_dir) for stage in ("train_student", "train_baseline", "evaluate", "audit")]
+    metrics = read_json(Path(path["evaluate"], "metrics.json"))
+    audit = read_json(Path(path["audit"], "audit.json"))
+    decision = decide_promotion(teacher_gate, metrics, audit["passed"], audit["reasons"], cfg.promote)
+
+    hashes = dvc.lock_hashes(project_dir)
+    student_card = read_card(Path(path["student"]))
+    lineage = {"teacher_fingerprint": teacher_card["fingerprint"], "teacher_version": teacher_version,
+               "teacher_outputs_md5": hashes.get(PATHS["outputs"], ""),
+               "prepared_md5": hashes.get(PATHS["prepared"], ""), "method": student_card.get("method", ""),
+               "reason": reason, "teacher_gate": str(teacher_gate.passed), "audit": str(audit["passed"]),
+               "promotion_gate": str(decision.passed)}
+    reports = {"evaluation report": str(Path(path["evaluate"], "report.html")),
+               "audit report": str(Path(path["audit"], "audit.html")),
+               "data contracts (GE)": str(Path(project_dir, "gx/uncommitted/data_docs/local_site/index.html"))}
+    run_id = registry.log_run(cfg, {"eval": metrics}, lineage, [path["evaluate"], path["audit"],
+                                                                 path["teacher_report"]], project_dir)
+    description = "Student distilled from teacher {}.\n\n{}\n\nGates:\n{}".format(
+        teacher_card["fingerprint"][:12], summary_table(metrics), "\n".join(f"- {r}" for r in decision.reasons))
+    version, fresh = registry.register_student(cfg, run_id, path["student"], student_card, lineage,
+                                               description, project_dir)
+    promoted = False
+    if decision.passed:
+        registry.promote(cfg, version, project_dir)
+        promoted = True
+    create_markdown_artifact(key="distill-summary", markdown=summary_table(metrics)
+                             + f"\n\nStudent version {version}: {'promoted' if promoted else 'not promoted'}.")
+    print_summary(metrics, decision, version, promoted, reports)
+    summary = {"completed": True, "run_id": run_id, "student_version": version, "newly_registered": fresh,
+               "promoted": promoted, "decision": decision.to_dict(), "metrics": metrics,
+               "skipped_stages": [r.stage for r in runs if r.skipped], "reports": reports}
+    if monitor:
+        from flows.monitor import drift_monitor
+
+        summary["monitor"] = drift_monitor(project_dir=project_dir, redistill=cfg.monitor.redistill)
+    return summary

@@ -1,0 +1,1 @@
+"""Production monitoring: drift of production windows against the transfer-set reference."""

@@ -1,0 +1,41 @@
+"""MLflow models-from-code definition of a distill text classifier.
+
+MLflow copies this file into the logged model; the weights travel as the
+artifact ``model`` (a Hugging Face folder, safetensors only). Input: a
+DataFrame with a ``text`` column. Output: ``label``, ``score`` and one
+probability column per class.
+"""
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class TextClassifier(PythonModel):
+    def load_context(self, context):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        folder = context.artifacts["model"]
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
+        config = self.model.config
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.torch = torch
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        texts = model_input["text"].astype(str).tolist()
+        rows = []
+        with self.torch.inference_mode():
+            for start in range(0, len(texts), 64):
+                batch = self.tokenizer(texts[start:start + 64], padding=True, truncation=True, max_length=128,
+                                       return_tensors="pt")
+                rows.append(self.model(**batch).logits.softmax(dim=-1))
+        probs = self.torch.cat(rows).numpy() if rows else self.torch.zeros((0, len(self.labels))).numpy()
+        out = pd.DataFrame(probs, columns=[f"p_{label}" for label in self.labels])
+        out.insert(0, "score", probs.max(axis=1) if len(probs) else [])
+        out.insert(0, "label", [self.labels[i] for i in probs.argmax(axis=1)] if len(probs) else [])
+        return out
+
+
+mlflow.models.set_model(TextClassifier())
