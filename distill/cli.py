@@ -25,6 +25,7 @@ console = Console(stderr=True)
 ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a value: --set train.alpha=0.5")]
 Prepared = Annotated[Path, typer.Option(help="Folder of prepared splits.")]
+ProjectOpt = Annotated[Path, typer.Option(help="The project folder (params.yaml, dvc.yaml).")]
 TeacherDir = Annotated[Path, typer.Option("--teacher", help="Teacher model folder.")]
 
 
@@ -39,6 +40,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def _config(params: Path, overrides: list[str] | None) -> PipelineConfig:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "mlflow", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return load_config(params, overrides or [])
 
 
@@ -150,30 +153,30 @@ def audit(predictions: Path = Path("reports/evaluate/predictions.parquet"), out:
 
 
 @app.command()
-def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+def run(project_dir: ProjectOpt = Path("."), set_: SetOpt = None,
         monitor: Annotated[bool, typer.Option(help="End with a monitoring pass.")] = True) -> None:
     """Run the whole lifecycle as the Prefect flow distill_pipeline."""
     from flows.runtime import configure_local_runtime
 
-    _stage(lambda: _config(params, set_))  # fail on bad params before starting any server
+    _stage(lambda: _config(project_dir / "params.yaml", set_))  # fail on bad params before any server starts
     configure_local_runtime()
     from flows.pipeline import distill_pipeline
 
-    summary = distill_pipeline(params_file=str(params), overrides=set_ or [], monitor=monitor)
+    summary = distill_pipeline(project_dir=str(project_dir), overrides=set_ or [], monitor=monitor)
     sys.exit(0 if summary.get("completed") else 1)
 
 
 @app.command("monitor")
-def monitor_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+def monitor_cmd(project_dir: ProjectOpt = Path("."),
                 redistill: Annotated[bool, typer.Option(help="Start re-distillation on drift.")] = True) -> None:
     """Run the drift monitor over the production stream."""
     from flows.runtime import configure_local_runtime
 
-    _stage(lambda: _config(params, set_))
+    _stage(lambda: _config(project_dir / "params.yaml", None))
     configure_local_runtime()
     from flows.monitor import drift_monitor
 
-    drift_monitor(params_file=str(params), overrides=set_ or [], redistill=redistill)
+    drift_monitor(project_dir=str(project_dir), redistill=redistill)
 
 
 def main() -> None:  # pragma: no cover - console script entry point

@@ -107,7 +107,7 @@ class TrainConfig(_Section):
     alpha: float = Field(
         0.7, ge=0, le=1, description="Weight of the KD term; 1 - alpha weighs gold cross-entropy."
     )
-    epochs: int = Field(8, ge=1, description="Passes over the distillation set.")
+    epochs: int = Field(5, ge=1, description="Passes over the distillation set.")
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(5e-4, gt=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)

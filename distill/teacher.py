@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from distill import data as data_stage
 from distill.config import PipelineConfig
@@ -45,6 +46,7 @@ def gold_data(prepared: Path, split: str, labels: list[str]) -> TrainData:
 
 def bootstrap(cfg: PipelineConfig, prepared: Path, labels: list[str]) -> tuple[Classifier, float]:
     """Fine-tune the packaged all-MiniLM-L6-v2 on the gold training set."""
+    torch.manual_seed(cfg.seed)  # the new classification head's initial weights
     clf = init_from_encoder(packaged_encoder_path(), labels)
     train_set, val_set = gold_data(prepared, "gold_train", labels), gold_data(prepared, "gold_val", labels)
     t = cfg.teacher
