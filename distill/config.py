@@ -69,7 +69,7 @@ class TeacherConfig(_Section):
         description="Hugging Face model folder or MLflow model URI (models:/name@alias). "
         "None fine-tunes the packaged all-MiniLM-L6-v2 on the gold training set.",
     )
-    epochs: int = Field(8, ge=1, description="Bootstrap fine-tuning epochs.")
+    epochs: int = Field(10, ge=1, description="Bootstrap fine-tuning epochs.")
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(3e-4, gt=0, lt=1)
     max_length: int = Field(64, ge=8, le=512, description="Longest input, in tokens.")
@@ -107,7 +107,7 @@ class TrainConfig(_Section):
     alpha: float = Field(
         0.7, ge=0, le=1, description="Weight of the KD term; 1 - alpha weighs gold cross-entropy."
     )
-    epochs: int = Field(5, ge=1, description="Passes over the distillation set.")
+    epochs: int = Field(15, ge=1, description="Most passes over the distillation set (early stopping may end sooner).")
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(5e-4, gt=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)

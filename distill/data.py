@@ -158,7 +158,7 @@ def validate_splits(splits: dict[str, pd.DataFrame], labels: list[str], cfg: Dat
     The production split is simulated future traffic; once absorbed into the
     transfer set its texts legitimately occur twice, so it is not part of the union.
     """
-    union = pd.concat([frame.assign(split=name)[["text", "label", "split"]]
+    union = pd.concat([frame.assign(split=name)[["text", "label", "split"]].astype("string")
                        for name, frame in splits.items() if name != "production"], ignore_index=True)
     contracts.check_frame(union, "prepared_splits", source=source,
                           parameters={"max_text_chars": cfg.max_text_chars, "label_set": labels})

@@ -41,7 +41,8 @@ class LabelResult:
 
 def distillation_inputs(prepared: Path) -> pd.DataFrame:
     """The texts the teacher labels: gold training set plus the transfer set."""
-    frames = [data_stage.read_split(prepared, s).assign(split=s)[["text", "label", "split"]] for s in INPUT_SPLITS]
+    frames = [data_stage.read_split(prepared, s).assign(split=s)[["text", "label", "split"]].astype("string")
+              for s in INPUT_SPLITS]
     return pd.concat(frames, ignore_index=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +40,37 @@ def dvc(args: list[str], project_dir: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+def _tee(source, sink, keep: list[str]) -> None:
+    """Copy a child's stream to ours as it comes (progress bars stay live) and keep a copy."""
+    for chunk in iter(lambda: source.read1(4096), b""):
+        sink.buffer.write(chunk)
+        sink.flush()
+        keep.append(chunk.decode(errors="replace"))
+
+
+def dvc_streamed(args: list[str], project_dir: str) -> tuple[int, str]:
+    """Run one dvc command with its output shown live; return (exit code, output)."""
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out: list[str] = []
+    err: list[str] = []
+    threads = [threading.Thread(target=_tee, args=(proc.stdout, sys.stdout, out)),
+               threading.Thread(target=_tee, args=(proc.stderr, sys.stderr, err))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return proc.wait(), "".join(out) + "".join(err)
+
+
 @task(name="dvc repro", task_run_name="dvc repro {stage}")
 def repro(stage: str, project_dir: str = ".") -> StageRun:
-    """`dvc repro <stage>` (and whatever it depends on that changed)."""
+    """`dvc repro <stage>`: DVC runs the stage only when its deps or params changed."""
     logger = get_run_logger()
-    proc = dvc(["repro", "--single-item", stage], project_dir)
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        tail = "\n".join(line for line in output.splitlines()[-25:] if "%|" not in line)
+    code, output = dvc_streamed(["repro", "--single-item", stage], project_dir)
+    if code != 0:
+        lines = [line.split("\r")[-1] for line in output.splitlines()]
+        tail = "\n".join(line for line in lines[-25:] if "%|" not in line)
         raise StageFailed(f"stage {stage!r} failed (dvc repro {stage}):\n{tail}")
     skipped = "didn't change, skipping" in output or "is cached - skipping run" in output
     logger.info("stage %s %s", stage, "unchanged, skipped" if skipped else "ran")

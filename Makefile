@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make run` runs the pipeline, `make test` runs the tests.
+# Both create (or reuse) the virtualenv in .venv and install the project from its own files.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast monitor clean-state
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/distill run
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+monitor: $(STAMP)
+	$(VENV)/bin/distill monitor
+
+# Forget every run: models, reports, MLflow database, DVC cache/remote, collected traffic.
+clean-state:
+	rm -rf models reports data/prepared data/teacher_outputs data/production_log mlflow.db mlartifacts \
+	       .dvcstore .dvc/cache .dvc/tmp dvc.lock gx/uncommitted data/incoming/*.parquet

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny data, a tiny config and a tiny teacher, all offline."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+TEMPLATES = {
+    "lights_on": ["turn on the {x} lights", "switch the {x} lamp on", "lights on in the {x}"],
+    "lights_off": ["turn off the {x} lights", "switch the {x} lamp off", "kill the lights in the {x}"],
+    "weather": ["what is the weather in {x}", "will it rain in {x} today", "forecast for {x}"],
+    "timer": ["set a timer for {n} minutes", "start a {n} minute timer", "timer {n} minutes please"],
+}
+PLACES = ["kitchen", "bedroom", "office", "garage", "hall", "attic", "porch", "study", "den", "loft",
+          "paris", "tokyo", "lima", "oslo", "cairo"]
+
+
+def make_examples(per_label: int = 30, seed: int = 0) -> pd.DataFrame:
+    """Distinct short sentences for four labels."""
+    rng = random.Random(seed)
+    rows = []
+    for label, templates in TEMPLATES.items():
+        seen: set[str] = set()
+        while len(seen) < per_label:
+            text = rng.choice(templates).format(x=rng.choice(PLACES), n=rng.randint(1, 99))
+            text = text if rng.random() < 0.5 else text + rng.choice([" now", " please", " thanks", ""])
+            if text not in seen:
+                seen.add(text)
+                rows.append({"text": text, "label": label})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def tiny_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "examples.csv"
+    make_examples().rename(columns={"text": "utterance", "label": "intent"}).to_csv(path, index=False)
+    return path
+
+
+def tiny_params(data_path: Path | None) -> dict:
+    """A params mapping small enough to train in seconds."""
+    return {
+        "seed": 3,
+        "data": {"path": str(data_path) if data_path else None, "text_column": "utterance",
+                 "label_column": "intent", "gold_per_label": 12, "transfer_size": 40,
+                 "production_windows": 1, "shifted_windows": 0, "window_size": 10},
+        "teacher": {"epochs": 1, "batch_size": 16, "min_accuracy": 0.0, "min_macro_f1": 0.0},
+        "student": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64},
+        "train": {"epochs": 2, "batch_size": 16, "eval_every": 5, "device": "cpu"},
+        "evaluate": {"latency_samples": 5, "warmup": 1},
+        "audit": {"min_slice_size": 3},
+    }
+
+
+@pytest.fixture
+def tiny_cfg(tiny_csv: Path):
+    from distill.config import config_from_dict
+
+    return config_from_dict(tiny_params(tiny_csv))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A small random-init BERT classifier over the four labels, with the packaged tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from distill.models import Classifier, packaged_encoder_path, save_classifier
+
+    torch.manual_seed(0)
+    labels = sorted(TEMPLATES)
+    tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=128, num_labels=len(labels),
+                        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    folder = tmp_path_factory.mktemp("teacher")
+    save_classifier(Classifier(BertForSequenceClassification(config), tokenizer, labels), folder,
+                    {"role": "teacher", "source": "test"})
+    return folder

@@ -1,0 +1,105 @@
+"""The lifecycle end to end through Prefect, DVC, MLflow, GE and Evidently, on a tiny config.
+
+One project copy is shared by the tests in order: a cold run, a warm run that
+must skip the expensive stages, and a run whose teacher gate fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_params
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh copy of the project's tracked files, as a clone would have them, with tiny params."""
+    root = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, root / name)
+    params = tiny_params(None)
+    params["data"].update(text_column="text", label_column="label", gold_per_label=12, transfer_size=200,
+                          production_windows=2, shifted_windows=1, window_size=120)
+    params["teacher"].update(epochs=2, batch_size=32)
+    params["promote"] = {"min_teacher_share": 0.0}
+    params["audit"] = {"max_slice_drop": 1.0}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return root
+
+
+def registry(project: Path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return MlflowClient()
+
+
+def test_cold_run_goes_through_the_whole_lifecycle(harness, project):
+    from flows.pipeline import distill_pipeline
+
+    summary = distill_pipeline(project_dir=str(project), monitor=True)
+    assert summary["completed"] is True
+    client = registry(project)
+    assert client.get_model_version_by_alias("distill-teacher", "champion")
+    champion = client.get_model_version_by_alias("distill-student", "champion")
+    assert champion.tags["teacher_fingerprint"] and champion.tags["teacher_outputs_md5"]
+    # Teacher outputs are versioned by DVC and pushed to the local remote.
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    outs = {o["path"]: o["md5"] for o in lock["stages"]["label"]["outs"]}
+    assert outs["data/teacher_outputs/logits.parquet"]
+    assert any((project / ".dvcstore").rglob("*")), "nothing was pushed to the DVC remote"
+    for report in ("reports/evaluate/report.html", "reports/audit/audit.html",
+                   "gx/uncommitted/data_docs/local_site/index.html"):
+        assert (project / report).is_file(), report
+    monitor = summary["monitor"]
+    flagged = {w["window"]: w["drift"] for w in monitor["windows"]}
+    assert flagged == {0: False, 1: False, 2: True}, flagged
+    assert (project / "reports/monitor/window-0002.html").is_file()
+    assert monitor["redistillation"]["completed"] is True
+    assert monitor["redistillation"]["skipped_stages"] == ["teacher"], "re-distillation must reuse the teacher"
+
+
+def test_warm_run_skips_labelling_and_training(harness, project):
+    from flows.pipeline import distill_pipeline
+
+    summary = distill_pipeline(project_dir=str(project), monitor=True)
+    assert {"prepare", "teacher", "label", "train_student", "train_baseline", "evaluate"} <= set(
+        summary["skipped_stages"])
+    assert summary["newly_registered"] is False
+    assert summary["monitor"]["new_incidents"] == [], "an incident already re-distilled must not trigger again"
+
+
+def test_failed_teacher_gate_stops_before_distillation(harness, project):
+    from distill.config import write_overrides
+    from flows.pipeline import distill_pipeline
+
+    client = registry(project)
+    champion = client.get_model_version_by_alias("distill-student", "champion").version
+    versions = len(client.search_model_versions("name = 'distill-student'"))
+    write_overrides(project / "params.yaml", ["teacher.min_accuracy=1.0"])
+    summary = distill_pipeline(project_dir=str(project), monitor=False)
+    assert summary["completed"] is False
+    assert not summary["teacher_gate"]["passed"]
+    assert client.get_model_version_by_alias("distill-student", "champion").version == champion
+    assert len(client.search_model_versions("name = 'distill-student'")) == versions

@@ -1,0 +1,117 @@
+"""Every core stage on tiny data, through its run() function, on tmp_path."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distill import audit, data, evaluate, label, students, teacher
+from distill.label import TeacherOutputError
+from distill.models import ModelError, read_card
+
+
+@pytest.fixture
+def staged(tiny_cfg, tiny_teacher, tmp_path):
+    """Prepared data and an imported teacher."""
+    prepared = tmp_path / "prepared"
+    data.run(tiny_cfg, prepared)
+    teacher_dir = tmp_path / "teacher"
+    result = teacher.run(tiny_cfg, prepared, teacher_dir, teacher_path=tiny_teacher)
+    return tiny_cfg, prepared, teacher_dir, result
+
+
+def test_imported_teacher_keeps_its_weights_and_gets_a_fingerprint(staged, tiny_teacher):
+    _, _, teacher_dir, result = staged
+    assert not result.bootstrapped
+    assert result.fingerprint == read_card(teacher_dir)["fingerprint"] == read_card(tiny_teacher)["fingerprint"]
+
+
+def test_missing_teacher_folder_is_named(tiny_cfg, tmp_path):
+    prepared = tmp_path / "prepared"
+    data.run(tiny_cfg, prepared)
+    with pytest.raises(ModelError, match="no_such_teacher: folder not found"):
+        teacher.run(tiny_cfg, prepared, tmp_path / "t", teacher_path=tmp_path / "no_such_teacher")
+    assert not (tmp_path / "t").exists()
+
+
+def test_teacher_with_another_label_set_is_refused(tiny_cfg, tiny_teacher, tmp_path):
+    frame = pd.read_csv(tiny_cfg.data.path)
+    frame.loc[frame["intent"] == "timer", "intent"] = "alarm"
+    path = tmp_path / "relabelled.csv"
+    frame.to_csv(path, index=False)
+    cfg = tiny_cfg.model_copy(update={"data": tiny_cfg.data.model_copy(update={"path": str(path)})})
+    prepared = tmp_path / "prepared"
+    data.run(cfg, prepared)
+    with pytest.raises(ModelError, match="do not match the data's labels"):
+        teacher.run(cfg, prepared, tmp_path / "t", teacher_path=tiny_teacher)
+
+
+def test_teacher_gate_passes_and_fails_on_its_thresholds(staged, tmp_path):
+    cfg, prepared, teacher_dir, _ = staged
+    assert teacher.validate(cfg, prepared, teacher_dir, tmp_path / "gate_ok").passed
+    strict = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"min_accuracy": 1.0})})
+    gate = teacher.validate(strict, prepared, teacher_dir, tmp_path / "gate_fail")
+    assert not gate.passed and any("< minimum 1.000" in r for r in gate.reasons)
+    assert (tmp_path / "gate_fail" / "gate.json").is_file()
+
+
+def test_label_stage_records_lineage_and_is_computed_once(staged, tmp_path):
+    cfg, prepared, teacher_dir, result = staged
+    out = tmp_path / "outputs" / "logits.parquet"
+    first = label.run(cfg, prepared, teacher_dir, out)
+    frame, logits, meta = label.read_outputs(out, result.fingerprint)
+    assert not first.reused and meta["teacher_fingerprint"] == result.fingerprint
+    n_inputs = len(data.read_split(prepared, "gold_train")) + len(data.read_split(prepared, "transfer"))
+    assert logits.shape == (n_inputs, 4) and np.isfinite(logits).all()
+    mtime = out.stat().st_mtime_ns
+    assert label.run(cfg, prepared, teacher_dir, out).reused
+    assert out.stat().st_mtime_ns == mtime
+
+
+def test_outputs_of_another_teacher_are_refused(staged, tmp_path):
+    cfg, prepared, teacher_dir, _ = staged
+    out = tmp_path / "logits.parquet"
+    label.run(cfg, prepared, teacher_dir, out)
+    with pytest.raises(TeacherOutputError, match="rerun the label stage"):
+        label.read_outputs(out, "0" * 64)
+
+
+def test_non_finite_teacher_outputs_fail_the_contract(staged, tmp_path, monkeypatch):
+    from distill.contracts import ContractError
+
+    cfg, prepared, teacher_dir, _ = staged
+
+    def broken(*args, **kwargs):
+        out = np.zeros((len(args[1]), 4), dtype=np.float32)
+        out[0, 1] = np.nan
+        return out
+
+    monkeypatch.setattr(label, "predict_logits", broken)
+    out = tmp_path / "logits.parquet"
+    with pytest.raises(ContractError, match="teacher_outputs"):
+        label.run(cfg, prepared, teacher_dir, out)
+    assert not out.exists()
+
+
+def test_students_train_evaluate_and_audit(staged, tmp_path):
+    cfg, prepared, teacher_dir, _ = staged
+    outputs = tmp_path / "logits.parquet"
+    label.run(cfg, prepared, teacher_dir, outputs)
+    logged = []
+    student = students.run_student(cfg, prepared, teacher_dir, outputs, tmp_path / "student",
+                                   on_log=lambda step, m: logged.append((step, m)))
+    baseline = students.run_baseline(cfg, prepared, teacher_dir, tmp_path / "baseline")
+    assert student.steps == baseline.steps, "the baseline gets the student's step budget"
+    assert logged and all(0 <= m["val_accuracy"] <= 1 for _, m in logged)
+    assert read_card(tmp_path / "student")["teacher_fingerprint"] == read_card(teacher_dir)["fingerprint"]
+
+    result = evaluate.run(cfg, prepared, teacher_dir, tmp_path / "student", tmp_path / "baseline", tmp_path / "eval")
+    assert set(result.metrics) == {"teacher", "teacher_int8", "student", "baseline"}
+    assert result.metrics["teacher"]["agreement_with_teacher"] == 1.0
+    for figures in result.metrics.values():
+        assert 0 <= figures["accuracy"] <= 1 and figures["latency_p50_ms"] > 0 and figures["size_mb"] > 0
+    assert result.metrics["student"]["parameters"] < result.metrics["teacher"]["parameters"]
+    assert (tmp_path / "eval" / "report.html").read_text().count("<tr") >= 5
+
+    report = audit.run(cfg, tmp_path / "eval" / "predictions.parquet", tmp_path / "audit")
+    assert {s["slice"].split("=")[0] for s in report.slices} == {"label", "length"}
+    assert (tmp_path / "audit" / "audit.json").is_file()
