@@ -410,8 +410,8 @@ def check_frame(
     raise_on_failure: bool = True,
 ) -> ContractReport:
     """Validate df against the named suite from the file context at context_root
-    (default: the gx/ folder next to the package, i.e. Path(__file__).resolve().parents[1] / "gx";
-    fall back to an error that says to run `python -m distill.contracts gx` if it is missing).
+    (default: ``gx/`` in the working directory, the project a DVC stage runs in, else the gx/
+    folder next to the package; an error says to run `python -m distill.contracts gx` if missing).
     Runs the suite's checkpoint so results and HTML data docs are written; raises ContractError
     (message: f"{source}: data contract '{suite}' failed: " + "; ".join(failures)) unless
     raise_on_failure is False."""
@@ -424,7 +424,9 @@ def check_frame(
             f"data contract '{suite}' needs the parameter(s) {missing}; got {sorted(parameters)}"
         )
     expectation_parameters = {k: _plain(v) for k, v in parameters.items()}
-    root = Path(context_root).resolve() if context_root is not None else DEFAULT_CONTEXT_ROOT
+    if context_root is None:
+        context_root = Path("gx") if Path("gx", "great_expectations.yml").is_file() else DEFAULT_CONTEXT_ROOT
+    root = Path(context_root).resolve()
 
     with _LOCK:
         context = _get_context(root)

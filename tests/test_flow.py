@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distill.config import config_from_dict
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,9 @@ def project(tmp_path_factory) -> Path:
     params["teacher"].update(epochs=2, batch_size=32)
     params["promote"] = {"min_teacher_share": 0.0}
     params["audit"] = {"max_slice_drop": 1.0}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # DVC needs every key a stage lists in params.yaml: write the complete, validated config.
+    full = config_from_dict(params).model_dump(mode="json")
+    (root / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     return root
 

@@ -1,0 +1,34 @@
+"""The command line turns bad input into one clear line and exit code 2."""
+
+from typer.testing import CliRunner
+
+from distill.cli import app
+
+runner = CliRunner()
+
+
+def test_invalid_params_value_names_the_key(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  kd_temperature: -1\n")
+    result = runner.invoke(app, ["prepare", "--params", str(params), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "train.kd_temperature" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_file_names_the_file(tmp_path):
+    result = runner.invoke(app, ["prepare", "--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "out"),
+                                 "--set", f"data.path={tmp_path / 'tickets.csv'}"])
+    assert result.exit_code == 2
+    assert "tickets.csv: data file not found" in " ".join(result.output.split())
+
+
+def test_missing_teacher_folder_names_the_folder(tmp_path, tiny_cfg):
+    from distill import data
+
+    data.run(tiny_cfg, tmp_path / "prepared")
+    result = runner.invoke(app, ["teacher", "--prepared", str(tmp_path / "prepared"), "--out", str(tmp_path / "t"),
+                                 "--params", str(tmp_path / "none.yaml"),
+                                 "--teacher-path", str(tmp_path / "gone")])
+    assert result.exit_code == 2
+    assert "gone: folder not found" in " ".join(result.output.split())
