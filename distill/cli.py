@@ -78,11 +78,22 @@ def prepare(out: Annotated[Path, typer.Option(help="Output folder.")] = Path("da
 @app.command()
 def teacher(prepared: Prepared = Path("data/prepared"), out: Path = Path("models/teacher"),
             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-            teacher_path: Annotated[Optional[Path], typer.Option(help="Overrides teacher.path.")] = None) -> None:
+            teacher_path: Annotated[Optional[Path], typer.Option(help="Overrides teacher.path.")] = None,
+            imported: Annotated[Path, typer.Option(help="Where MLflow teachers are fetched to.")] = Path(
+                "models/imported_teacher")) -> None:
     """Bootstrap or import the teacher."""
     from distill import teacher as stage
 
-    _finish(_stage(lambda: stage.run(_config(params, set_), prepared, out, teacher_path)))
+    _finish(_stage(lambda: stage.run(_config(params, set_), prepared, out, teacher_path, imported)))
+
+
+@app.command("fetch-teacher")
+def fetch_teacher(uri: str, out: Path = Path("models/imported_teacher"), params: ParamsOpt = Path("params.yaml")) -> None:
+    """Download an MLflow-registered teacher (models:/name@alias) for the teacher stage."""
+    from tasks.registry import fetch_model_folder
+
+    cfg = _stage(lambda: _config(params, None))
+    console.print(f"fetched {uri} to {fetch_model_folder(uri, out, '.', cfg.tracking)}")
 
 
 @app.command("validate-teacher")

@@ -125,7 +125,9 @@ class EvaluateConfig(_Section):
     batch_size: int = Field(64, ge=1)
     latency_samples: int = Field(100, ge=5, description="Batch-1 requests timed per model.")
     warmup: int = Field(10, ge=0)
-    threads: int = Field(1, ge=1, description="torch threads while timing latency.")
+    threads: int = Field(1, ge=1, description="torch threads while timing latency and throughput.")
+    throughput_batch_size: int = Field(32, ge=1, description="Batch size of the throughput measurement.")
+    bootstrap_samples: int = Field(1000, ge=10, description="Resamples of the accuracy / macro-F1 intervals.")
 
 
 class AuditConfig(_Section):

@@ -13,9 +13,6 @@ from torch import nn
 from distill.config import StudentConfig
 from distill.io import hash_files, read_json, write_json
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 MODEL_CARD = "distill.json"  # written beside the weights: what the folder holds
 
 
@@ -53,6 +50,9 @@ def pick_device(preference: str = "auto") -> torch.device:
 
 
 def _quiet_transformers() -> None:
+    """Offline, quiet transformers: never reach for a model hub, no per-load progress bars."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -16,7 +16,7 @@ import torch
 from distill import data as data_stage
 from distill.config import PipelineConfig
 from distill.gates import GateReport, check_teacher
-from distill.io import atomic_dir, write_json
+from distill.io import atomic_dir, read_json, write_json
 from distill.models import (Classifier, ModelError, init_from_encoder, load_classifier, packaged_encoder_path,
                             predict_logits, read_card, save_classifier)
 from distill.trainer import TrainData, TrainSettings, steps_for, train
@@ -58,17 +58,29 @@ def bootstrap(cfg: PipelineConfig, prepared: Path, labels: list[str]) -> tuple[C
     return clf, result.best_val_accuracy
 
 
-def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path | None = None) -> TeacherResult:
+def resolve_teacher_path(cfg: PipelineConfig, imported_dir: Path | None) -> Path | None:
+    """The folder to read the configured teacher from; MLflow URIs come pre-fetched in ``imported_dir``."""
+    if not cfg.teacher.path:
+        return None
+    if not cfg.teacher.path.startswith("models:/"):
+        return Path(cfg.teacher.path)
+    source = Path(imported_dir or "", "source.json")
+    if imported_dir is None or not source.is_file() or read_json(source).get("uri") != cfg.teacher.path:
+        raise ModelError(f"teacher.path {cfg.teacher.path}: this MLflow model has not been fetched; `distill run` "
+                         f"fetches it, or run `distill fetch-teacher {cfg.teacher.path}` before `dvc repro`")
+    return Path(imported_dir)
+
+
+def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path | None = None,
+        imported_dir: Path | None = None) -> TeacherResult:
     """Write the teacher folder: the configured one (checked), or a bootstrapped one.
 
-    ``teacher_path`` overrides ``cfg.teacher.path`` (the flow resolves MLflow
-    URIs to a downloaded folder and passes it here).
+    ``teacher_path`` overrides ``cfg.teacher.path``. A ``models:/`` URI in
+    ``teacher.path`` is read from ``imported_dir``, where the flow (or
+    ``distill fetch-teacher``) downloaded it.
     """
     labels = data_stage.read_labels(prepared)
-    given = teacher_path or (Path(cfg.teacher.path) if cfg.teacher.path else None)
-    if given is not None and str(given).startswith("models:/"):
-        raise ModelError(f"teacher.path {given}: MLflow URIs are resolved by the flow (distill run); "
-                         "for `dvc repro` alone, point teacher.path at a model folder")
+    given = teacher_path or resolve_teacher_path(cfg, imported_dir)
     with atomic_dir(out_dir) as tmp:
         if given is None:
             clf, val_accuracy = bootstrap(cfg, prepared, labels)
@@ -76,7 +88,8 @@ def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path |
         else:
             if not Path(given).is_dir():
                 raise ModelError(f"teacher.path {given}: folder not found")
-            clf, val_accuracy, source, boot = load_classifier(Path(given), labels), None, str(given), False
+            source = cfg.teacher.path if teacher_path is None and cfg.teacher.path else str(given)
+            clf, val_accuracy, boot = load_classifier(Path(given), labels), None, False
         fingerprint = save_classifier(clf, tmp, {"role": "teacher", "source": source})
     return TeacherResult(out_dir, fingerprint, source, boot, clf.num_parameters, val_accuracy)
 

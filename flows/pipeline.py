@@ -14,6 +14,7 @@ from distill.models import read_card
 from tasks import dvc, registry
 from tasks.dvc import StageFailed
 
+IMPORTED_TEACHER = "models/imported_teacher"
 PATHS = {
     "prepared": "data/prepared",
     "teacher": "models/teacher",
@@ -87,7 +88,14 @@ def distill_pipeline(project_dir: str = ".", overrides: list[str] | None = None,
     cfg: PipelineConfig = load_config(params)
     path = {key: str(Path(project_dir, value)) for key, value in PATHS.items()}
 
-    runs = [dvc.repro("prepare", project_dir), dvc.repro("teacher", project_dir)]
+    runs = [dvc.repro("prepare", project_dir)]
+    new_teacher = False
+    if cfg.teacher.path and cfg.teacher.path.startswith("models:/"):
+        source = Path(project_dir, IMPORTED_TEACHER, "source.json")
+        before = read_json(source).get("model_uuid") if source.is_file() else None
+        registry.fetch_teacher(cfg, str(Path(project_dir, IMPORTED_TEACHER)), project_dir)
+        new_teacher = read_json(source)["model_uuid"] != before  # the alias moved: DVC cannot see that
+    runs.append(dvc.repro("teacher", project_dir, force=new_teacher))
     teacher_card = read_card(Path(path["teacher"]))
     teacher_version = registry.register_teacher(cfg, path["teacher"], teacher_card, project_dir)
     teacher_gate = validate_teacher(project_dir)

@@ -159,6 +159,37 @@ def champion_version(cfg: PipelineConfig, project_dir: str = ".") -> str | None:
         return None
 
 
+def fetch_model_folder(uri: str, dest: Path, project_dir: str = ".", tracking: TrackingConfig | None = None) -> Path:
+    """Download a registered classifier (``models:/name@alias`` or ``models:/name/version``) as a
+    Hugging Face folder into ``dest``, with a ``source.json`` naming the URI and version."""
+    import shutil
+    import tempfile
+
+    from distill.io import atomic_dir, write_json
+
+    if tracking is not None:
+        mlflow.set_tracking_uri(tracking_uri(tracking, project_dir))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        candidates = [local / "artifacts" / "model", local / "model", local]
+        folder = next((c for c in candidates if (c / "config.json").is_file()), None)
+        if folder is None:
+            raise FileNotFoundError(f"{uri}: the model holds no Hugging Face folder (config.json); "
+                                    "register a distill classifier or give teacher.path a folder")
+        info = mlflow.models.get_model_info(uri)
+        with atomic_dir(Path(dest)) as out:
+            shutil.copytree(folder, out, dirs_exist_ok=True)
+            write_json(out / "source.json", {"uri": uri, "model_uuid": info.model_uuid,
+                                              "run_id": info.run_id})
+    return Path(dest)
+
+
+@task(name="fetch teacher", **NETWORK)
+def fetch_teacher(cfg: PipelineConfig, dest: str, project_dir: str = ".") -> str:
+    """Materialise an MLflow-registered teacher as a folder the teacher stage can read."""
+    return str(fetch_model_folder(cfg.teacher.path, Path(dest), project_dir, cfg.tracking))
+
+
 @task(name="load champion", **NETWORK)
 def load_champion(cfg: PipelineConfig, project_dir: str = "."):
     """The champion student as a pyfunc model, through its registry URI."""

@@ -106,3 +106,19 @@ def test_failed_teacher_gate_stops_before_distillation(harness, project):
     assert not summary["teacher_gate"]["passed"]
     assert client.get_model_version_by_alias("distill-student", "champion").version == champion
     assert len(client.search_model_versions("name = 'distill-student'")) == versions
+
+
+def test_registered_teacher_round_trips_through_an_mlflow_uri(harness, project, tmp_path):
+    """teacher.path may be models:/name@alias: fetched from the registry, it is the same teacher."""
+    from distill import teacher
+    from distill.config import load_config
+    from distill.models import ModelError, read_card
+    from tasks.registry import fetch_model_folder
+
+    cfg = load_config(project / "params.yaml", ["teacher.path=models:/distill-teacher@champion"])
+    with pytest.raises(ModelError, match="distill fetch-teacher"):
+        teacher.run(cfg, project / "data/prepared", tmp_path / "t", imported_dir=tmp_path / "nothing")
+    fetched = fetch_model_folder("models:/distill-teacher@champion", tmp_path / "imported", str(project), cfg.tracking)
+    result = teacher.run(cfg, project / "data/prepared", tmp_path / "t", imported_dir=fetched)
+    assert result.fingerprint == read_card(project / "models/teacher")["fingerprint"]
+    assert result.source == "models:/distill-teacher@champion"

@@ -105,12 +105,17 @@ def test_students_train_evaluate_and_audit(staged, tmp_path):
     assert read_card(tmp_path / "student")["teacher_fingerprint"] == read_card(teacher_dir)["fingerprint"]
 
     result = evaluate.run(cfg, prepared, teacher_dir, tmp_path / "student", tmp_path / "baseline", tmp_path / "eval")
-    assert set(result.metrics) == {"teacher", "teacher_int8", "student", "baseline"}
+    assert set(result.metrics) == {"teacher", "teacher_int8", "student", "student_int8", "baseline"}
     assert result.metrics["teacher"]["agreement_with_teacher"] == 1.0
     for figures in result.metrics.values():
         assert 0 <= figures["accuracy"] <= 1 and figures["latency_p50_ms"] > 0 and figures["size_mb"] > 0
     assert result.metrics["student"]["parameters"] < result.metrics["teacher"]["parameters"]
-    assert (tmp_path / "eval" / "report.html").read_text().count("<tr") >= 5
+    for figures in result.metrics.values():
+        assert figures["accuracy_ci_low"] <= figures["accuracy"] <= figures["accuracy_ci_high"]
+        assert 0 <= figures["ece"] <= 1 and figures["throughput_per_s"] > 0
+    assert 0 <= result.metrics["student"]["mcnemar_p_vs_baseline"] <= 1
+    report_html = (tmp_path / "eval" / "report.html").read_text()
+    assert report_html.count("<tr") >= 6 and report_html.count("data:image/png;base64") == 2
 
     report = audit.run(cfg, tmp_path / "eval" / "predictions.parquet", tmp_path / "audit")
     assert {s["slice"].split("=")[0] for s in report.slices} == {"label", "length"}

@@ -1,0 +1,70 @@
+"""Figures for the evaluation report (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_chart(metrics: dict[str, dict[str, float]], path: Path) -> Path:
+    """Accuracy against batch-1 p50 latency, one point per candidate, the Pareto front joined."""
+    plt = _pyplot()
+    names = list(metrics)
+    latency = np.array([metrics[n]["latency_p50_ms"] for n in names])
+    accuracy = np.array([metrics[n]["accuracy"] for n in names])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(latency, accuracy, s=40)
+    for name, x, y in zip(names, latency, accuracy):
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    order = np.argsort(latency)
+    front, best = [], -np.inf
+    for i in order:  # fastest first: a point is on the front if nothing faster is as accurate
+        if accuracy[i] > best:
+            front.append(i)
+            best = accuracy[i]
+    ax.plot(latency[front], accuracy[front], "--", color="grey", linewidth=1, label="Pareto front")
+    ax.set_xscale("log")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("batch-1 latency p50 (ms, log scale, CPU)")
+    ax.set_ylabel("accuracy (gold test set)")
+    ax.set_title("Accuracy vs latency")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def reliability_diagrams(probs_by_name: dict[str, np.ndarray], gold: np.ndarray, path: Path, bins: int = 10) -> Path:
+    """Accuracy per confidence bin against the diagonal, one panel per candidate."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(probs_by_name), figsize=(3 * len(probs_by_name), 3), sharey=True)
+    edges = np.linspace(0, 1, bins + 1)
+    for ax, (name, probs) in zip(np.atleast_1d(axes), probs_by_name.items()):
+        confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == gold
+        which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+        acc = [correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
+        ax.bar(edges[:-1], acc, width=1 / bins, align="edge", edgecolor="black", alpha=0.7)
+        ax.plot([0, 1], [0, 1], "--", color="red", linewidth=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("confidence")
+    np.atleast_1d(axes)[0].set_ylabel("accuracy")
+    fig.suptitle("Reliability diagrams", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
