@@ -171,8 +171,10 @@ def fetch_model_folder(uri: str, dest: Path, project_dir: str = ".", tracking: T
         mlflow.set_tracking_uri(tracking_uri(tracking, project_dir))
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        candidates = [local / "artifacts" / "model", local / "model", local]
-        folder = next((c for c in candidates if (c / "config.json").is_file()), None)
+        # A distill pyfunc keeps the weights folder under artifacts/<folder name>/; a transformers
+        # model under model/. Either way: the folder with config.json beside safetensors weights.
+        folder = next((c.parent for c in sorted(local.rglob("config.json"))
+                       if any(c.parent.glob("*.safetensors"))), None)
         if folder is None:
             raise FileNotFoundError(f"{uri}: the model holds no Hugging Face folder (config.json); "
                                     "register a distill classifier or give teacher.path a folder")
