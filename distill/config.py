@@ -48,7 +48,9 @@ class DataConfig(_Section):
         2, ge=0, description="Windows of domain-shifted simulated production traffic at the end."
     )
     window_size: int = Field(200, ge=10, description="Production requests per window.")
-    max_text_chars: int = Field(1000, ge=1, description="Longest text accepted, in characters.")
+    max_text_chars: int = Field(
+        100_000, ge=1, description="Longest text accepted, in characters (longer inputs are refused)."
+    )
     slice_columns: list[str] = Field(
         default_factory=list, description="Extra columns of the user's data kept as audit slices."
     )
@@ -139,6 +141,11 @@ class AuditConfig(_Section):
     min_slice_size: int = Field(10, ge=1, description="Smaller slices are reported, not gated.")
     max_slice_drop: float = Field(
         0.15, ge=0, le=1, description="Largest accuracy drop, student vs teacher, on any slice."
+    )
+    significance: float = Field(
+        0.05, gt=0, le=1,
+        description="A slice over the drop limit fails only if the drop is significant at this level "
+        "(one-sided exact McNemar test, Bonferroni-corrected over the slices).",
     )
 
 

@@ -41,3 +41,16 @@ def test_audit_passes_when_student_matches_teacher():
     frame = pd.DataFrame({"text": ["a b", "c d e f g h i j k"] * 10, "label": ["x", "y"] * 10,
                           "teacher": ["x", "y"] * 10, "student": ["x", "y"] * 10})
     assert audit(frame, AuditConfig(min_slice_size=5)).passed
+
+
+def test_a_drop_within_sampling_noise_is_reported_but_does_not_fail():
+    # Teacher perfect on 24 examples, student wrong on 4 of them: a 0.167 drop, but 4 discordant
+    # pairs are too few to tell the models apart (one-sided p = 0.0625).
+    frame = pd.DataFrame({"text": ["turn it on"] * 24, "label": ["x"] * 24, "teacher": ["x"] * 24,
+                          "student": ["y"] * 4 + ["x"] * 20})
+    report = audit(frame, AuditConfig(min_slice_size=10, max_slice_drop=0.15, significance=0.05))
+    assert report.passed
+    assert any("not significant" in r and "label=x" in r for r in report.reasons)
+    # The same drop on ten times the data is a real regression.
+    report = audit(pd.concat([frame] * 10, ignore_index=True), AuditConfig(min_slice_size=10))
+    assert not report.passed
