@@ -6,11 +6,14 @@ Bad values fail at load time with the dotted key in the message.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distill.io import atomic_file
 
 
 class ConfigError(ValueError):
@@ -265,14 +268,10 @@ def write_overrides(path: str | Path, overrides: list[str]) -> bool:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    import io
-
     buffer = io.StringIO()
     rt.dump(doc, buffer)
     if yaml.safe_dump(yaml.safe_load(buffer.getvalue())) == before:
         return False
-    from distill.io import atomic_file
-
     with atomic_file(path) as handle:
         handle.write(buffer.getvalue())
     return True
