@@ -75,12 +75,12 @@ def log_classifier(model_dir: Path, model_name: str, tags: dict[str, str], descr
 @task(name="register teacher", **NETWORK)
 def register_teacher(cfg: PipelineConfig, teacher_dir: str, card: dict, project_dir: str = ".") -> str:
     """Register the teacher once per fingerprint; a bootstrapped teacher becomes champion."""
-    configure(cfg.tracking, project_dir)
+    experiment_id = configure(cfg.tracking, project_dir)
     name = cfg.promote.teacher_model
     existing = find_version(name, card["fingerprint"])
     if existing is not None:
         return existing.version
-    with mlflow.start_run(run_name="teacher-registration"):
+    with mlflow.start_run(experiment_id=experiment_id, run_name="teacher-registration"):
         mlflow.set_tags({"role": "teacher", "fingerprint": card["fingerprint"]})
         version = log_classifier(Path(teacher_dir), name, {"fingerprint": card["fingerprint"],
                                                            "source": card.get("source", "")},

@@ -64,7 +64,9 @@ def test_cold_run_goes_through_the_whole_lifecycle(harness, project):
     summary = distill_pipeline(project_dir=str(project), monitor=True)
     assert summary["completed"] is True
     client = registry(project)
-    assert client.get_model_version_by_alias("distill-teacher", "champion")
+    experiment = client.get_experiment_by_name("distill").experiment_id
+    teacher_version = client.get_model_version_by_alias("distill-teacher", "champion")
+    assert client.get_run(teacher_version.run_id).info.experiment_id == experiment
     champion = client.get_model_version_by_alias("distill-student", "champion")
     assert champion.tags["teacher_fingerprint"] and champion.tags["teacher_outputs_md5"]
     # Teacher outputs are versioned by DVC and pushed to the local remote.
@@ -98,6 +100,9 @@ def test_failed_teacher_gate_stops_before_distillation(harness, project):
     from flows.pipeline import distill_pipeline
 
     client = registry(project)
+    experiment = client.get_experiment_by_name("distill").experiment_id
+    teacher_version = client.get_model_version_by_alias("distill-teacher", "champion")
+    assert client.get_run(teacher_version.run_id).info.experiment_id == experiment
     champion = client.get_model_version_by_alias("distill-student", "champion").version
     versions = len(client.search_model_versions("name = 'distill-student'"))
     write_overrides(project / "params.yaml", ["teacher.min_accuracy=1.0"])
