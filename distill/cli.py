@@ -190,9 +190,5 @@ def monitor_cmd(project_dir: ProjectOpt = Path("."),
     drift_monitor(project_dir=str(project_dir), redistill=redistill)
 
 
-def main() -> None:  # pragma: no cover - console script entry point
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     app()

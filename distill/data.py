@@ -12,7 +12,7 @@ Splits written to the prepared folder:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -217,8 +217,3 @@ def read_labels(prepared: Path) -> list[str]:
     """The ordered label set of a prepared data set."""
     return json.loads((Path(prepared) / "labels.json").read_text())["labels"]
 
-
-def result_dict(result: PrepareResult) -> dict:
-    out = asdict(result)
-    out["out_dir"] = str(result.out_dir)
-    return out
