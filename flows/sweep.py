@@ -1,0 +1,99 @@
+"""distill_sweep: one student per (temperature, alpha) pair, chosen on the gold validation set."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+from prefect import flow, get_run_logger, task
+from prefect.futures import wait
+
+from distill import students
+from distill.config import load_config, write_overrides
+from distill.sweep import GridPoint, PointResult, choose, grid
+from flows.pipeline import PATHS, validate_teacher
+from tasks import dvc, registry
+
+
+@task(name="sweep point", task_run_name="T={point.kd_temperature} alpha={point.alpha}")
+def train_point(project_dir: str, point: GridPoint, epochs: int | None) -> PointResult:
+    """Train one student with this point's temperature and alpha into a scratch folder; keep its figures."""
+    extra = [f"train.epochs={epochs}"] if epochs else []
+    cfg = load_config(Path(project_dir, "params.yaml"), point.overrides() + extra)
+    path = {key: Path(project_dir, value) for key, value in PATHS.items()}
+    with tempfile.TemporaryDirectory(prefix="distill-sweep-") as scratch:
+        result = students.run_student(cfg, path["prepared"], path["teacher"], path["outputs"],
+                                      Path(scratch, "student"), assistant_dir=Path(project_dir, "models/assistant"))
+    return PointResult(point.kd_temperature, point.alpha, result.best_val_accuracy, result.steps, result.seconds)
+
+
+def log_sweep(cfg, results: list[PointResult], chosen: PointResult, project_dir: str) -> str:
+    """One MLflow run for the sweep with a nested run per grid point; returns the parent run id."""
+    experiment_id = registry.configure(cfg.tracking, project_dir)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="sweep") as parent:
+        mlflow.set_tags({"distill.kind": "sweep", "git_commit": registry.git_commit(project_dir),
+                         "method": "+".join(t.name for t in cfg.train.losses)})
+        mlflow.log_params({"chosen_kd_temperature": chosen.kd_temperature, "chosen_alpha": chosen.alpha,
+                           "temperatures": cfg.sweep.temperatures, "alphas": cfg.sweep.alphas,
+                           "epochs": cfg.sweep.epochs or cfg.train.epochs})
+        mlflow.log_metric("chosen_val_accuracy", chosen.val_accuracy)
+        mlflow.log_table({key: [r.to_dict()[key] for r in results] for key in results[0].to_dict()},
+                         artifact_file="sweep_grid.json")
+        for r in results:
+            with mlflow.start_run(experiment_id=experiment_id, nested=True,
+                                  run_name=f"T={r.kd_temperature} alpha={r.alpha}"):
+                mlflow.log_params({"kd_temperature": r.kd_temperature, "alpha": r.alpha})
+                mlflow.log_metrics({"val_accuracy": r.val_accuracy, "steps": r.steps, "seconds": r.seconds})
+        return parent.info.run_id
+
+
+def print_grid(results: list[PointResult], chosen: PointResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="distill sweep: gold validation accuracy per (T, alpha)")
+    for column in ("T", "alpha", "val accuracy", "steps", "seconds"):
+        table.add_column(column, justify="right")
+    for r in results:
+        mark = " *" if r is chosen else ""
+        table.add_row(f"{r.kd_temperature:g}", f"{r.alpha:g}", f"{r.val_accuracy:.3f}{mark}", str(r.steps),
+                      f"{r.seconds:.0f}")
+    Console().print(table)
+
+
+@flow(name="distill_sweep", log_prints=True)
+def distill_sweep(project_dir: str = ".", apply: bool = False) -> dict:
+    """Sweep the distillation temperature and alpha over params.yaml's ``sweep`` grid.
+
+    Args:
+        project_dir: the DVC project.
+        apply: write the chosen values into params.yaml (the next `distill run` trains with them).
+    """
+    logger = get_run_logger()
+    params = Path(project_dir, "params.yaml")
+    cfg = load_config(params)
+    for stage in ("prepare", "teacher"):
+        dvc.repro(stage, project_dir)
+    gate = validate_teacher(project_dir)
+    if not gate.passed:
+        raise RuntimeError("teacher gate failed, nothing to sweep: " + "; ".join(gate.reasons))
+    for stage in ("label", "assistant"):
+        dvc.repro(stage, project_dir)
+    points = grid(cfg)
+    logger.info("sweeping %d points, %d at a time", len(points), cfg.sweep.workers)
+    results: list[PointResult] = []
+    for start in range(0, len(points), cfg.sweep.workers):
+        futures = [train_point.submit(project_dir, p, cfg.sweep.epochs)
+                   for p in points[start:start + cfg.sweep.workers]]
+        wait(futures)
+        results += [f.result() for f in futures]
+    chosen = choose(results)
+    run_id = log_sweep(cfg, results, chosen, project_dir)
+    print_grid(results, chosen)
+    applied = write_overrides(params, GridPoint(chosen.kd_temperature, chosen.alpha).overrides()) if apply else False
+    print(f"chosen on gold_val: T={chosen.kd_temperature:g}, alpha={chosen.alpha:g} "
+          f"(val accuracy {chosen.val_accuracy:.3f}); " + ("written to params.yaml" if applied else
+                                                           "run with --apply to write it to params.yaml"))
+    return {"chosen": chosen.to_dict(), "grid": [r.to_dict() for r in results], "run_id": run_id,
+            "applied": applied}
