@@ -1,7 +1,20 @@
-"""The evaluate stage: one harness for teacher, INT8 teacher, student and baseline."""
+"""The evaluate stage: one harness for teacher, INT8 teacher, student, INT8 student and baseline.
+
+Every candidate goes through the same code path: predictions on the gold test set, task metrics
+(per class too), calibration, agreement with the teacher, cost (latency, throughput, memory, size)
+and the failure cases. Outputs, all under the stage's folder:
+
+- ``metrics.json``: the scalar figures per candidate, ratios to the teacher included (DVC metrics);
+- ``per_class.json``: precision / recall / F1 / support per class and candidate (DVC metrics);
+- ``details.json``: confusion matrices, most confused pairs, student/teacher disagreements,
+  wrong-and-confident teacher answers and the worst slices;
+- ``pareto.csv`` and ``confusion_student.csv``: DVC plots (``dvc plots diff``);
+- ``report.html``: every table and plot in one self-contained page.
+"""
 
 from __future__ import annotations
 
+import gc
 import io
 import time
 from dataclasses import dataclass
@@ -10,14 +23,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from distill import data as data_stage
-from distill.config import PipelineConfig
-from distill.io import atomic_dir, write_json
-from distill.models import Classifier, encode, load_classifier, predict_logits, read_card
 from distill import plots
+from distill.config import EvaluateConfig, PipelineConfig
+from distill.io import atomic_dir, write_json
+from distill.models import Classifier, ModelError, encode, load_classifier, predict_logits, read_card
 from distill.quantize import quantize_dynamic_int8
+
+# candidate -> (the model folder it comes from, quantized to INT8)
+SOURCES = {"teacher": ("teacher", False), "teacher_int8": ("teacher", True), "student": ("student", False),
+           "student_int8": ("student", True), "baseline": ("baseline", False)}
+RATIOS = {"latency_p50_ms": "latency_ratio_to_teacher", "size_mb": "size_ratio_to_teacher",
+          "parameters": "parameters_ratio_to_teacher", "peak_memory_mb": "memory_ratio_to_teacher",
+          "throughput_per_s": "throughput_ratio_to_teacher"}
 
 
 @dataclass
@@ -26,6 +46,7 @@ class Candidate:
     clf: Classifier
     size_bytes: int
     parameters: int  # quantization packs weights but does not remove any: counted before packing
+    quantized: bool = False
 
 
 @dataclass
@@ -46,40 +67,22 @@ def state_size(model: torch.nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-@torch.inference_mode()
-def batch1_latency_ms(clf: Classifier, texts: list[str], max_length: int, warmup: int, threads: int) -> np.ndarray:
-    """Per-request latency (tokenize + forward) in ms at batch size 1, on CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    model = clf.model.to("cpu").eval()
-    try:
-        for text in texts[:warmup]:
-            model(**encode(clf.tokenizer, [text], max_length))
-        timings = []
-        for text in texts:
-            start = time.perf_counter()
-            model(**encode(clf.tokenizer, [text], max_length))
-            timings.append((time.perf_counter() - start) * 1000)
-    finally:
-        torch.set_num_threads(previous)
-    return np.array(timings)
-
-
-def load_candidates(teacher_dir: Path, student_dir: Path, baseline_dir: Path) -> list[Candidate]:
-    """Every model the harness compares; the teacher comes first (the others are scored against it)."""
-    teacher = load_classifier(teacher_dir)
-    student, baseline = load_classifier(student_dir), load_classifier(baseline_dir)
-    teacher_int8 = Classifier(quantize_dynamic_int8(load_classifier(teacher_dir).model), teacher.tokenizer,
-                              teacher.labels)
-    student_int8 = Classifier(quantize_dynamic_int8(load_classifier(student_dir).model), student.tokenizer,
-                              student.labels)
-    return [
-        Candidate("teacher", teacher, folder_size(teacher_dir), teacher.num_parameters),
-        Candidate("teacher_int8", teacher_int8, state_size(teacher_int8.model), teacher.num_parameters),
-        Candidate("student", student, folder_size(student_dir), student.num_parameters),
-        Candidate("student_int8", student_int8, state_size(student_int8.model), student.num_parameters),
-        Candidate("baseline", baseline, folder_size(baseline_dir), baseline.num_parameters),
-    ]
+def load_candidates(folders: dict[str, Path | None], names: list[str]) -> list[Candidate]:
+    """The models ``names`` asks for, in that order, from the teacher / student / baseline folders."""
+    out = []
+    for name in names:
+        role, quantized = SOURCES[name]
+        folder = folders.get(role)
+        if folder is None:
+            raise ModelError(f"evaluate.candidates asks for {name!r} but no {role} model folder was given")
+        clf = load_classifier(folder)
+        if quantized:
+            model = quantize_dynamic_int8(clf.model)
+            out.append(Candidate(name, Classifier(model, clf.tokenizer, clf.labels), state_size(model),
+                                 clf.num_parameters, quantized=True))
+        else:
+            out.append(Candidate(name, clf, folder_size(folder), clf.num_parameters))
+    return out
 
 
 def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = 15) -> float:
@@ -113,6 +116,100 @@ def mcnemar_p(gold: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> float
     return 1.0 if a_only + b_only == 0 else float(binomtest(a_only, a_only + b_only, 0.5).pvalue)
 
 
+def per_class(gold: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of every class (scikit-learn)."""
+    p, r, f, s = precision_recall_fscore_support(gold, pred, labels=range(len(labels)), zero_division=0)
+    return {label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, label in enumerate(labels)}
+
+
+@torch.inference_mode()
+def request_block_ms(clf: Classifier, texts: list[str], max_length: int) -> np.ndarray:
+    """Latency of each batch-1 request (tokenize + forward) in ms, on the model's current device."""
+    device = next(clf.model.parameters(), torch.empty(0)).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    timings = []
+    for text in texts:
+        sync()
+        start = time.perf_counter()
+        clf.model(**{k: v.to(device) for k, v in encode(clf.tokenizer, [text], max_length).items()})
+        sync()  # CUDA kernels run asynchronously: stop the clock when they are done
+        timings.append((time.perf_counter() - start) * 1000)
+    return np.array(timings)
+
+
+def measure_latency(candidates: list[Candidate], texts: list[str], max_length: int, warmup: int, threads: int,
+                    rounds: int) -> dict[str, dict[str, float]]:
+    """Batch-1 latency percentiles on CPU, stable across runs.
+
+    One fixed thread count; a warm-up per model; then ``rounds`` rounds in which every model times
+    the same requests in turn (the order rotates). Each percentile is the median over rounds, so a
+    burst of load from another process spoils one round of every model, not all of one model's.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside a timed request is noise, not the model's cost
+    per_round: dict[str, list[np.ndarray]] = {c.name: [] for c in candidates}
+    try:
+        for c in candidates:
+            c.clf.model.to("cpu").eval()
+            request_block_ms(c.clf, texts[:warmup], max_length)
+        for r in range(rounds):
+            for c in candidates[r % len(candidates):] + candidates[:r % len(candidates)]:
+                per_round[c.name].append(np.percentile(request_block_ms(c.clf, texts, max_length), [50, 95, 99]))
+    finally:
+        torch.set_num_threads(previous)
+        if gc_was_enabled:
+            gc.enable()
+    out = {}
+    for name, blocks in per_round.items():
+        blocks = np.array(blocks)  # (rounds, 3)
+        p50, p95, p99 = np.median(blocks, axis=0)
+        out[name] = {"latency_p50_ms": float(p50), "latency_p95_ms": float(p95), "latency_p99_ms": float(p99),
+                     "latency_p50_spread": float((blocks[:, 0].max() - blocks[:, 0].min()) / max(p50, 1e-9))}
+    return out
+
+
+@torch.inference_mode()
+def gpu_latency(candidate: Candidate, texts: list[str], max_length: int, warmup: int) -> dict[str, float]:
+    """Batch-1 latency and peak memory on CUDA (synchronized); {} without CUDA or for CPU-only INT8 models."""
+    if not torch.cuda.is_available() or candidate.quantized:
+        return {}
+    model = candidate.clf.model.to("cuda")
+    try:
+        request_block_ms(candidate.clf, texts[:max(warmup, 1)], max_length)
+        torch.cuda.reset_peak_memory_stats()
+        timings = request_block_ms(candidate.clf, texts, max_length)
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    finally:
+        model.to("cpu")
+        torch.cuda.empty_cache()
+    return {"gpu_latency_p50_ms": float(np.percentile(timings, 50)),
+            "gpu_latency_p95_ms": float(np.percentile(timings, 95)), "gpu_peak_memory_mb": float(peak)}
+
+
+@torch.inference_mode()
+def peak_memory(clf: Classifier, texts: list[str], max_length: int) -> dict[str, float]:
+    """Peak inference memory on CPU for one batch of ``texts``: the weights plus the activation peak.
+
+    The activation peak comes from torch.profiler's memory events (allocations and frees of every op,
+    replayed in time order), which counts tensors only: the allocator's cached pages and the Python
+    process are left out, so the figure does not depend on what ran before.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    weights = state_size(clf.model)
+    batch = encode(clf.tokenizer, texts, max_length)
+    model = clf.model.to("cpu").eval()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model(**batch)
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    activations = max(0.0, float(np.cumsum([b for _, b in events]).max())) if events else 0.0
+    return {"weights_memory_mb": weights / 2**20, "activation_memory_mb": activations / 2**20,
+            "peak_memory_mb": (weights + activations) / 2**20}
+
+
 @torch.inference_mode()
 def throughput(clf: Classifier, texts: list[str], batch_size: int, max_length: int, threads: int) -> float:
     """Sequences per second at ``batch_size`` on CPU, tokenization included."""
@@ -127,12 +224,10 @@ def throughput(clf: Classifier, texts: list[str], batch_size: int, max_length: i
         torch.set_num_threads(previous)
 
 
-def score(candidate: Candidate, gold: np.ndarray, teacher_probs: np.ndarray, probs: np.ndarray,
-          latency: np.ndarray) -> dict[str, float]:
-    """Task, calibration, agreement and cost figures of one candidate."""
+def score(candidate: Candidate, gold: np.ndarray, teacher_probs: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Task, calibration and agreement figures of one candidate, with its parameters and size."""
     pred, n_classes = probs.argmax(axis=1), probs.shape[1]
-    with np.errstate(divide="ignore"):
-        kl = (teacher_probs * (np.log(teacher_probs + 1e-12) - np.log(probs + 1e-12))).sum(axis=1).mean()
+    kl = (teacher_probs * (np.log(teacher_probs + 1e-12) - np.log(probs + 1e-12))).sum(axis=1).mean()
     return {
         "accuracy": float(accuracy_score(gold, pred)),
         "macro_f1": float(f1_score(gold, pred, average="macro", labels=range(n_classes), zero_division=0)),
@@ -140,51 +235,122 @@ def score(candidate: Candidate, gold: np.ndarray, teacher_probs: np.ndarray, pro
         "ece": expected_calibration_error(probs, gold),
         "agreement_with_teacher": float((pred == teacher_probs.argmax(axis=1)).mean()),
         "kl_to_teacher": float(kl),
-        "latency_p50_ms": float(np.percentile(latency, 50)),
-        "latency_p95_ms": float(np.percentile(latency, 95)),
-        "latency_p99_ms": float(np.percentile(latency, 99)),
         "parameters": int(candidate.parameters),
         "size_mb": candidate.size_bytes / 2**20,
     }
 
 
-def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Path, baseline_dir: Path,
+def add_ratios(metrics: dict[str, dict[str, float]]) -> None:
+    """Each candidate's latency, size, parameters, memory and throughput as a ratio to the teacher's."""
+    teacher = metrics["teacher"]
+    for figures in metrics.values():
+        for key, ratio in RATIOS.items():
+            figures[ratio] = float(figures[key] / teacher[key]) if teacher.get(key) else float("nan")
+        figures["speedup_vs_teacher"] = float(teacher["latency_p50_ms"] / figures["latency_p50_ms"])
+
+
+def confused_pairs(matrix: np.ndarray, labels: list[str], top: int) -> list[dict]:
+    """The largest off-diagonal cells: (true, predicted, count, share of the true class)."""
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    cells = [(int(off[i, j]), i, j) for i, j in zip(*np.nonzero(off))]
+    return [{"true": labels[i], "predicted": labels[j], "count": n, "share_of_true": n / max(int(matrix[i].sum()), 1)}
+            for n, i, j in sorted(cells, reverse=True)[:top]]
+
+
+def failure_modes(predictions: pd.DataFrame, probs: dict[str, np.ndarray], gold: np.ndarray, labels: list[str],
+                  cfg: PipelineConfig) -> dict:
+    """Disagreements with the teacher, the teacher's confident mistakes, the worst slices."""
+    from distill.audit import slice_table
+
+    ev, out = cfg.evaluate, {}
+    teacher_pred, teacher_conf = probs["teacher"].argmax(axis=1), probs["teacher"].max(axis=1)
+    columns = ["text", "label"] + [c for c in ("teacher", "student", "baseline") if c in predictions]
+    if "student" in probs:
+        student_pred = probs["student"].argmax(axis=1)
+        differ = np.flatnonzero(student_pred != teacher_pred)
+        differ = differ[np.argsort(-probs["student"].max(axis=1)[differ], kind="stable")][:ev.failure_examples]
+        out["student_teacher_disagreements"] = predictions.iloc[differ][columns].assign(
+            student_confidence=probs["student"].max(axis=1)[differ]).to_dict("records")
+        table = slice_table(predictions, cfg.audit, cfg.data.slice_columns)
+        sized = table[table["n"] >= cfg.audit.min_slice_size].sort_values("student_accuracy")
+        out["worst_slices"] = sized.head(ev.failure_examples).to_dict("records")
+    wrong = np.flatnonzero((teacher_pred != gold) & (teacher_conf >= ev.confident))
+    wrong = wrong[np.argsort(-teacher_conf[wrong], kind="stable")][:ev.failure_examples]
+    rows = predictions.iloc[wrong][columns].assign(teacher_confidence=teacher_conf[wrong])
+    if "student" in probs:
+        rows["student_copied"] = probs["student"].argmax(axis=1)[wrong] == teacher_pred[wrong]
+    out["teacher_wrong_confident"] = rows.to_dict("records")
+    out["teacher_wrong_confident_count"] = int(((teacher_pred != gold) & (teacher_conf >= ev.confident)).sum())
+    return out
+
+
+def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Path | None, baseline_dir: Path | None,
         out_dir: Path) -> EvaluateResult:
     """Score every candidate on the gold test set; write metrics, predictions, plots and a report."""
-    ev = cfg.evaluate
     test = data_stage.read_split(prepared, "gold_test")
-    texts = test["text"].tolist()
+    folders = {"teacher": teacher_dir, "student": student_dir, "baseline": baseline_dir}
+    result = evaluate_frame(cfg, test, folders)
+    with atomic_dir(out_dir) as tmp:
+        write_outputs(tmp, result, read_card(teacher_dir))
+    return EvaluateResult(out_dir, result["metrics"])
+
+
+def evaluate_frame(cfg: PipelineConfig, test: pd.DataFrame, folders: dict[str, Path | None]) -> dict:
+    """Every figure of the configured candidates on a labelled frame (``text``, ``label``, slice columns)."""
+    return score_candidates(cfg, test, load_candidates(folders, cfg.evaluate.candidates))
+
+
+def score_candidates(cfg: PipelineConfig, test: pd.DataFrame, candidates: list[Candidate]) -> dict:
+    """Every figure of ``candidates`` (the teacher first) on a labelled frame."""
+    ev = cfg.evaluate
+    texts = test["text"].astype(str).tolist()
     rng = np.random.default_rng(cfg.seed)
     timed = [texts[i] for i in rng.choice(len(texts), size=ev.latency_samples, replace=True)]
-    metrics, probs_by_name = {}, {}
-    predictions = pd.DataFrame({"text": texts, "label": test["label"]})
-    teacher_probs, gold = None, None
-    for candidate in load_candidates(teacher_dir, student_dir, baseline_dir):
-        if gold is None:
-            gold = test["label"].map({label: i for i, label in enumerate(candidate.clf.labels)}).to_numpy()
-        probs = softmax(predict_logits(candidate.clf, texts, ev.batch_size, cfg.train.max_length,
-                                       progress=f"evaluating {candidate.name}"))
-        teacher_probs = probs if teacher_probs is None else teacher_probs
-        latency = batch1_latency_ms(candidate.clf, timed, cfg.train.max_length, ev.warmup, ev.threads)
-        figures = score(candidate, gold, teacher_probs, probs, latency)
-        figures |= bootstrap_ci(gold, probs.argmax(axis=1), probs.shape[1], ev.bootstrap_samples, cfg.seed)
-        figures["throughput_per_s"] = throughput(candidate.clf, texts, ev.throughput_batch_size,
-                                                 cfg.train.max_length, ev.threads)
-        metrics[candidate.name] = figures
-        probs_by_name[candidate.name] = probs
-        predictions[candidate.name] = [candidate.clf.labels[i] for i in probs.argmax(axis=1)]
-        predictions[f"{candidate.name}_confidence"] = probs.max(axis=1)
-    student_pred = probs_by_name["student"].argmax(axis=1)
-    for other in ("baseline", "teacher"):
-        metrics["student"][f"mcnemar_p_vs_{other}"] = mcnemar_p(gold, student_pred, probs_by_name[other].argmax(axis=1))
-    teacher_card = read_card(teacher_dir)
-    with atomic_dir(out_dir) as tmp:
-        write_json(tmp / "metrics.json", metrics)
-        predictions.to_parquet(tmp / "predictions.parquet", index=False)
-        plots.pareto_chart(metrics, tmp / "pareto.png")
-        plots.reliability_diagrams(probs_by_name, gold, tmp / "reliability.png")
-        write_report(tmp / "report.html", metrics, teacher_card, [tmp / "pareto.png", tmp / "reliability.png"])
-    return EvaluateResult(out_dir, metrics)
+    labels = candidates[0].clf.labels
+    if candidates[0].name != "teacher":
+        raise ValueError("the teacher must be the first candidate: the others are scored against it")
+    for c in candidates:
+        if list(c.clf.labels) != list(labels):
+            raise ModelError(f"{c.name}: its labels differ from the teacher's (same label set, same order needed)")
+    gold = test["label"].astype(str).map({label: i for i, label in enumerate(labels)})
+    if gold.isna().any():
+        raise ModelError(f"labels {sorted(set(test['label'][gold.isna()].astype(str)))[:5]} of the test set are "
+                         "unknown to the teacher")
+    gold = gold.to_numpy(dtype=int)
+    keep = [c for c in (*cfg.data.slice_columns, "language") if c in test.columns]
+    predictions = pd.DataFrame({"text": texts, "label": test["label"].astype(str).to_numpy()})
+    for column in keep:
+        predictions[column] = test[column].to_numpy()
+    metrics, probs, matrices, classes = {}, {}, {}, {}
+    for c in candidates:
+        probs[c.name] = softmax(predict_logits(c.clf, texts, ev.batch_size, cfg.train.max_length,
+                                               progress=f"evaluating {c.name}"))
+        pred = probs[c.name].argmax(axis=1)
+        metrics[c.name] = score(c, gold, probs["teacher"], probs[c.name])
+        metrics[c.name] |= bootstrap_ci(gold, pred, len(labels), ev.bootstrap_samples, cfg.seed)
+        metrics[c.name]["throughput_per_s"] = throughput(c.clf, texts, ev.throughput_batch_size, cfg.train.max_length,
+                                                         ev.threads)
+        metrics[c.name] |= peak_memory(c.clf, texts[:ev.throughput_batch_size], cfg.train.max_length)
+        metrics[c.name] |= gpu_latency(c, timed, cfg.train.max_length, ev.warmup)
+        classes[c.name] = per_class(gold, pred, labels)
+        matrices[c.name] = confusion_matrix(gold, pred, labels=range(len(labels)))
+        predictions[c.name] = [labels[i] for i in pred]
+        predictions[f"{c.name}_confidence"] = probs[c.name].max(axis=1)
+    latency = measure_latency(candidates, timed, cfg.train.max_length, ev.warmup, ev.threads, ev.latency_rounds)
+    for name in metrics:
+        metrics[name] |= latency[name]
+    add_ratios(metrics)
+    if "student" in probs:
+        for other in ("baseline", "teacher"):
+            if other in probs:
+                metrics["student"][f"mcnemar_p_vs_{other}"] = mcnemar_p(gold, probs["student"].argmax(axis=1),
+                                                                        probs[other].argmax(axis=1))
+    details = {"labels": labels, "confusion": {n: m.tolist() for n, m in matrices.items()},
+               "confused_pairs": {n: confused_pairs(m, labels, ev.failure_examples) for n, m in matrices.items()}}
+    details |= failure_modes(predictions, probs, gold, labels, cfg)
+    return {"metrics": metrics, "per_class": classes, "details": details, "predictions": predictions,
+            "probs": probs, "gold": gold, "matrices": matrices, "labels": labels}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -192,17 +358,58 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def write_report(path: Path, metrics: dict, teacher_card: dict, images: list[Path]) -> None:
-    """A self-contained HTML page: every figure as a table, the plots inlined."""
+def write_outputs(folder: Path, result: dict, teacher_card: dict) -> None:
+    """metrics / per-class / details JSON, predictions, DVC plot data, PNG plots and the HTML report."""
+    metrics, predictions = result["metrics"], result["predictions"]
+    write_json(folder / "metrics.json", metrics)
+    write_json(folder / "per_class.json", result["per_class"])
+    write_json(folder / "details.json", result["details"])
+    predictions.to_parquet(folder / "predictions.parquet", index=False)
+    pd.DataFrame([{"candidate": n, "latency_p50_ms": m["latency_p50_ms"], "accuracy": m["accuracy"],
+                   "macro_f1": m["macro_f1"], "size_mb": m["size_mb"]} for n, m in metrics.items()]
+                 ).to_csv(folder / "pareto.csv", index=False)
+    if "student" in predictions:
+        predictions[["label", "student"]].rename(columns={"label": "actual", "student": "predicted"}).to_csv(
+            folder / "confusion_student.csv", index=False)
+    images = [plots.pareto_chart(metrics, folder / "pareto.png"),
+              plots.reliability_diagrams(result["probs"], result["gold"], folder / "reliability.png"),
+              plots.confusion_matrices(result["matrices"], result["labels"], folder / "confusion.png")]
+    write_report(folder / "report.html", metrics, result["per_class"], result["details"], teacher_card, images)
+
+
+def write_report(path: Path, metrics: dict, classes: dict, details: dict, teacher_card: dict,
+                 images: list[Path]) -> None:
+    """A self-contained HTML page: every figure as a table, the plots inlined as base64 PNG."""
     import base64
 
-    table = pd.DataFrame(metrics).T
-    table["speedup_vs_teacher"] = metrics["teacher"]["latency_p50_ms"] / table["latency_p50_ms"]
-    pictures = "".join(
-        f"<img alt='{p.stem}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'/>"
-        for p in images)
-    html = (f"<html><head><meta charset='utf-8'><title>distill evaluation</title></head><body>"
-            f"<h1>Evaluation on the gold test set</h1><p>Teacher {teacher_card['fingerprint'][:12]} "
-            f"({teacher_card.get('source')})</p>{table.to_html(float_format=lambda v: f'{v:.4g}')}"
-            f"{pictures}</body></html>")
-    path.write_text(html)
+    def table(frame: pd.DataFrame, index: bool = True) -> str:
+        return frame.to_html(index=index, float_format=lambda v: f"{v:.4g}") if len(frame) else "<p>none</p>"
+
+    main = ["accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "weighted_f1", "ece",
+            "agreement_with_teacher", "kl_to_teacher"]
+    cost = ["latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_p50_spread", "throughput_per_s",
+            "peak_memory_mb", "activation_memory_mb", "parameters", "size_mb", "speedup_vs_teacher",
+            *RATIOS.values()]
+    frame = pd.DataFrame(metrics).T
+    pictures = "".join(f"<h2>{p.stem}</h2><img alt='{p.stem}' src='data:image/png;base64,"
+                       f"{base64.b64encode(p.read_bytes()).decode()}'/>" for p in images)
+    focus = "student" if "student" in classes else "teacher"
+    per_class = pd.concat({name: pd.DataFrame(c).T[["precision", "recall", "f1"]] for name, c in classes.items()},
+                          axis=1)
+    pairs = pd.concat({name: pd.DataFrame(p) for name, p in details["confused_pairs"].items() if p},
+                      names=["candidate", None]) if any(details["confused_pairs"].values()) else pd.DataFrame()
+    sections = [("Task metrics", table(frame[[c for c in main if c in frame]])),
+                ("Cost (CPU, batch-1 latency; ratios to the teacher)", table(frame[[c for c in cost if c in frame]])),
+                ("All figures", table(frame)), ("Per-class precision / recall / F1", table(per_class)),
+                ("Most confused class pairs", table(pairs)),
+                (f"Worst slices ({focus})", table(pd.DataFrame(details.get("worst_slices", [])), index=False)),
+                ("Student disagrees with the teacher",
+                 table(pd.DataFrame(details.get("student_teacher_disagreements", [])), index=False)),
+                (f"Teacher wrong and confident ({details['teacher_wrong_confident_count']} in all)",
+                 table(pd.DataFrame(details["teacher_wrong_confident"]), index=False))]
+    body = "".join(f"<h2>{title}</h2>{content}" for title, content in sections)
+    path.write_text(
+        "<html><head><meta charset='utf-8'><title>distill evaluation</title><style>"
+        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head>"
+        f"<body><h1>Evaluation on the gold test set</h1><p>Teacher {teacher_card['fingerprint'][:12]} "
+        f"({teacher_card.get('source')}); {len(metrics)} candidates.</p>{pictures}{body}</body></html>")

@@ -68,3 +68,52 @@ def reliability_diagrams(probs_by_name: dict[str, np.ndarray], gold: np.ndarray,
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def confusion_matrices(matrices: dict[str, np.ndarray], labels: list[str], path: Path) -> Path:
+    """Row-normalized confusion matrices (true label down, predicted across), one panel per candidate."""
+    plt = _pyplot()
+    k = len(labels)
+    side = min(max(3.0, 0.18 * k + 1.5), 7.0)
+    ncols = min(3, len(matrices))
+    nrows = -(-len(matrices) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(side * ncols, (side + 0.4) * nrows), squeeze=False)
+    for ax in axes.flat[len(matrices):]:
+        ax.axis("off")
+    for ax, (name, matrix) in zip(axes.flat, matrices.items()):
+        rows = matrix.sum(axis=1, keepdims=True)
+        ax.imshow(matrix / np.maximum(rows, 1), cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+        if k <= 40:  # beyond that the names are unreadable: the JSON keeps them
+            ax.set_xticks(range(k), labels, rotation=90, fontsize=max(4, 9 - k // 8))
+            ax.set_yticks(range(k), labels, fontsize=max(4, 9 - k // 8))
+        ax.set_xlabel("predicted", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("true", fontsize=8)
+    fig.suptitle("Confusion matrices (rows normalized)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def flip_rate_chart(flips: list[dict], path: Path) -> Path:
+    """Prediction flip rate per counterfactual / perturbation test, bars per model."""
+    plt = _pyplot()
+    tests = [row["test"] for row in flips]
+    models = [key[: -len("_flip_rate")] for key in flips[0] if key.endswith("_flip_rate")]
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(tests)), 3.5))
+    width = 0.8 / max(len(models), 1)
+    for j, model in enumerate(models):
+        ax.bar(np.arange(len(tests)) + j * width, [row[f"{model}_flip_rate"] for row in flips], width, label=model)
+    names = [("swap " if t.startswith("counterfactual:") else "") + t.split(":", 1)[1] for t in tests]
+    ax.set_xticks(np.arange(len(tests)) + 0.4 - width / 2, names, rotation=30, ha="right", fontsize=8)
+    highest = max((row[f"{m}_flip_rate"] for row in flips for m in models), default=0.0)
+    ax.set_ylim(0, max(0.05, 1.15 * highest))
+    ax.set_ylabel("prediction flip rate")
+    ax.set_title("Counterfactual swaps and perturbations")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
