@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from distill.config import PromoteConfig, TeacherConfig
@@ -26,16 +27,76 @@ def check_teacher(metrics: dict[str, float], cfg: TeacherConfig) -> GateReport:
     return GateReport(passed, reasons)
 
 
+def label_accuracy(labels: Sequence[str], predicted: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Size and accuracy of every label slice: ``{'label=x': {'n': 12, 'accuracy': 0.917}}``."""
+    slices: dict[str, list[int]] = {}
+    for gold, guess in zip(labels, predicted, strict=True):
+        slices.setdefault(f"label={gold}", []).append(int(gold == guess))
+    return {name: {"n": len(hits), "accuracy": sum(hits) / len(hits)} for name, hits in sorted(slices.items())}
+
+
 def decide_promotion(teacher_gate: GateReport, metrics: dict[str, dict[str, float]], audit_passed: bool,
-                     audit_reasons: list[str], cfg: PromoteConfig) -> GateReport:
-    """Should the new student become champion? Every gate must pass."""
+                     audit_reasons: list[str], cfg: PromoteConfig, champion: dict | None = None,
+                     challenger_slices: dict[str, dict[str, float]] | None = None) -> GateReport:
+    """Should the new student become champion? Every gate must pass.
+
+    Args:
+        teacher_gate: the teacher gate's report.
+        metrics: the evaluation harness's figures by candidate (``student`` and ``teacher`` used).
+        audit_passed, audit_reasons: the slice audit against the teacher.
+        cfg: the thresholds.
+        champion: the current champion scored in this run on the same gold test set,
+            ``{"version": "3", "accuracy": 0.95, "slices": label_accuracy(...)}``; None when there
+            is no champion yet (the champion gates are then skipped, and the reasons say so).
+        challenger_slices: the student's ``label_accuracy`` on that set.
+    """
     reasons, passed = [], teacher_gate.passed
     reasons.append("teacher gate passed" if teacher_gate.passed else "teacher gate failed")
-    share = metrics["student"]["accuracy"] / max(metrics["teacher"]["accuracy"], 1e-9)
+    student = metrics["student"]
+    share = student["accuracy"] / max(metrics["teacher"]["accuracy"], 1e-9)
     ok = share >= cfg.min_teacher_share
     passed &= ok
     reasons.append(f"student keeps {share:.1%} of the teacher's accuracy "
                    f"({'>=' if ok else '<'} {cfg.min_teacher_share:.0%})")
     passed &= audit_passed
     reasons.append("audit passed" if audit_passed else "audit failed: " + "; ".join(audit_reasons))
-    return GateReport(bool(passed), reasons)
+    latency = student.get("latency_p50_ms")
+    ok = latency is not None and latency <= cfg.max_latency_p50_ms
+    passed &= ok
+    reasons.append("no latency figure for the student: the latency gate fails" if latency is None else
+                   f"student p50 latency {latency:.2f} ms {'<=' if ok else '>'} limit {cfg.max_latency_p50_ms:g} ms")
+    if champion is None:
+        reasons.append("no champion yet: the champion gates (overall and per-label accuracy) are skipped")
+        return GateReport(bool(passed), reasons)
+    ok, champion_reasons = compare_with_champion(student["accuracy"], challenger_slices or {}, champion, cfg)
+    return GateReport(bool(passed and ok), reasons + champion_reasons)
+
+
+def compare_with_champion(accuracy: float, slices: dict[str, dict[str, float]], champion: dict,
+                          cfg: PromoteConfig) -> tuple[bool, list[str]]:
+    """The champion gates: overall accuracy, then every label slice both models were scored on."""
+    name = f"champion v{champion['version']}"
+    drop = champion["accuracy"] - accuracy
+    passed = drop <= cfg.max_drop_vs_champion
+    reasons = [f"accuracy {accuracy:.3f} vs {name} {champion['accuracy']:.3f} on the same test set: "
+               f"{'drop' if drop > 0 else 'gain'} {abs(drop):.3f} "
+               f"({'within' if passed else 'over'} the limit {cfg.max_drop_vs_champion:g})"]
+    worse = []
+    for slice_name, theirs in sorted(champion.get("slices", {}).items()):
+        ours = slices.get(slice_name)
+        if ours is None:
+            continue
+        slice_drop = theirs["accuracy"] - ours["accuracy"]
+        if slice_drop <= cfg.max_slice_drop_vs_champion:
+            continue
+        if ours["n"] < cfg.min_slice_size:
+            reasons.append(f"slice {slice_name} (n={ours['n']}) drops {slice_drop:.3f} vs {name}: "
+                           f"reported, not gated (fewer than {cfg.min_slice_size} examples)")
+            continue
+        worse.append(slice_name)
+        reasons.append(f"slice {slice_name} (n={ours['n']}): accuracy {ours['accuracy']:.3f} is "
+                       f"{slice_drop:.3f} below {name}'s {theirs['accuracy']:.3f} "
+                       f"(limit {cfg.max_slice_drop_vs_champion:g})")
+    if not worse:
+        reasons.append(f"no label slice is more than {cfg.max_slice_drop_vs_champion:g} below {name}")
+    return passed and not worse, reasons

@@ -7,7 +7,14 @@ Aliases, not the deprecated stages: ``challenger`` on registration,
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +46,9 @@ def configure(cfg: TrackingConfig, project_dir: str = ".") -> str:
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = (Path(project_dir) / "mlartifacts").resolve().as_uri()
+    # A local store keeps artifacts beside the project; a tracking server chooses (and serves) its own.
+    remote = mlflow.get_tracking_uri().startswith(("http://", "https://", "databricks"))
+    artifacts = None if remote else (Path(project_dir) / "mlartifacts").resolve().as_uri()
     try:
         return mlflow.create_experiment(cfg.experiment, artifact_location=artifacts)
     except mlflow.exceptions.MlflowException:  # created concurrently by another run
@@ -58,12 +67,26 @@ def find_version(model_name: str, fingerprint: str):
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def log_classifier(model_dir: Path, model_name: str, tags: dict[str, str], description: str) -> str:
+def signature(labels: list[str]):
+    """Input: a ``text`` column. Output: ``label``, ``score`` and ``p_<label>`` for every label."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    outputs = [ColSpec("string", "label"), ColSpec("float", "score")]
+    outputs += [ColSpec("float", f"p_{label}") for label in labels]
+    return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs))
+
+
+def log_classifier(model_dir: Path, model_name: str, tags: dict[str, str], description: str,
+                   example_text: str = "turn on the kitchen light") -> str:
     """Log a model folder as a pyfunc in the active run and register it; return the version."""
-    example = pd.DataFrame({"text": ["turn on the kitchen light"]})
+    from distill.models import read_card
+
+    example = pd.DataFrame({"text": [example_text]})
     info = mlflow.pyfunc.log_model(
         name="model", python_model=str(PYFUNC_CODE), artifacts={"model": str(model_dir)},
-        input_example=example, pip_requirements=REQUIREMENTS, registered_model_name=model_name)
+        signature=signature(list(read_card(model_dir)["labels"])), input_example=example,
+        pip_requirements=REQUIREMENTS, registered_model_name=model_name)
     version = str(info.registered_model_version)
     client = MlflowClient()
     for key, value in tags.items():
@@ -79,7 +102,7 @@ def register_teacher(cfg: PipelineConfig, teacher_dir: str, card: dict, project_
     name = cfg.promote.teacher_model
     existing = find_version(name, card["fingerprint"])
     if existing is not None:
-        return existing.version
+        return str(existing.version)
     with mlflow.start_run(experiment_id=experiment_id, run_name="teacher-registration"):
         mlflow.set_tags({"role": "teacher", "fingerprint": card["fingerprint"]})
         version = log_classifier(Path(teacher_dir), name, {"fingerprint": card["fingerprint"],
@@ -125,7 +148,7 @@ def register_student(cfg: PipelineConfig, run_id: str, student_dir: str, card: d
     name = cfg.promote.student_model
     existing = find_version(name, card["fingerprint"])
     if existing is not None:
-        return existing.version, False
+        return str(existing.version), False
     with mlflow.start_run(run_id=run_id):
         version = log_classifier(Path(student_dir), name, {**tags, "fingerprint": card["fingerprint"]},
                                  description)
@@ -133,30 +156,240 @@ def register_student(cfg: PipelineConfig, run_id: str, student_dir: str, card: d
     return version, True
 
 
+TRANSIENT = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")  # e.g. SQLite busy
+LOCK_STALE_S = 600  # a promotion takes seconds; a lock this old was left by a crashed process
+
+
+class PromotionError(RuntimeError):
+    """A promotion or rollback could not be carried out; the message says what to do."""
+
+
+def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version an alias points to, or None."""
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+@contextmanager
+def promotion_lock(client: MlflowClient, name: str, timeout_s: float = 120) -> Iterator[None]:
+    """Hold ``<name>-promotion-lock`` while aliases move.
+
+    MLflow aliases are unique per model, but "read champion, set previous, set champion" is
+    three calls; two promotions interleaving them would lose track of who displaced whom.
+    Creating a registered model is atomic in every MLflow store (names are unique), so the
+    registry itself is the mutex, shared by flows, the CLI and other machines.
+    """
+    lock, holder = f"{name}-promotion-lock", f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"holder": holder, "since": str(time.time())},
+                                           description=f"Held while {name}'s aliases move; deleted after.")
+            break
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", *TRANSIENT):
+                raise
+            if _lock_holder(client, lock) == holder:  # our create went through; a retried request said "exists"
+                break
+        _break_stale_lock(client, lock)
+        if time.monotonic() > deadline:
+            raise PromotionError(f"registered model {lock!r} is held by another promotion for over {timeout_s:.0f} s; "
+                                 f"if none is running, delete that registered model and retry")
+        time.sleep(0.2 + random.random() * 0.3)
+    try:
+        yield
+    finally:
+        try:
+            if _lock_holder(client, lock) == holder:
+                client.delete_registered_model(lock)
+        except mlflow.exceptions.MlflowException:
+            pass  # broken as stale by someone else
+
+
+def _lock_holder(client: MlflowClient, lock: str) -> str | None:
+    try:
+        return client.get_registered_model(lock).tags.get("holder")
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def _break_stale_lock(client: MlflowClient, lock: str) -> None:
+    try:
+        since = float(client.get_registered_model(lock).tags.get("since", "0"))
+    except mlflow.exceptions.MlflowException:
+        return  # released meanwhile
+    if time.time() - since > LOCK_STALE_S:
+        try:
+            client.delete_registered_model(lock)
+        except mlflow.exceptions.MlflowException:
+            pass
+
+
+def move_champion(client: MlflowClient, name: str, version: str, promoted_by: str, reason: str = "") -> dict:
+    """Point ``champion`` at ``version`` under the promotion lock; the former champion becomes ``previous``.
+
+    The aliases are re-read after they are set: what this call reports displacing is what the
+    registry says, and the new champion carries it in its ``displaced`` tag (rollback follows
+    that chain). Returns ``{"version", "displaced", "changed"}``.
+    """
+    client.get_model_version(name, version)  # fails with the registry's message when it does not exist
+    with promotion_lock(client, name):
+        former = _alias(client, name, "champion")
+        if former == version:
+            return {"version": version, "displaced": None, "changed": False}
+        if former is not None:
+            client.set_registered_model_alias(name, "previous", former)
+        client.set_registered_model_alias(name, "champion", version)
+        now, previous = _alias(client, name, "champion"), _alias(client, name, "previous")
+        if now != version or previous != former:
+            raise PromotionError(f"{name}: after promoting v{version} the registry says champion=v{now}, "
+                                 f"previous=v{previous}; an alias was moved outside distill (the MLflow UI?). "
+                                 f"Check `distill registry` and set the aliases by hand")
+        stamp = {"promoted_by": promoted_by, "promoted_at": _utc_now(), "displaced": former or "none"}
+        if reason:
+            stamp["promotion_reason"] = reason[:5000]
+        set_tags(client, name, version, stamp)
+        if former is not None:
+            set_tags(client, name, former, {"displaced_by": version})
+    return {"version": version, "displaced": former, "changed": True}
+
+
+def roll_back(client: MlflowClient, name: str, reason: str = "") -> dict:
+    """``champion`` back to ``previous``; the displaced champion is tagged ``rolled_back``.
+
+    ``previous`` then points at what the restored version had itself displaced, so repeated
+    rollbacks walk back the promotion history. Returns ``{"version", "rolled_back", "previous"}``.
+    """
+    with promotion_lock(client, name):
+        current, target = _alias(client, name, "champion"), _alias(client, name, "previous")
+        if target is None or current is None:
+            raise PromotionError(f"{name}: nothing to roll back to (champion v{current}, no 'previous' alias); "
+                                 f"promote a version with `distill promote VERSION` instead")
+        client.set_registered_model_alias(name, "champion", target)
+        set_tags(client, name, current, {"rolled_back": "true", "rolled_back_at": _utc_now(),
+                                         **({"rollback_reason": reason[:5000]} if reason else {})})
+        set_tags(client, name, target, {"promoted_by": "rollback", "promoted_at": _utc_now()})
+        earlier = client.get_model_version(name, target).tags.get("displaced", "none")
+        if earlier not in ("none", current, target) and _exists(client, name, earlier):
+            client.set_registered_model_alias(name, "previous", earlier)
+        else:
+            client.delete_registered_model_alias(name, "previous")
+            earlier = None
+    return {"version": target, "rolled_back": current, "previous": earlier}
+
+
+def _exists(client: MlflowClient, name: str, version: str) -> bool:
+    try:
+        client.get_model_version(name, version)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_tags(client: MlflowClient, name: str, version: str, tags: dict[str, Any]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
 @task(name="promote", **NETWORK)
-def promote(cfg: PipelineConfig, version: str, project_dir: str = ".") -> str | None:
-    """Move ``champion`` to ``version``; the former champion keeps ``previous``. Returns the former."""
+def promote(cfg: PipelineConfig, version: str, project_dir: str = ".", promoted_by: str = "flow",
+            reason: str = "") -> dict:
+    """Make ``version`` the champion (see ``move_champion``)."""
+    configure(cfg.tracking, project_dir)
+    return move_champion(MlflowClient(), cfg.promote.student_model, version, promoted_by, reason)
+
+
+@task(name="tag version", **NETWORK)
+def tag_version(cfg: PipelineConfig, version: str, tags: dict[str, Any], description: str | None = None,
+                project_dir: str = ".") -> None:
+    """Write tags (and the model card, when given) on a student version."""
     configure(cfg.tracking, project_dir)
     client, name = MlflowClient(), cfg.promote.student_model
-    try:
-        former = client.get_model_version_by_alias(name, "champion").version
-    except mlflow.exceptions.MlflowException:
-        former = None
-    if former == version:
-        return former
-    if former is not None:
-        client.set_registered_model_alias(name, "previous", former)
-    client.set_registered_model_alias(name, "champion", version)
-    return former
+    set_tags(client, name, version, tags)
+    if description is not None:
+        client.update_model_version(name, version, description=description)
 
 
 def champion_version(cfg: PipelineConfig, project_dir: str = ".") -> str | None:
     """The version the ``champion`` alias points to, or None."""
     configure(cfg.tracking, project_dir)
-    try:
-        return MlflowClient().get_model_version_by_alias(cfg.promote.student_model, "champion").version
-    except mlflow.exceptions.MlflowException:
+    return _alias(MlflowClient(), cfg.promote.student_model, "champion")
+
+
+@task(name="score champion", **NETWORK)
+def score_champion(cfg: PipelineConfig, prepared: str, project_dir: str = ".") -> dict | None:
+    """The current champion scored now on this run's gold test set: ``{"version", "accuracy", "slices",
+    "predicted"}``; None when there is no champion yet."""
+    import tempfile
+
+    from distill.data import read_split
+    from distill.gates import label_accuracy
+    from distill.models import load_classifier, predict_logits
+
+    version = champion_version(cfg, project_dir)
+    if version is None:
         return None
+    test = read_split(Path(prepared), "gold_test")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = fetch_model_folder(f"models:/{cfg.promote.student_model}/{version}", Path(tmp) / "champion")
+        clf = load_classifier(folder)
+        logits = predict_logits(clf, test["text"].tolist(), cfg.evaluate.batch_size, cfg.train.max_length)
+    predicted = [clf.labels[i] for i in logits.argmax(axis=1)]
+    gold = test["label"].astype(str).tolist()
+    return {"version": version, "accuracy": sum(g == p for g, p in zip(gold, predicted)) / max(len(gold), 1),
+            "slices": label_accuracy(gold, predicted)}
+
+
+SMOKE = """
+import json, sys, time
+import mlflow, pandas as pd
+start = time.perf_counter()
+model = mlflow.pyfunc.load_model(sys.argv[1])
+out = model.predict(pd.DataFrame({"text": [sys.argv[2]]}))
+print(json.dumps({"label": str(out["label"].iloc[0]), "score": float(out["score"].iloc[0]),
+                  "seconds": round(time.perf_counter() - start, 2)}))
+"""
+
+
+@task(name="serving check", **NETWORK)
+def serving_check(cfg: PipelineConfig, text: str, project_dir: str = ".", alias: str = "champion") -> dict:
+    """Load ``models:/<student>@<alias>`` in a fresh interpreter, as a server would, and classify ``text``."""
+    import json
+    import sys
+
+    configure(cfg.tracking, project_dir)
+    uri = f"models:/{cfg.promote.student_model}@{alias}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(cfg.tracking, project_dir)}
+    proc = subprocess.run([sys.executable, "-c", SMOKE, uri, text], env=env, capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        raise PromotionError(f"{uri} did not load or answer in a fresh process:\n{proc.stderr.strip()[-2000:]}")
+    return {"uri": uri, "version": _alias(MlflowClient(), cfg.promote.student_model, alias),
+            **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def version_rows(client: MlflowClient, name: str) -> list[dict]:
+    """Every version of ``name``, newest first, with its aliases and the verdicts in its tags."""
+    aliases: dict[str, list[str]] = {}
+    try:
+        for alias, version in client.get_registered_model(name).aliases.items():
+            aliases.setdefault(str(version), []).append(alias)
+    except mlflow.exceptions.MlflowException:
+        return []
+    rows = []
+    for v in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version)):
+        rows.append({"version": str(v.version), "aliases": sorted(aliases.get(str(v.version), [])),
+                     "created": datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc),
+                     "accuracy": v.tags.get("eval.accuracy"), "teacher_share": v.tags.get("eval.teacher_share"),
+                     "gates": v.tags.get("promotion_gate"), "review": v.tags.get("review"),
+                     "promoted_by": v.tags.get("promoted_by"), "rolled_back": v.tags.get("rolled_back")})
+    return rows
 
 
 def fetch_model_folder(uri: str, dest: Path, project_dir: str = ".", tracking: TrackingConfig | None = None) -> Path:

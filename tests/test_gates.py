@@ -2,9 +2,9 @@ import pandas as pd
 
 from distill.audit import audit
 from distill.config import AuditConfig, PromoteConfig, TeacherConfig
-from distill.gates import GateReport, check_teacher, decide_promotion
+from distill.gates import GateReport, check_teacher, decide_promotion, label_accuracy
 
-METRICS = {"teacher": {"accuracy": 0.95}, "student": {"accuracy": 0.93}}
+METRICS = {"teacher": {"accuracy": 0.95}, "student": {"accuracy": 0.93, "latency_p50_ms": 2.0}}
 
 
 def test_teacher_gate():
@@ -20,9 +20,60 @@ def test_promotion_needs_every_gate():
     assert decide_promotion(ok, METRICS, True, [], cfg).passed
     assert not decide_promotion(GateReport(False, []), METRICS, True, [], cfg).passed
     assert not decide_promotion(ok, METRICS, False, ["slice x"], cfg).passed
-    weak = {"teacher": {"accuracy": 0.95}, "student": {"accuracy": 0.80}}
+    weak = {"teacher": {"accuracy": 0.95}, "student": {"accuracy": 0.80, "latency_p50_ms": 2.0}}
     decision = decide_promotion(ok, weak, True, [], cfg)
     assert not decision.passed and "84.2%" in decision.reasons[1]
+
+
+def test_first_promotion_skips_the_champion_gates_and_says_so():
+    decision = decide_promotion(GateReport(True, []), METRICS, True, [], PromoteConfig())
+    assert decision.passed
+    assert "no champion yet" in decision.reasons[-1]
+
+
+def test_latency_gate():
+    slow = {"teacher": METRICS["teacher"], "student": {"accuracy": 0.93, "latency_p50_ms": 40.0}}
+    decision = decide_promotion(GateReport(True, []), slow, True, [], PromoteConfig(max_latency_p50_ms=25))
+    assert not decision.passed
+    assert any("40.00 ms > limit 25 ms" in r for r in decision.reasons)
+    no_figure = {"teacher": METRICS["teacher"], "student": {"accuracy": 0.93}}
+    assert not decide_promotion(GateReport(True, []), no_figure, True, [], PromoteConfig()).passed
+
+
+def _slices(right: dict[str, tuple[int, int]]) -> dict:
+    """{'a': (hits, n)} -> label_accuracy of a matching prediction list."""
+    gold, pred = [], []
+    for label, (hits, n) in right.items():
+        gold += [label] * n
+        pred += [label] * hits + ["other"] * (n - hits)
+    return label_accuracy(gold, pred)
+
+
+def test_challenger_is_held_to_the_champion_overall_and_per_label():
+    cfg = PromoteConfig(max_drop_vs_champion=0.01, max_slice_drop_vs_champion=0.1, min_slice_size=10)
+    champion = {"version": "3", "accuracy": 0.95, "slices": _slices({"a": (20, 20), "b": (18, 20), "c": (4, 5)})}
+    ok = GateReport(True, [])
+    # Same overall accuracy, but label a collapses from 1.0 to 0.8: a slice regression blocks it.
+    worse_on_a = _slices({"a": (16, 20), "b": (20, 20), "c": (4, 5)})
+    decision = decide_promotion(ok, METRICS | {"student": {"accuracy": 0.95, "latency_p50_ms": 2.0}}, True, [],
+                                cfg, champion=champion, challenger_slices=worse_on_a)
+    assert not decision.passed
+    assert any("slice label=a (n=20): accuracy 0.800 is 0.200 below champion v3's 1.000" in r
+               for r in decision.reasons)
+    # Overall drop over the limit.
+    decision = decide_promotion(ok, METRICS, True, [], cfg, champion=champion, challenger_slices=champion["slices"])
+    assert not decision.passed and any("drop 0.020 (over the limit 0.01)" in r for r in decision.reasons)
+    # A drop on a slice below min_slice_size is reported, not gated.
+    small_drop = _slices({"a": (20, 20), "b": (18, 20), "c": (2, 5)})
+    decision = decide_promotion(ok, METRICS | {"student": {"accuracy": 0.95, "latency_p50_ms": 2.0}}, True, [],
+                                cfg, champion=champion, challenger_slices=small_drop)
+    assert decision.passed, decision.reasons
+    assert any("label=c (n=5)" in r and "not gated" in r for r in decision.reasons)
+
+
+def test_label_accuracy_counts_each_label():
+    assert label_accuracy(["a", "a", "b"], ["a", "b", "b"]) == {
+        "label=a": {"n": 2, "accuracy": 0.5}, "label=b": {"n": 1, "accuracy": 1.0}}
 
 
 def test_audit_fails_when_the_student_collapses_on_one_slice():

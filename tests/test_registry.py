@@ -1,0 +1,321 @@
+"""Promotion, review, rollback and serving against a real `mlflow server` on 127.0.0.1.
+
+One server and one Prefect test harness serve the module. Each test registers its own model
+name, so the tests do not share aliases. Versions are cheap: the tiny classifier is logged as a
+pyfunc once, and every version registers that same logged model.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from distill.config import PipelineConfig, PromoteConfig, TrackingConfig
+from tasks import registry
+
+PASSED = {"passed": True, "reasons": ["every gate passed (test)"]}
+FAILED = {"passed": False, "reasons": ["student keeps 50.0% of the teacher's accuracy (< 90%)"]}
+
+
+@pytest.fixture(scope="module")
+def server(mlflow_server_uri):
+    """MLFLOW_TRACKING_URI points at the server for this module (and the subprocesses it starts)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server_uri
+    mlflow.set_tracking_uri(mlflow_server_uri)
+    yield mlflow_server_uri
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def logged(server, tiny_teacher) -> str:
+    """The tiny classifier logged and registered once, through the code path the flow uses."""
+    cfg = config("fixture-model")
+    experiment = registry.configure(cfg.tracking)
+    with mlflow.start_run(experiment_id=experiment):
+        version = registry.log_classifier(tiny_teacher, "fixture-model", {"fingerprint": "f0"}, "fixture")
+    return MlflowClient().get_model_version("fixture-model", version).source
+
+
+def config(name: str, **promote) -> PipelineConfig:
+    return PipelineConfig(promote=PromoteConfig(student_model=name, **promote),
+                          tracking=TrackingConfig(experiment="registry-tests"))
+
+
+def register(source: str, name: str, count: int) -> list[str]:
+    """``count`` new versions of ``name``, each tagged ``challenger`` in turn, as registration does."""
+    client, versions = MlflowClient(), []
+    for _ in range(count):
+        version = mlflow.register_model(source, name).version
+        client.set_registered_model_alias(name, "challenger", version)
+        versions.append(version)
+    return versions
+
+
+def aliases(name: str) -> dict[str, str]:
+    return {alias: str(v) for alias, v in MlflowClient().get_registered_model(name).aliases.items()}
+
+
+def tags(name: str, version: str) -> dict[str, str]:
+    return MlflowClient().get_model_version(name, version).tags
+
+
+def test_registered_student_has_a_signature_an_example_and_predicts_by_alias(logged):
+    info = mlflow.models.get_model_info("models:/fixture-model/1")
+    assert info.signature.inputs.input_names() == ["text"]
+    assert info.signature.outputs.input_names()[:2] == ["label", "score"]
+    assert {"p_lights_on", "p_timer"} <= set(info.signature.outputs.input_names())
+    assert info.saved_input_example_info is not None
+    register(logged, "loads-by-alias", 1)
+    model = mlflow.pyfunc.load_model("models:/loads-by-alias@challenger")
+    out = model.predict(pd.DataFrame({"text": ["turn on the kitchen lights", "weather in oslo"]}))
+    assert list(out.columns[:2]) == ["label", "score"] and len(out) == 2
+    assert set(out["label"]) <= {"lights_off", "lights_on", "timer", "weather"}
+
+
+def test_promotion_moves_aliases_and_rollback_walks_the_history_back(logged):
+    name = "history"
+    v1, v2, v3 = register(logged, name, 3)
+    client = MlflowClient()
+    assert registry.move_champion(client, name, v1, "test")["displaced"] is None
+    assert aliases(name) == {"champion": v1, "challenger": v3}
+    registry.move_champion(client, name, v2, "test")
+    moved = registry.move_champion(client, name, v3, "test", reason="better")
+    assert moved == {"version": v3, "displaced": v2, "changed": True}
+    assert aliases(name) == {"champion": v3, "previous": v2, "challenger": v3}
+    assert tags(name, v3)["displaced"] == v2 and tags(name, v2)["displaced_by"] == v3
+    assert tags(name, v3)["promotion_reason"] == "better"
+    assert registry.move_champion(client, name, v3, "test")["changed"] is False
+
+    back = registry.roll_back(client, name, reason="regression in prod")
+    assert back == {"version": v2, "rolled_back": v3, "previous": v1}
+    assert aliases(name)["champion"] == v2 and aliases(name)["previous"] == v1
+    assert tags(name, v3)["rolled_back"] == "true"
+    registry.roll_back(client, name)
+    assert aliases(name)["champion"] == v1 and "previous" not in aliases(name)
+    with pytest.raises(registry.PromotionError, match="nothing to roll back to"):
+        registry.roll_back(client, name)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        registry.move_champion(client, name, "99", "test")
+    assert aliases(name)["champion"] == v1
+
+
+def test_concurrent_promotions_leave_one_champion_and_a_consistent_history(logged):
+    """Five promotions race; the registry lock serializes them, so the ``displaced`` chain from the
+    champion back to the first one holds every version exactly once and ``previous`` is its first link."""
+    name = "race"
+    versions = register(logged, name, 6)
+    registry.move_champion(MlflowClient(), name, versions[0], "test")
+    barrier, errors = threading.Barrier(5), []
+
+    def promote(version: str) -> None:
+        try:
+            barrier.wait()
+            registry.move_champion(MlflowClient(), name, version, "race")
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in versions[1:]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    current = aliases(name)
+    champions = [v for v in versions if "champion" in MlflowClient().get_model_version(name, v).aliases]
+    assert champions == [current["champion"]]
+    chain, version = [], current["champion"]
+    while version != "none":
+        chain.append(version)
+        version = tags(name, version)["displaced"]
+    assert sorted(chain, key=int) == versions, f"promotion history lost a version: {chain}"
+    assert current["previous"] == chain[1]
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        MlflowClient().get_registered_model(f"{name}-promotion-lock")  # released
+
+
+def test_gate_failure_never_moves_the_champion(logged, harness):
+    from flows.promotion import promote_student
+
+    name = "gates"
+    v1, v2 = register(logged, name, 2)
+    registry.move_champion(MlflowClient(), name, v1, "test")
+    for mode in ("auto", "review"):
+        outcome = promote_student(config(name, mode=mode), v2, FAILED, smoke_text="turn on the lights")
+        assert outcome == {"promoted": False, "outcome": "blocked by gates"}
+        assert aliases(name)["champion"] == v1
+    assert tags(name, v2)["decision"] == "blocked by gates"
+    assert tags(name, v2)["review"] == "not requested: gates failed"
+
+
+def test_auto_promotion_then_serving_check_in_a_fresh_process(logged, harness):
+    from flows.promotion import promote_student
+
+    name = "auto"
+    v1, v2 = register(logged, name, 2)
+    registry.move_champion(MlflowClient(), name, v1, "test")
+    outcome = promote_student(config(name), v2, PASSED, smoke_text="turn on the kitchen lights")
+    assert outcome["promoted"] and outcome["displaced"] == v1
+    assert aliases(name)["champion"] == v2 and aliases(name)["previous"] == v1
+    serving = outcome["serving"]
+    assert serving["ok"] and serving["version"] == v2 and serving["uri"] == f"models:/{name}@champion"
+    assert serving["label"] in {"lights_off", "lights_on", "timer", "weather"}
+    assert tags(name, v2)["serving_check"].startswith("ok:")
+    assert tags(name, v2)["promoted_by"] == "auto"
+
+
+def review(name: str, version: str, answer: dict | None, timeout_s: int = 120) -> dict:
+    """Run the promotion flow in review mode; a reviewer thread resumes it with ``answer``."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName,
+                                                FlowRunFilterTags)
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.promotion import promote_student
+
+    def reviewer() -> None:
+        paused = FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"])),
+                               tags=FlowRunFilterTags(all_=[name]))
+        with get_client(sync_client=True) as client:
+            for _ in range(240):
+                runs = client.read_flow_runs(flow_run_filter=paused)
+                if runs:
+                    resume_flow_run(runs[0].id, run_input=answer)
+                    return
+                time.sleep(0.5)
+
+    from prefect import tags as run_tags
+
+    thread = threading.Thread(target=reviewer, daemon=True)
+    if answer is not None:
+        thread.start()
+    with run_tags(name):
+        outcome = promote_student(config(name, mode="review", review_timeout_s=timeout_s, serving_check=False),
+                                  version, PASSED, poll_interval_s=1)
+    if answer is not None:
+        thread.join(timeout=30)
+    return outcome
+
+
+def test_review_approval_promotes_and_records_the_reviewer(logged, harness):
+    name = "review-approve"
+    v1, v2 = register(logged, name, 2)
+    registry.move_champion(MlflowClient(), name, v1, "test")
+    outcome = review(name, v2, {"approve": True, "comment": "card reads well, slices fine"})
+    assert outcome["promoted"] is True
+    assert aliases(name)["champion"] == v2 and aliases(name)["previous"] == v1
+    assert tags(name, v2)["review"] == "approved"
+    assert tags(name, v2)["review_comment"] == "card reads well, slices fine"
+    assert tags(name, v2)["promoted_by"] == "review"
+
+
+@pytest.mark.parametrize("answer, verdict", [({"approve": False, "comment": "label=timer regressed"}, "rejected"),
+                                             (None, "timed_out")])
+def test_review_rejection_or_timeout_leaves_the_champion(logged, harness, answer, verdict):
+    name = f"review-{verdict}"
+    v1, v2 = register(logged, name, 2)
+    registry.move_champion(MlflowClient(), name, v1, "test")
+    outcome = review(name, v2, answer, timeout_s=2 if answer is None else 120)
+    assert outcome == {"promoted": False, "outcome": f"review {verdict}"}
+    assert aliases(name)["champion"] == v1
+    assert tags(name, v2)["review"] == verdict
+    assert tags(name, v2)["decision"] == f"review {verdict}"
+    if answer:
+        assert tags(name, v2)["review_comment"] == answer["comment"]
+
+
+def test_cli_promote_rollback_and_registry_table(logged, tmp_path):
+    from distill.cli import app
+
+    name = "cli"
+    v1, v2 = register(logged, name, 2)
+    MlflowClient().set_model_version_tag(name, v2, "eval.accuracy", "0.9310")
+    MlflowClient().set_model_version_tag(name, v2, "eval.teacher_share", "0.9800")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"promote": {"student_model": name}}))
+    runner = CliRunner()
+    result = runner.invoke(app, ["promote", v1, "--reason", "first", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["promote", v2, "--reason", "hotfix for ticket 42", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    assert f"champion -> v{v2}, previous -> v{v1}" in result.output
+    assert tags(name, v2)["promoted_by"] == "cli" and tags(name, v2)["promotion_reason"] == "hotfix for ticket 42"
+    table = runner.invoke(app, ["registry", "--params", str(params)], env={"COLUMNS": "160"})
+    assert table.exit_code == 0
+    lines = {line.split("│")[1].strip(): line for line in table.output.splitlines() if line.count("│") > 3}
+    assert "champion" in lines[v2] and "0.9310" in lines[v2] and "98.0%" in lines[v2]
+    assert "previous" in lines[v1]
+    result = runner.invoke(app, ["rollback", "--reason", "latency spike", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    assert aliases(name)["champion"] == v1 and tags(name, v2)["rolled_back"] == "true"
+    result = runner.invoke(app, ["promote", "77", "--reason", "x", "--params", str(params)])
+    assert result.exit_code == 2 and "error" in result.output and "77" in result.output
+
+
+def test_champion_is_scored_on_this_runs_test_set(logged, tiny_cfg, tmp_path):
+    from distill import data
+
+    name = "scored"
+    cfg = tiny_cfg.model_copy(update={"promote": PromoteConfig(student_model=name),
+                                      "tracking": TrackingConfig(experiment="registry-tests")})
+    assert registry.score_champion.fn(cfg, str(tmp_path)) is None  # no champion yet: nothing to compare
+    (v1,) = register(logged, name, 1)
+    registry.move_champion(MlflowClient(), name, v1, "test")
+    data.run(cfg, tmp_path / "prepared")
+    test = data.read_split(tmp_path / "prepared", "gold_test")
+    scored = registry.score_champion.fn(cfg, str(tmp_path / "prepared"))
+    assert scored["version"] == v1 and 0 <= scored["accuracy"] <= 1
+    assert set(scored["slices"]) == {f"label={label}" for label in test["label"].unique()}
+    assert sum(s["n"] for s in scored["slices"].values()) == len(test)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_http_for_the_champion(logged, server, tmp_path):
+    from tests.mlflow_server import free_port, wait_for
+
+    name = "served"
+    (v1,) = register(logged, name, 1)
+    registry.move_champion(MlflowClient(), name, v1, "test")
+    port, log = free_port(), tmp_path / "serve.log"
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
+               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "MLFLOW_TRACKING_URI": server})
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", proc, log, timeout=180)
+        body = pd.DataFrame({"text": ["turn off the bedroom lights", "set a timer for 5 minutes"]})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", method="POST", headers={"Content-Type": "application/json"},
+            data=('{"dataframe_split": ' + body.to_json(orient="split", index=False) + "}").encode())
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = __import__("json").loads(response.read())["predictions"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert len(predictions) == 2
+    assert {p["label"] for p in predictions} <= {"lights_off", "lights_on", "timer", "weather"}
+    assert all(0 < p["score"] <= 1 for p in predictions)
