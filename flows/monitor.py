@@ -1,64 +1,220 @@
-"""drift_monitor: serve the production stream with the champion, watch for drift, re-distil."""
+"""drift_monitor and run_redistillation: watch production and the teacher, alert, re-distil once per incident.
+
+drift_monitor
+  serve the simulated production stream through the champion (same path as `distill serve`)
+  read the production log, cut it into time windows
+  Evidently drift per window vs the distillation inputs (+ quality where ground truth arrived)
+  teacher shift: registry alias vs the champion's lineage tags, and the canary set
+  on a new incident: keep the traffic in data/incoming, emit distill.drift.detected or
+  distill.teacher.changed, notify; re-distil inline (embedded run) or leave it to the trigger
+
+run_redistillation (flow "redistill")
+  the normal pipeline (labels the new traffic with the current teacher, trains, gates, promotes),
+  then scores the former champion and the new student on gold_test and on the shifted hold-out
+"""
 
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 
-from distill.config import load_config
+from distill.config import PipelineConfig, load_config
 from distill.data import read_split
 from distill.io import write_json
+from monitoring import alerts
 from monitoring.drift import DriftResult, detect_drift
-from monitoring.production import append_window
+from monitoring.production import assign_windows, log_root, logged_ids, read_log, text_sha256
+from monitoring.serve import Predictor
+from monitoring.teacher_shift import TeacherShift, check_teacher_shift, disagreement, ensure_canary
 from tasks import registry
 
 DRIFT_EVENT = "distill.drift.detected"
+TEACHER_EVENT = "distill.teacher.changed"
+REPORTS = "reports/monitor"
 
 
-@task(name="serve window")
-def serve_window(model, window: pd.DataFrame, version: str, log_dir: str) -> pd.DataFrame:
-    """Predict one window with the champion and append it to the production log."""
-    out = model.predict(window[["text"]])
-    served = window.assign(prediction=out["label"].to_numpy(), confidence=out["score"].to_numpy(),
-                           model_version=version, timestamp=datetime.now(timezone.utc).isoformat())
-    append_window(Path(log_dir), int(window["window"].iloc[0]), served)
-    return served
+def incidents_dir(project_dir: str) -> Path:
+    return Path(project_dir, REPORTS, "incidents")
+
+
+@task(name="serve simulated traffic")
+def serve_simulated(cfg: PipelineConfig, project_dir: str, model, version: str) -> int:
+    """Replay the prepared production split through the champion, once per request; the ground truth
+    follows as feedback. Timestamps put window k at the k-th of the last n periods."""
+    production = read_split(Path(project_dir, "data/prepared"), "production")
+    production = production.assign(request_id=[f"sim-{r}-{text_sha256(str(t))[:8]}"
+                                               for r, t in zip(production["request_id"], production["text"])])
+    root = log_root(cfg.monitor.log_path, project_dir)
+    new = production[~production["request_id"].isin(logged_ids(root))]
+    if new.empty:
+        return 0
+    period = pd.Timedelta(cfg.monitor.window)
+    start = pd.Timestamp.now(tz="UTC").floor(period) - period * int(production["window"].nunique())
+    predictor = Predictor(model, version, root, cfg.monitor.log_text, source="simulated")
+    for number, window in new.groupby("window", sort=True):
+        offsets = np.arange(len(window)) * (period / max(len(window), 1))
+        predictor.predict(window["text"].astype(str).tolist(), window["request_id"].tolist(),
+                          [start + period * int(number) + o for o in offsets])
+        truth = window[window["true_label"].notna()]
+        if len(truth):
+            predictor.feedback(truth["request_id"].tolist(), truth["true_label"].astype(str).tolist())
+    return len(new)
 
 
 @task(name="detect drift")
-def drift_task(reference: pd.DataFrame, current: pd.DataFrame, report_path: str, drift_share: float,
-               title: str) -> DriftResult:
+def drift_task(reference: pd.DataFrame, current: pd.DataFrame, report_path: str, cfg: PipelineConfig, title: str,
+               reference_embeddings: np.ndarray | None, current_embeddings: np.ndarray | None) -> DriftResult:
     """One Evidently comparison of a window against the reference."""
-    return detect_drift(reference, current, report_path=Path(report_path), drift_share=drift_share, title=title)
+    return detect_drift(reference, current, report_path=Path(report_path), drift_share=cfg.monitor.drift_share,
+                        title=title, reference_embeddings=reference_embeddings,
+                        current_embeddings=current_embeddings, min_labelled=cfg.monitor.min_labelled)
 
 
-def window_key(window: pd.DataFrame) -> str:
-    """A stable name for a window's traffic: its number and a hash of its texts."""
-    digest = hashlib.sha256("\0".join(window["text"]).encode()).hexdigest()[:10]
-    return f"window-{int(window['window'].iloc[0]):04d}-{digest}"
+@task(name="embed texts")
+def embed_task(texts: list[str], cache_dir: str) -> np.ndarray:
+    """MiniLM sentence embeddings (cached by content)."""
+    from monitoring.embeddings import cached_embeddings
+
+    return cached_embeddings(texts, Path(cache_dir))
 
 
-def keep_for_redistillation(project_dir: str, windows: list[pd.DataFrame]) -> list[str]:
-    """Save drifted windows' texts under data/incoming; return the keys that were new."""
+@task(name="read teacher lineage", **registry.NETWORK)
+def teacher_lineage(cfg: PipelineConfig, project_dir: str, student_version: str) -> dict:
+    """The teacher alias's version and fingerprint, the champion's lineage tags and its distillation-time
+    disagreement with its teacher (from its MLflow run)."""
+    from mlflow import MlflowClient
+
+    registry.configure(cfg.tracking, project_dir)
+    client = MlflowClient()
+    student = client.get_model_version(cfg.promote.student_model, student_version)
+    try:
+        teacher = client.get_model_version_by_alias(cfg.promote.teacher_model, "champion")
+    except Exception:  # no teacher alias: nothing to compare
+        teacher = None
+    baseline = None
+    if student.run_id:
+        agreement = client.get_run(student.run_id).data.metrics.get("eval.student.agreement_with_teacher")
+        baseline = None if agreement is None else 1.0 - float(agreement)
+    return {"teacher_version": str(teacher.version) if teacher else None,
+            "teacher_fingerprint": teacher.tags.get("fingerprint") if teacher else None,
+            "student_tags": dict(student.tags), "baseline_disagreement": baseline}
+
+
+@task(name="canary check", **registry.NETWORK)
+def canary_task(cfg: PipelineConfig, project_dir: str, student, teacher_version: str) -> tuple[float, int]:
+    """Teacher vs student disagreement on the fixed canary set."""
+    import mlflow
+
+    canary = ensure_canary(Path(project_dir, cfg.monitor.canary_path),
+                           read_split(Path(project_dir, "data/prepared"), "gold_test"), cfg.monitor.canary_size,
+                           cfg.seed)
+    teacher = mlflow.pyfunc.load_model(f"models:/{cfg.promote.teacher_model}/{teacher_version}")
+    texts = canary[["text"]]
+    return disagreement(teacher.predict(texts)["label"].tolist(), student.predict(texts)["label"].tolist()), len(canary)
+
+
+@task(name="alert")
+def alert(event: str, cfg: PipelineConfig, payload: dict) -> dict:
+    """Emit the Prefect event (the redistill deployment's trigger) and send the optional notification."""
+    logger = get_run_logger()
+    emitted = emit_event(event=event, resource={"prefect.resource.id": f"distill.model.{cfg.promote.student_model}",
+                                                "prefect.resource.name": cfg.promote.student_model},
+                         payload=payload)
+    lines = [f"{k}: {v}" for k, v in payload.items() if k not in ("windows_detail",)]
+    sent = alerts.notify(cfg.monitor.notify_url_env, f"[distill] {event}", "\n".join(lines))
+    logger.warning("ALERT %s (incident %s): %s", event, payload.get("incident"), "; ".join(lines))
+    return {"event": event, "event_id": str(emitted.id) if emitted else None, "notified": sent}
+
+
+def window_key(texts: pd.Series, ids: pd.Series, number: int) -> str:
+    """A stable name for a window's traffic: its number and a hash of its texts (or request ids)."""
+    content = texts.astype(str) if texts.notna().any() else ids.astype(str)
+    return f"window-{number:04d}-{hashlib.sha256(chr(0).join(content).encode()).hexdigest()[:10]}"
+
+
+def keep_for_redistillation(project_dir: str, cfg: PipelineConfig, windows: list[tuple[str, pd.DataFrame]]) -> list[str]:
+    """Save drifted windows' texts under data/incoming, less a hold-out share kept under the log's
+    holdout/ to score the re-distilled student on the shifted slice; return the keys that were new."""
     incoming = Path(project_dir, "data/incoming")
+    holdout_dir = log_root(cfg.monitor.log_path, project_dir) / "holdout"
     new = []
-    for window in windows:
-        path = incoming / f"{window_key(window)}.parquet"
-        if not path.exists():
-            window[["text"]].to_parquet(path, index=False)
-            new.append(path.stem)
+    for key, window in windows:
+        path = incoming / f"{key}.parquet"
+        if path.exists() or not window["text"].notna().any():
+            continue
+        held = window["request_id"].map(lambda r: int(hashlib.sha256(str(r).encode()).hexdigest()[:8], 16)
+                                        / 0xFFFFFFFF < cfg.monitor.holdout_share)
+        holdout_dir.mkdir(parents=True, exist_ok=True)
+        window.loc[held, ["request_id", "text"]].to_parquet(holdout_dir / f"{key}.parquet", index=False)
+        incoming.mkdir(parents=True, exist_ok=True)
+        window.loc[~held, ["text"]].to_parquet(path, index=False)
+        new.append(key)
     return new
+
+
+def reference_frame(model, project_dir: str) -> pd.DataFrame:
+    """The distillation inputs (gold_train + transfer) with the champion's predictions on them."""
+    prepared = Path(project_dir, "data/prepared")
+    reference = pd.concat([read_split(prepared, s)[["text"]] for s in ("gold_train", "transfer")], ignore_index=True)
+    out = model.predict(reference)
+    return reference.assign(prediction=out["label"].to_numpy(), confidence=out["score"].to_numpy())
+
+
+def check_windows(cfg: PipelineConfig, project_dir: str, model, reference: pd.DataFrame,
+                  champion_accuracy: float | None) -> list[dict]:
+    """Drift (and quality) of every recent window of the log; one HTML + JSON report per window."""
+    log = read_log(log_root(cfg.monitor.log_path, project_dir))
+    if log.empty:
+        return []
+    log = assign_windows(log, cfg.monitor.window)
+    starts = sorted(log["window_start"].unique())
+    number_of = {start: i for i, start in enumerate(starts)}
+    reports, cache = Path(project_dir, REPORTS), str(Path(project_dir, REPORTS, "cache"))
+    ref_vectors = embed_task(reference["text"].tolist(), cache) if cfg.monitor.embedding_drift else None
+    rows = []
+    for start in starts[-cfg.monitor.max_windows:]:
+        window = log[log["window_start"] == start]
+        number = number_of[start]
+        if len(window) < cfg.monitor.min_window_size:
+            continue
+        has_text = bool(window["text"].notna().any())
+        vectors = embed_task(window["text"].astype(str).tolist(), cache) if ref_vectors is not None and has_text else None
+        result = drift_task(reference, window, str(reports / f"window-{number:04d}.html"), cfg,
+                            f"Window {number} ({pd.Timestamp(start):%Y-%m-%d %H:%M} UTC) vs distillation inputs",
+                            ref_vectors if vectors is not None else None, vectors)
+        quality = result.quality
+        quality_alert = bool(quality and champion_accuracy is not None
+                             and champion_accuracy - quality["accuracy"] > cfg.monitor.max_accuracy_drop)
+        row = {"window": number, "start": str(pd.Timestamp(start)), "requests": len(window),
+               "key": window_key(window["text"], window["request_id"], number), "drift": result.drift_detected,
+               "quality_alert": quality_alert, **{k: v for k, v in result.to_dict().items() if k != "drift_detected"},
+               "report": str(result.report_html), "_frame": window}
+        write_json(reports / f"window-{number:04d}.json", {k: v for k, v in row.items() if k != "_frame"})
+        rows.append(row)
+    return rows
+
+
+def teacher_check(cfg: PipelineConfig, project_dir: str, model, version: str) -> tuple[TeacherShift, dict]:
+    """Version/fingerprint comparison, then the canary when the teacher is reachable."""
+    lineage = teacher_lineage(cfg, project_dir, version)
+    canary, size = None, 0
+    if lineage["teacher_version"] is not None:
+        canary, size = canary_task(cfg, project_dir, model, lineage["teacher_version"])
+    shift = check_teacher_shift(lineage["teacher_version"], lineage["teacher_fingerprint"], version,
+                                lineage["student_tags"], canary, lineage["baseline_disagreement"], size,
+                                cfg.monitor.max_canary_disagreement)
+    return shift, lineage
 
 
 @flow(name="drift_monitor", log_prints=True)
 def drift_monitor(project_dir: str = ".", redistill: bool = True) -> dict:
-    """Serve every production window with the champion, compare it with the distillation inputs,
-    alert on drift and start one re-distillation per new incident."""
+    """Serve the production stream with the champion, compare every recent window with the distillation
+    inputs, check the teacher, alert and start one re-distillation per new incident."""
     logger = get_run_logger()
     cfg = load_config(Path(project_dir, "params.yaml"))
     version = registry.champion_version(cfg, project_dir)
@@ -66,42 +222,167 @@ def drift_monitor(project_dir: str = ".", redistill: bool = True) -> dict:
         logger.warning("no champion student in the registry yet; nothing to monitor")
         return {"skipped": "no champion"}
     model = registry.load_champion(cfg, project_dir)
-    prepared = Path(project_dir, "data/prepared")
-    reference = pd.concat([read_split(prepared, s)[["text"]] for s in ("gold_train", "transfer")], ignore_index=True)
-    ref_out = model.predict(reference)
-    reference = reference.assign(prediction=ref_out["label"].to_numpy(), confidence=ref_out["score"].to_numpy())
-    production = read_split(prepared, "production")
-    reports = Path(project_dir, "reports/monitor")
-    log_dir = str(Path(project_dir, "data/production_log"))
-    rows, drifted = [], []
-    for number, window in production.groupby("window", sort=True):
-        served = serve_window(model, window, version, log_dir)
-        result = drift_task(reference, served, str(reports / f"window-{number:04d}.html"),
-                            cfg.monitor.drift_share, f"Window {number} vs distillation inputs")
-        rows.append({"window": int(number), "requests": len(window), "drift": result.drift_detected,
-                     "drifted_share": result.drifted_share, "drifted_columns": result.drifted_columns,
-                     "report": str(result.report_html)})
-        if result.drift_detected:
-            drifted.append(served)
-    table = pd.DataFrame(rows)
-    logger.info("drift by window:\n%s", table[["window", "requests", "drift", "drifted_share"]].to_string(index=False))
-    summary = {"champion_version": version, "windows": rows, "drifted_windows": [int(w["window"].iloc[0]) for w in drifted]}
-    new_incidents = keep_for_redistillation(project_dir, drifted) if drifted else []
-    summary["new_incidents"] = new_incidents
-    if new_incidents:
-        payload = {"windows": summary["drifted_windows"], "champion_version": version,
-                   "reports": [r["report"] for r in rows if r["drift"]]}
-        emit_event(event=DRIFT_EVENT, resource={"prefect.resource.id": f"distill.model.{cfg.promote.student_model}"},
-                   payload=payload)
-        logger.warning("ALERT %s: windows %s drifted from the distillation inputs (reports: %s)",
-                       DRIFT_EVENT, summary["drifted_windows"], ", ".join(payload["reports"]))
-    elif drifted:
-        logger.info("drifted windows %s were already kept for re-distillation; no new incident",
-                    summary["drifted_windows"])
-    write_json(reports / "summary.json", summary)
-    if new_incidents and redistill:
-        from flows.pipeline import distill_pipeline
-
-        logger.info("starting re-distillation with %d new texts", sum(len(w) for w in drifted))
-        summary["redistillation"] = distill_pipeline(project_dir=project_dir, monitor=False, reason="drift")
+    served = serve_simulated(cfg, project_dir, model, version) if cfg.monitor.simulate else 0
+    shift, lineage = teacher_check(cfg, project_dir, model, version)
+    champion_accuracy = _float(lineage["student_tags"].get("eval.accuracy"))  # gold test, at distillation
+    rows = check_windows(cfg, project_dir, model, reference_frame(model, project_dir), champion_accuracy)
+    if rows:
+        table = pd.DataFrame([{k: r[k] for k in ("window", "requests", "drift", "drifted_share", "quality_alert")}
+                              for r in rows])
+        logger.info("drift by window:\n%s", table.to_string(index=False))
+    flagged = [r for r in rows if r["drift"] or r["quality_alert"]]
+    new_windows = keep_for_redistillation(project_dir, cfg, [(r["key"], r["_frame"]) for r in flagged])
+    summary = {"champion_version": version, "served": served, "windows": [_public(r) for r in rows],
+               "drifted_windows": [r["window"] for r in flagged], "new_incidents": new_windows,
+               "teacher": shift.to_dict()}
+    incident = open_incident(cfg, project_dir, version, shift, [r for r in flagged if r["key"] in new_windows], summary)
+    write_json(Path(project_dir, REPORTS, "summary.json"), summary)
+    if incident and redistill and not in_deployment():
+        logger.info("starting re-distillation for incident %s", incident["incident"])
+        summary["redistillation"] = run_redistillation(project_dir=project_dir, reason=incident["reason"],
+                                                       incident=incident["incident"], figures=incident)
+        write_json(Path(project_dir, REPORTS, "summary.json"), summary)
     return summary
+
+
+def in_deployment() -> bool:
+    """True inside a deployment's run: there the redistill deployment's event trigger re-distils."""
+    from prefect.runtime import deployment
+
+    return deployment.id is not None
+
+
+def _public(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def open_incident(cfg: PipelineConfig, project_dir: str, version: str, shift: TeacherShift,
+                  new_rows: list[dict], summary: dict) -> dict | None:
+    """At most one incident (and one event) per run: a teacher shift first, else new drifted windows.
+    While an earlier incident is still being re-distilled, new windows wait for it."""
+    logger = get_run_logger()
+    state = incidents_dir(project_dir)
+    if not shift.changed and not new_rows:
+        if summary["drifted_windows"]:
+            logger.info("drifted windows %s were already kept for re-distillation; no new incident",
+                        summary["drifted_windows"])
+        return None
+    pending = alerts.pending_incident(state)
+    if pending:
+        logger.info("incident %s is still being re-distilled; new findings wait for it", pending)
+        summary["pending_incident"] = pending
+        return None
+    reports = [Path(r["report"]).resolve().as_uri() for r in new_rows]
+    figures = {"champion_version": version, "windows": [r["window"] for r in new_rows],
+               "drifted_share": {str(r["window"]): r["drifted_share"] for r in new_rows},
+               "drifted_columns": {str(r["window"]): r["drifted_columns"] for r in new_rows},
+               "quality": {str(r["window"]): r["quality"] for r in new_rows if r["quality"]},
+               "reports": reports, "summary": Path(project_dir, REPORTS, "summary.json").resolve().as_uri()}
+    if shift.changed:
+        payload = {"reason": "teacher", "incident": shift.incident, **figures, **shift.to_dict(),
+                   "findings": shift.reasons}
+        event = TEACHER_EVENT
+    else:
+        key = "drift-" + hashlib.sha256("+".join(r["key"] for r in new_rows).encode()).hexdigest()[:12]
+        payload = {"reason": "drift", "incident": key, **figures,
+                   "findings": [f"window {r['window']}: drifted columns {r['drifted_columns']}"
+                                + (f", accuracy {r['quality']['accuracy']:.3f}" if r["quality"] else "")
+                                for r in new_rows]}
+        event = DRIFT_EVENT
+    if not alerts.open_incident(state, payload["incident"], payload):
+        logger.info("incident %s was already handled", payload["incident"])
+        return None
+    summary["incident"] = payload
+    summary["alert"] = alert(event, cfg, payload)
+    return payload
+
+
+def _float(value) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+# --------------------------------------------------------------------------- re-distillation
+
+
+@task(name="score on slices", **registry.NETWORK)
+def score_versions(cfg: PipelineConfig, project_dir: str, versions: dict[str, str],
+                   slices: dict[str, pd.DataFrame]) -> dict:
+    """Accuracy of each named registry version on each labelled slice (text, label)."""
+    import mlflow
+
+    registry.configure(cfg.tracking, project_dir)
+    out: dict = {}
+    for name, version in versions.items():
+        model = mlflow.pyfunc.load_model(f"models:/{cfg.promote.student_model}/{version}")
+        for slice_name, frame in slices.items():
+            if len(frame):
+                predicted = model.predict(frame[["text"]])["label"].astype(str).to_numpy()
+                out[f"{slice_name}.{name}_accuracy"] = float((predicted == frame["label"].astype(str).to_numpy()).mean())
+        out[f"{name}_version"] = version
+    out.update({f"{s}.size": len(f) for s, f in slices.items()})
+    return out
+
+
+def shifted_holdout(cfg: PipelineConfig, project_dir: str) -> pd.DataFrame:
+    """The held-out part of every drifted window, with the ground truth that has arrived."""
+    root = log_root(cfg.monitor.log_path, project_dir)
+    files = sorted((root / "holdout").glob("*.parquet"))
+    if not files:
+        return pd.DataFrame(columns=["text", "label"])
+    held = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    truth = read_log(root)[["request_id", "true_label"]]
+    held = held.merge(truth, on="request_id", how="left").dropna(subset=["true_label"])
+    return held.rename(columns={"true_label": "label"})[["text", "label"]]
+
+
+@flow(name="redistill", log_prints=True)
+def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: str = "",
+                       figures: dict | None = None) -> dict:
+    """Re-distil after an incident: the pipeline (traffic kept in data/incoming joins the transfer set and is
+    labelled by the current teacher; the normal gates decide promotion), then the former champion and the
+    new student on gold_test and on the shifted hold-out, logged to the pipeline's MLflow run.
+
+    Args:
+        reason: drift, teacher or schedule (from the event's payload).
+        incident: the incident this run resolves.
+        figures: the event's payload, kept with the outcome.
+    """
+    from flows.pipeline import distill_pipeline
+
+    logger = get_run_logger()
+    cfg = load_config(Path(project_dir, "params.yaml"))
+    overrides = []
+    if reason == "teacher" and not cfg.teacher.path:
+        # The registry's champion teacher moved away from the bootstrapped one: distil from it from now on.
+        overrides = [f"teacher.path=models:/{cfg.promote.teacher_model}@champion"]
+    before = registry.champion_version(cfg, project_dir)
+    summary = distill_pipeline(project_dir=project_dir, overrides=overrides, monitor=False, reason=reason)
+    if summary.get("completed") and before is not None:
+        slices = {"gold_test": read_split(Path(project_dir, "data/prepared"), "gold_test")[["text", "label"]],
+                  "shifted": shifted_holdout(cfg, project_dir)}
+        comparison = score_versions(cfg, project_dir, {"champion": before, "challenger": summary["student_version"]},
+                                    slices)
+        log_comparison(cfg, project_dir, summary["run_id"], summary["student_version"], comparison)
+        summary["comparison"] = comparison
+        logger.info("former champion v%s vs re-distilled v%s: %s", before, summary["student_version"], comparison)
+    if incident:
+        alerts.resolve_incident(incidents_dir(project_dir), incident,
+                                {"student_version": summary.get("student_version"),
+                                 "promoted": summary.get("promoted"), "comparison": summary.get("comparison")})
+    summary.update(reason=reason, incident=incident, figures=figures or {})
+    write_json(Path(project_dir, REPORTS, f"redistill-{incident or reason}.json"),
+               {k: v for k, v in summary.items() if k != "metrics"})
+    return summary
+
+
+@task(name="log comparison", **registry.NETWORK)
+def log_comparison(cfg: PipelineConfig, project_dir: str, run_id: str, version: str, comparison: dict) -> None:
+    """The champion-vs-challenger figures as metrics of the pipeline run and tags of the new version."""
+    from mlflow import MlflowClient
+
+    registry.configure(cfg.tracking, project_dir)
+    client = MlflowClient()
+    for key, value in comparison.items():
+        if isinstance(value, float):
+            client.log_metric(run_id, f"monitor.{key}", value)
+            client.set_model_version_tag(cfg.promote.student_model, version, f"monitor.{key}", f"{value:.4f}")

@@ -19,7 +19,18 @@ the predicted label and, when given, the top-class confidence are compared colum
   200-row window that inflates its false-alarm rate to ~12 % at p < 0.05 (measured), the
   two-sample test stays at the nominal ~5 %.
 
+* embedding column (``embedding_distance``, when embeddings are given): cosine distance of each
+  text's sentence embedding (packaged MiniLM, mean-pooled, see :mod:`monitoring.embeddings`) to its
+  nearest reference embedding, KS test.  Reference rows are measured out-of-fold and every window row
+  against the same-sized 4/5 of the reference, so both sides see equally dense references and an
+  in-domain window has the same distance distribution as the reference.
+
 The dataset is declared drifted when the share of drifted columns is ``>= drift_share``.
+
+Texts may be absent from the window (the production log can keep only a hash): the text
+descriptors and the embedding column are then left out and only the predictions are compared.
+Where ground truth has arrived (``true_label``), accuracy and macro-F1 of the window are reported
+in :attr:`DriftResult.quality`.
 
 The tests are pinned on purpose.  Evidently's *automatic* choice depends on the reference size:
 with more than 1000 reference rows (our 3000-row transfer set) it switches to Wasserstein
@@ -57,6 +68,8 @@ __all__ = [
     "DriftResult",
     "describe_texts",
     "detect_drift",
+    "nearest_reference_distance",
+    "window_quality",
     "reference_vocabulary",
 ]
 
@@ -64,6 +77,8 @@ DESCRIPTOR_COLUMNS: tuple[str, ...] = ("char_length", "word_count", "oov_share",
 TEXT_COLUMN = "text"
 PREDICTION_COLUMN = "prediction"
 CONFIDENCE_COLUMN = "confidence"
+EMBEDDING_COLUMN = "embedding_distance"
+TRUTH_COLUMN = "true_label"
 
 # Evidently stat-test names (registry names accepted by DataDriftPreset).
 NUM_METHOD = "ks"
@@ -109,6 +124,7 @@ class DriftResult:
     report_html: Path
     n_reference: int
     n_current: int
+    quality: dict | None = None  # {"labelled", "accuracy", "macro_f1"} where ground truth arrived
 
     def to_dict(self) -> dict:
         """JSON-serialisable summary (paths as strings, non-finite scores as None)."""
@@ -121,6 +137,7 @@ class DriftResult:
             "report_html": str(self.report_html),
             "n_reference": int(self.n_reference),
             "n_current": int(self.n_current),
+            "quality": self.quality,
         }
 
 
@@ -275,7 +292,8 @@ def _register_stattests() -> None:
 def _check_frame(frame: pd.DataFrame, name: str) -> None:
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
-    missing = [c for c in (TEXT_COLUMN, PREDICTION_COLUMN) if c not in frame.columns]
+    required = (TEXT_COLUMN, PREDICTION_COLUMN) if name == "reference" else (PREDICTION_COLUMN,)
+    missing = [c for c in required if c not in frame.columns]
     if missing:
         raise ValueError(f"{name} lacks required column(s) {missing}; has {list(frame.columns)}")
     if len(frame) == 0:
@@ -313,10 +331,12 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def _with_title(page: str, title: str) -> str:
+def _with_title(page: str, title: str, extra_html: str = "") -> str:
     escaped = html.escape(title)
     page = re.sub(r"<head([^>]*)>", lambda m: f"<head{m.group(1)}>\n<title>{escaped}</title>", page, count=1)
     heading = f'<h2 style="font-family: sans-serif; margin: 16px;">{escaped}</h2>'
+    if extra_html:
+        heading += f'\n<div style="font-family: sans-serif; margin: 16px;">{extra_html}</div>'
     return re.sub(r"<body([^>]*)>", lambda m: f"<body{m.group(1)}>\n{heading}", page, count=1)
 
 
@@ -399,6 +419,55 @@ def _parse_snapshot(
     return share, drifted, scores, methods
 
 
+def nearest_reference_distance(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine distance to the nearest reference embedding: (reference rows out-of-fold, current rows).
+
+    Both sides are measured against 4/5 of the reference (the other folds for a reference row, a
+    random fold left out for a current row), so their distributions match when nothing drifted.
+    Embeddings must be unit-norm.
+    """
+    n = len(reference)
+    n_folds = min(_OOF_FOLDS, n)
+    if n_folds < 2:
+        ref = 1.0 - (reference @ reference.T).max(axis=1) if n else np.zeros(0)
+        return ref, 1.0 - (current @ reference.T).max(axis=1) if n else np.ones(len(current))
+    fold_of = np.empty(n, dtype=int)
+    for k, idx in enumerate(np.array_split(np.random.default_rng(_OOF_SEED).permutation(n), n_folds)):
+        fold_of[idx] = k
+    current_fold = np.random.default_rng(_OOF_SEED + 1).integers(0, n_folds, size=len(current))
+
+    def nearest(rows: np.ndarray, folds: np.ndarray) -> np.ndarray:
+        out = np.empty(len(rows))
+        for start in range(0, len(rows), 1024):
+            sims = rows[start:start + 1024] @ reference.T  # (b, n)
+            sims[folds[start:start + 1024, None] == fold_of[None, :]] = -np.inf
+            out[start:start + 1024] = 1.0 - sims.max(axis=1)
+        return out
+
+    return nearest(reference, fold_of), nearest(current, current_fold)
+
+
+def window_quality(current: pd.DataFrame, min_labelled: int) -> dict | None:
+    """Accuracy and macro-F1 of the window's predictions where ground truth arrived."""
+    if TRUTH_COLUMN not in current.columns:
+        return None
+    labelled = current[current[TRUTH_COLUMN].notna()]
+    if len(labelled) < max(int(min_labelled), 1):
+        return None
+    from sklearn.metrics import accuracy_score, f1_score
+
+    truth, predicted = labelled[TRUTH_COLUMN].astype(str), labelled[PREDICTION_COLUMN].astype(str)
+    return {"labelled": int(len(labelled)), "accuracy": float(accuracy_score(truth, predicted)),
+            "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0))}
+
+
+def _quality_html(quality: dict | None) -> str:
+    if not quality:
+        return "<p>No ground truth has arrived for this window yet.</p>"
+    return (f"<p>Ground truth for {quality['labelled']} requests: accuracy {quality['accuracy']:.3f}, "
+            f"macro-F1 {quality['macro_f1']:.3f}.</p>")
+
+
 def detect_drift(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -406,17 +475,22 @@ def detect_drift(
     report_path: Path,
     drift_share: float = 0.5,
     title: str = "Production drift",
+    reference_embeddings: np.ndarray | None = None,
+    current_embeddings: np.ndarray | None = None,
+    min_labelled: int = 30,
 ) -> DriftResult:
     """reference/current have columns `text` (str) and `prediction` (str class label) and optionally
-    `confidence` (float, the top-class probability). Builds text descriptors (computed with describe_texts
-    against the reference vocabulary, so no nltk download is ever needed), then runs an Evidently
-    Report with DataDriftPreset (drift_share=drift_share) over the descriptor columns + prediction
-    (categorical) + confidence (numerical), writes the HTML report to report_path (create parent dirs;
-    written to a temporary name then renamed, so a crash never leaves a half-written report), and returns
-    DriftResult read from the snapshot's dict output.
+    `confidence` (float, the top-class probability) and, for current, `true_label`. Builds text
+    descriptors (computed with describe_texts against the reference vocabulary, so no nltk download is
+    ever needed) and, given embeddings of both frames' texts (rows aligned), the nearest-reference
+    embedding distance; then runs an Evidently Report with DataDriftPreset (drift_share=drift_share)
+    over those columns + prediction (categorical) + confidence (numerical), writes the HTML report to
+    report_path (create parent dirs; written to a temporary name then renamed, so a crash never leaves
+    a half-written report), and returns DriftResult read from the snapshot's dict output.
 
-    ``confidence`` is monitored only when both frames have it.  Missing predictions become the
-    label ``"<missing>"``.  See the module docstring for the tests used.
+    ``confidence`` is monitored only when both frames have it; the text columns only when the window
+    has texts.  Missing predictions become the label ``"<missing>"``.  See the module docstring for the
+    tests used.
     """
     _check_frame(reference, "reference")
     _check_frame(current, "current")
@@ -425,11 +499,24 @@ def detect_drift(
     report_path = Path(report_path)
 
     with_confidence = CONFIDENCE_COLUMN in reference.columns and CONFIDENCE_COLUMN in current.columns
-    vocabulary = reference_vocabulary(reference[TEXT_COLUMN])
-    ref_frame = _monitored_frame(_reference_descriptors(reference[TEXT_COLUMN]), reference, with_confidence)
-    cur_frame = _monitored_frame(describe_texts(current[TEXT_COLUMN], vocabulary), current, with_confidence)
+    with_text = TEXT_COLUMN in current.columns and bool(current[TEXT_COLUMN].notna().any())
+    with_embeddings = with_text and reference_embeddings is not None and current_embeddings is not None
+    if with_text:
+        vocabulary = reference_vocabulary(reference[TEXT_COLUMN])
+        ref_desc = _reference_descriptors(reference[TEXT_COLUMN])
+        cur_desc = describe_texts(current[TEXT_COLUMN], vocabulary)
+    else:
+        ref_desc, cur_desc = pd.DataFrame(index=reference.index), pd.DataFrame(index=current.index)
+    ref_frame = _monitored_frame(ref_desc, reference, with_confidence)
+    cur_frame = _monitored_frame(cur_desc, current, with_confidence)
+    if with_embeddings:
+        if len(reference_embeddings) != len(reference) or len(current_embeddings) != len(current):
+            raise ValueError("embeddings must have one row per reference / current row")
+        ref_frame[EMBEDDING_COLUMN], cur_frame[EMBEDDING_COLUMN] = nearest_reference_distance(
+            np.asarray(reference_embeddings, dtype=np.float64), np.asarray(current_embeddings, dtype=np.float64))
 
-    numerical = list(DESCRIPTOR_COLUMNS) + ([CONFIDENCE_COLUMN] if with_confidence else [])
+    numerical = (list(DESCRIPTOR_COLUMNS) if with_text else []) + ([CONFIDENCE_COLUMN] if with_confidence else [])
+    numerical += [EMBEDDING_COLUMN] if with_embeddings else []
     categorical = [PREDICTION_COLUMN]
     columns = numerical + categorical
 
@@ -464,7 +551,8 @@ def detect_drift(
     share, drifted, scores, methods = _parse_snapshot(payload, columns)
     if share is None:
         share = len(drifted) / len(columns)
-    _write_atomically(report_path, _with_title(page, title))
+    quality = window_quality(current, min_labelled)
+    _write_atomically(report_path, _with_title(page, title, _quality_html(quality)))
 
     return DriftResult(
         drift_detected=bool(share >= float(drift_share)),
@@ -475,4 +563,5 @@ def detect_drift(
         report_html=report_path,
         n_reference=int(len(reference)),
         n_current=int(len(current)),
+        quality=quality,
     )

@@ -289,3 +289,80 @@ def test_unseen_and_missing_predictions_are_handled(reference, windows, tmp_path
     r = detect_drift(reference, window, report_path=tmp_path / "r.html")
     assert 0.0 <= r.column_scores["prediction"] <= 1.0
     assert not r.drift_detected
+
+
+# --------------------------------------------------------------------------- embedding drift
+
+
+def bow_embeddings(texts: pd.Series, dim: int = 256) -> np.ndarray:
+    """Unit-norm hashed bag-of-words vectors: a cheap stand-in for sentence embeddings (the
+    nearest-reference distance test does not care where the vectors come from)."""
+    import zlib
+
+    out = np.zeros((len(texts), dim))
+    for row, text in enumerate(texts):
+        for token in str(text).lower().split():
+            out[row, zlib.crc32(token.encode()) % dim] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+@pytest.fixture(scope="module")
+def embedding_results(reference, windows, tmp_path_factory) -> dict[str, DriftResult]:
+    out_dir = tmp_path_factory.mktemp("embedding_reports")
+    ref_vectors = bow_embeddings(reference["text"])
+    return {name: detect_drift(reference, window, report_path=out_dir / f"{name}.html", title=name,
+                               reference_embeddings=ref_vectors, current_embeddings=bow_embeddings(window["text"]))
+            for name, window in windows.items()}
+
+
+def test_embedding_distance_raises_no_false_alarm_and_flags_shifts(embedding_results):
+    for name, r in embedding_results.items():
+        assert r.column_methods["embedding_distance"] == "ks"
+        if name.startswith("in_domain"):
+            assert not r.drift_detected, r.to_dict()
+            assert "embedding_distance" not in r.drifted_columns, (name, r.column_scores)
+        else:
+            assert r.drift_detected and "embedding_distance" in r.drifted_columns, r.to_dict()
+
+
+def test_nearest_reference_distance_matches_in_distribution():
+    from monitoring.drift import nearest_reference_distance
+
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(1200, 8))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    ref, cur = nearest_reference_distance(points[:1000], points[1000:])
+    assert ref.shape == (1000,) and cur.shape == (200,)
+    assert abs(np.median(ref) - np.median(cur)) < 0.05 * np.median(ref)
+    half = points[:1000][points[:1000, 0] > 0]  # a reference that covers one half of the sphere
+    _, other_half = nearest_reference_distance(half, points[1000:][points[1000:, 0] < -0.5])
+    ref_half, _ = nearest_reference_distance(half, points[1000:1001])
+    assert np.median(other_half) > 2 * np.median(ref_half)
+
+
+def test_window_without_texts_compares_predictions_only(reference, windows, tmp_path):
+    window = windows["shifted_b"].assign(text=None)
+    r = detect_drift(reference, window, report_path=tmp_path / "r.html")
+    assert set(r.column_scores) == {"prediction", "confidence"}
+    assert r.drift_detected
+
+
+def test_quality_where_ground_truth_arrived(reference, windows, tmp_path):
+    window = windows["in_domain_14"].copy()
+    window["true_label"] = None
+    window.loc[window.index[:50], "true_label"] = window["prediction"].iloc[:50]
+    window.loc[window.index[:5], "true_label"] = "something_else"
+    r = detect_drift(reference, window, report_path=tmp_path / "r.html", min_labelled=30)
+    assert r.quality["labelled"] == 50 and r.quality["accuracy"] == pytest.approx(0.9)
+    assert "accuracy 0.900" in r.report_html.read_text()
+    assert detect_drift(reference, window, report_path=tmp_path / "r2.html", min_labelled=60).quality is None
+
+
+def test_packaged_minilm_embeddings_separate_shifted_text():
+    from monitoring.embeddings import embed_texts
+
+    vectors = embed_texts(["turn on the kitchen light", "switch on the bedroom lamp",
+                           "why was my card charged 19.99 twice for order #1001-3??"])
+    assert vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]

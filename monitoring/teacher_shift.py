@@ -1,0 +1,96 @@
+"""Teacher shift: the production teacher is no longer the one the champion student learned from.
+
+Two signals, either of which is a trigger:
+
+* **version**: the teacher's registry alias (``models:/<teacher_model>@champion``) points to a
+  version, or a fingerprint, other than the ``teacher_version`` / ``teacher_fingerprint`` tags of
+  the champion student;
+* **canary**: on a fixed canary set (cut once from gold_test), teacher and student disagree more than
+  they did when the student was distilled (its evaluation's agreement with the teacher) by over
+  ``max_canary_disagreement``.  This catches a teacher that changes behind an unchanged version, an
+  LLM endpoint for instance.
+
+Everything here is a pure decision over figures the flow gathers; no registry calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from distill.io import atomic_file
+
+
+@dataclass
+class TeacherShift:
+    changed: bool
+    reasons: list[str] = field(default_factory=list)
+    teacher_version: str | None = None
+    teacher_fingerprint: str | None = None
+    student_version: str | None = None
+    distilled_from_version: str | None = None
+    distilled_from_fingerprint: str | None = None
+    canary_disagreement: float | None = None
+    baseline_disagreement: float | None = None
+    canary_size: int = 0
+    max_canary_disagreement: float = 0.1
+
+    @property
+    def incident(self) -> str:
+        """One key per (teacher, student) pair: the same shift never re-distils twice."""
+        fingerprint = (self.teacher_fingerprint or "none")[:12]
+        return f"teacher-v{self.teacher_version}-{fingerprint}-student-v{self.student_version}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "incident": self.incident}
+
+
+def disagreement(teacher: Sequence[str], student: Sequence[str]) -> float:
+    """Share of inputs on which the two label sequences differ."""
+    if len(teacher) != len(student):
+        raise ValueError("teacher and student predictions differ in length")
+    if not len(teacher):
+        return 0.0
+    return float(np.mean([str(t) != str(s) for t, s in zip(teacher, student)]))
+
+
+def check_teacher_shift(teacher_version: str | None, teacher_fingerprint: str | None, student_version: str | None,
+                        student_tags: dict[str, str], canary_disagreement: float | None = None,
+                        baseline_disagreement: float | None = None, canary_size: int = 0,
+                        max_canary_disagreement: float = 0.1) -> TeacherShift:
+    """Decide whether the teacher shifted under the champion student."""
+    shift = TeacherShift(False, [], teacher_version, teacher_fingerprint, student_version,
+                         student_tags.get("teacher_version"), student_tags.get("teacher_fingerprint"),
+                         canary_disagreement, baseline_disagreement, canary_size, max_canary_disagreement)
+    if teacher_version is None or student_version is None:
+        return shift
+    if shift.distilled_from_version and str(teacher_version) != str(shift.distilled_from_version):
+        shift.reasons.append(f"teacher alias points to version {teacher_version}; the champion student "
+                             f"v{student_version} was distilled from version {shift.distilled_from_version}")
+    if (teacher_fingerprint and shift.distilled_from_fingerprint
+            and teacher_fingerprint != shift.distilled_from_fingerprint):
+        shift.reasons.append(f"teacher fingerprint {teacher_fingerprint[:12]} differs from the champion's "
+                             f"teacher {shift.distilled_from_fingerprint[:12]}")
+    if canary_disagreement is not None:
+        rise = canary_disagreement - (baseline_disagreement or 0.0)
+        if rise > max_canary_disagreement:
+            shift.reasons.append(f"canary disagreement {canary_disagreement:.3f} is {rise:.3f} above the "
+                                 f"{baseline_disagreement or 0.0:.3f} measured at distillation "
+                                 f"(limit {max_canary_disagreement})")
+    shift.changed = bool(shift.reasons)
+    return shift
+
+
+def ensure_canary(path: Path, gold_test: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
+    """The canary set: cut from gold_test the first time, then always read back unchanged."""
+    path = Path(path)
+    if path.is_file():
+        return pd.read_parquet(path)
+    canary = gold_test[["text", "label"]].sample(n=min(size, len(gold_test)), random_state=seed)
+    with atomic_file(path, "wb") as handle:
+        canary.reset_index(drop=True).to_parquet(handle, index=False)
+    return pd.read_parquet(path)

@@ -1,0 +1,151 @@
+"""The monitoring loop unattended, against a real Prefect server.
+
+`prefect server start` on 127.0.0.1 (PREFECT_HOME in tmp, analytics off), a `process` work pool,
+`prefect deploy --all` from a tiny copy of the project, `prefect worker start`. The test runs the
+pipeline deployment once (for a champion), then the drift-monitor deployment; the monitor's
+`distill.drift.detected` event must start the redistill deployment through its trigger, with the
+event's figures as parameters, and that run must complete. Worker and server are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.tiny_project import tiny_project
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(args: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """(api url, project dir, logs dir) with server, pool, deployments and worker up."""
+    tmp = tmp_path_factory.mktemp("deploy")
+    project = tiny_project(tmp / "project")
+    api = f"http://127.0.0.1:{free_port()}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false",
+           "PREFECT_CLI_PROMPT": "false", "DISTILL_PROJECT_DIR": str(project), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "GX_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_PROFILE", None)
+    port = api.split(":")[2].split("/")[0]
+    server = start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port], env, tmp, tmp / "server.log")
+    worker = None
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp / "server.log").read_text()[-3000:]
+            time.sleep(1)
+        for args in (["work-pool", "create", "distill-process", "--type", "process"], ["deploy", "--all"]):
+            proc = subprocess.run([PREFECT, *args], env=env, cwd=project, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        worker = start([PREFECT, "worker", "start", "--pool", "distill-process", "--limit", "2"], env, project,
+                       tmp / "worker.log")
+        yield api, project, tmp
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
+
+
+def deployment_id(api: str, flow: str, name: str) -> str:
+    response = httpx.get(f"{api}/deployments/name/{flow}/{name}", timeout=30)
+    response.raise_for_status()
+    return response.json()["id"]
+
+
+def run_deployment(api: str, flow: str, name: str, parameters: dict) -> str:
+    response = httpx.post(f"{api}/deployments/{deployment_id(api, flow, name)}/create_flow_run",
+                          json={"parameters": parameters}, timeout=30)
+    response.raise_for_status()
+    return response.json()["id"]
+
+
+def wait_for(api: str, run_id: str, timeout_s: float, logs: Path) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
+        if run["state"]["type"] in FINAL:
+            return run
+        time.sleep(3)
+    pytest.fail(f"flow run {run_id} did not finish in {timeout_s}s; worker log:\n"
+                + (logs / "worker.log").read_text()[-4000:])
+
+
+def runs_of(api: str, deployment: str) -> list[dict]:
+    response = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [deployment]}}},
+                          timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_drift_event_triggers_redistillation_through_the_deployment(stack):
+    api, project, logs = stack
+    automations = httpx.post(f"{api}/automations/filter", json={}, timeout=30).json()
+    assert any("redistill" in a["name"] for a in automations), [a["name"] for a in automations]
+
+    first = wait_for(api, run_deployment(api, "distill_pipeline", "pipeline", {"monitor": False}), 900, logs)
+    assert first["state"]["type"] == "COMPLETED", (logs / "worker.log").read_text()[-4000:]
+
+    monitor = wait_for(api, run_deployment(api, "drift_monitor", "drift-monitor", {}), 600, logs)
+    assert monitor["state"]["type"] == "COMPLETED", (logs / "worker.log").read_text()[-4000:]
+    summary = yaml.safe_load((project / "reports/monitor/summary.json").read_text())
+    assert summary["drifted_windows"] == [2], summary["windows"]
+    assert summary["incident"]["reason"] == "drift" and "redistillation" not in summary
+
+    redistill = deployment_id(api, "redistill", "redistill")
+    deadline = time.monotonic() + 120
+    while not runs_of(api, redistill):
+        assert time.monotonic() < deadline, "the drift event did not start the redistill deployment"
+        time.sleep(3)
+    (run,) = runs_of(api, redistill)
+    assert run["parameters"]["reason"] == "drift"
+    assert run["parameters"]["incident"] == summary["incident"]["incident"]
+    assert run["parameters"]["figures"]["windows"] == [2]
+    done = wait_for(api, run["id"], 900, logs)
+    assert done["state"]["type"] == "COMPLETED", (logs / "worker.log").read_text()[-4000:]
+    result = yaml.safe_load(next((project / "reports/monitor").glob("redistill-drift-*.json")).read_text())
+    assert result["completed"] and "shifted.size" in result["comparison"]
+
+    again = wait_for(api, run_deployment(api, "drift_monitor", "drift-monitor", {}), 600, logs)
+    assert again["state"]["type"] == "COMPLETED"
+    time.sleep(10)  # an event would have started a run by now
+    assert len(runs_of(api, redistill)) == 1, "one re-distillation per incident"
