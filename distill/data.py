@@ -52,9 +52,14 @@ def load_examples(cfg: DataConfig) -> pd.DataFrame:
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
+    if path.suffix.lower() == ".jsonl":
+        check_jsonl(path)
     try:
         frame = reader(path)
-    except (ValueError, UnicodeDecodeError, OSError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8 "
+                        "(e.g. iconv -f latin1 -t utf-8)") from None
+    except (ValueError, OSError) as exc:
         raise DataError(f"{path}: could not be read as {path.suffix}: {exc}") from None
     if frame.empty:
         raise DataError(f"{path}: the file holds no rows")
@@ -71,8 +76,59 @@ def load_examples(cfg: DataConfig) -> pd.DataFrame:
         keep["split"] = "split"
     out = frame[list(keep) + cfg.slice_columns].rename(columns=keep)
     out["text"] = out["text"].astype("string")
-    out["label"] = out["label"].astype("string")
+    out["label"] = as_label_strings(out["label"])
+    check_labels(out, path)
     return out
+
+
+def check_jsonl(path: Path) -> None:
+    """Name the first line of a JSONL file that is not a JSON object."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}: line {number} is not UTF-8 text ({exc.reason}); save the file as "
+                                "UTF-8") from None
+            if not line:
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                                "each line must hold one JSON object") from None
+            if not isinstance(value, dict):
+                raise DataError(f"{path}: line {number} holds a JSON {type(value).__name__}, not an object "
+                                "with the text and label fields")
+
+
+def as_label_strings(labels: pd.Series) -> pd.Series:
+    """Labels as strings; whole-number floats (an integer column with gaps) lose their '.0'."""
+    if pd.api.types.is_float_dtype(labels):
+        whole = labels.dropna()
+        if len(whole) and (whole == whole.round()).all():
+            labels = labels.astype("Int64")
+    return labels.astype("string")
+
+
+def check_labels(frame: pd.DataFrame, path: Path) -> None:
+    """Refuse a single class and texts labelled twice with different labels."""
+    labelled = frame[frame["label"].notna() & frame["text"].notna()]
+    if labelled.empty:
+        raise DataError(f"{path}: no row has a label; the gold set needs labelled examples "
+                        "(check data.label_column)")
+    classes = sorted(labelled["label"].unique())
+    if len(classes) == 1:
+        raise DataError(f"{path}: every labelled row has the label {classes[0]!r}; a classifier needs at least "
+                        "two labels (check data.label_column)")
+    per_text = labelled.groupby("text")["label"].nunique()
+    clashes = per_text[per_text > 1]
+    if len(clashes):
+        text = clashes.index[0]
+        rows = [int(i) + 1 for i in labelled.index[labelled["text"] == text]]
+        found = sorted(labelled.loc[labelled["text"] == text, "label"].unique())
+        raise DataError(f"{path}: {len(clashes)} texts carry conflicting labels, e.g. data rows {rows} "
+                        f"(counting from 1) hold {str(text)[:60]!r} as {found}; keep one label per text")
 
 
 def split_gold(labelled: pd.DataFrame, cfg: DataConfig, rng: np.random.Generator) -> dict[str, pd.DataFrame]:

@@ -1,4 +1,9 @@
-"""Atomic writes and content hashes: a crash never leaves half a file under the real name."""
+"""Atomic writes and content hashes: a crash never leaves half a file under the real name.
+
+Under torchrun (``WORLD_SIZE`` > 1) only rank 0 publishes: the other ranks' atomic
+writes go to a temporary name and are dropped, so N processes never race to
+replace the same output.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 
+def is_primary() -> bool:
+    """True outside torchrun, and on rank 0 under it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``target`` whole."""
@@ -24,6 +36,9 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not is_primary():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -41,6 +56,11 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        if not is_primary():
+            os.unlink(name)
+            return
         os.replace(name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

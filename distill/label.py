@@ -1,13 +1,18 @@
 """The label stage: the teacher's logits over the distillation inputs, computed once.
 
 The output is a Parquet file whose schema metadata records the teacher
-fingerprint, the input hash and the label order. Training refuses a file whose
+fingerprint, the input hash, the label order and a SHA-256 of the content
+(texts, splits, labels and logit bytes). Pages carry CRC checksums too. Reading
+verifies both: a flipped byte or a truncated file is refused (the label stage
+itself recomputes it), never silently used. Training refuses a file whose
 fingerprint does not match the teacher it is given.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,8 @@ from distill.models import load_classifier, pick_device, predict_logits, read_ca
 
 INPUT_SPLITS = ("gold_train", "transfer")
 META_KEY = b"distill"
+RELABEL = "rerun the label stage (dvc repro label)"
+log = logging.getLogger("distill")
 
 
 class TeacherOutputError(ValueError):
@@ -48,10 +55,26 @@ def distillation_inputs(prepared: Path) -> pd.DataFrame:
 
 def read_metadata(path: Path) -> dict:
     """The distill metadata of a teacher-output file."""
-    meta = pq.read_schema(path).metadata or {}
-    if META_KEY not in meta:
-        raise TeacherOutputError(f"{path}: no distill metadata; not a teacher-output file")
-    return json.loads(meta[META_KEY])
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        if META_KEY not in meta:
+            raise TeacherOutputError(f"{path}: no distill metadata; not a teacher-output file; {RELABEL}")
+        return json.loads(meta[META_KEY])
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        if isinstance(exc, TeacherOutputError):
+            raise
+        raise TeacherOutputError(f"{path}: the teacher-output file is damaged or incomplete ({exc}); "
+                                 f"{RELABEL}") from None
+
+
+def content_hash(texts: list[str], splits: list[str], labels: list, logits: np.ndarray) -> str:
+    """SHA-256 of what a teacher-output file holds: texts, splits, gold labels and float32 logits."""
+    digest = hashlib.sha256()
+    for column in (texts, splits, [v if isinstance(v, str) else "\x00null" for v in labels]):
+        digest.update(hash_texts([str(v) for v in column]).encode())
+    digest.update(str(logits.shape).encode())
+    digest.update(np.ascontiguousarray(logits, dtype="<f4").tobytes())
+    return digest.hexdigest()
 
 
 def output_frame_checks(frame: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
@@ -74,9 +97,11 @@ def write_outputs(path: Path, frame: pd.DataFrame, logits: np.ndarray, meta: dic
         "label": pa.array([v if isinstance(v, str) else None for v in frame["label"]], pa.string()),
         "logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.astype(np.float32).ravel()), logits.shape[1]),
     })
-    table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+    digest = content_hash(table.column("text").to_pylist(), table.column("split").to_pylist(),
+                          table.column("label").to_pylist(), logits.astype(np.float32))
+    table = table.replace_schema_metadata({META_KEY: json.dumps({**meta, "content_hash": digest}).encode()})
     with atomic_file(path, "wb") as handle:
-        pq.write_table(table, handle)
+        pq.write_table(table, handle, write_page_checksum=True, use_dictionary=["text", "split", "label"])
 
 
 def read_outputs(path: Path, expected_fingerprint: str | None = None) -> tuple[pd.DataFrame, np.ndarray, dict]:
@@ -89,9 +114,76 @@ def read_outputs(path: Path, expected_fingerprint: str | None = None) -> tuple[p
         raise TeacherOutputError(
             f"{path}: computed by teacher {meta['teacher_fingerprint'][:12]}, but the teacher is now "
             f"{expected_fingerprint[:12]}; rerun the label stage (dvc repro label)")
-    table = pq.read_table(path)
-    logits = np.asarray(table.column("logits").combine_chunks().flatten()).reshape(table.num_rows, -1)
-    return table.drop(["logits"]).to_pandas(), logits, meta
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+        logits = np.asarray(table.column("logits").combine_chunks().flatten()).reshape(table.num_rows, -1)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise TeacherOutputError(f"{path}: the teacher-output file is damaged or incomplete ({exc}); "
+                                 f"{RELABEL}") from None
+    frame = table.drop(["logits"]).to_pandas()
+    if "content_hash" not in meta:
+        raise TeacherOutputError(f"{path}: written without a content hash (an older version), so it cannot "
+                                 f"be verified; {RELABEL}")
+    found = content_hash(table.column("text").to_pylist(), table.column("split").to_pylist(),
+                         table.column("label").to_pylist(), logits)
+    if found != meta["content_hash"]:
+        raise TeacherOutputError(f"{path}: content hash {found[:12]} does not match the recorded "
+                                 f"{meta['content_hash'][:12]}; the file was changed or damaged after the label "
+                                 f"stage wrote it; {RELABEL}")
+    return frame, logits, meta
+
+
+def batch_plan(texts: list[str], batch_size: int) -> list[np.ndarray]:
+    """The batches ``predict_logits`` forms: indices sorted by length (stable), cut every ``batch_size``."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    return [order[start:start + batch_size] for start in range(0, len(texts), batch_size)]
+
+
+def shard_ranges(n_batches: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) ranges of the batch plan, one per worker, sizes differing by at most one."""
+    bounds = np.linspace(0, n_batches, min(workers, max(n_batches, 1)) + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def label_shard(teacher_dir: str, labels: list[str], batches: list[list[str]], max_length: int,
+                device: str, threads: int | None = None) -> list[np.ndarray]:
+    """Logits of whole batches of the plan: each batch is run exactly as the single-process run runs it."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    teacher = load_classifier(Path(teacher_dir), labels)
+    return [predict_logits(teacher, texts, len(texts), max_length, pick_device(device)) for texts in batches]
+
+
+def label_texts(teacher_dir: Path, labels: list[str], texts: list[str], batch_size: int, max_length: int,
+                device: str, workers: int = 1) -> np.ndarray:
+    """Teacher logits (N, K) for ``texts``; with ``workers`` > 1, shards of the batch plan run in a process pool.
+
+    Shards are ranges of the batch plan, never of raw rows, so every batch holds the same
+    texts with the same padding as in one process, and the merged array is bit-identical.
+    """
+    if workers <= 1:
+        teacher = load_classifier(teacher_dir, labels)
+        return predict_logits(teacher, texts, batch_size, max_length, pick_device(device),
+                              progress="teacher labelling")
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    plan = batch_plan(texts, batch_size)
+    shards = shard_ranges(len(plan), workers)
+    threads = max(1, torch.get_num_threads() // len(shards))
+    out = np.zeros((len(texts), len(labels)), dtype=np.float32)
+    with ProcessPoolExecutor(len(shards), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(label_shard, str(teacher_dir), labels,
+                               [[texts[i] for i in idx] for idx in plan[a:b]], max_length, device, threads)
+                   for a, b in shards]
+        for (a, b), future in zip(shards, futures):
+            for idx, logits in zip(plan[a:b], future.result()):
+                out[idx] = logits
+    return out
 
 
 def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_path: Path) -> LabelResult:
@@ -101,14 +193,14 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_path: Path) 
     input_hash = hash_texts(inputs["text"].tolist())
     if Path(out_path).is_file():
         try:
-            meta = read_metadata(out_path)
-        except (TeacherOutputError, OSError, ValueError):
+            _, _, meta = read_outputs(out_path, card["fingerprint"])
+        except TeacherOutputError as exc:
+            log.warning("not reusing the cached teacher outputs: %s", exc)
             meta = {}
-        if meta.get("teacher_fingerprint") == card["fingerprint"] and meta.get("input_hash") == input_hash:
+        if meta.get("input_hash") == input_hash:
             return LabelResult(Path(out_path), len(inputs), card["fingerprint"], input_hash, reused=True)
-    teacher = load_classifier(teacher_dir, card["labels"])
-    logits = predict_logits(teacher, inputs["text"].tolist(), cfg.label.batch_size, cfg.teacher.max_length,
-                            pick_device(cfg.train.device), progress="teacher labelling")
+    logits = label_texts(teacher_dir, card["labels"], inputs["text"].tolist(), cfg.label.batch_size,
+                         cfg.teacher.max_length, cfg.train.device, cfg.label.workers)
     contracts.check_frame(output_frame_checks(inputs, logits), "teacher_outputs", source=str(out_path),
                           parameters={"num_labels": len(card["labels"])})
     meta = {"teacher_fingerprint": card["fingerprint"], "teacher_source": card.get("source"),

@@ -95,9 +95,10 @@ def repro(stage: str, project_dir: str = ".", force: bool = False) -> StageRun:
 @task(name="dvc push", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_transient)
 def push(project_dir: str = ".") -> None:
     """Push the cached outputs to the configured DVC remote."""
-    proc = dvc(["push", "--quiet"], project_dir)
+    proc = dvc(["push"], project_dir)  # not --quiet: it hides the error itself
     if proc.returncode != 0:
-        raise ConnectionError(f"dvc push failed: {proc.stderr.strip()[-500:]}")
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")] or [proc.stderr.strip()]
+        raise ConnectionError(f"dvc push failed: {' '.join(errors)[-500:]} (check the remote: dvc remote list)")
 
 
 def lock_hashes(project_dir: str = ".") -> dict[str, str]:

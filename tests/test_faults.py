@@ -1,0 +1,194 @@
+"""Faults: a killed training run resumes from its checkpoint and ends bitwise where an uninterrupted one ends;
+cached teacher outputs are verified by hash; a crash never leaves a half-written file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill import checkpoint, data, label, students, teacher
+from distill.config import config_from_dict
+from distill.io import atomic_dir, atomic_file
+from distill.label import TeacherOutputError
+from tests.conftest import tiny_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def long_params(data_path: Path, **train) -> dict:
+    """Tiny params with a run long enough to be interrupted (patience never stops it)."""
+    params = tiny_params(data_path)
+    params["train"].update({"epochs": 8, "eval_every": 2, "patience": 1000, "checkpoint_every": 4, **train})
+    return params
+
+
+@pytest.fixture
+def labelled(tiny_csv, tiny_teacher, tmp_path):
+    cfg = config_from_dict(long_params(tiny_csv))
+    data.run(cfg, tmp_path / "prepared")
+    teacher.run(cfg, tmp_path / "prepared", tmp_path / "teacher", teacher_path=tiny_teacher)
+    label.run(cfg, tmp_path / "prepared", tmp_path / "teacher", tmp_path / "logits.parquet")
+    return cfg, tmp_path / "prepared", tmp_path / "teacher", tmp_path / "logits.parquet"
+
+
+class Crash(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_and_ends_bitwise_like_an_uninterrupted_one(labelled, tmp_path):
+    cfg, prepared, teacher_dir, outputs = labelled
+    plain = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_every": 0})})
+    reference = students.run_student(plain, prepared, teacher_dir, outputs, tmp_path / "reference")
+
+    def crash_at_step_10(step, metrics):
+        if step == 10:
+            raise Crash
+
+    out = tmp_path / "student"
+    with pytest.raises(Crash):
+        students.run_student(cfg, prepared, teacher_dir, outputs, out, on_log=crash_at_step_10)
+    ckpt = checkpoint.checkpoint_dir_for(out)
+    assert (ckpt / "latest" / "state.json").is_file() and not out.exists()
+    state = yaml.safe_load((ckpt / "latest" / "state.json").read_text())
+    assert state["progress"]["step"] == 8 and state["batches"]["epoch"] == 1
+    assert sorted(p.name for p in (ckpt / "latest").iterdir()) == [
+        "best.safetensors", "model.safetensors", "objective.safetensors", "optimizer.safetensors",
+        "rng.safetensors", "state.json"]
+
+    logged = []
+    resumed = students.run_student(cfg, prepared, teacher_dir, outputs, out, on_log=lambda s, m: logged.append(s))
+    assert logged[0] == 10, "the resumed run starts after the checkpoint's step"
+    assert resumed.fingerprint == reference.fingerprint, "weights differ from the uninterrupted run"
+    assert (resumed.steps, resumed.best_val_accuracy) == (reference.steps, reference.best_val_accuracy)
+    assert not ckpt.exists(), "checkpoints are removed once the output is written"
+
+
+def test_checkpoint_of_another_run_is_not_resumed(labelled, tmp_path):
+    cfg, prepared, teacher_dir, outputs = labelled
+    out = tmp_path / "student"
+
+    def crash(step, metrics):
+        if step == 6:
+            raise Crash
+
+    with pytest.raises(Crash):
+        students.run_student(cfg, prepared, teacher_dir, outputs, out, on_log=crash)
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"learning_rate": 1e-3})})
+    logged = []
+    students.run_student(other, prepared, teacher_dir, outputs, out, on_log=lambda s, m: logged.append(s))
+    assert logged[0] == 2, "a changed setting starts from step 0"
+
+
+def test_training_killed_with_sigkill_resumes_to_the_same_model(labelled, tmp_path):
+    """The real thing: `distill train-student` in a subprocess, killed with SIGKILL once a checkpoint exists."""
+    cfg, prepared, teacher_dir, outputs = labelled
+    params = long_params(Path(cfg.data.path), epochs=12, checkpoint_every=5)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "distill.cli", "train-student", "--prepared", str(prepared), "--teacher",
+                str(teacher_dir), "--outputs", str(outputs), "--out", str(out), "--params",
+                str(tmp_path / "params.yaml")]
+
+    out = tmp_path / "killed"
+    ckpt = checkpoint.checkpoint_dir_for(out) / "latest" / "state.json"
+    proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and ckpt.is_file() and not out.exists(), "killed too late"
+    step = yaml.safe_load(ckpt.read_text())["progress"]["step"]
+
+    resumed = subprocess.run(command(out), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"from the checkpoint at step {step}" in resumed.stderr
+    reference = subprocess.run(command(tmp_path / "reference"), env=env, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    assert "resuming" not in reference.stderr
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "reference" / "model.safetensors").read_bytes()
+    assert not checkpoint.checkpoint_dir_for(out).exists()
+
+
+# --- teacher outputs verified by hash --------------------------------------------------------------
+
+def flip_byte_in_logits(path: Path) -> None:
+    """Flip one byte inside the logits column's data pages (not the footer)."""
+    raw = bytearray(path.read_bytes())
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    column = next(meta.row_group(0).column(i) for i in range(meta.num_columns)
+                  if meta.row_group(0).column(i).path_in_schema.startswith("logits"))
+    start = column.dictionary_page_offset or column.data_page_offset
+    at = start + column.total_compressed_size // 2
+    raw[at] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_byte_in_the_teacher_outputs_is_refused(labelled):
+    cfg, _, teacher_dir, outputs = labelled
+    flip_byte_in_logits(outputs)
+    with pytest.raises(TeacherOutputError, match=r"dvc repro label"):
+        label.read_outputs(outputs)
+
+
+def test_a_truncated_teacher_output_file_is_refused(labelled):
+    _, _, _, outputs = labelled
+    outputs.write_bytes(outputs.read_bytes()[: outputs.stat().st_size // 2])
+    with pytest.raises(TeacherOutputError, match=r"damaged or incomplete.*dvc repro label"):
+        label.read_outputs(outputs)
+
+
+def test_changed_logits_with_intact_pages_are_refused(labelled):
+    """Rewritten by hand, keeping the old metadata: the content hash no longer matches."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, _, _, outputs = labelled
+    table = pq.read_table(outputs)
+    logits = table.column("logits").combine_chunks()
+    values = logits.flatten().to_numpy().copy()
+    values[0] += 1.0
+    table = table.set_column(table.schema.get_field_index("logits"), "logits",
+                             pa.FixedSizeListArray.from_arrays(pa.array(values), logits.type.list_size))
+    pq.write_table(table, outputs)
+    with pytest.raises(TeacherOutputError, match="content hash"):
+        label.read_outputs(outputs)
+
+
+def test_the_label_stage_recomputes_a_corrupted_cache(labelled):
+    cfg, prepared, teacher_dir, outputs = labelled
+    _, good, _ = label.read_outputs(outputs)
+    flip_byte_in_logits(outputs)
+    result = label.run(cfg, prepared, teacher_dir, outputs)
+    assert not result.reused
+    _, again, _ = label.read_outputs(outputs)
+    assert (again == good).all()
+
+
+# --- atomic writes ---------------------------------------------------------------------------------
+
+def test_a_crash_inside_an_atomic_write_leaves_the_old_file_and_no_temporaries(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    with pytest.raises(Crash), atomic_file(target) as handle:
+        handle.write("half")
+        raise Crash
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    folder = tmp_path / "model"
+    with atomic_dir(folder) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(Crash), atomic_dir(folder) as tmp:
+        (tmp / "a").write_text("2")
+        raise Crash
+    assert (folder / "a").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["model", "report.json"]
