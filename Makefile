@@ -27,4 +27,4 @@ monitor: $(STAMP)
 # Forget every run: models, reports, MLflow database, DVC cache/remote, collected traffic.
 clean-state:
 	rm -rf models reports data/prepared data/teacher_outputs data/production_log mlflow.db mlartifacts mlruns \
-	       .dvcstore .dvc/cache .dvc/tmp dvc.lock gx/uncommitted data/incoming/*.parquet
+	       .dvcstore .dvc/cache .dvc/tmp dvc.lock gx/uncommitted data/incoming/*.parquet data/canary.parquet

@@ -34,8 +34,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from distill.data import DataError
     from distill.label import TeacherOutputError
     from distill.models import ModelError
+    from distill.objective import ObjectiveError
 
-    return (ConfigError, DataError, ModelError, ContractError, TeacherOutputError, FileNotFoundError)
+    return (ConfigError, DataError, ModelError, ContractError, TeacherOutputError, ObjectiveError,
+            FileNotFoundError)
 
 
 def _config(params: Path, overrides: list[str] | None) -> PipelineConfig:
@@ -121,14 +123,28 @@ def label(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path
     _finish(_stage(lambda: stage.run(_config(params, set_), prepared, teacher, out)))
 
 
+@app.command()
+def assistant(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
+              outputs: Path = Path("data/teacher_outputs/logits.parquet"), out: Path = Path("models/assistant"),
+              params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Distil the teacher assistant and label the distillation set with it (a no-op card when disabled)."""
+    from distill import students
+
+    result = _stage(lambda: students.run_assistant(_config(params, set_), prepared, teacher, outputs, out))
+    _finish(result if result is not None else {"assistant": "disabled"})
+
+
 @app.command("train-student")
 def train_student(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
                   outputs: Path = Path("data/teacher_outputs/logits.parquet"), out: Path = Path("models/student"),
+                  assistant: Annotated[Optional[Path], typer.Option(
+                      help="Assistant folder; when it holds an enabled assistant, it teaches the student.")] = None,
                   params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Distil the student from the cached teacher outputs."""
+    """Distil the student from the cached teacher (or assistant) outputs."""
     from distill import students
 
-    _finish(_stage(lambda: students.run_student(_config(params, set_), prepared, teacher, outputs, out)))
+    _finish(_stage(lambda: students.run_student(_config(params, set_), prepared, teacher, outputs, out,
+                                                assistant_dir=assistant)))
 
 
 @app.command("train-baseline")
@@ -146,7 +162,7 @@ def evaluate(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = P
              student: Path = Path("models/student"), baseline: Path = Path("models/baseline"),
              out: Path = Path("reports/evaluate"), params: ParamsOpt = Path("params.yaml"),
              set_: SetOpt = None) -> None:
-    """Compare teacher, INT8 teacher, student and baseline on one harness."""
+    """Compare teacher, INT8 teacher, student, INT8 student and baseline on one harness."""
     from distill import evaluate as stage
 
     result = _stage(lambda: stage.run(_config(params, set_), prepared, teacher, student, baseline, out))
@@ -155,11 +171,14 @@ def evaluate(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = P
 
 @app.command()
 def audit(predictions: Path = Path("reports/evaluate/predictions.parquet"), out: Path = Path("reports/audit"),
+          teacher: Annotated[Optional[Path], typer.Option(help="Teacher folder (counterfactual/robustness tests).")] = None,
+          student: Annotated[Optional[Path], typer.Option(help="Student folder (counterfactual/robustness tests).")] = None,
+          baseline: Annotated[Optional[Path], typer.Option(help="Baseline folder, compared when given.")] = None,
           params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Slice-by-slice audit of the student against the teacher."""
+    """Audit the student for inherited bias and robustness, slice by slice, against the teacher."""
     from distill import audit as stage
 
-    report = _stage(lambda: stage.run(_config(params, set_), predictions, out))
+    report = _stage(lambda: stage.run(_config(params, set_), predictions, out, teacher, student, baseline))
     _finish({"passed": report.passed, "reasons": report.reasons})
 
 
@@ -177,6 +196,24 @@ def run(project_dir: ProjectOpt = Path("."), set_: SetOpt = None,
     sys.exit(0 if summary.get("completed") else 1)
 
 
+@app.command()
+def sweep(project_dir: ProjectOpt = Path("."), set_: SetOpt = None,
+          apply: Annotated[bool, typer.Option(help="Write the chosen T and alpha into params.yaml.")] = False) -> None:
+    """Sweep the KD temperature and alpha over params.yaml's sweep grid (Prefect flow distill_sweep)."""
+    from flows.runtime import configure_local_runtime
+
+    params = project_dir / "params.yaml"
+    _stage(lambda: _config(params, set_))
+    if set_:
+        from distill.config import write_overrides
+
+        write_overrides(params, set_)
+    configure_local_runtime()
+    from flows.sweep import distill_sweep
+
+    distill_sweep(project_dir=str(project_dir), apply=apply)
+
+
 @app.command("monitor")
 def monitor_cmd(project_dir: ProjectOpt = Path("."),
                 redistill: Annotated[bool, typer.Option(help="Start re-distillation on drift.")] = True) -> None:
@@ -188,6 +225,139 @@ def monitor_cmd(project_dir: ProjectOpt = Path("."),
     from flows.monitor import drift_monitor
 
     drift_monitor(project_dir=str(project_dir), redistill=redistill)
+
+
+@app.command()
+def serve(project_dir: ProjectOpt = Path("."), host: str = "127.0.0.1", port: int = 8765,
+          set_: SetOpt = None) -> None:
+    """Answer POST /predict through the champion student; every answer goes to the production log."""
+    from flows.runtime import configure_local_runtime
+
+    cfg = _stage(lambda: _config(project_dir / "params.yaml", set_))
+    configure_local_runtime()
+    from monitoring.production import log_root
+    from monitoring.serve import Predictor, make_server
+    from tasks import registry
+
+    version = registry.champion_version(cfg, str(project_dir))
+    if version is None:
+        console.print("[bold red]error:[/] no champion student in the registry yet; run `distill run` first")
+        raise typer.Exit(2)
+    model = registry.load_champion.fn(cfg, str(project_dir))
+    server = make_server(Predictor(model, version, log_root(cfg.monitor.log_path, project_dir),
+                                   cfg.monitor.log_text), host, port)
+    console.print(f"serving champion v{version} on http://{host}:{server.server_address[1]} "
+                  f"(POST /predict, POST /feedback, GET /health)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@app.command()
+def feedback(labels_file: Annotated[Path, typer.Argument(help="CSV / JSONL / Parquet with request_id and label.")],
+             project_dir: ProjectOpt = Path(".")) -> None:
+    """Record ground truth that arrived for earlier requests (joined to the log by request_id)."""
+    from distill.data import READERS
+    from monitoring.production import log_root, record_feedback
+
+    cfg = _stage(lambda: _config(project_dir / "params.yaml", None))
+    reader = READERS.get(labels_file.suffix.lower())
+    if reader is None or not labels_file.is_file():
+        console.print(f"[bold red]error:[/] {labels_file}: give an existing CSV, JSONL or Parquet file")
+        raise typer.Exit(2)
+    frame = reader(labels_file)
+    missing = [c for c in ("request_id", "label") if c not in frame.columns]
+    if missing:
+        console.print(f"[bold red]error:[/] {labels_file}: missing columns {missing}")
+        raise typer.Exit(2)
+    record_feedback(log_root(cfg.monitor.log_path, project_dir), frame["request_id"].astype(str).tolist(),
+                    frame["label"].astype(str).tolist())
+    console.print(f"recorded {len(frame)} labels")
+
+
+def _registry(params: Path, set_: list[str] | None):
+    """(config, MLflow client, student model name) for the registry commands."""
+    from mlflow import MlflowClient
+
+    from tasks import registry
+
+    cfg = _stage(lambda: _config(params, set_))
+    registry.configure(cfg.tracking, str(params.parent))
+    return cfg, MlflowClient(), cfg.promote.student_model
+
+
+def _registry_call(fn):
+    """Run a registry action; a refused promotion or an unknown version becomes one red line, exit 2."""
+    import mlflow
+
+    from tasks.registry import PromotionError
+
+    try:
+        return fn()
+    except (PromotionError, mlflow.exceptions.MlflowException) as exc:
+        console.print(f"[bold red]error:[/] {getattr(exc, 'message', None) or exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("promote")
+def promote_cmd(version: Annotated[str, typer.Argument(help="The student version to make champion.")],
+                reason: Annotated[str, typer.Option(help="Why; written to the version's tags.")],
+                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Make VERSION the champion by hand. No gates run: this is the human override, and it is recorded
+    (promoted_by=cli, the reason and the user)."""
+    import getpass
+
+    from tasks.registry import move_champion, set_tags
+
+    _, client, name = _registry(params, set_)
+    moved = _registry_call(lambda: move_champion(client, name, version, "cli", reason))
+    _registry_call(lambda: set_tags(client, name, version, {"promoted_by_user": getpass.getuser()}))
+    if not moved["changed"]:
+        console.print(f"{name} v{version} is already the champion; nothing moved")
+        return
+    console.print(f"{name}: champion -> v{version}" + (f", previous -> v{moved['displaced']}"
+                                                       if moved["displaced"] else ""))
+
+
+@app.command()
+def rollback(reason: Annotated[str, typer.Option(help="Why; written to the displaced version's tags.")] = "",
+             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Give the champion alias back to the previous champion; the displaced one is tagged rolled_back."""
+    from tasks.registry import roll_back
+
+    _, client, name = _registry(params, set_)
+    back = _registry_call(lambda: roll_back(client, name, reason))
+    console.print(f"{name}: champion -> v{back['version']} (v{back['rolled_back']} rolled back), previous -> "
+                  + (f"v{back['previous']}" if back["previous"] else "none"))
+
+
+@app.command("registry")
+def registry_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """List the student's registered versions: aliases, accuracy, share of the teacher, verdicts."""
+    from rich.table import Table
+
+    from tasks.registry import version_rows
+
+    _, client, name = _registry(params, set_)
+    rows = _registry_call(lambda: version_rows(client, name))
+    if not rows:
+        console.print(f"no versions of {name!r} are registered yet: run `distill run` first")
+        return
+    table = Table(title=f"{name} versions")
+    for column in ("version", "aliases", "created (UTC)", "accuracy", "share of teacher", "gates", "review",
+                   "promoted by"):
+        table.add_column(column, justify="right" if column in ("version", "accuracy", "share of teacher") else "left",
+                         overflow="fold")
+    for row in rows:
+        aliases = ", ".join(row["aliases"]) + (" (rolled back)" if row["rolled_back"] else "")
+        share = f"{float(row['teacher_share']):.1%}" if row["teacher_share"] else "–"
+        table.add_row(row["version"], aliases or "–", row["created"].strftime("%Y-%m-%d %H:%M"),
+                      row["accuracy"] or "–", share, row["gates"] or "–", row["review"] or "–",
+                      row["promoted_by"] or "–")
+    Console().print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -86,31 +86,127 @@ class LabelConfig(_Section):
     """Teacher labelling of the transfer set."""
 
     batch_size: int = Field(64, ge=1)
+    workers: int = Field(
+        1, ge=1, description="Processes that label shards of the inputs (ranges of the length-sorted batch plan) "
+        "at once; the merged file is byte-identical to one process's.")
 
 
 class StudentConfig(_Section):
-    """Shape of the student transformer, built from the teacher's config and tokenizer."""
+    """The student: a smaller transformer built from the teacher's config, or a model folder.
 
-    num_layers: int = Field(2, ge=1, le=24)
-    hidden_size: int = Field(128, ge=16)
-    num_heads: int = Field(2, ge=1)
-    intermediate_size: int = Field(512, ge=16)
+    A shape field left null takes the teacher's value, so all four null is a
+    same-size copy (born-again self-distillation) and ``num_layers`` alone makes
+    a shallower copy of the teacher.
+    """
+
+    path: str | None = Field(
+        None,
+        description="Hugging Face model folder to use as the student (a fresh classification head is added). "
+        "None builds the student from the teacher's config with the shape below.",
+    )
+    num_layers: int | None = Field(2, ge=1, le=48, description="Transformer layers; null = the teacher's.")
+    hidden_size: int | None = Field(128, ge=16, description="Width; null = the teacher's.")
+    num_heads: int | None = Field(2, ge=1, description="Attention heads; null = the teacher's.")
+    intermediate_size: int | None = Field(512, ge=16, description="Feed-forward width; null = the teacher's.")
+    vocab_size: int | None = Field(
+        None, ge=100,
+        description="null shares the teacher's tokenizer; a number trains a smaller WordPiece vocabulary on "
+        "the distillation texts (token-level feature losses then cannot be used).",
+    )
+    init: Literal["auto", "random", "teacher"] = Field(
+        "auto",
+        description="teacher: copy the teacher's embeddings and a subset of its layers (the width must match, "
+        "as DistilBERT did); random: fresh weights with PCA-projected teacher word embeddings; "
+        "auto: teacher when the width matches, else random.",
+    )
+    teacher_layers: list[int] | None = Field(
+        None, description="Teacher layers (0-based) copied into the student when init is teacher; "
+        "null picks evenly spaced ones (every other layer for half depth).",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "StudentConfig":
-        if self.hidden_size % self.num_heads:
+        if self.hidden_size and self.num_heads and self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
+            )
+        if self.teacher_layers is not None and self.num_layers is not None \
+                and len(self.teacher_layers) != self.num_layers:
+            raise ValueError(
+                f"teacher_layers names {len(self.teacher_layers)} layers but num_layers is {self.num_layers}"
             )
         return self
 
 
-class TrainConfig(_Section):
-    """Student training: Hinton distillation and the undistilled baseline."""
+class AssistantConfig(StudentConfig):
+    """An optional teacher assistant: teacher -> assistant -> student (Mirzadeh et al. 2020).
 
-    kd_temperature: float = Field(4.0, gt=0, description="Softmax temperature of the KD term.")
+    The assistant is distilled from the teacher with the train section's losses; its
+    outputs on the distillation set are versioned like the teacher's and teach the student.
+    """
+
+    enabled: bool = Field(False, description="Distil through the assistant.")
+    num_layers: int | None = Field(4, ge=1, le=48)
+    hidden_size: int | None = Field(256, ge=16)
+    num_heads: int | None = Field(4, ge=1)
+    intermediate_size: int | None = Field(1024, ge=16)
+
+
+RESPONSE_LOSSES = ("kl", "forward_kl", "reverse_kl", "js", "gjsd", "skew_kl", "skew_reverse_kl", "tvd",
+                   "logit_mse")
+TOKEN_FEATURE_LOSSES = ("hidden_mse", "hidden_cosine", "attention")
+FEATURE_LOSSES = (*TOKEN_FEATURE_LOSSES, "pkd")
+RELATION_LOSSES = ("rkd_distance", "rkd_angle", "similarity")
+LOSS_NAMES = (*RESPONSE_LOSSES, *FEATURE_LOSSES, *RELATION_LOSSES)
+
+
+class LossTerm(_Section):
+    """One weighted distillation term; the train section sums them.
+
+    Layer maps pair student layers with teacher layers, counting transformer
+    layers from 1 (0 is the embedding output): ``uniform`` spreads the student's
+    layers over the teacher's depth, ``last`` pairs the last ``k`` of each, and an
+    explicit list of ``[student, teacher]`` pairs says exactly which.
+    """
+
+    name: str = Field(description="One of: " + ", ".join(LOSS_NAMES))
+    weight: float = Field(1.0, ge=0, description="Weight in the sum of distillation terms.")
+    beta: float = Field(0.5, ge=0, le=1, description="gjsd mixing: 0 = forward KL, 1 = reverse KL.")
+    skew: float = Field(0.1, ge=0, lt=1, description="skew_kl / skew_reverse_kl skew lambda.")
+    layers: Literal["uniform", "last"] | list[tuple[int, int]] = Field(
+        "uniform", description="Student-teacher layer map of feature losses."
+    )
+    k: int = Field(1, ge=1, description="How many layers the 'last' map pairs.")
+    kind: Literal["kl", "mse"] = Field("kl", description="attention: KL or MSE between attention maps.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, value: str) -> str:
+        if value not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {value!r}; choose from {', '.join(LOSS_NAMES)}")
+        return value
+
+    @property
+    def family(self) -> str:
+        if self.name in RESPONSE_LOSSES:
+            return "response"
+        return "feature" if self.name in FEATURE_LOSSES else "relation"
+
+
+class TrainConfig(_Section):
+    """Student training: the distillation loss and the undistilled baseline.
+
+    The loss is ``alpha * sum(weight * term) + (1 - alpha) * cross-entropy`` on the
+    rows with a gold label; the baseline trains on the cross-entropy alone.
+    """
+
+    losses: list[LossTerm] = Field(
+        default_factory=lambda: [LossTerm(name="kl")],
+        description="Distillation terms by name and weight (response, feature and relation families).",
+    )
+    kd_temperature: float = Field(4.0, gt=0, description="Softmax temperature of the response terms.")
     alpha: float = Field(
-        0.7, ge=0, le=1, description="Weight of the KD term; 1 - alpha weighs gold cross-entropy."
+        0.7, ge=0, le=1, description="Weight of the distillation terms; 1 - alpha weighs gold cross-entropy."
     )
     epochs: int = Field(15, ge=1, description="Most passes over the distillation set (early stopping may end sooner).")
     batch_size: int = Field(32, ge=1)
@@ -122,43 +218,155 @@ class TrainConfig(_Section):
     )
     eval_every: int = Field(50, ge=1, description="Optimizer steps between validation checks.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
+    checkpoint_every: int = Field(
+        100, ge=0, description="Optimizer steps between training checkpoints (model, optimizer, scheduler, RNG, "
+        "data position); a killed run resumes from the last one. 0 turns checkpoints off.")
+    checkpoint_dir: str | None = Field(
+        None, description="Folder for training checkpoints (one subfolder per stage output); null keeps them "
+        "in a hidden sibling of the stage output (.student.checkpoint). Removed once the output is written.")
+
+    @field_validator("losses")
+    @classmethod
+    def _some_loss(cls, value: list[LossTerm]) -> list[LossTerm]:
+        if not value:
+            raise ValueError("name at least one distillation term, e.g. [{name: kl}]")
+        return value
+
+
+class SweepConfig(_Section):
+    """The temperature / alpha grid of ``distill sweep``, chosen on the gold validation set."""
+
+    temperatures: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+    alphas: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.9])
+    epochs: int | None = Field(None, ge=1, description="Epochs per grid point; null = train.epochs.")
+    workers: int = Field(1, ge=1, description="Grid points trained at once (Prefect task concurrency).")
+
+    @field_validator("temperatures", "alphas")
+    @classmethod
+    def _nonempty(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("the grid needs at least one value")
+        return value
+
+
+CANDIDATES = ("teacher", "teacher_int8", "student", "student_int8", "baseline")
+
+DEFAULT_TERM_LISTS = {
+    "pronouns_female": ["she", "her", "hers", "herself"],
+    "pronouns_male": ["he", "him", "his", "himself"],
+    "pronouns_neutral": ["they", "them", "their", "theirs", "themselves"],
+    "names": ["james", "john", "michael", "david", "mary", "sarah", "emily", "maria", "mohammed", "ahmed",
+              "aisha", "fatima", "wei", "priya", "raj", "carlos", "jose", "kwame", "amara", "yuki"],
+    "places": ["london", "new york", "paris", "tokyo", "lagos", "mumbai", "delhi", "beijing", "cairo",
+               "mexico city", "moscow", "sydney", "nairobi", "berlin", "dubai", "texas", "india", "china",
+               "nigeria", "mexico"],
+}
+DEFAULT_COUNTERFACTUAL_GROUPS = {
+    "pronouns": ["he", "she", "they"],
+    "possessives": ["his", "her", "their"],
+    "names": DEFAULT_TERM_LISTS["names"],
+    "places": DEFAULT_TERM_LISTS["places"],
+}
 
 
 class EvaluateConfig(_Section):
     """The evaluation harness."""
 
+    candidates: list[Literal["teacher", "teacher_int8", "student", "student_int8", "baseline"]] = Field(
+        default_factory=lambda: list(CANDIDATES),
+        description="Models compared, in this order; the teacher is required (the others are scored against it).",
+    )
     batch_size: int = Field(64, ge=1)
-    latency_samples: int = Field(100, ge=5, description="Batch-1 requests timed per model.")
+    latency_samples: int = Field(100, ge=5, description="Batch-1 requests timed per model and round.")
+    latency_rounds: int = Field(
+        5, ge=1, description="Timing rounds over all models in turn; figures are the median over rounds.")
     warmup: int = Field(10, ge=0)
     threads: int = Field(1, ge=1, description="torch threads while timing latency and throughput.")
     throughput_batch_size: int = Field(32, ge=1, description="Batch size of the throughput measurement.")
     bootstrap_samples: int = Field(1000, ge=10, description="Resamples of the accuracy / macro-F1 intervals.")
+    confident: float = Field(
+        0.9, gt=0, le=1, description="Teacher confidence above which a wrong teacher answer is 'wrong and confident'.")
+    failure_examples: int = Field(20, ge=1, description="Rows kept per failure-mode table of the report.")
+
+    @field_validator("candidates")
+    @classmethod
+    def _teacher_first(cls, value: list[str]) -> list[str]:
+        if "teacher" not in value or len(set(value)) != len(value):
+            raise ValueError(f"must name each model once and include 'teacher'; choose from {list(CANDIDATES)}")
+        return ["teacher"] + [v for v in value if v != "teacher"]
 
 
 class AuditConfig(_Section):
-    """Per-slice comparison of student and teacher."""
+    """Per-slice comparison of student, teacher and baseline; counterfactual and robustness flips."""
 
     length_buckets: list[int] = Field(
         default_factory=lambda: [4, 8], description="Word-count edges of the length slices."
     )
-    min_slice_size: int = Field(10, ge=1, description="Smaller slices are reported, not gated.")
+    term_lists: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_TERM_LISTS.items()},
+        description="Slices by term presence: {group: [terms]}; a text is in group=present when it holds "
+        "any of the terms as a whole word (case-insensitive).",
+    )
+    counterfactual_groups: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_COUNTERFACTUAL_GROUPS.items()},
+        description="Swap groups: a text holding one member gets it replaced by another; the prediction "
+        "should not change.",
+    )
+    perturbations: list[Literal["typo", "lowercase", "uppercase", "strip_punctuation", "add_punctuation"]] = Field(
+        default_factory=lambda: ["typo", "lowercase", "uppercase", "strip_punctuation", "add_punctuation"],
+        description="Robustness edits whose prediction flip rate is measured.",
+    )
+    max_perturbed: int = Field(500, ge=10, description="Texts sampled per perturbation (all when fewer).")
+    batch_size: int = Field(64, ge=1, description="Inference batch size of the perturbed texts.")
+    min_slice_size: int = Field(10, ge=1, description="Smaller slices and flip tests are reported, not gated.")
     max_slice_drop: float = Field(
         0.15, ge=0, le=1, description="Largest accuracy drop, student vs teacher, on any slice."
     )
+    poor_slice_accuracy: float = Field(
+        0.5, ge=0, le=1,
+        description="A slice where teacher and student both score below this is teacher bias passed on "
+        "(fails when the student's accuracy is significantly below it).",
+    )
+    max_flip_increase: float = Field(
+        0.1, ge=0, le=1, description="Largest rise of a flip rate, student over teacher, per perturbation."
+    )
     significance: float = Field(
         0.05, gt=0, le=1,
-        description="A slice over the drop limit fails only if the drop is significant at this level "
-        "(one-sided exact McNemar test, Bonferroni-corrected over the slices).",
+        description="A finding over its limit fails only if it is significant at this level "
+        "(one-sided exact tests, Bonferroni-corrected over the findings of its kind).",
     )
 
 
 class PromoteConfig(_Section):
-    """Registration and promotion gates."""
+    """Registration, promotion gates and the review path."""
 
     student_model: str = Field("distill-student", description="Registered model name of students.")
     teacher_model: str = Field("distill-teacher", description="Registered model name of teachers.")
     min_teacher_share: float = Field(
         0.9, ge=0, le=1, description="Student accuracy must reach this share of the teacher's."
+    )
+    max_latency_p50_ms: float = Field(
+        25.0, gt=0, description="Largest batch-1 median latency of the student (CPU, evaluate.threads)."
+    )
+    max_drop_vs_champion: float = Field(
+        0.01, ge=0, le=1,
+        description="Largest gold-test accuracy drop against the current champion, scored in the same run.",
+    )
+    max_slice_drop_vs_champion: float = Field(
+        0.1, ge=0, le=1, description="Largest accuracy drop against the champion on any label slice."
+    )
+    min_slice_size: int = Field(
+        10, ge=1, description="Label slices smaller than this are compared with the champion but not gated."
+    )
+    mode: Literal["auto", "review"] = Field(
+        "auto", description="auto promotes when the gates pass; review pauses the flow for a human decision."
+    )
+    review_timeout_s: int = Field(
+        86_400, ge=1, description="How long review mode waits for a decision; then the version is not promoted."
+    )
+    serving_check: bool = Field(
+        True, description="After promotion, load the champion by its registry URI in a fresh process and "
+        "send it a request."
     )
 
 
@@ -168,14 +376,57 @@ class MonitorConfig(_Section):
     drift_share: float = Field(
         0.5, gt=0, le=1, description="Share of drifted columns that declares dataset drift."
     )
-    redistill: bool = Field(True, description="Start a re-distillation run when drift is detected.")
+    redistill: bool = Field(
+        True, description="Start a re-distillation in the monitor's own run on a new incident (the embedded "
+        "default); deployments set it false and let the event trigger in prefect.yaml start it."
+    )
+    log_path: str = Field(
+        "data/production_log", description="Production log folder (relative to the project) or file:// URL."
+    )
+    log_text: Literal["raw", "hash", "drop"] = Field(
+        "raw", description="Keep the request text (raw), only its SHA-256 (hash), or neither (drop); without "
+        "texts only the predictions are monitored and nothing can be re-distilled."
+    )
+    simulate: bool = Field(
+        True, description="Serve the prepared production split through the champion as simulated traffic "
+        "(once per request id) before checking the log."
+    )
+    window: str = Field("1h", description="Length of a monitoring window (a pandas offset: 15min, 1h, 1D).")
+    max_windows: int = Field(24, ge=1, description="Most recent windows with traffic checked per run.")
+    min_window_size: int = Field(30, ge=1, description="Windows with fewer requests are not tested.")
+    embedding_drift: bool = Field(
+        True, description="Add the nearest-reference distance of MiniLM sentence embeddings to the drift test."
+    )
+    min_labelled: int = Field(30, ge=1, description="Ground-truth labels a window needs for quality metrics.")
+    max_accuracy_drop: float = Field(
+        0.1, ge=0, le=1, description="Window accuracy this far below the champion's gold-test accuracy "
+        "(where ground truth arrived) is an incident."
+    )
+    canary_path: str = Field(
+        "data/canary.parquet", description="Fixed canary set, cut once from gold_test and then kept."
+    )
+    canary_size: int = Field(200, ge=10, description="Canary texts taken from gold_test the first time.")
+    max_canary_disagreement: float = Field(
+        0.1, ge=0, le=1, description="Teacher/student disagreement on the canary set above the level measured "
+        "at distillation by more than this is a teacher shift."
+    )
+    holdout_share: float = Field(
+        0.3, ge=0, lt=1, description="Share of a drifted window kept out of the transfer set, to score the "
+        "re-distilled student against the champion on the shifted slice."
+    )
+    notify_url_env: str = Field(
+        "DISTILL_NOTIFY_URL", description="Environment variable holding an apprise URL for alerts (secrets "
+        "stay in the environment; unset: no notification)."
+    )
 
 
 class TrackingConfig(_Section):
     """Where MLflow keeps runs and the registry."""
 
     tracking_uri: str = Field(
-        "sqlite:///mlflow.db", description="MLFLOW_TRACKING_URI overrides it."
+        "sqlite:///mlflow.db",
+        description="sqlite:///file.db (relative to the project) or http://host:port of an mlflow server; "
+        "MLFLOW_TRACKING_URI overrides it.",
     )
     experiment: str = Field("distill")
 
@@ -188,7 +439,9 @@ class PipelineConfig(_Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
+    assistant: AssistantConfig = Field(default_factory=AssistantConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)

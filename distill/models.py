@@ -61,22 +61,51 @@ def _quiet_transformers() -> None:
 
 def load_classifier(folder: Path, labels: list[str] | None = None) -> Classifier:
     """Load a Hugging Face sequence-classification folder (safetensors only, no remote code)."""
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ModelError(f"{folder}: not a Hugging Face model folder (no config.json)")
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{folder}: config.json cannot be read as a transformers config ({exc})") from None
+    check_classifier_folder(folder, config)
     found = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else []
     if labels is not None and found != list(labels):
         raise ModelError(
             f"{folder}: the model's labels {found[:5]}... ({len(found)}) do not match the data's "
             f"labels {list(labels)[:5]}... ({len(labels)}); a teacher must be trained on the same label set"
         )
-    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True,
+                                                                   trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise ModelError(f"{folder}: the weights or tokenizer cannot be loaded ({str(exc)[:300]}); "
+                         "re-export the model folder") from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise ModelError(f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings only "
+                         f"{model.get_input_embeddings().num_embeddings}; the tokenizer belongs to another model")
     return Classifier(model.eval(), tokenizer, found)
+
+
+def check_classifier_folder(folder: Path, config) -> None:
+    """A sequence classifier with safetensors weights; generative models and pickled weights are refused."""
+    architectures = config.architectures or []
+    generative = [a for a in architectures if a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration",
+                                                          "ForMaskedLM", "ForSeq2SeqLM"))]
+    if generative:
+        raise ModelError(f"{folder}: a {generative[0]} (a language model), not a sequence classifier; give a "
+                         "fine-tuned *ForSequenceClassification folder as the teacher, or leave teacher.path "
+                         "null to bootstrap one")
+    if not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
+        raise ModelError(f"{folder}: no *.safetensors weights" + (f" (found {pickled})" if pickled else "")
+                         + "; distill loads safetensors only, never pickle. Convert with "
+                         "model.save_pretrained(folder, safe_serialization=True) in a trusted environment")
 
 
 def init_from_encoder(encoder: Path, labels: list[str]) -> Classifier:
@@ -91,26 +120,133 @@ def init_from_encoder(encoder: Path, labels: list[str]) -> Classifier:
     return Classifier(model, AutoTokenizer.from_pretrained(encoder), list(labels))
 
 
-def build_student(teacher: Classifier, cfg: StudentConfig, seed: int) -> Classifier:
-    """A smaller BERT-style classifier sharing the teacher's tokenizer and labels.
+def _encoder_parts(model: nn.Module, folder: str) -> tuple[nn.Module, nn.ModuleList]:
+    """The embeddings module and the list of transformer layers of a BERT-style encoder."""
+    base = model.base_model
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not hasattr(base, "embeddings") or layers is None:
+        raise ModelError(
+            f"{folder}: {type(base).__name__} is not a BERT-style encoder (embeddings + encoder.layer); "
+            "copying teacher layers needs one: set student.init: random")
+    return base.embeddings, layers
 
-    The word embeddings start from the teacher's, projected to the student's
-    width by PCA, so a small student need not learn its vocabulary from scratch.
+
+def evenly_spaced_layers(n_student: int, n_teacher: int) -> list[int]:
+    """Teacher layers (0-based) for a student of ``n_student`` layers: every other one at half depth."""
+    return [i * n_teacher // n_student for i in range(n_student)]
+
+
+def shape_of(config) -> dict[str, int]:
+    """The shape fields a student config can set."""
+    return {"num_layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
+            "num_heads": config.num_attention_heads, "intermediate_size": config.intermediate_size}
+
+
+def reduced_tokenizer(tokenizer, texts: list[str], vocab_size: int):
+    """A WordPiece vocabulary of ``vocab_size`` trained on ``texts`` with the teacher's normaliser and specials."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError("student.vocab_size needs a fast (Rust) teacher tokenizer to train a smaller vocabulary")
+    if not texts:
+        raise ModelError("student.vocab_size: no texts to train the smaller vocabulary on")
+    return tokenizer.train_new_from_iterator(iter(texts), vocab_size=vocab_size)
+
+
+def build_student(teacher: Classifier, cfg: StudentConfig, seed: int, texts: list[str] | None = None) -> Classifier:
+    """The student: a model folder with a fresh head, or a smaller copy of the teacher's architecture.
+
+    From the teacher's config, shape values left None keep the teacher's. The
+    word embeddings start from the teacher's (PCA-projected when narrower). With
+    ``init`` teacher (or auto and a matching width) the student copies the
+    teacher's embeddings and an evenly spaced subset of its layers, as
+    DistilBERT did. ``vocab_size`` trains a smaller vocabulary on ``texts``.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    _quiet_transformers()
     torch.manual_seed(seed)
-    config = teacher.model.config.__class__.from_dict(teacher.model.config.to_dict())
-    config.num_hidden_layers = cfg.num_layers
-    config.hidden_size = cfg.hidden_size
-    config.num_attention_heads = cfg.num_heads
-    config.intermediate_size = cfg.intermediate_size
+    labels = list(teacher.labels)
+    head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)}}
+    if cfg.path:
+        folder = Path(cfg.path)
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"student.path {folder}: not a Hugging Face model folder (no config.json)")
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, **head, ignore_mismatched_sizes=True, use_safetensors=True, trust_remote_code=False)
+        return Classifier(model, AutoTokenizer.from_pretrained(folder, trust_remote_code=False), labels)
+
+    t_config = teacher.model.config
+    teacher_shape = shape_of(t_config)
+    shape = {key: getattr(cfg, key) or teacher_shape[key] for key in teacher_shape}
+    if shape["hidden_size"] % shape["num_heads"]:
+        raise ModelError(f"student width {shape['hidden_size']} is not a multiple of its {shape['num_heads']} "
+                         "heads (a null shape value takes the teacher's); set student.num_heads")
+    config = t_config.__class__.from_dict(t_config.to_dict())
+    config.num_hidden_layers = shape["num_layers"]
+    config.hidden_size = shape["hidden_size"]
+    config.num_attention_heads = shape["num_heads"]
+    config.intermediate_size = shape["intermediate_size"]
+    config.update(head)
+    tokenizer = teacher.tokenizer
+    if cfg.vocab_size:
+        tokenizer = reduced_tokenizer(teacher.tokenizer, texts or [], cfg.vocab_size)
+        config.vocab_size = len(tokenizer)
     model = AutoModelForSequenceClassification.from_config(config)
+
+    same_layer_shape = all(shape[k] == teacher_shape[k] for k in ("hidden_size", "num_heads", "intermediate_size"))
+    init = cfg.init
+    if init == "auto":
+        init = "teacher" if same_layer_shape and not cfg.vocab_size else "random"
+    if init == "teacher":
+        if not same_layer_shape:
+            differ = {k: (shape[k], teacher_shape[k]) for k in ("hidden_size", "num_heads", "intermediate_size")
+                      if shape[k] != teacher_shape[k]}
+            raise ModelError(f"student.init teacher copies teacher layers, so the layer shape must match the "
+                             f"teacher's; (student, teacher) differ in {differ}. Use student.init: random, or "
+                             "leave those shape values null")
+        if cfg.vocab_size:
+            raise ModelError("student.init teacher copies the teacher's embeddings, which needs the teacher's "
+                             "vocabulary: set student.vocab_size: null, or student.init: random")
+        copy_teacher_layers(teacher.model, model, cfg.teacher_layers)
+    else:
+        init_word_embeddings(teacher, model, tokenizer)
+    return Classifier(model, tokenizer, labels)
+
+
+def copy_teacher_layers(teacher: nn.Module, student: nn.Module, teacher_layers: list[int] | None) -> list[int]:
+    """Copy the embeddings and the chosen layers (0-based) of the teacher into the student."""
+    t_embeddings, t_layers = _encoder_parts(teacher, "teacher")
+    s_embeddings, s_layers = _encoder_parts(student, "student")
+    chosen = teacher_layers if teacher_layers is not None else evenly_spaced_layers(len(s_layers), len(t_layers))
+    bad = [i for i in chosen if not 0 <= i < len(t_layers)]
+    if bad:
+        raise ModelError(f"student.teacher_layers {bad} point past the teacher's depth "
+                         f"({len(t_layers)} layers, numbered 0..{len(t_layers) - 1})")
+    with torch.no_grad():
+        s_embeddings.load_state_dict(t_embeddings.state_dict())
+        for target, source in zip(s_layers, chosen):
+            target.load_state_dict(t_layers[source].state_dict())
+        t_pooler, s_pooler = getattr(teacher.base_model, "pooler", None), getattr(student.base_model, "pooler", None)
+        if t_pooler is not None and s_pooler is not None:
+            s_pooler.load_state_dict(t_pooler.state_dict())
+    return list(chosen)
+
+
+def init_word_embeddings(teacher: Classifier, model: nn.Module, tokenizer) -> None:
+    """Start the student's word embeddings from the teacher's, projected to its width, token by token."""
     teacher_words = teacher.model.get_input_embeddings().weight.detach()
-    if teacher_words.shape[0] == model.get_input_embeddings().weight.shape[0]:
-        with torch.no_grad():
-            model.get_input_embeddings().weight.copy_(project_embeddings(teacher_words, cfg.hidden_size))
-    return Classifier(model, teacher.tokenizer, list(teacher.labels))
+    width = model.get_input_embeddings().weight.shape[1]
+    projected = project_embeddings(teacher_words, width)
+    target = model.get_input_embeddings().weight
+    with torch.no_grad():
+        if tokenizer is teacher.tokenizer and teacher_words.shape[0] == target.shape[0]:
+            target.copy_(projected)
+            return
+        teacher_vocab = teacher.tokenizer.get_vocab()
+        for token, index in tokenizer.get_vocab().items():
+            source = teacher_vocab.get(token)
+            if source is not None and index < target.shape[0]:
+                target[index] = projected[source]
 
 
 def project_embeddings(weights: torch.Tensor, width: int) -> torch.Tensor:

@@ -1,30 +1,46 @@
-"""The training loop shared by the teacher bootstrap, the student and the baseline."""
+"""The training loop shared by the teacher bootstrap, the student and the baseline.
+
+Checkpoints (``distill.checkpoint``) every ``checkpoint_every`` steps let a killed
+run resume where it stopped and end bitwise where an uninterrupted run ends (CPU,
+same thread count). Under torchrun the loop runs data-parallel (DDP): every rank
+draws the same global batch and trains on its DistributedSampler share of it;
+rank 0 logs and checkpoints.
+"""
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score
 
-from distill.losses import hinton_loss
+from distill import checkpoint
+from distill.config import ConfigError, LossTerm
+from distill.io import hash_texts, is_primary
 from distill.models import Classifier, encode, pick_device, predict_logits
+from distill.objective import ModelShape, Objective
 
 IGNORE = -100
+log = logging.getLogger("distill")
 
 
 @dataclass
 class TrainData:
-    """Texts with gold label ids (IGNORE where unknown) and optional teacher logits (N, K)."""
+    """Texts with gold label ids (IGNORE where unknown), optional cached teacher logits (N, K),
+    and the teacher model itself when a feature or relation term needs its internals."""
 
     texts: list[str]
     labels: np.ndarray
     teacher_logits: np.ndarray | None = None
+    teacher: Classifier | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -45,6 +61,8 @@ class TrainSettings:
     eval_every: int = 50
     device: str = "auto"
     seed: int = 0
+    checkpoint_dir: Path | None = None  # None: no checkpoints
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: none
 
 
 @dataclass
@@ -62,12 +80,77 @@ def steps_for(n_examples: int, batch_size: int, epochs: int) -> int:
     return max(1, math.ceil(n_examples / batch_size)) * epochs
 
 
-def batches(n: int, batch_size: int, rng: np.random.Generator):
-    """Endless shuffled index batches, epoch after epoch."""
-    while True:
-        order = rng.permutation(n)
-        for start in range(0, n, batch_size):
-            yield order[start:start + batch_size]
+class Batches:
+    """Endless shuffled index batches, epoch after epoch, that can say where they are.
+
+    The state is the epoch, the offset in it and the generator state the epoch's
+    permutation was drawn from, so a resumed stream yields the same batches.
+    """
+
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
+        self.n, self.batch_size, self.rng = n, batch_size, rng
+        self.epoch, self.offset = 0, 0
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        self._epoch_rng = self.rng.bit_generator.state
+        self._order = self.rng.permutation(self.n)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self.offset >= self.n:
+            self.epoch, self.offset = self.epoch + 1, 0
+            self._new_epoch()
+        idx = self._order[self.offset:self.offset + self.batch_size]
+        self.offset += self.batch_size
+        return idx
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset, "rng": self._epoch_rng}
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self._new_epoch()
+        self.epoch, self.offset = state["epoch"], state["offset"]
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size); joins the torchrun process group (gloo on CPU, NCCL on CUDA) on first use."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def local_share(idx: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This rank's share of a global batch: DistributedSampler's rank::world split, without shuffling."""
+    if world == 1:
+        return idx
+    from torch.utils.data import DistributedSampler
+
+    return idx[list(DistributedSampler(idx, num_replicas=world, rank=rank, shuffle=False))]
+
+
+def check_schedule(settings: TrainSettings) -> None:
+    """Refuse settings that make the run meaningless, naming the key to change."""
+    if settings.eval_every > settings.max_steps:
+        raise ConfigError(
+            f"train.eval_every ({settings.eval_every}) is larger than the whole run ({settings.max_steps} "
+            "steps), so early stopping could never act; lower train.eval_every or raise train.epochs")
+
+
+def warmup_share(max_steps: int) -> float:
+    """OneCycleLR warm-up share: 10 %, nudged where 10 % is exactly one step (it divides by zero there)."""
+    return 0.1 if abs(0.1 * max_steps - 1.0) > 1e-9 else 0.15
 
 
 def validate(clf: Classifier, val: TrainData, settings: TrainSettings, device: torch.device) -> float:
@@ -77,62 +160,172 @@ def validate(clf: Classifier, val: TrainData, settings: TrainSettings, device: t
     return float(accuracy_score(val.labels, logits.argmax(axis=1)))
 
 
+def default_objective(clf: Classifier, settings: TrainSettings) -> Objective:
+    """Hinton KD (or plain cross-entropy when alpha is 0) for callers that configure no terms."""
+    return Objective([LossTerm(name="kl")], settings.kd_temperature, settings.alpha, ModelShape.of(clf.model))
+
+
+def use_eager_attention(model) -> None:
+    """Attention maps are only returned by the eager attention implementation."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    else:
+        model.config._attn_implementation = "eager"
+
+
+def _run_key(clf: Classifier, data: TrainData, settings: TrainSettings, objective: Objective) -> str:
+    """What makes a checkpoint belong to this run: settings, data, teacher outputs, objective, initial weights."""
+    fields = {k: v for k, v in asdict(settings).items() if k not in ("checkpoint_dir", "checkpoint_every", "device")}
+    logits = data.teacher_logits
+    return checkpoint.run_key({
+        "settings": fields, "texts": hash_texts(data.texts), "labels": data.labels.tolist(),
+        "teacher_logits": None if logits is None else checkpoint.hash_state({"l": torch.from_numpy(np.array(logits))}),
+        "terms": [t.model_dump() for t in objective.terms], "temperature": objective.temperature,
+        "alpha": objective.alpha, "student": checkpoint.hash_state(clf.model.state_dict()),
+        "objective": checkpoint.hash_state(objective.state_dict())})
+
+
+@dataclass
+class _Progress:
+    """The loop's counters: what a checkpoint stores besides tensors."""
+
+    step: int = 0
+    stale: int = 0
+    best_accuracy: float = -1.0
+    best_step: int = 0
+    history: list | None = None
+    seconds: float = 0.0
+
+
 def train(clf: Classifier, data: TrainData, val: TrainData, settings: TrainSettings,
-          on_log: Callable[[int, dict], None] | None = None, progress: str | None = None) -> TrainResult:
+          on_log: Callable[[int, dict], None] | None = None, progress: str | None = None,
+          objective: Objective | None = None) -> TrainResult:
     """Train ``clf`` in place; keep the weights of the best validation accuracy.
 
     Args:
         clf: model, tokenizer and labels; its weights are updated.
         data: training texts, gold label ids and optional teacher logits.
         val: gold validation set for early stopping (never the test set).
-        settings: step budget, optimiser and loss settings.
-        on_log: called as ``on_log(step, metrics)`` at each validation check.
+        settings: step budget, optimiser and loss settings; checkpoint folder and interval.
+        on_log: called as ``on_log(step, metrics)`` at each validation check (rank 0 only).
         progress: progress bar title; None hides it.
+        objective: the loss terms (and their projections); None means Hinton KD from ``settings``.
     """
     from tqdm.auto import tqdm
 
+    check_schedule(settings)
+    rank, world = init_distributed()
     torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
     device = pick_device(settings.device)
+    objective = (objective or default_objective(clf, settings)).to(device)
+    checkpointing = bool(settings.checkpoint_every and settings.checkpoint_dir is not None)
+    key = _run_key(clf, data, settings, objective) if checkpointing else ""
+    teacher = data.teacher if objective.needs_teacher_model else None
+    if objective.needs_teacher_model and teacher is None:
+        raise ValueError("the configured loss terms need the teacher model in the training step; "
+                         "pass TrainData(teacher=...)")
+    if objective.needs_attentions:
+        use_eager_attention(clf.model)
+        use_eager_attention(teacher.model)
+    if teacher is not None:
+        teacher.model.to(device).eval().requires_grad_(False)
+    shared_tokens = teacher is not None and teacher.tokenizer is clf.tokenizer
+    internals = {"output_hidden_states": objective.needs_hidden_states,
+                 "output_attentions": objective.needs_attentions}
     model = clf.model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    params = list(model.parameters()) + list(objective.parameters())
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.learning_rate, total_steps=settings.max_steps, pct_start=0.1)
+        optimizer, max_lr=settings.learning_rate, total_steps=settings.max_steps,
+        pct_start=warmup_share(settings.max_steps))
     use_amp = device.type == "cuda"
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
-    history, stale, step, start = [], 0, 0, time.perf_counter()
-    bar = tqdm(total=settings.max_steps, desc=progress, disable=progress is None, unit="step")
-    for idx in batches(len(data), settings.batch_size, rng):
-        batch = {k: v.to(device) for k, v in encode(clf.tokenizer, [data.texts[i] for i in idx],
-                                                    settings.max_length).items()}
+    stream = Batches(len(data), settings.batch_size, np.random.default_rng(settings.seed))
+    state, best_weights = _Progress(history=[]), copy.deepcopy(model.state_dict())
+    ckpt = checkpoint.load(settings.checkpoint_dir, key) if checkpointing else None
+    if ckpt is not None:
+        checkpoint.restore(ckpt, model, objective, optimizer, scheduler)
+        stream.restore(ckpt["batches"])
+        state = _Progress(**ckpt["progress"])
+        best_weights = ckpt["best"]
+        log.info("resuming %s from the checkpoint at step %d of %d", progress or "training", state.step,
+                 settings.max_steps)
+    forward = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model)
+    start = time.perf_counter() - state.seconds
+    bar = tqdm(total=settings.max_steps, initial=state.step, desc=progress,
+               disable=progress is None or not is_primary(), unit="step")
+    while state.step < settings.max_steps and state.stale < settings.patience:
+        idx = local_share(next(stream), rank, world)
+        texts = [data.texts[i] for i in idx]
+        batch = {k: v.to(device) for k, v in encode(clf.tokenizer, texts, settings.max_length).items()}
         labels = torch.as_tensor(data.labels[idx], device=device)
-        teacher = (torch.as_tensor(data.teacher_logits[idx], device=device)
-                   if data.teacher_logits is not None else None)
+        teacher_logits = (torch.as_tensor(data.teacher_logits[idx], device=device)
+                          if data.teacher_logits is not None else None)
+        teacher_out = None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(**batch).logits.float()  # (B, K)
-        loss = hinton_loss(logits, teacher, labels, settings.kd_temperature, settings.alpha)
+            if teacher is not None:
+                t_batch = batch if shared_tokens else {
+                    k: v.to(device) for k, v in encode(teacher.tokenizer, texts, settings.max_length).items()}
+                with torch.no_grad():
+                    teacher_out = teacher.model(**t_batch, **internals)
+            out = forward(**batch, **internals)
+            loss, parts = objective(out, labels, batch["attention_mask"].bool(), teacher_logits, teacher_out)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if world > 1:
+            _average_objective_grads(objective, world)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
-        step += 1
+        state.step += 1
         bar.update(1)
-        if step % settings.eval_every == 0 or step == settings.max_steps:
+        if state.step % settings.eval_every == 0 or state.step == settings.max_steps:
             accuracy = validate(clf, val, settings, device)
-            record = {"loss": loss.item(), "val_accuracy": accuracy}
-            history.append({"step": step, **record})
-            if on_log:
-                on_log(step, record)
+            record = {"loss": _mean(loss, world), **{f"loss_{k}": _mean(v, world) for k, v in parts.items()},
+                      "val_accuracy": accuracy}
+            state.history.append({"step": state.step, **record})
+            if on_log and is_primary():
+                on_log(state.step, record)
             bar.set_postfix(val_acc=f"{accuracy:.3f}")
-            if accuracy > best[0]:
-                best, stale = (accuracy, step, copy.deepcopy(model.state_dict())), 0
+            if accuracy > state.best_accuracy:
+                state.best_accuracy, state.best_step, state.stale = accuracy, state.step, 0
+                best_weights = copy.deepcopy(model.state_dict())
             else:
-                stale += 1
-        if step >= settings.max_steps or stale >= settings.patience:
-            break
+                state.stale += 1
+        if checkpointing and state.step % settings.checkpoint_every == 0 \
+                and state.step < settings.max_steps and state.stale < settings.patience:
+            state.seconds = time.perf_counter() - start
+            checkpoint.save(settings.checkpoint_dir, key=key, model=model, best_state=best_weights,
+                            objective=objective, optimizer=optimizer, scheduler=scheduler,
+                            progress={"progress": asdict(state), "batches": stream.state()})
     bar.close()
-    model.load_state_dict(best[2])
+    model.load_state_dict(best_weights)
     model.to("cpu").eval()
-    return TrainResult(step, best[1], best[0], time.perf_counter() - start,
-                       step < settings.max_steps, history)
+    if teacher is not None:
+        teacher.model.to("cpu")
+    return TrainResult(state.step, state.best_step, state.best_accuracy, time.perf_counter() - start,
+                       state.step < settings.max_steps, state.history)
+
+
+def _mean(value: torch.Tensor, world: int) -> float:
+    """A logged figure averaged over the ranks (the global batch's value)."""
+    if world == 1:
+        return value.item()
+    import torch.distributed as dist
+
+    value = value.detach().clone().float()
+    dist.all_reduce(value)
+    return (value / world).item()
+
+
+def _average_objective_grads(objective: Objective, world: int) -> None:
+    """DDP averages the student's gradients; the objective's projections are averaged here."""
+    import torch.distributed as dist
+
+    for param in objective.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad /= world

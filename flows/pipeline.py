@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from distill.config import PipelineConfig, load_config, write_overrides
-from distill.gates import GateReport, decide_promotion
+from distill import model_card
+from distill.gates import GateReport, decide_promotion, label_accuracy
 from distill.io import read_json
 from distill.models import read_card
 from tasks import dvc, registry
+from flows.promotion import promote_student
 from tasks.dvc import StageFailed
 
 IMPORTED_TEACHER = "models/imported_teacher"
@@ -71,6 +74,16 @@ def print_summary(metrics: dict, decision: GateReport, version: str, promoted: b
         console.print(f"{name}: {path}")
 
 
+def verdict(passed: bool) -> str:
+    return "passed" if passed else "failed"
+
+
+def gold_text(predictions: pd.DataFrame) -> str | None:
+    """A gold test text the student gets right: the serving check's request."""
+    right = predictions[predictions["label"] == predictions["student"]]
+    return str((right if len(right) else predictions)["text"].iloc[0]) if len(predictions) else None
+
+
 @flow(name="distill_pipeline", log_prints=True)
 def distill_pipeline(project_dir: str = ".", overrides: list[str] | None = None, monitor: bool = True,
                      reason: str = "manual") -> dict:
@@ -106,36 +119,55 @@ def distill_pipeline(project_dir: str = ".", overrides: list[str] | None = None,
 
     runs.append(dvc.repro("label", project_dir))
     dvc.push(project_dir)
-    runs += [dvc.repro(stage, project_dir) for stage in ("train_student", "train_baseline", "evaluate", "audit")]
+    runs += [dvc.repro(stage, project_dir)
+             for stage in ("assistant", "train_student", "train_baseline", "evaluate", "audit")]
     metrics = read_json(Path(path["evaluate"], "metrics.json"))
     audit = read_json(Path(path["audit"], "audit.json"))
-    decision = decide_promotion(teacher_gate, metrics, audit["passed"], audit["reasons"], cfg.promote)
+    predictions = pd.read_parquet(Path(path["evaluate"], "predictions.parquet"))
+    gold, student_pred = predictions["label"].astype(str).tolist(), predictions["student"].astype(str).tolist()
+    champion = registry.score_champion(cfg, path["prepared"], project_dir)  # same test set, same run
+    decision = decide_promotion(teacher_gate, metrics, audit["passed"], audit["reasons"], cfg.promote,
+                                champion=champion, challenger_slices=label_accuracy(gold, student_pred))
 
     hashes = dvc.lock_hashes(project_dir)
     student_card = read_card(Path(path["student"]))
-    lineage = {"teacher_fingerprint": teacher_card["fingerprint"], "teacher_version": teacher_version,
-               "teacher_outputs_md5": hashes.get(PATHS["outputs"], ""),
+    params = cfg.model_dump(mode="json")
+    lineage = {"teacher_model": cfg.promote.teacher_model, "teacher_fingerprint": teacher_card["fingerprint"],
+               "teacher_version": teacher_version, "teacher_outputs_md5": hashes.get(PATHS["outputs"], ""),
                "prepared_md5": hashes.get(PATHS["prepared"], ""), "method": student_card.get("method", ""),
-               "reason": reason, "teacher_gate": str(teacher_gate.passed), "audit": str(audit["passed"]),
-               "promotion_gate": str(decision.passed)}
+               "git_commit": registry.git_commit(project_dir), "params_sha256": model_card.params_hash(params),
+               "reason": reason, "teacher_gate": verdict(teacher_gate.passed), "audit": verdict(audit["passed"]),
+               "promotion_gate": verdict(decision.passed), "promote_mode": cfg.promote.mode,
+               "eval.accuracy": f"{metrics['student']['accuracy']:.4f}",
+               "eval.teacher_share": f"{metrics['student']['accuracy'] / max(metrics['teacher']['accuracy'], 1e-9):.4f}",
+               "eval.latency_p50_ms": f"{metrics['student']['latency_p50_ms']:.2f}",
+               "champion_at_decision": champion["version"] if champion else "none"}
+    if student_card.get("losses"):
+        lineage["losses"] = str(student_card["losses"])[:5000]
     reports = {"evaluation report": str(Path(path["evaluate"], "report.html")),
                "audit report": str(Path(path["audit"], "audit.html")),
                "data contracts (GE)": str(Path(project_dir, "gx/uncommitted/data_docs/local_site/index.html"))}
     run_id = registry.log_run(cfg, {"eval": metrics}, lineage, [path["evaluate"], path["audit"],
                                                                  path["teacher_report"]], project_dir)
-    description = "Student distilled from teacher {}.\n\n{}\n\nGates:\n{}".format(
-        teacher_card["fingerprint"][:12], summary_table(metrics), "\n".join(f"- {r}" for r in decision.reasons))
     version, fresh = registry.register_student(cfg, run_id, path["student"], student_card, lineage,
-                                               description, project_dir)
-    promoted = False
-    if decision.passed:
-        registry.promote(cfg, version, project_dir)
-        promoted = True
+                                               "Student distilled by distill; the model card follows.", project_dir)
+    card = model_card.render(
+        name=cfg.promote.student_model, version=version, student_card=student_card,
+        teacher={"name": cfg.promote.teacher_model, "version": teacher_version,
+                 "fingerprint": teacher_card["fingerprint"], "source": teacher_card.get("source")},
+        lineage=lineage, params=params, metrics=metrics, audit=audit, decision=decision.to_dict(),
+        champion=champion, confused=model_card.confused_pairs(gold, student_pred))
+    registry.tag_version(cfg, version, lineage, description=card, project_dir=project_dir)
+    outcome = promote_student(cfg, version, decision.to_dict(), project_dir=project_dir,
+                              smoke_text=gold_text(predictions))
+    promoted = outcome["promoted"]
     create_markdown_artifact(key="distill-summary", markdown=summary_table(metrics)
                              + f"\n\nStudent version {version}: {'promoted' if promoted else 'not promoted'}.")
     print_summary(metrics, decision, version, promoted, reports)
+    print(f"promotion: {outcome['outcome']}" + (f" (serving check: {outcome['serving']})" if "serving" in outcome
+                                                 else ""))
     summary = {"completed": True, "run_id": run_id, "student_version": version, "newly_registered": fresh,
-               "promoted": promoted, "decision": decision.to_dict(), "metrics": metrics,
+               "promoted": promoted, "promotion": outcome, "decision": decision.to_dict(), "metrics": metrics,
                "skipped_stages": [r.stage for r in runs if r.skipped], "reports": reports}
     if monitor:
         from flows.monitor import drift_monitor

@@ -87,3 +87,12 @@ def tiny_teacher(tmp_path_factory) -> Path:
     save_classifier(Classifier(BertForSequenceClassification(config), tokenizer, labels), folder,
                     {"role": "teacher", "source": "test"})
     return folder
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_uri(tmp_path_factory) -> str:
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, served local artifacts) for the session."""
+    from tests.mlflow_server import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri

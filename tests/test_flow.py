@@ -42,7 +42,7 @@ def project(tmp_path_factory) -> Path:
                           production_windows=2, shifted_windows=1, window_size=120)
     params["teacher"].update(epochs=2, batch_size=32)
     params["promote"] = {"min_teacher_share": 0.0}
-    params["audit"] = {"max_slice_drop": 1.0}
+    params["audit"] = {"max_slice_drop": 1.0, "poor_slice_accuracy": 0.0, "max_flip_increase": 1.0}
     # DVC needs every key a stage lists in params.yaml: write the complete, validated config.
     full = config_from_dict(params).model_dump(mode="json")
     (root / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
@@ -93,6 +93,26 @@ def test_warm_run_skips_labelling_and_training(harness, project):
         summary["skipped_stages"])
     assert summary["newly_registered"] is False
     assert summary["monitor"]["new_incidents"] == [], "an incident already re-distilled must not trigger again"
+
+
+def test_sweep_trains_every_grid_point_and_applies_the_best_on_validation(harness, project):
+    from distill.config import load_config, write_overrides
+    from flows.sweep import distill_sweep
+
+    write_overrides(project / "params.yaml", ["sweep.temperatures=[1.0, 4.0]", "sweep.alphas=[0.5]",
+                                              "sweep.epochs=1"])
+    result = distill_sweep(project_dir=str(project), apply=True)
+    grid = result["grid"]
+    assert [(r["kd_temperature"], r["alpha"]) for r in grid] == [(1.0, 0.5), (4.0, 0.5)]
+    best = max(grid, key=lambda r: r["val_accuracy"])
+    assert result["chosen"]["val_accuracy"] == best["val_accuracy"]
+    cfg = load_config(project / "params.yaml")
+    assert (cfg.train.kd_temperature, cfg.train.alpha) == (result["chosen"]["kd_temperature"], result["chosen"]["alpha"])
+    client = registry(project)
+    children = client.search_runs([client.get_experiment_by_name("distill").experiment_id],
+                                  f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    assert sorted(r.data.params["kd_temperature"] for r in children) == ["1.0", "4.0"]
+    assert client.get_run(result["run_id"]).data.params["chosen_kd_temperature"] == str(cfg.train.kd_temperature)
 
 
 def test_failed_teacher_gate_stops_before_distillation(harness, project):
