@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -140,12 +140,15 @@ def local_share(idx: np.ndarray, rank: int, world: int) -> np.ndarray:
     return idx[list(DistributedSampler(idx, num_replicas=world, rank=rank, shuffle=False))]
 
 
-def check_schedule(settings: TrainSettings) -> None:
-    """Refuse settings that make the run meaningless, naming the key to change."""
-    if settings.eval_every > settings.max_steps:
-        raise ConfigError(
-            f"train.eval_every ({settings.eval_every}) is larger than the whole run ({settings.max_steps} "
-            "steps), so early stopping could never act; lower train.eval_every or raise train.epochs")
+def check_schedule(settings: TrainSettings) -> TrainSettings:
+    """Settings the loop can use: a validation interval longer than the whole run (a small data set)
+    is shortened to a quarter of the run, with a warning naming the key, so early stopping can act."""
+    if settings.eval_every <= settings.max_steps:
+        return settings
+    eval_every = max(1, settings.max_steps // 4)
+    log.warning("train.eval_every (%d) is longer than the whole run (%d steps); validating every %d steps "
+                "instead (lower train.eval_every to choose)", settings.eval_every, settings.max_steps, eval_every)
+    return replace(settings, eval_every=eval_every)
 
 
 def warmup_share(max_steps: int) -> float:
@@ -213,7 +216,7 @@ def train(clf: Classifier, data: TrainData, val: TrainData, settings: TrainSetti
     """
     from tqdm.auto import tqdm
 
-    check_schedule(settings)
+    settings = check_schedule(settings)
     rank, world = init_distributed()
     torch.manual_seed(settings.seed)
     device = pick_device(settings.device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -318,12 +319,16 @@ def labelled(tiny_cfg, prepared, tiny_teacher, tmp_path):
     return prepared, tmp_path / "teacher", tmp_path / "logits.parquet"
 
 
-def test_eval_every_longer_than_the_run(tiny_cfg, labelled, tmp_path):
+def test_eval_every_longer_than_the_run_is_shortened_with_a_warning(tiny_cfg, labelled, tmp_path, caplog):
+    """A small data set must still train: the interval shrinks to a quarter of the run and says so."""
     prepared, teacher_dir, outputs = labelled
     cfg = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"eval_every": 500})})
-    with pytest.raises(ConfigError, match=r"train.eval_every \(500\) is larger than the whole run \(\d+ steps\)"):
-        students.run_student(cfg, prepared, teacher_dir, outputs, tmp_path / "student")
-    assert not (tmp_path / "student").exists()
+    logged = []
+    with caplog.at_level("WARNING", logger="distill"):
+        result = students.run_student(cfg, prepared, teacher_dir, outputs, tmp_path / "student",
+                                      on_log=lambda step, m: logged.append(step))
+    assert re.search(r"train.eval_every \(500\) is longer than the whole run \(\d+ steps\)", caplog.text)
+    assert len(logged) >= 4 and logged[-1] == result.steps
 
 
 def test_vocab_size_with_teacher_init(tiny_cfg, labelled, tmp_path):
