@@ -23,7 +23,7 @@ import torch
 from sklearn.metrics import accuracy_score
 
 from distill import checkpoint
-from distill.config import ConfigError, LossTerm
+from distill.config import LossTerm
 from distill.io import hash_texts, is_primary
 from distill.models import Classifier, encode, pick_device, predict_logits
 from distill.objective import ModelShape, Objective
