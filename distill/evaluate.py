@@ -410,6 +410,6 @@ def write_report(path: Path, metrics: dict, classes: dict, details: dict, teache
     body = "".join(f"<h2>{title}</h2>{content}" for title, content in sections)
     path.write_text(
         "<html><head><meta charset='utf-8'><title>distill evaluation</title><style>"
-        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head>"
+        "img{max-width:100%;height:auto}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head>"
         f"<body><h1>Evaluation on the gold test set</h1><p>Teacher {teacher_card['fingerprint'][:12]} "
         f"({teacher_card.get('source')}); {len(metrics)} candidates.</p>{pictures}{body}</body></html>")
