@@ -40,6 +40,18 @@ def make_examples(per_label: int = 30, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; no test may leave its URI (perhaps a
+    stopped server) behind for the tests after it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def tiny_csv(tmp_path: Path) -> Path:
     path = tmp_path / "examples.csv"
