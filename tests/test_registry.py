@@ -303,8 +303,11 @@ def test_mlflow_models_serve_answers_http_for_the_champion(logged, server, tmp_p
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with open(log, "w") as sink:
+        # `mlflow models serve` execs uvicorn by name: this interpreter's bin folder must be on PATH
+        # (CI runs .venv/bin/python without activating the venv)
+        path = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "MLFLOW_TRACKING_URI": server})
+                                env={**os.environ, "MLFLOW_TRACKING_URI": server, "PATH": path})
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", proc, log, timeout=180)
         body = pd.DataFrame({"text": ["turn off the bedroom lights", "set a timer for 5 minutes"]})
