@@ -156,6 +156,21 @@ def label_shard(teacher_dir: str, labels: list[str], batches: list[list[str]], m
     return [predict_logits(teacher, texts, len(texts), max_length, pick_device(device)) for texts in batches]
 
 
+def shard_batches(texts: list[str], plan: list[np.ndarray], shards: list[tuple[int, int]]) -> list[list[list[str]]]:
+    """The texts of every batch of every shard, as ``label_shard`` takes them."""
+    return [[[texts[i] for i in idx] for idx in plan[a:b]] for a, b in shards]
+
+
+def merge_shards(plan: list[np.ndarray], shards: list[tuple[int, int]], results: list[list[np.ndarray]],
+                 n_rows: int, n_labels: int) -> np.ndarray:
+    """Every shard's batch logits put back in input order: the one merge of both engines."""
+    out = np.zeros((n_rows, n_labels), dtype=np.float32)
+    for (a, b), logits in zip(shards, results, strict=True):
+        for idx, batch in zip(plan[a:b], logits, strict=True):
+            out[idx] = batch
+    return out
+
+
 def label_texts(teacher_dir: Path, labels: list[str], texts: list[str], batch_size: int, max_length: int,
                 device: str, workers: int = 1) -> np.ndarray:
     """Teacher logits (N, K) for ``texts``; with ``workers`` > 1, shards of the batch plan run in a process pool.
@@ -175,15 +190,25 @@ def label_texts(teacher_dir: Path, labels: list[str], texts: list[str], batch_si
     plan = batch_plan(texts, batch_size)
     shards = shard_ranges(len(plan), workers)
     threads = max(1, torch.get_num_threads() // len(shards))
-    out = np.zeros((len(texts), len(labels)), dtype=np.float32)
     with ProcessPoolExecutor(len(shards), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(label_shard, str(teacher_dir), labels,
-                               [[texts[i] for i in idx] for idx in plan[a:b]], max_length, device, threads)
-                   for a, b in shards]
-        for (a, b), future in zip(shards, futures):
-            for idx, logits in zip(plan[a:b], future.result()):
-                out[idx] = logits
-    return out
+        futures = [pool.submit(label_shard, str(teacher_dir), labels, batches, max_length, device, threads)
+                   for batches in shard_batches(texts, plan, shards)]
+        return merge_shards(plan, shards, [f.result() for f in futures], len(texts), len(labels))
+
+
+def teacher_logits(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, labels: list[str],
+                   texts: list[str]) -> np.ndarray:
+    """The teacher's logits over the distillation inputs, on the configured ``label.engine``."""
+    if cfg.label.engine == "dask":
+        # The core never imports Prefect or Dask at import time (tests/test_import.py); the Dask
+        # engine is a Prefect flow in flows/, loaded only when the config asks for it. It reads the
+        # texts from `prepared` itself, so flow parameters stay small (they are sent to the API).
+        from flows.labelling import label_on_dask
+
+        return label_on_dask(str(teacher_dir), labels, str(prepared), cfg.label.batch_size, cfg.teacher.max_length,
+                             cfg.train.device, cfg.label.workers, cfg.label.dask_address)
+    return label_texts(teacher_dir, labels, texts, cfg.label.batch_size, cfg.teacher.max_length, cfg.train.device,
+                       cfg.label.workers)
 
 
 def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_path: Path) -> LabelResult:
@@ -199,8 +224,7 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_path: Path) 
             meta = {}
         if meta.get("input_hash") == input_hash:
             return LabelResult(Path(out_path), len(inputs), card["fingerprint"], input_hash, reused=True)
-    logits = label_texts(teacher_dir, card["labels"], inputs["text"].tolist(), cfg.label.batch_size,
-                         cfg.teacher.max_length, cfg.train.device, cfg.label.workers)
+    logits = teacher_logits(cfg, Path(prepared), Path(teacher_dir), card["labels"], inputs["text"].tolist())
     contracts.check_frame(output_frame_checks(inputs, logits), "teacher_outputs", source=str(out_path),
                           parameters={"num_labels": len(card["labels"])})
     meta = {"teacher_fingerprint": card["fingerprint"], "teacher_source": card.get("source"),

@@ -1,7 +1,8 @@
 """The monitoring loop unattended, against a real Prefect server.
 
-`prefect server start` on 127.0.0.1 (PREFECT_HOME in tmp, analytics off), a `process` work pool,
-`prefect deploy --all` from a tiny copy of the project, `prefect worker start`. The test runs the
+`prefect server start` on 127.0.0.1 (PREFECT_HOME in tmp, analytics off), a `process` work pool (and
+the GPU pool, without a worker), `prefect deploy --all` from a tiny copy of the project, `prefect
+worker start`. The test runs the
 pipeline deployment once (for a champion), then the drift-monitor deployment; the monitor's
 `distill.drift.detected` event must start the redistill deployment through its trigger, with the
 event's figures as parameters, and that run must complete. Worker and server are stopped at the end.
@@ -74,7 +75,10 @@ def stack(tmp_path_factory):
                 pass
             assert server.poll() is None and time.monotonic() < deadline, (tmp / "server.log").read_text()[-3000:]
             time.sleep(1)
-        for args in (["work-pool", "create", "distill-process", "--type", "process"], ["deploy", "--all"]):
+        # Both pools of prefect.yaml (`prefect deploy` refuses a deployment on a missing pool); only the
+        # process pool gets a worker: nothing schedules or triggers the GPU deployment.
+        for args in (["work-pool", "create", "distill-process", "--type", "process"],
+                     ["work-pool", "create", "distill-gpu", "--type", "process"], ["deploy", "--all"]):
             proc = subprocess.run([PREFECT, *args], env=env, cwd=project, capture_output=True, text=True, timeout=300)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         worker = start([PREFECT, "worker", "start", "--pool", "distill-process", "--limit", "2"], env, project,
@@ -119,6 +123,8 @@ def runs_of(api: str, deployment: str) -> list[dict]:
 
 def test_drift_event_triggers_redistillation_through_the_deployment(stack):
     api, project, logs = stack
+    gpu = httpx.get(f"{api}/deployments/{deployment_id(api, 'distill_pipeline', 'pipeline-gpu')}", timeout=30).json()
+    assert gpu["work_pool_name"] == "distill-gpu" and gpu["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
     automations = httpx.post(f"{api}/automations/filter", json={}, timeout=30).json()
     assert any("redistill" in a["name"] for a in automations), [a["name"] for a in automations]
 

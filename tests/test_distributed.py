@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from distill import data, label, teacher
 from distill.config import config_from_dict
@@ -51,18 +54,52 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
     assert worst <= WEIGHT_TOLERANCE
 
 
-def test_labelling_in_shards_writes_the_same_bytes(tiny_csv, tiny_teacher, tmp_path):
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def label_once(tiny_csv: Path, tiny_teacher: Path, tmp_path: Path) -> dict:
+    """Prepared data, the teacher stage and a single-process label run under ``tmp_path``; the params."""
     params = tiny_params(tiny_csv)
     params["label"] = {"batch_size": 8}
     cfg = config_from_dict(params)
     data.run(cfg, tmp_path / "prepared")
     teacher.run(cfg, tmp_path / "prepared", tmp_path / "teacher", teacher_path=tiny_teacher)
     label.run(cfg, tmp_path / "prepared", tmp_path / "teacher", tmp_path / "one.parquet")
+    return params
+
+
+def test_labelling_in_shards_writes_the_same_bytes(tiny_csv, tiny_teacher, tmp_path):
+    cfg = config_from_dict(label_once(tiny_csv, tiny_teacher, tmp_path))
     sharded = cfg.model_copy(update={"label": cfg.label.model_copy(update={"workers": 3})})
     label.run(sharded, tmp_path / "prepared", tmp_path / "teacher", tmp_path / "three.parquet")
-    digest = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in ("one.parquet",
-                                                                                          "three.parquet")}
-    assert digest["one.parquet"] == digest["three.parquet"]
+    assert sha256(tmp_path / "one.parquet") == sha256(tmp_path / "three.parquet")
+
+
+@pytest.mark.slow
+def test_labelling_on_dask_writes_the_same_bytes(tiny_csv, tiny_teacher, tmp_path):
+    """`distill label` (the command `dvc repro label` runs) with label.engine dask: a Prefect flow maps the
+    shards onto a DaskTaskRunner's LocalCluster of two processes; the file equals the one-process file."""
+    params = label_once(tiny_csv, tiny_teacher, tmp_path)
+    params["label"] = {"batch_size": 8, "engine": "dask", "workers": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_API_URL", None)  # the stage starts Prefect's temporary server for its flow run
+    log = tmp_path / "label.log"
+    with log.open("w") as sink:  # a file, not a pipe: a leaked server holding a pipe would hang the test
+        code = subprocess.run([sys.executable, "-m", "distill.cli", "label", "--prepared", str(tmp_path / "prepared"),
+                               "--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "dask.parquet"),
+                               "--params", str(tmp_path / "params.yaml")],
+                              cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=600).returncode
+    output = log.read_text()
+    assert code == 0, output[-4000:]
+    assert "labelling in 2 shards on Dask (LocalCluster of 2 processes)" in output, output[-4000:]
+    assert "label shard 0" in output and "label shard 1" in output, output[-4000:]
+    assert sha256(tmp_path / "one.parquet") == sha256(tmp_path / "dask.parquet")
+    server = re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", output)
+    assert server, output[-4000:]
+    with socket.socket() as sock:  # stopped with the stage: its port is free again
+        sock.bind(("127.0.0.1", int(server.group(1))))
 
 
 def test_shards_are_contiguous_ranges_of_the_batch_plan():
