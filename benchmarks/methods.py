@@ -69,11 +69,14 @@ def scores(folder: Path, prepared: Path, max_length: int) -> dict:
                                        zero_division=0))}
 
 
-def latency_ms(folder: Path, texts: list[str], max_length: int) -> float:
-    """Median batch-1 latency (tokenisation included) on one CPU thread, torch.utils.benchmark."""
+def latency_ms(folder: Path, texts: list[str], max_length: int, runtime: str = "eager") -> float:
+    """Median batch-1 latency (tokenisation included) on one CPU thread, torch.utils.benchmark, with the model
+    served eager or as the checked TorchScript trace the evaluation and the serving pyfunc use."""
     from torch.utils import benchmark
 
-    clf = load_classifier(folder)
+    from distill.runtime import with_runtime
+
+    clf = with_runtime(load_classifier(folder), runtime, texts, max_length)
     model, tokenizer = clf.model.eval(), clf.tokenizer
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -92,6 +95,23 @@ def latency_ms(folder: Path, texts: list[str], max_length: int) -> float:
         return timer.blocked_autorange(min_run_time=2.0).median * 1000
     finally:
         torch.set_num_threads(before)
+
+
+def measure_latency(teacher_dir: Path, cfg, texts: list[str], rounds: int = 3) -> dict:
+    """Teacher vs a fresh student of the configured shape (latency depends on the shape, not the weights),
+    eager and TorchScript, in alternating rounds so load from other processes hits both alike."""
+    with tempfile.TemporaryDirectory() as scratch:
+        teacher_clf = load_classifier(teacher_dir)
+        save_classifier(build_student(teacher_clf, cfg.student, cfg.seed), Path(scratch), {"role": "latency"})
+        out = {}
+        for runtime in ("eager", "torchscript"):
+            pairs = [(latency_ms(teacher_dir, texts, cfg.teacher.max_length, runtime),
+                      latency_ms(Path(scratch), texts, cfg.train.max_length, runtime)) for _ in range(rounds)]
+            teacher_ms, student_ms = statistics.median(t for t, _ in pairs), statistics.median(s for _, s in pairs)
+            out[runtime] = {"teacher_ms": float(teacher_ms), "student_ms": float(student_ms),
+                            "speedup": float(teacher_ms / student_ms),
+                            "speedup_per_round": [t / s for t, s in pairs]}
+    return out
 
 
 def train_one(project: Path, method: str, seed: int, epochs: int | None, overrides: list[str]) -> dict:
@@ -162,9 +182,18 @@ def print_table(rows: list[dict], teacher: dict, latency: dict) -> None:
                       f"{r['seconds_per_epoch']:.1f}", f"{r['epochs_run']:.1f}")
     console = Console()
     console.print(table)
-    if latency:
-        console.print(f"batch-1 CPU latency (1 thread, median): teacher {latency['teacher_ms']:.2f} ms, student "
-                      f"{latency['student_ms']:.2f} ms -> {latency['speedup']:.1f}x faster")
+    print_latency(latency, console)
+
+
+def print_latency(latency: dict, console=None) -> None:
+    from rich.console import Console
+
+    console = console or Console()
+    for runtime, figures in latency.items():
+        if isinstance(figures, dict):
+            console.print(f"batch-1 CPU latency (1 thread, median, {runtime}): teacher {figures['teacher_ms']:.2f} ms, "
+                          f"student {figures['student_ms']:.2f} ms -> {figures['speedup']:.1f}x faster "
+                          f"(rounds: {', '.join(f'{x:.1f}x' for x in figures['speedup_per_round'])})")
 
 
 def sweep(project: Path, args, out: Path) -> int:
@@ -218,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true",
                         help="instead of the methods: sweep params.yaml's T x alpha grid with kl on the first seed, "
                              "choose on gold_val (the test accuracy is shown, never used)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only time the teacher against a student of the configured shape, eager and TorchScript")
     parser.add_argument("--merge", nargs="+", type=Path, default=None,
                         help="combine the runs of earlier --out files (e.g. two parallel halves) into --out")
     args = parser.parse_args(argv)
@@ -242,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{project}: no teacher outputs; run `dvc repro label` (or `distill run`) there first", file=sys.stderr)
         return 2
     cfg = load_config(project / "params.yaml", args.overrides)
+    if args.latency_only:
+        latency = measure_latency(teacher_dir, cfg, read_split(prepared, "gold_test")["text"].tolist())
+        print_latency(latency)
+        with atomic_file(out) as handle:
+            json.dump({"latency": latency, "overrides": args.overrides}, handle, indent=2)
+        return 0
     teacher = scores(teacher_dir, prepared, cfg.teacher.max_length)
     previous = json.loads(out.read_text()) if args.resume and out.is_file() else {}
     runs = previous.get("runs", [])
@@ -260,14 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             record["summary"] = summarise(runs, teacher)
             with atomic_file(out) as handle:
                 json.dump(record, handle, indent=2)
-    # latency depends on the architecture, not the weights: time a fresh student of the configured shape
-    texts = read_split(prepared, "gold_test")["text"].tolist()
-    with tempfile.TemporaryDirectory() as scratch:
-        teacher_clf = load_classifier(teacher_dir)
-        save_classifier(build_student(teacher_clf, cfg.student, cfg.seed), Path(scratch), {"role": "latency"})
-        t_ms = latency_ms(teacher_dir, texts, cfg.teacher.max_length)
-        s_ms = latency_ms(Path(scratch), texts, cfg.train.max_length)
-    record["latency"] = {"teacher_ms": t_ms, "student_ms": s_ms, "speedup": t_ms / s_ms}
+    record["latency"] = measure_latency(teacher_dir, cfg, read_split(prepared, "gold_test")["text"].tolist())
     record["summary"] = summarise(runs, teacher)
     with atomic_file(out) as handle:
         json.dump(record, handle, indent=2)

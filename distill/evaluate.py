@@ -31,6 +31,7 @@ from distill.config import EvaluateConfig, PipelineConfig
 from distill.io import atomic_dir, write_json
 from distill.models import Classifier, ModelError, encode, load_classifier, predict_logits, read_card
 from distill.quantize import quantize_dynamic_int8
+from distill.runtime import Runtime, TracedClassifier, eager_model, with_runtime
 
 # candidate -> (the model folder it comes from, quantized to INT8)
 SOURCES = {"teacher": ("teacher", False), "teacher_int8": ("teacher", True), "student": ("student", False),
@@ -67,8 +68,24 @@ def state_size(model: torch.nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def load_candidates(folders: dict[str, Path | None], names: list[str]) -> list[Candidate]:
-    """The models ``names`` asks for, in that order, from the teacher / student / baseline folders."""
+def load_candidates(folders: dict[str, Path | None], names: list[str], runtime: Runtime = "eager",
+                    texts: list[str] | None = None, max_length: int = 64) -> list[Candidate]:
+    """The models ``names`` asks for, in that order, from the teacher / student / baseline folders, each
+    in ``runtime`` (a TorchScript trace is checked on ``texts`` against the eager model first)."""
+    out = [with_runtime_candidate(c, runtime, texts or [], max_length)
+           for c in _load_candidates(folders, names)]
+    return out
+
+
+def with_runtime_candidate(candidate: Candidate, runtime: Runtime, texts: list[str], max_length: int) -> Candidate:
+    """The candidate served in ``runtime``; sizes and parameter counts stay those of its weights."""
+    if runtime == "eager" or not texts:
+        return candidate
+    clf = with_runtime(candidate.clf, runtime, texts, max_length)
+    return Candidate(candidate.name, clf, candidate.size_bytes, candidate.parameters, candidate.quantized)
+
+
+def _load_candidates(folders: dict[str, Path | None], names: list[str]) -> list[Candidate]:
     out = []
     for name in names:
         role, quantized = SOURCES[name]
@@ -176,11 +193,12 @@ def gpu_latency(candidate: Candidate, texts: list[str], max_length: int, warmup:
     """Batch-1 latency and peak memory on CUDA (synchronized); {} without CUDA or for CPU-only INT8 models."""
     if not torch.cuda.is_available() or candidate.quantized:
         return {}
-    model = candidate.clf.model.to("cuda")
+    model = eager_model(candidate.clf.model).to("cuda")  # a CPU trace holds CPU constants: time the eager model
+    clf = Classifier(model, candidate.clf.tokenizer, candidate.clf.labels)
     try:
-        request_block_ms(candidate.clf, texts[:max(warmup, 1)], max_length)
+        request_block_ms(clf, texts[:max(warmup, 1)], max_length)
         torch.cuda.reset_peak_memory_stats()
-        timings = request_block_ms(candidate.clf, texts, max_length)
+        timings = request_block_ms(clf, texts, max_length)
         peak = torch.cuda.max_memory_allocated() / 2**20
     finally:
         model.to("cpu")
@@ -199,7 +217,7 @@ def peak_memory(clf: Classifier, texts: list[str], max_length: int) -> dict[str,
     """
     from torch.profiler import ProfilerActivity, profile
 
-    weights = state_size(clf.model)
+    weights = state_size(eager_model(clf.model))  # a frozen trace keeps its weights as constants
     batch = encode(clf.tokenizer, texts, max_length)
     model = clf.model.to("cpu").eval()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -298,7 +316,9 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
 
 def evaluate_frame(cfg: PipelineConfig, test: pd.DataFrame, folders: dict[str, Path | None]) -> dict:
     """Every figure of the configured candidates on a labelled frame (``text``, ``label``, slice columns)."""
-    return score_candidates(cfg, test, load_candidates(folders, cfg.evaluate.candidates))
+    texts = test["text"].astype(str).tolist()
+    return score_candidates(cfg, test, load_candidates(folders, cfg.evaluate.candidates, cfg.evaluate.runtime,
+                                                       texts, cfg.train.max_length))
 
 
 def score_candidates(cfg: PipelineConfig, test: pd.DataFrame, candidates: list[Candidate]) -> dict:
@@ -346,7 +366,10 @@ def score_candidates(cfg: PipelineConfig, test: pd.DataFrame, candidates: list[C
             if other in probs:
                 metrics["student"][f"mcnemar_p_vs_{other}"] = mcnemar_p(gold, probs["student"].argmax(axis=1),
                                                                         probs[other].argmax(axis=1))
+    runtimes = {c.name: ("torchscript" if isinstance(c.clf.model, TracedClassifier) else "eager")
+                for c in candidates}
     details = {"labels": labels, "confusion": {n: m.tolist() for n, m in matrices.items()},
+               "serving": {"runtime": runtimes, "threads": ev.threads},
                "confused_pairs": {n: confused_pairs(m, labels, ev.failure_examples) for n, m in matrices.items()}}
     details |= failure_modes(predictions, probs, gold, labels, cfg)
     return {"metrics": metrics, "per_class": classes, "details": details, "predictions": predictions,
@@ -399,7 +422,10 @@ def write_report(path: Path, metrics: dict, classes: dict, details: dict, teache
     pairs = pd.concat({name: pd.DataFrame(p) for name, p in details["confused_pairs"].items() if p},
                       names=["candidate", None]) if any(details["confused_pairs"].values()) else pd.DataFrame()
     sections = [("Task metrics", table(frame[[c for c in main if c in frame]])),
-                ("Cost (CPU, batch-1 latency; ratios to the teacher)", table(frame[[c for c in cost if c in frame]])),
+                ("Cost (CPU, batch-1 latency; ratios to the teacher)",
+                 "<p>Runtime while timed: " + ", ".join(f"{n}: {r}" for n, r in
+                                                       details.get("serving", {}).get("runtime", {}).items())
+                 + "</p>" + table(frame[[c for c in cost if c in frame]])),
                 ("All figures", table(frame)), ("Per-class precision / recall / F1", table(per_class)),
                 ("Most confused class pairs", table(pairs)),
                 (f"Worst slices ({focus})", table(pd.DataFrame(details.get("worst_slices", [])), index=False)),

@@ -22,6 +22,23 @@ class TextClassifier(PythonModel):
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.torch = torch
+        self.model = self._serving_model()
+
+    def _serving_model(self):
+        """The TorchScript trace the evaluation timed (checked against the eager model), or the eager model
+        (DISTILL_RUNTIME=eager, distill not importable, or a trace that differs)."""
+        import os
+
+        if os.environ.get("DISTILL_RUNTIME", "torchscript") == "eager":
+            return self.model
+        try:
+            from distill.models import Classifier
+            from distill.runtime import trace_classifier
+        except ImportError:
+            return self.model
+        samples = ["turn on the lights in the kitchen", "what is the weather like tomorrow in the city",
+                   "hi", "set a timer for ten minutes and remind me to check the oven please"]
+        return trace_classifier(Classifier(self.model, self.tokenizer, self.labels), samples, 128).model
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         texts = model_input["text"].astype(str).tolist()
