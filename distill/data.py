@@ -193,11 +193,21 @@ def split_examples(examples: pd.DataFrame, shifted_pool: pd.DataFrame | None, cf
         parts = split_gold(labelled, cfg, rng)
         parts["rest"] = pd.concat([parts["rest"], examples[examples["label"].isna()]], ignore_index=True)
     rest = parts.pop("rest").sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    if "emerging" in examples.columns:
+        # Emerging intents (default data): gold examples only; the rest arrives with the shifted traffic.
+        emerging = rest["emerging"].fillna(False).astype(bool)
+        if shifted_pool is not None:
+            shifted_pool = pd.concat([shifted_pool, rest[emerging]], ignore_index=True)
+        rest = rest[~emerging].reset_index(drop=True)
+        parts = {name: frame.drop(columns="emerging") for name, frame in parts.items()}
+        rest = rest.drop(columns="emerging")
     n_prod = min(cfg.production_windows * cfg.window_size, len(rest) // 3)
     production = take_windows(rest.iloc[:n_prod], cfg.production_windows, cfg.window_size, 0, False, rng)
     transfer = rest.iloc[n_prod:n_prod + cfg.transfer_size].copy()
     if shifted_pool is not None and cfg.shifted_windows:
-        shifted_pool = shifted_pool[~shifted_pool["text"].isin(examples["text"])].drop_duplicates("text")
+        taken = pd.concat([frame["text"] for frame in parts.values()] + [production["text"], transfer["text"]])
+        shifted_pool = shifted_pool[~shifted_pool["text"].isin(taken)].drop_duplicates("text")
+        shifted_pool = shifted_pool.drop(columns="emerging", errors="ignore")
         shifted = take_windows(shifted_pool, cfg.shifted_windows, cfg.window_size,
                                int(production["window"].max()) + 1 if len(production) else 0, True, rng)
         production = pd.concat([production, shifted], ignore_index=True)

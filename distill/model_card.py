@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from collections.abc import Sequence
 
 # (key, row title, format) of the evaluation table; a figure no candidate has is left out.
@@ -29,12 +28,6 @@ TRAIN_KEYS = ("kd_temperature", "alpha", "epochs", "batch_size", "learning_rate"
 def params_hash(params: dict) -> str:
     """sha256 of the canonical JSON of the whole config: same hash, same hyperparameters."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def confused_pairs(gold: Sequence[str], predicted: Sequence[str], top: int = 5) -> list[dict]:
-    """The most frequent (gold -> predicted) mistakes."""
-    counts = Counter((g, p) for g, p in zip(gold, predicted, strict=True) if g != p)
-    return [{"gold": g, "predicted": p, "count": n} for (g, p), n in counts.most_common(top)]
 
 
 def _cell(metrics: dict, key: str, fmt: str) -> str:
@@ -115,7 +108,7 @@ def failure_modes(audit: dict, confused: list[dict]) -> str:
                   f"{s['teacher_accuracy']:.3f}" for s in worst]
     if confused:
         lines.append("\nMost frequent mistakes (gold → predicted):\n")
-        lines += [f"- `{c['gold']}` → `{c['predicted']}`: {c['count']}" for c in confused]
+        lines += [f"- `{c['true']}` → `{c['predicted']}`: {c['count']}" for c in confused]
     if not lines:
         lines.append("No slice is worse than the teacher and no mistakes were made on the gold test set; "
                      "that set is small, so watch production traffic (`distill monitor`).")
@@ -161,7 +154,7 @@ def render(*, name: str, version: str, student_card: dict, teacher: dict, lineag
         audit: the audit report (``passed``, ``reasons``, ``worst``).
         decision: the promotion gates (``passed``, ``reasons``).
         champion: the champion scored in the same run, if there was one.
-        confused: the most confused label pairs of the student.
+        confused: the most confused label pairs of the student (``evaluate.confused_pairs`` rows).
     """
     train, student_shape = params.get("train", {}), params.get("student", {})
     inline = lambda pairs: " · ".join(f"{key} `{value}`" for key, value in pairs if value is not None)

@@ -24,11 +24,12 @@ from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 
 from distill.config import PipelineConfig, load_config
-from distill.data import read_split
+from distill.data import read_labels, read_split
 from distill.io import write_json
 from monitoring import alerts
 from monitoring.drift import DriftResult, detect_drift
-from monitoring.production import assign_windows, log_root, logged_ids, read_log, text_sha256
+from monitoring.production import (assign_windows, labelled_holdout, log_root, logged_ids, read_log,
+                                   text_sha256)
 from monitoring.serve import Predictor
 from monitoring.teacher_shift import TeacherShift, check_teacher_shift, disagreement, ensure_canary
 from tasks import registry
@@ -68,11 +69,13 @@ def serve_simulated(cfg: PipelineConfig, project_dir: str, model, version: str) 
 
 @task(name="detect drift")
 def drift_task(reference: pd.DataFrame, current: pd.DataFrame, report_path: str, cfg: PipelineConfig, title: str,
-               reference_embeddings: np.ndarray | None, current_embeddings: np.ndarray | None) -> DriftResult:
-    """One Evidently comparison of a window against the reference."""
+               reference_embeddings: np.ndarray | None, current_embeddings: np.ndarray | None,
+               workspace: str | None = None) -> DriftResult:
+    """One Evidently comparison of a window against the reference (added to the Evidently workspace if given)."""
     return detect_drift(reference, current, report_path=Path(report_path), drift_share=cfg.monitor.drift_share,
                         title=title, reference_embeddings=reference_embeddings,
-                        current_embeddings=current_embeddings, min_labelled=cfg.monitor.min_labelled)
+                        current_embeddings=current_embeddings, min_labelled=cfg.monitor.min_labelled,
+                        workspace=Path(workspace) if workspace else None)
 
 
 @task(name="embed texts")
@@ -186,7 +189,8 @@ def check_windows(cfg: PipelineConfig, project_dir: str, model, reference: pd.Da
         vectors = embed_task(window["text"].astype(str).tolist(), cache) if ref_vectors is not None and has_text else None
         result = drift_task(reference, window, str(reports / f"window-{number:04d}.html"), cfg,
                             f"Window {number} ({pd.Timestamp(start):%Y-%m-%d %H:%M} UTC) vs distillation inputs",
-                            ref_vectors if vectors is not None else None, vectors)
+                            ref_vectors if vectors is not None else None, vectors,
+                            str(Path(project_dir, cfg.monitor.workspace)) if cfg.monitor.workspace else None)
         quality = result.quality
         quality_alert = bool(quality and champion_accuracy is not None
                              and champion_accuracy - quality["accuracy"] > cfg.monitor.max_accuracy_drop)
@@ -323,16 +327,23 @@ def score_versions(cfg: PipelineConfig, project_dir: str, versions: dict[str, st
     return out
 
 
+@task(name="score the teacher on slices")
+def score_teacher(teacher_dir: Path, slices: dict[str, pd.DataFrame]) -> dict:
+    """The teacher's accuracy on each labelled slice: the ceiling a re-distilled student aims at."""
+    from distill.models import load_classifier, predict_logits
+
+    teacher = load_classifier(teacher_dir)
+    out = {}
+    for slice_name, frame in slices.items():
+        if len(frame):
+            predicted = np.asarray(teacher.labels)[predict_logits(teacher, frame["text"].tolist()).argmax(axis=1)]
+            out[f"{slice_name}.teacher_accuracy"] = float((predicted == frame["label"].astype(str).to_numpy()).mean())
+    return out
+
+
 def shifted_holdout(cfg: PipelineConfig, project_dir: str) -> pd.DataFrame:
     """The held-out part of every drifted window, with the ground truth that has arrived."""
-    root = log_root(cfg.monitor.log_path, project_dir)
-    files = sorted((root / "holdout").glob("*.parquet"))
-    if not files:
-        return pd.DataFrame(columns=["text", "label"])
-    held = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    truth = read_log(root)[["request_id", "true_label"]]
-    held = held.merge(truth, on="request_id", how="left").dropna(subset=["true_label"])
-    return held.rename(columns={"true_label": "label"})[["text", "label"]]
+    return labelled_holdout(log_root(cfg.monitor.log_path, project_dir))
 
 
 @flow(name="redistill", log_prints=True)
@@ -358,10 +369,15 @@ def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: 
     before = registry.champion_version(cfg, project_dir)
     summary = distill_pipeline(project_dir=project_dir, overrides=overrides, monitor=False, reason=reason)
     if summary.get("completed") and before is not None:
-        slices = {"gold_test": read_split(Path(project_dir, "data/prepared"), "gold_test")[["text", "label"]],
-                  "shifted": shifted_holdout(cfg, project_dir)}
+        prepared = Path(project_dir, "data/prepared")
+        shifted = shifted_holdout(cfg, project_dir)
+        # Rows of intents outside the label set are wrong for every model; the known-label part of the
+        # slice is where re-distillation can help, so it is scored on its own as well.
+        slices = {"gold_test": read_split(prepared, "gold_test")[["text", "label"]], "shifted": shifted,
+                  "shifted_known": shifted[shifted["label"].isin(read_labels(prepared))]}
         comparison = score_versions(cfg, project_dir, {"champion": before, "challenger": summary["student_version"]},
                                     slices)
+        comparison.update(score_teacher(Path(project_dir, "models/teacher"), slices))
         log_comparison(cfg, project_dir, summary["run_id"], summary["student_version"], comparison)
         summary["comparison"] = comparison
         logger.info("former champion v%s vs re-distilled v%s: %s", before, summary["student_version"], comparison)

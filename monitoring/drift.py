@@ -468,6 +468,17 @@ def _quality_html(quality: dict | None) -> str:
             f"macro-F1 {quality['macro_f1']:.3f}.</p>")
 
 
+def add_to_workspace(folder: Path, project: str, snapshot: Any) -> None:
+    """Add a report snapshot to the named project of a local Evidently workspace (created on first use)."""
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace.create(str(folder))
+    found = workspace.search_project(project)
+    target = found[0] if found else workspace.create_project(project, description="distill: production "
+                                                             "windows against the distillation inputs")
+    workspace.add_run(target.id, snapshot)
+
+
 def detect_drift(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -478,6 +489,8 @@ def detect_drift(
     reference_embeddings: np.ndarray | None = None,
     current_embeddings: np.ndarray | None = None,
     min_labelled: int = 30,
+    workspace: Path | None = None,
+    project: str = "distill drift",
 ) -> DriftResult:
     """reference/current have columns `text` (str) and `prediction` (str class label) and optionally
     `confidence` (float, the top-class probability) and, for current, `true_label`. Builds text
@@ -490,7 +503,8 @@ def detect_drift(
 
     ``confidence`` is monitored only when both frames have it; the text columns only when the window
     has texts.  Missing predictions become the label ``"<missing>"``.  See the module docstring for the
-    tests used.
+    tests used.  Given ``workspace`` (a folder), the snapshot is also added to the Evidently project
+    ``project`` in that local workspace, for browsing with ``evidently ui --workspace <folder>``.
     """
     _check_frame(reference, "reference")
     _check_frame(current, "current")
@@ -553,6 +567,8 @@ def detect_drift(
         share = len(drifted) / len(columns)
     quality = window_quality(current, min_labelled)
     _write_atomically(report_path, _with_title(page, title, _quality_html(quality)))
+    if workspace is not None:
+        add_to_workspace(Path(workspace), project, snapshot)
 
     return DriftResult(
         drift_detected=bool(share >= float(drift_share)),

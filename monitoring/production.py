@@ -133,3 +133,15 @@ def assign_windows(log: pd.DataFrame, period: str) -> pd.DataFrame:
 
 def probabilities_json(row_probs: dict[str, float]) -> str:
     return json.dumps({k: round(float(v), 6) for k, v in row_probs.items()}, sort_keys=True)
+
+
+def labelled_holdout(root: Path) -> pd.DataFrame:
+    """The hold-out kept from drifted windows (``holdout/*.parquet`` under the log) joined to the ground
+    truth that has arrived: columns ``text``, ``label``; rows without ground truth are left out."""
+    files = sorted((Path(root) / "holdout").glob("*.parquet"))
+    if not files:
+        return pd.DataFrame({"text": pd.Series(dtype="string"), "label": pd.Series(dtype="string")})
+    held = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    truth = read_log(root)[["request_id", "true_label"]]
+    held = held.merge(truth, on="request_id", how="left").dropna(subset=["true_label"])
+    return held.rename(columns={"true_label": "label"})[["text", "label"]].reset_index(drop=True)

@@ -59,6 +59,15 @@ def tiny_csv(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def harness():
+    """One Prefect test server for the whole session (it takes ~17 s to start here)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 def tiny_params(data_path: Path | None) -> dict:
     """A params mapping small enough to train in seconds."""
     return {

@@ -105,8 +105,31 @@ def test_default_intent_data_has_a_real_shift():
     examples, shifted = build_intent_examples(seed=5)
     assert examples["label"].nunique() >= 10
     assert not set(shifted["text"]) & set(examples["text"])
-    # Some intents of the shifted traffic never occur in training.
-    assert set(shifted["label"]) - set(examples["label"])
+    emerging = set(examples.loc[examples["emerging"], "label"])
+    assert 1 <= len(emerging) < examples["label"].nunique()
     # Same seed, same data.
     again, _ = build_intent_examples(seed=5)
     pd.testing.assert_frame_equal(examples, again)
+
+
+def test_emerging_intents_are_gold_only_until_the_shift(tmp_path):
+    """Emerging intents are in the label set (gold) but only reach the transfer set with shifted traffic."""
+    from distill.config import config_from_dict
+    from distill.intents import build_intent_examples
+
+    cfg = config_from_dict({"seed": 5, "data": {"gold_per_label": 12, "transfer_size": 400, "production_windows": 2,
+                                                "shifted_windows": 2, "window_size": 100}})
+    examples, _ = build_intent_examples(seed=5)
+    emerging = set(examples.loc[examples["emerging"], "label"])
+    prepared = data.run(cfg, tmp_path / "prepared")
+    assert emerging <= set(prepared.labels)
+    splits = {name: data.read_split(tmp_path / "prepared", name) for name in data.SPLITS}
+    assert all("emerging" not in frame.columns for frame in splits.values())
+    assert emerging <= set(splits["gold_train"]["label"]) and emerging <= set(splits["gold_test"]["label"])
+    production = splits["production"]
+    assert not set(splits["transfer"]["text"]) & set(production["text"])
+    assert not set(splits["transfer"]["text"]) & set(examples.loc[examples["emerging"], "text"])
+    early = production[~production["shifted"]]
+    late = production[production["shifted"]]
+    assert not emerging & set(early["true_label"]), "emerging intents must not appear before the shift"
+    assert emerging & set(late["true_label"]), "the shifted traffic must bring the emerging intents"

@@ -192,3 +192,45 @@ def test_a_crash_inside_an_atomic_write_leaves_the_old_file_and_no_temporaries(t
         (tmp / "a").write_text("2")
         raise Crash
     assert (folder / "a").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["model", "report.json"]
+
+
+def test_the_runs_figures_survive_a_tracking_server_that_is_down_for_a_while(harness, tmp_path, monkeypatch):
+    """The registry tasks retry a transient failure (tasks/retry.py): the server comes up only after the
+    task's first attempt has failed, and the run and its figures still arrive."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    from distill.config import PipelineConfig, TrackingConfig
+    from tasks import registry
+    from tests.mlflow_server import free_port, mlflow_server
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # no retries inside MLflow: the task's count
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = PipelineConfig(tracking=TrackingConfig(tracking_uri=uri, experiment="outage"))
+    attempts, up, done = [], threading.Event(), threading.Event()
+
+    def server_comes_back() -> None:
+        while not attempts:  # down until the first attempt has failed
+            time.sleep(0.2)
+        with mlflow_server(tmp_path / "server", port=port):
+            up.set()
+            done.wait(300)
+
+    real_configure = registry.configure
+    monkeypatch.setattr(registry, "configure", lambda *a, **k: attempts.append(up.is_set()) or real_configure(*a, **k))
+    thread = threading.Thread(target=server_comes_back, daemon=True)
+    thread.start()
+    try:
+        task = registry.log_run.with_options(retries=24, retry_delay_seconds=5)  # the server takes ~10-60 s to start
+        run_id = task(cfg, {"eval": {"student": {"accuracy": 0.93}}}, {"reason": "outage"}, [], str(tmp_path))
+        assert attempts[0] is False and attempts[-1] is True, attempts  # failed while down, then succeeded
+        run = MlflowClient(uri).get_run(run_id)
+        assert run.data.metrics["eval.student.accuracy"] == 0.93
+        assert run.data.tags["reason"] == "outage"
+    finally:
+        done.set()
+        thread.join(60)

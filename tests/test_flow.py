@@ -6,48 +6,22 @@ must skip the expensive stages, and a run whose teacher gate fails.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from distill.config import config_from_dict
-from tests.conftest import tiny_params
+from tests.tiny_project import tiny_project
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A fresh copy of the project's tracked files, as a clone would have them, with tiny params."""
-    root = tmp_path_factory.mktemp("project")
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, root / name)
-    params = tiny_params(None)
-    params["data"].update(text_column="text", label_column="label", gold_per_label=12, transfer_size=200,
-                          production_windows=2, shifted_windows=1, window_size=120)
-    params["teacher"].update(epochs=2, batch_size=32)
-    params["promote"] = {"min_teacher_share": 0.0}
-    params["audit"] = {"max_slice_drop": 1.0, "poor_slice_accuracy": 0.0, "max_flip_increase": 1.0}
-    # DVC needs every key a stage lists in params.yaml: write the complete, validated config.
-    full = config_from_dict(params).model_dump(mode="json")
-    (root / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    return root
+    """A fresh copy of the project, as a clone would have it, with tiny params."""
+    return tiny_project(tmp_path_factory.mktemp("project"),
+                        data={"gold_per_label": 12, "transfer_size": 200, "window_size": 120},
+                        train={"epochs": 2}, monitor={"embedding_drift": True, "canary_size": 200})
 
 
 def registry(project: Path):

@@ -71,6 +71,23 @@ def test_challenger_is_held_to_the_champion_overall_and_per_label():
     assert any("label=c (n=5)" in r and "not gated" in r for r in decision.reasons)
 
 
+def test_a_regression_on_the_shifted_holdout_blocks_promotion():
+    ok, cfg = GateReport(True, []), PromoteConfig(max_slice_drop_vs_champion=0.05, min_slice_size=10)
+    same = _slices({"a": (20, 20)})
+    champion = {"version": "3", "accuracy": 0.95,
+                "slices": same | {"holdout=shifted": {"n": 40, "accuracy": 0.80}}}
+    better = METRICS | {"student": {"accuracy": 0.95, "latency_p50_ms": 2.0}}
+    worse = decide_promotion(ok, better, True, [], cfg, champion=champion,
+                             challenger_slices=same | {"holdout=shifted": {"n": 40, "accuracy": 0.70}})
+    assert not worse.passed
+    assert any("slice holdout=shifted (n=40)" in r for r in worse.reasons)
+    fixed = decide_promotion(ok, better, True, [], cfg, champion=champion,
+                             challenger_slices=same | {"holdout=shifted": {"n": 40, "accuracy": 0.90}})
+    assert fixed.passed, fixed.reasons
+    assert "slice holdout=shifted (n=40): accuracy 0.900 vs champion v3's 0.800 (within the limit 0.05)" \
+        in fixed.reasons
+
+
 def test_label_accuracy_counts_each_label():
     assert label_accuracy(["a", "a", "b"], ["a", "b", "b"]) == {
         "label=a": {"n": 2, "accuracy": 0.5}, "label=b": {"n": 1, "accuracy": 1.0}}

@@ -1,7 +1,7 @@
 """The model card is pure: dicts in, Markdown out."""
 
 from distill.config import PipelineConfig
-from distill.model_card import confused_pairs, params_hash, render
+from distill.model_card import params_hash, render
 
 METRICS = {
     "teacher": {"accuracy": 0.97, "macro_f1": 0.97, "agreement_with_teacher": 1.0, "latency_p50_ms": 11.8,
@@ -26,7 +26,7 @@ def card(**overrides) -> str:
                 params=params, metrics=METRICS, audit=AUDIT,
                 decision={"passed": True, "reasons": ["no champion yet: the champion gates ... are skipped"]},
                 champion={"version": "6", "accuracy": 0.94, "slices": {}},
-                confused=[{"gold": "timer", "predicted": "weather", "count": 3}])
+                confused=[{"true": "timer", "predicted": "weather", "count": 3, "share_of_true": 0.1}])
     return render(**(args | overrides))
 
 
@@ -55,11 +55,9 @@ def test_card_without_optional_parts_still_reads():
     assert "No slice is worse than the teacher" in text
 
 
-def test_params_hash_is_canonical_and_confused_pairs_count():
+def test_params_hash_is_canonical():
     assert params_hash({"a": 1, "b": {"c": 2}}) == params_hash({"b": {"c": 2}, "a": 1})
     assert params_hash({"a": 1}) != params_hash({"a": 2})
-    assert confused_pairs(["a", "a", "a", "b"], ["b", "b", "a", "a"]) == [
-        {"gold": "a", "predicted": "b", "count": 2}, {"gold": "b", "predicted": "a", "count": 1}]
 
 
 def test_losses_as_written_by_the_trainer_read_as_names_and_weights():

@@ -12,14 +12,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def project(harness, tmp_path_factory):
     from distill.config import write_overrides
     from flows.pipeline import distill_pipeline
@@ -92,6 +84,10 @@ def test_teacher_version_change_redistils_from_the_new_teacher(project, events):
     assert student.tags["teacher_version"] == new
     comparison = result["comparison"]
     for key in ("gold_test.champion_accuracy", "gold_test.challenger_accuracy",
-                "shifted.champion_accuracy", "shifted.challenger_accuracy"):
+                "shifted.champion_accuracy", "shifted.challenger_accuracy", "shifted.teacher_accuracy"):
         assert 0.0 <= comparison[key] <= 1.0, comparison
+    # the known-label part of the slice is a subset: never larger than the whole slice
+    assert comparison.get("shifted_known.size", 0) <= comparison["shifted.size"]
+    # the shifted hold-out went through the champion gate before promotion, not only into the figures
+    assert any("holdout=shifted" in reason for reason in result["decision"]["reasons"]), result["decision"]
     assert student.tags["monitor.shifted.challenger_accuracy"]

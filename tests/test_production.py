@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from monitoring.production import (append_predictions, assign_windows, log_root, read_log, record_feedback,
+from monitoring.production import (append_predictions, assign_windows, labelled_holdout, log_root, read_log,
+                                   record_feedback,
                                    text_sha256)
 from monitoring.serve import Predictor, make_server
 
@@ -95,6 +96,19 @@ def test_latest_feedback_wins_and_windows_follow_time(tmp_path):
     assert log.groupby("window_start").size().tolist() == [2, 1]
     since = pd.Timestamp("2025-01-01T11:00Z")
     assert read_log(tmp_path, since=since)["request_id"].tolist() == ["c"]
+
+
+def test_holdout_keeps_only_rows_whose_ground_truth_arrived(tmp_path):
+    assert labelled_holdout(tmp_path).empty  # nothing held out yet
+    frame = pd.DataFrame({"request_id": ["a", "b", "c"], "text": ["x", "y", "z"],
+                          "timestamp": pd.to_datetime(["2025-01-01T10:05Z"] * 3), "prediction": "lights_on",
+                          "confidence": 0.9, "probabilities": "{}", "model_version": "1", "source": "test"})
+    append_predictions(tmp_path, frame)
+    (tmp_path / "holdout").mkdir()
+    frame[["request_id", "text"]].iloc[1:].to_parquet(tmp_path / "holdout" / "window-0001.parquet")
+    record_feedback(tmp_path, ["a", "b"], ["weather", "weather"])
+    held = labelled_holdout(tmp_path)
+    assert held.to_dict("records") == [{"text": "y", "label": "weather"}]  # a not held out, c unlabelled
 
 
 @pytest.mark.parametrize("policy", ["hash", "drop"])

@@ -43,14 +43,6 @@ def server(mlflow_server_uri):
 
 
 @pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def logged(server, tiny_teacher) -> str:
     """The tiny classifier logged and registered once, through the code path the flow uses."""
     cfg = config("fixture-model")
@@ -275,7 +267,7 @@ def test_cli_promote_rollback_and_registry_table(logged, tmp_path):
     assert result.exit_code == 2 and "error" in result.output and "77" in result.output
 
 
-def test_champion_is_scored_on_this_runs_test_set(logged, tiny_cfg, tmp_path):
+def test_champion_is_scored_on_this_runs_test_set(logged, tiny_cfg, tiny_teacher, tmp_path):
     from distill import data
 
     name = "scored"
@@ -286,10 +278,17 @@ def test_champion_is_scored_on_this_runs_test_set(logged, tiny_cfg, tmp_path):
     registry.move_champion(MlflowClient(), name, v1, "test")
     data.run(cfg, tmp_path / "prepared")
     test = data.read_split(tmp_path / "prepared", "gold_test")
-    scored = registry.score_champion.fn(cfg, str(tmp_path / "prepared"))
+    holdout = test.iloc[:7][["text", "label"]]
+    scored = registry.score_champion.fn(cfg, str(tmp_path / "prepared"), holdouts={"shifted": holdout})
     assert scored["version"] == v1 and 0 <= scored["accuracy"] <= 1
-    assert set(scored["slices"]) == {f"label={label}" for label in test["label"].unique()}
-    assert sum(s["n"] for s in scored["slices"].values()) == len(test)
+    labels = {f"label={label}" for label in test["label"].unique()}
+    assert set(scored["slices"]) == labels | {"holdout=shifted"}
+    assert sum(scored["slices"][name]["n"] for name in labels) == len(test)
+    # the hold-out is scored like the test set: its accuracy is the matching label slices' on those rows
+    assert scored["slices"]["holdout=shifted"]["n"] == 7
+    from distill.models import load_classifier
+    clf_scores = registry.holdout_slices(load_classifier(tiny_teacher), {"shifted": holdout}, cfg)
+    assert clf_scores["holdout=shifted"] == scored["slices"]["holdout=shifted"]
 
 
 @pytest.mark.slow

@@ -14,8 +14,11 @@ from tests.conftest import tiny_params
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_project(root: Path) -> Path:
-    """The project's files (tracked and new, as the worker will see them) with tiny params."""
+def tiny_project(root: Path, **sections: dict) -> Path:
+    """The project's files (tracked and new, as the worker will see them) with tiny params.
+
+    ``sections`` update the tiny params section by section (``data={"transfer_size": 200}``).
+    """
     listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout.split()
     for name in listing:
@@ -30,6 +33,8 @@ def tiny_project(root: Path) -> Path:
     params["promote"] = {"min_teacher_share": 0.0}
     params["audit"] = {"max_slice_drop": 1.0, "poor_slice_accuracy": 0.0, "max_flip_increase": 1.0}
     params["monitor"] = {"embedding_drift": False, "canary_size": 20}
+    for section, values in sections.items():
+        params.setdefault(section, {}).update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(config_from_dict(params).model_dump(mode="json"),
                                                      sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
