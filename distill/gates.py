@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from distill.config import PromoteConfig, TeacherConfig
+from distill.config import LMPromoteConfig, PromoteConfig, TeacherConfig
 
 
 @dataclass
@@ -88,6 +88,9 @@ def compare_with_champion(accuracy: float, slices: dict[str, dict[str, float]], 
             continue
         slice_drop = theirs["accuracy"] - ours["accuracy"]
         if slice_drop <= cfg.max_slice_drop_vs_champion:
+            if slice_name.startswith("holdout="):  # a hold-out is always shown: it is why a re-distillation ran
+                reasons.append(f"slice {slice_name} (n={ours['n']}): accuracy {ours['accuracy']:.3f} vs {name}'s "
+                               f"{theirs['accuracy']:.3f} (within the limit {cfg.max_slice_drop_vs_champion:g})")
             continue
         if ours["n"] < cfg.min_slice_size:
             reasons.append(f"slice {slice_name} (n={ours['n']}) drops {slice_drop:.3f} vs {name}: "
@@ -100,3 +103,55 @@ def compare_with_champion(accuracy: float, slices: dict[str, dict[str, float]], 
     if not worse:
         reasons.append(f"no label slice is more than {cfg.max_slice_drop_vs_champion:g} below {name}")
     return passed and not worse, reasons
+
+
+def decide_lm_promotion(metrics: dict[str, dict[str, float | None]], cfg: LMPromoteConfig) -> GateReport:
+    """Should the distilled LM student become champion? It must beat the undistilled baseline on agreement
+    with the teacher (KL and the configured agreement figure), generate no more unsafe text than the teacher,
+    and stay within the perplexity limit on held-out teacher text.
+
+    Args:
+        metrics: ``teacher``, ``student`` and ``baseline`` figures of the LM evaluation
+            (:func:`distill.lm.evaluate.evaluate_lm`); figures that do not apply are None (a black-box
+            teacher has no logits, so no KL: that gate is then skipped and the reasons say so).
+        cfg: the thresholds (``lm.promote``).
+    """
+    student, baseline, teacher = metrics["student"], metrics["baseline"], metrics["teacher"]
+    reasons, passed = [], True
+    kl, kl_base = student.get("kl_from_teacher"), baseline.get("kl_from_teacher")
+    if kl is None or kl_base is None:
+        reasons.append("no token-level KL to the teacher (a black-box teacher has no logits): the KL gate is "
+                       "skipped")
+    else:
+        gain = kl_base - kl
+        ok = gain > cfg.min_kl_gain if cfg.min_kl_gain == 0 else gain >= cfg.min_kl_gain
+        passed &= ok
+        reasons.append(f"KL(teacher || student) {kl:.4f} vs baseline {kl_base:.4f}: gain {gain:.4f} "
+                       f"({'meets' if ok else 'misses'} the minimum gain {cfg.min_kl_gain:g})")
+    figure = cfg.agreement
+    if student.get(figure) is None and figure == "top1_agreement":
+        figure = "greedy_prefix_agreement"
+    agree, agree_base = student.get(figure), baseline.get(figure)
+    if agree is None or agree_base is None:
+        passed = False
+        reasons.append(f"no {figure} figure for the student or the baseline: the agreement gate fails")
+    else:
+        ok = agree - agree_base >= cfg.min_agreement_gain
+        passed &= ok
+        reasons.append(f"{figure} {agree:.3f} vs baseline {agree_base:.3f} "
+                       f"({'meets' if ok else 'misses'} the minimum gain {cfg.min_agreement_gain:g})")
+    unsafe, unsafe_teacher = student.get("unsafe_rate"), teacher.get("unsafe_rate")
+    if unsafe is None or unsafe_teacher is None:
+        passed = False
+        reasons.append("no unsafe-content rate for the student or the teacher: the safety gate fails")
+    else:
+        ok = unsafe <= unsafe_teacher + cfg.max_unsafe_excess + 1e-12
+        passed &= ok
+        reasons.append(f"unsafe-content rate {unsafe:.3f} vs teacher {unsafe_teacher:.3f} "
+                       f"({'within' if ok else 'over'} the allowed excess {cfg.max_unsafe_excess:g})")
+    ppl = student.get("perplexity")
+    ok = ppl is not None and ppl <= cfg.max_perplexity
+    passed &= ok
+    reasons.append("no perplexity figure for the student: the perplexity gate fails" if ppl is None else
+                   f"perplexity on held-out teacher text {ppl:.2f} {'<=' if ok else '>'} limit {cfg.max_perplexity:g}")
+    return GateReport(bool(passed), reasons)

@@ -13,7 +13,9 @@ from distill import model_card
 from distill.gates import GateReport, decide_promotion, label_accuracy
 from distill.io import read_json
 from distill.models import read_card
+from monitoring.production import labelled_holdout, log_root
 from tasks import dvc, registry
+from flows.lock import project_lock
 from flows.promotion import promote_student
 from tasks.dvc import StageFailed
 
@@ -89,12 +91,21 @@ def distill_pipeline(project_dir: str = ".", overrides: list[str] | None = None,
                      reason: str = "manual") -> dict:
     """The whole lifecycle on params.yaml (plus ``overrides``, written into it as `dvc exp run -S` does).
 
+    One run at a time per project folder: a second run waits for the first (flows/lock.py), so
+    params.yaml, models/, reports/, dvc.lock and the promotion decision are never mixed.
+
     Args:
         project_dir: the DVC project holding params.yaml and dvc.yaml.
         overrides: ``section.key=value`` items, e.g. ``train.alpha=0.5``.
         monitor: end with a drift-monitoring pass over the production stream.
         reason: why this run started (manual, drift, schedule); recorded as a tag.
     """
+    with project_lock(project_dir):
+        return run_pipeline(project_dir, overrides, monitor, reason)
+
+
+def run_pipeline(project_dir: str, overrides: list[str] | None, monitor: bool, reason: str) -> dict:
+    """The body of ``distill_pipeline``, run under the project lock."""
     logger = get_run_logger()
     params = Path(project_dir, "params.yaml")
     write_overrides(params, overrides or [])
@@ -125,9 +136,15 @@ def distill_pipeline(project_dir: str = ".", overrides: list[str] | None = None,
     audit = read_json(Path(path["audit"], "audit.json"))
     predictions = pd.read_parquet(Path(path["evaluate"], "predictions.parquet"))
     gold, student_pred = predictions["label"].astype(str).tolist(), predictions["student"].astype(str).tolist()
-    champion = registry.score_champion(cfg, path["prepared"], project_dir)  # same test set, same run
+    # Traffic held out of drifted windows (with ground truth) is gated like a label slice: a re-distilled
+    # student may not fall behind the champion on the shifted data it was re-distilled for.
+    holdouts = {"shifted": labelled_holdout(log_root(cfg.monitor.log_path, project_dir))}
+    holdouts = {name: frame for name, frame in holdouts.items() if len(frame)}
+    champion = registry.score_champion(cfg, path["prepared"], project_dir, holdouts)  # same sets, same run
+    challenger_slices = label_accuracy(gold, student_pred) | (
+        registry.score_student_holdouts(cfg, path["student"], holdouts) if champion else {})
     decision = decide_promotion(teacher_gate, metrics, audit["passed"], audit["reasons"], cfg.promote,
-                                champion=champion, challenger_slices=label_accuracy(gold, student_pred))
+                                champion=champion, challenger_slices=challenger_slices)
 
     hashes = dvc.lock_hashes(project_dir)
     student_card = read_card(Path(path["student"]))
@@ -156,7 +173,7 @@ def distill_pipeline(project_dir: str = ".", overrides: list[str] | None = None,
         teacher={"name": cfg.promote.teacher_model, "version": teacher_version,
                  "fingerprint": teacher_card["fingerprint"], "source": teacher_card.get("source")},
         lineage=lineage, params=params, metrics=metrics, audit=audit, decision=decision.to_dict(),
-        champion=champion, confused=model_card.confused_pairs(gold, student_pred))
+        champion=champion, confused=read_json(Path(path["evaluate"], "details.json"))["confused_pairs"]["student"][:5])
     registry.tag_version(cfg, version, lineage, description=card, project_dir=project_dir)
     outcome = promote_student(cfg, version, decision.to_dict(), project_dir=project_dir,
                               smoke_text=gold_text(predictions))

@@ -322,10 +322,38 @@ def champion_version(cfg: PipelineConfig, project_dir: str = ".") -> str | None:
     return _alias(MlflowClient(), cfg.promote.student_model, "champion")
 
 
+def holdout_slices(clf, holdouts: dict[str, pd.DataFrame], cfg: PipelineConfig) -> dict[str, dict[str, float]]:
+    """Accuracy of a classifier on each labelled hold-out (``text``, ``label``), as gate slices
+    ``holdout=<name>``: the re-distillation's shifted traffic is gated like a label slice."""
+    import numpy as np
+
+    from distill.models import predict_logits
+
+    out = {}
+    for name, frame in holdouts.items():
+        if len(frame):
+            logits = predict_logits(clf, frame["text"].astype(str).tolist(), cfg.evaluate.batch_size,
+                                    cfg.train.max_length)
+            predicted = np.asarray(clf.labels)[logits.argmax(axis=1)]
+            out[f"holdout={name}"] = {"accuracy": float((predicted == frame["label"].astype(str).to_numpy()).mean()),
+                                      "n": len(frame)}
+    return out
+
+
+@task(name="score student on hold-outs")
+def score_student_holdouts(cfg: PipelineConfig, student_dir: str, holdouts: dict[str, pd.DataFrame]) -> dict:
+    """The new student's ``holdout_slices``."""
+    from distill.models import load_classifier
+
+    return holdout_slices(load_classifier(Path(student_dir)), holdouts, cfg) if holdouts else {}
+
+
 @task(name="score champion", **NETWORK)
-def score_champion(cfg: PipelineConfig, prepared: str, project_dir: str = ".") -> dict | None:
+def score_champion(cfg: PipelineConfig, prepared: str, project_dir: str = ".",
+                   holdouts: dict[str, pd.DataFrame] | None = None) -> dict | None:
     """The current champion scored now on this run's gold test set: ``{"version", "accuracy", "slices",
-    "predicted"}``; None when there is no champion yet."""
+    "predicted"}``; None when there is no champion yet. ``holdouts`` (name → labelled frame) add
+    ``holdout=<name>`` slices."""
     import tempfile
 
     from distill.data import read_split
@@ -340,10 +368,11 @@ def score_champion(cfg: PipelineConfig, prepared: str, project_dir: str = ".") -
         folder = fetch_model_folder(f"models:/{cfg.promote.student_model}/{version}", Path(tmp) / "champion")
         clf = load_classifier(folder)
         logits = predict_logits(clf, test["text"].tolist(), cfg.evaluate.batch_size, cfg.train.max_length)
+        extra = holdout_slices(clf, holdouts or {}, cfg)
     predicted = [clf.labels[i] for i in logits.argmax(axis=1)]
     gold = test["label"].astype(str).tolist()
     return {"version": version, "accuracy": sum(g == p for g, p in zip(gold, predicted)) / max(len(gold), 1),
-            "slices": label_accuracy(gold, predicted)}
+            "slices": label_accuracy(gold, predicted) | extra}
 
 
 SMOKE = """
@@ -430,3 +459,91 @@ def load_champion(cfg: PipelineConfig, project_dir: str = "."):
     """The champion student as a pyfunc model, through its registry URI."""
     configure(cfg.tracking, project_dir)
     return mlflow.pyfunc.load_model(f"models:/{cfg.promote.student_model}@champion")
+
+
+# ---- LM students (flows/lm.py): the same registry, aliases and promotion lock, another model name ----
+
+PYFUNC_LM_CODE = Path(__file__).with_name("pyfunc_lm.py")
+
+
+def lm_signature():
+    """Input: a ``prompt`` column (and an optional ``system``); output: ``completion``; param max_new_tokens."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "system", required=False)]),
+                          outputs=Schema([ColSpec("string", "completion")]),
+                          params=ParamSchema([ParamSpec("max_new_tokens", "long", 32)]))
+
+
+def log_causal_lm(model_dir: Path, model_name: str, tags: dict[str, str], description: str) -> str:
+    """Log a causal-LM folder (safetensors only) as a pyfunc in the active run and register it; return the version."""
+    if not any(Path(model_dir).glob("*.safetensors")) or any(Path(model_dir).glob("*.bin")):
+        raise PromotionError(f"{model_dir}: an LM is registered from safetensors weights only")
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(PYFUNC_LM_CODE), artifacts={"model": str(model_dir)},
+        signature=lm_signature(), pip_requirements=REQUIREMENTS, registered_model_name=model_name)
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    set_tags(client, model_name, version, tags)
+    client.update_model_version(model_name, version, description=description)
+    return version
+
+
+@task(name="log LM pipeline run", **NETWORK)
+def log_lm_run(cfg: PipelineConfig, metrics: dict, tags: dict[str, str], artifacts: list[str],
+               project_dir: str = ".") -> str:
+    """One MLflow run per LM pipeline run: the lm config, the evaluation figures, reports, lineage; its id."""
+    experiment_id = configure(cfg.tracking, project_dir)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="distill-lm-pipeline") as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten("lm", cfg.lm.model_dump(mode="json")).items()}
+                          | {"seed": cfg.seed})
+        mlflow.log_metrics({k: float(v) for k, v in flatten("", metrics).items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.set_tags({**tags, "git_commit": git_commit(project_dir), "task": "lm"})
+        for path in artifacts:
+            if Path(path).is_dir():
+                mlflow.log_artifacts(path, artifact_path=Path(path).name)
+            elif Path(path).is_file():
+                mlflow.log_artifact(path)
+        return run.info.run_id
+
+
+@task(name="register LM student", **NETWORK)
+def register_lm_student(cfg: PipelineConfig, run_id: str, student_dir: str, card: dict, tags: dict[str, str],
+                        description: str, project_dir: str = ".") -> tuple[str, bool]:
+    """Register the LM student (once per weights fingerprint) under alias ``challenger``; (version, new)."""
+    configure(cfg.tracking, project_dir)
+    name = cfg.lm.promote.model_name
+    existing = find_version(name, card["fingerprint"])
+    if existing is not None:
+        return str(existing.version), False
+    with mlflow.start_run(run_id=run_id):
+        version = log_causal_lm(Path(student_dir), name, {**tags, "fingerprint": card["fingerprint"]}, description)
+    MlflowClient().set_registered_model_alias(name, "challenger", version)
+    return version, True
+
+
+@task(name="tag LM version", **NETWORK)
+def tag_lm_version(cfg: PipelineConfig, version: str, tags: dict[str, Any], description: str | None = None,
+                   project_dir: str = ".") -> None:
+    """Write tags (and the model card, when given) on an LM student version."""
+    configure(cfg.tracking, project_dir)
+    client = MlflowClient()
+    set_tags(client, cfg.lm.promote.model_name, version, tags)
+    if description is not None:
+        client.update_model_version(cfg.lm.promote.model_name, version, description=description)
+
+
+@task(name="promote LM student", **NETWORK)
+def promote_lm(cfg: PipelineConfig, version: str, project_dir: str = ".", promoted_by: str = "flow",
+               reason: str = "") -> dict:
+    """Make LM student ``version`` the champion (see ``move_champion``)."""
+    configure(cfg.tracking, project_dir)
+    return move_champion(MlflowClient(), cfg.lm.promote.model_name, version, promoted_by, reason)
+
+
+def lm_champion_version(cfg: PipelineConfig, project_dir: str = ".") -> str | None:
+    """The LM student version the ``champion`` alias points to, or None."""
+    configure(cfg.tracking, project_dir)
+    return _alias(MlflowClient(), cfg.lm.promote.model_name, "champion")
