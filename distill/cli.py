@@ -360,5 +360,192 @@ def registry_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -
     Console().print(table)
 
 
+@app.command("lm-serve")
+def lm_serve(model: Annotated[str, typer.Option(help="Causal-LM folder, or 'packaged' for SmolLM2-135M-Instruct.")]
+             = "packaged",
+             port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+             host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless guarded.")] = "127.0.0.1",
+             name: Annotated[Optional[str], typer.Option(help="Model name clients ask for (default: the folder's).")]
+             = None,
+             cache_dir: Annotated[Path, typer.Option(help="Where the packaged teacher is converted once.")]
+             = Path("models"),
+             api_key_env: Annotated[Optional[str], typer.Option(help="Require the key in this environment variable.")]
+             = None,
+             threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (1 on a busy shared box).")]
+             = None) -> None:
+    """Serve a causal LM behind an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
+    import os
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from distill.lm.server import load_for_serving, serve
+    from distill.lm.teacher import packaged_teacher_folder
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    folder = _stage(lambda: packaged_teacher_folder(cache_dir) if model == "packaged" else Path(model))
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not api_key:
+        console.print(f"[bold red]error:[/] ${api_key_env} is empty or unset")
+        raise typer.Exit(2)
+    lm = _stage(lambda: load_for_serving(folder))
+    console.print(f"serving {folder} as {name or folder.name} on http://{host}:{port}/v1")
+    serve(lm, name or folder.name, host=host, port=port, api_key=api_key)
+
+
+# ---- LLM distillation stages (dvc.yaml: lm_teacher, lm_prompts, lm_generate, lm_topk, lm_train) ----
+
+LMTeacherDir = Annotated[Path, typer.Option("--teacher", help="Causal-LM teacher folder (lm.teacher_path wins "
+                                                             "when set).")]
+
+
+def _lm_stage(fn):
+    """Run an LM stage body; user errors (and LM data errors) become one red line and exit code 2."""
+    from distill.lm.prompts import LMDataError
+
+    try:
+        return fn()
+    except (*_user_errors(), LMDataError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _lm_teacher_dir(cfg: PipelineConfig, teacher: Path) -> Path:
+    return Path(cfg.lm.teacher_path) if cfg.lm.teacher_path else teacher
+
+
+@app.command("lm-teacher")
+def lm_teacher(out: Annotated[Path, typer.Option(help="Folder of the converted teacher.")] = Path("models/lm_teacher"),
+               params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Convert the packaged SmolLM2 GGUF teacher to a safetensors folder (skipped when lm.teacher_path is set)."""
+    from distill.io import write_json
+    from distill.lm.teacher import convert_gguf, fingerprint_of, packaged_gguf
+
+    cfg = _lm_stage(lambda: _config(params, set_))
+    if cfg.lm.teacher_path:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "teacher_path.json", {"teacher_path": cfg.lm.teacher_path})
+        _finish({"teacher": cfg.lm.teacher_path, "converted": False})
+        return
+    folder = _lm_stage(lambda: convert_gguf(packaged_gguf(), out))
+    _finish({"teacher": str(folder), "converted": True, "fingerprint": fingerprint_of(folder)})
+
+
+@app.command("lm-prompts")
+def lm_prompts(prepared: Prepared = Path("data/prepared"),
+               out: Annotated[Path, typer.Option(help="Prompt set (Parquet).")] = Path("data/lm/prompts.parquet"),
+               params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Build the LM prompt set (train / held-out) from the prepared splits."""
+    from distill.lm import prompts
+
+    _finish(_lm_stage(lambda: prompts.run(_config(params, set_), prepared, out)))
+
+
+@app.command("lm-generate")
+def lm_generate(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = Path("data/lm/prompts.parquet"),
+                teacher: LMTeacherDir = Path("models/lm_teacher"),
+                out: Annotated[Path, typer.Option(help="Completions (Parquet).")] = Path("data/lm/completions.parquet"),
+                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Generate the teacher's completions once (resumable; recorded sampling settings)."""
+    from distill.lm import generate
+
+    def body():
+        cfg = _config(params, set_)
+        return generate.run(cfg, prompts, _lm_teacher_dir(cfg, teacher), out)
+
+    _finish(_lm_stage(body))
+
+
+@app.command("lm-topk")
+def lm_topk(completions: Annotated[Path, typer.Option(help="Teacher completions.")] = Path(
+                "data/lm/completions.parquet"),
+            teacher: LMTeacherDir = Path("models/lm_teacher"),
+            out: Annotated[Path, typer.Option(help="Top-k cache (Parquet).")] = Path("data/lm/topk.parquet"),
+            metrics: Annotated[Optional[Path], typer.Option(help="Cache figures JSON.")] = None,
+            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Cache the teacher's top-k next-token log-probabilities; print bytes/token and kept mass."""
+    from distill.lm import topk
+
+    def body():
+        cfg = _config(params, set_)
+        return topk.run(cfg, completions, _lm_teacher_dir(cfg, teacher), out)
+
+    _finish(_lm_stage(body), metrics)
+
+
+@app.command("lm-train")
+def lm_train(completions: Annotated[Path, typer.Option(help="Teacher completions.")] = Path(
+                 "data/lm/completions.parquet"),
+             topk_cache: Annotated[Optional[Path], typer.Option("--topk", help="Top-k cache (token mode).")] = Path(
+                 "data/lm/topk.parquet"),
+             teacher: LMTeacherDir = Path("models/lm_teacher"),
+             out: Annotated[Path, typer.Option(help="Student folder.")] = Path("models/lm_student"),
+             metrics: Annotated[Optional[Path], typer.Option(help="Training figures JSON.")] = None,
+             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Train the LM student (lm.train.mode: sequence, token or online)."""
+    from distill.lm import train
+
+    def body():
+        cfg = _config(params, set_)
+        return train.run(cfg, completions, _lm_teacher_dir(cfg, teacher), out, topk_cache)
+
+    result = _lm_stage(body)
+    result.history = []  # per-step losses stay out of the metrics file
+    _finish(result, metrics)
+
+
+@app.command("lm-baseline")
+def lm_baseline(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = Path("data/lm/prompts.parquet"),
+                teacher: LMTeacherDir = Path("models/lm_teacher"),
+                out: Annotated[Path, typer.Option(help="Baseline folder.")] = Path("models/lm_baseline"),
+                metrics: Annotated[Optional[Path], typer.Option(help="Training figures JSON.")] = None,
+                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Train the undistilled LM baseline: the student's shape and budget, on the reference answers only."""
+    from distill.lm import train
+
+    def body():
+        cfg = _config(params, set_)
+        return train.run_baseline(cfg, prompts, _lm_teacher_dir(cfg, teacher), out)
+
+    result = _lm_stage(body)
+    result.history = []
+    _finish(result, metrics)
+
+
+@app.command("lm-evaluate")
+def lm_evaluate(completions: Annotated[Path, typer.Option(help="Teacher completions (held-out rows are used).")]
+                = Path("data/lm/completions.parquet"),
+                teacher: LMTeacherDir = Path("models/lm_teacher"),
+                student: Annotated[Path, typer.Option(help="Distilled LM student folder.")] = Path("models/lm_student"),
+                baseline: Annotated[Path, typer.Option(help="Undistilled LM baseline folder.")] = Path(
+                    "models/lm_baseline"),
+                out: Annotated[Path, typer.Option(help="Report folder (metrics.json, report.md).")] = Path("reports/lm"),
+                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Evaluate teacher, distilled student and baseline on the held-out prompts; print the table."""
+    from distill.lm import evaluate
+
+    def body():
+        cfg = _config(params, set_)
+        return evaluate.run(cfg, completions, _lm_teacher_dir(cfg, teacher), student, baseline, out)
+
+    result = _lm_stage(body)
+    evaluate.print_lm_table(result, Console(), title="LM evaluation (held-out prompts)")
+    console.print(f"report: {out / 'report.md'}; figures: {out / 'metrics.json'}")
+
+
+@app.command("run-lm")
+def run_lm(project_dir: ProjectOpt = Path("."), set_: SetOpt = None) -> None:
+    """Run LLM distillation as the Prefect flow distill_lm_pipeline (gated registration of the LM student)."""
+    from flows.runtime import configure_local_runtime
+
+    _stage(lambda: _config(project_dir / "params.yaml", set_))  # fail on bad params before any server starts
+    configure_local_runtime()
+    from flows.lm import distill_lm_pipeline
+
+    summary = distill_lm_pipeline(project_dir=str(project_dir), overrides=set_ or [])
+    sys.exit(0 if summary.get("completed") else 1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -87,8 +87,15 @@ class LabelConfig(_Section):
 
     batch_size: int = Field(64, ge=1)
     workers: int = Field(
-        1, ge=1, description="Processes that label shards of the inputs (ranges of the length-sorted batch plan) "
-        "at once; the merged file is byte-identical to one process's.")
+        1, ge=1, description="Shards of the inputs (ranges of the length-sorted batch plan) labelled at once: "
+        "processes of a local pool, or Dask workers of a temporary cluster; the merged file is byte-identical "
+        "to one process's.")
+    engine: Literal["local", "dask"] = Field(
+        "local", description="local: shards in a process pool inside the stage. dask: shards mapped as Prefect "
+        "tasks on prefect-dask's DaskTaskRunner (a temporary LocalCluster, or the scheduler at dask_address).")
+    dask_address: str | None = Field(
+        None, description="Scheduler of a running Dask cluster (tcp://host:8786) for engine dask; null starts a "
+        "LocalCluster of `workers` processes for the stage.")
 
 
 class StudentConfig(_Section):
@@ -282,6 +289,9 @@ class EvaluateConfig(_Section):
         5, ge=1, description="Timing rounds over all models in turn; figures are the median over rounds.")
     warmup: int = Field(10, ge=0)
     threads: int = Field(1, ge=1, description="torch threads while timing latency and throughput.")
+    runtime: Literal["eager", "torchscript"] = Field(
+        "torchscript", description="How every candidate is served while timed on CPU: a TorchScript trace "
+        "(checked against the eager model first; the serving pyfunc uses the same trace) or eager PyTorch.")
     throughput_batch_size: int = Field(32, ge=1, description="Batch size of the throughput measurement.")
     bootstrap_samples: int = Field(1000, ge=10, description="Resamples of the accuracy / macro-F1 intervals.")
     confident: float = Field(
@@ -414,6 +424,10 @@ class MonitorConfig(_Section):
         0.3, ge=0, lt=1, description="Share of a drifted window kept out of the transfer set, to score the "
         "re-distilled student against the champion on the shifted slice."
     )
+    workspace: str | None = Field(
+        "reports/evidently", description="Local Evidently workspace (relative to the project) that collects "
+        "every window's report for `evidently ui --workspace reports/evidently`; null: HTML files only."
+    )
     notify_url_env: str = Field(
         "DISTILL_NOTIFY_URL", description="Environment variable holding an apprise URL for alerts (secrets "
         "stay in the environment; unset: no notification)."
@@ -429,6 +443,200 @@ class TrackingConfig(_Section):
         "MLFLOW_TRACKING_URI overrides it.",
     )
     experiment: str = Field("distill")
+
+
+LM_DIVERGENCES = ("forward_kl", "reverse_kl", "js", "gjsd", "skew_kl", "skew_reverse_kl", "tvd")
+
+DEFAULT_LM_INSTRUCTION = (
+    "You route smart-home requests. Reply with the one intent name that fits the request, "
+    "chosen from: {labels}."
+)
+DEFAULT_LM_COT_INSTRUCTION = (
+    "You route smart-home requests. First explain in one or two sentences what the user wants, "
+    "then write 'Answer:' followed by the one intent name that fits, chosen from: {labels}."
+)
+
+
+class LMPromptsConfig(_Section):
+    """The LM prompt set: an instruction plus each request of the prepared data, with a held-out split."""
+
+    instruction: str = Field(
+        DEFAULT_LM_INSTRUCTION, description="System instruction of every prompt; {labels} is replaced by the "
+        "comma-separated label names.")
+    cot_instruction: str = Field(
+        DEFAULT_LM_COT_INSTRUCTION, description="Instruction used when lm.generate.chain_of_thought is on: the "
+        "teacher writes a rationale, then the answer after the marker.")
+    answer_marker: str = Field("Answer:", min_length=1, description="Separates rationale from answer.")
+    train_size: int = Field(256, ge=1, description="Training prompts, sampled from gold_train + gold_val.")
+    heldout_size: int = Field(64, ge=1, description="Held-out prompts, sampled from gold_test.")
+
+
+class LMGenerateConfig(_Section):
+    """Teacher generation: settings recorded in the completions file."""
+
+    max_new_tokens: int = Field(32, ge=1, le=2048, description="Longest teacher completion, in tokens.")
+    sampling_temperature: float = Field(0.0, ge=0, description="0 = greedy decoding.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling when sampling_temperature > 0.")
+    batch_size: int = Field(16, ge=1)
+    chain_of_thought: bool = Field(
+        False, description="Ask for a rationale then the answer (lm.prompts.cot_instruction) and store them apart.")
+    save_every: int = Field(4, ge=1, description="Batches between saves of the partial file a killed run resumes.")
+
+
+class LMTopKConfig(_Section):
+    """The teacher's top-k next-token log-probabilities over each completion."""
+
+    k: int = Field(32, ge=1, le=1024, description="Kept tokens per position (indices uint16 when the vocabulary "
+                   "fits, log-probabilities float16, plus the leftover mass).")
+    batch_size: int = Field(8, ge=1)
+
+
+class LMStudentConfig(_Section):
+    """The LM student: a Llama-style causal LM built on the teacher's tokenizer, or a causal-LM folder."""
+
+    path: str | None = Field(None, description="Causal-LM folder used as the student; null builds one below.")
+    num_layers: int = Field(4, ge=1, le=64)
+    hidden_size: int = Field(192, ge=16)
+    num_heads: int = Field(3, ge=1)
+    num_kv_heads: int = Field(1, ge=1, description="Key/value heads (grouped-query attention).")
+    intermediate_size: int = Field(512, ge=16)
+    max_position_embeddings: int = Field(2048, ge=64)
+
+    @model_validator(mode="after")
+    def _heads_fit(self) -> "LMStudentConfig":
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads}) "
+                             f"and num_heads a multiple of num_kv_heads ({self.num_kv_heads})")
+        return self
+
+
+class LMTrainConfig(_Section):
+    """LM student training: sequence-level, token-level on the cached top-k, or online with a live teacher.
+
+    sequence: cross-entropy on the teacher's completion tokens (prompt masked). token / online:
+    ``alpha * divergence + (1 - alpha) * cross-entropy``, the divergence on the cached top-k plus the
+    tail bucket (token) or on the live teacher's full distribution (online). With a chain of thought,
+    each term is ``answer + rationale_weight * rationale``.
+    """
+
+    mode: Literal["sequence", "token", "online"] = Field("token")
+    loss: str = Field("forward_kl", description="Divergence: " + ", ".join(LM_DIVERGENCES))
+    beta: float = Field(0.5, ge=0, le=1, description="gjsd mixing: 0 = forward KL, 1 = reverse KL.")
+    skew: float = Field(0.1, ge=0, lt=1, description="skew_kl / skew_reverse_kl skew lambda.")
+    kd_temperature: float = Field(1.0, gt=0, description="Softens both sides of the divergence (times T^2).")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the divergence; 1 - alpha weighs cross-entropy.")
+    rationale_weight: float = Field(0.5, ge=0, description="Weight of rationale tokens against answer tokens.")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_length: int = Field(512, ge=16, description="Longest prompt + completion, in tokens (prompts are cut "
+                            "from the left).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto")
+
+    @field_validator("loss")
+    @classmethod
+    def _known_divergence(cls, value: str) -> str:
+        if value not in LM_DIVERGENCES:
+            raise ValueError(f"unknown LM loss {value!r}; choose from {', '.join(LM_DIVERGENCES)}")
+        return value
+
+
+class ChatClientConfig(_Section):
+    """A black-box teacher: where it is, how to sample it, how hard to push it, what to spend."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1",
+                          description="The API root; requests go to {base_url}/chat/completions.")
+    model: str = Field(..., min_length=1,
+                       description="Model name sent with each request; part of the cache key.")
+    api_key_env: str | None = Field("OPENAI_API_KEY",
+                                    description="Environment variable holding the API key; None sends no key.")
+    cache_dir: str = Field("data/lm_responses", description="Folder of the content-addressed response cache.")
+    system_prompt: str | None = Field(None, description="System message put before each string prompt.")
+    sampling_temperature: float = Field(0.0, ge=0, le=2, description="0 asks for greedy decoding.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1, description="Longest completion, in tokens.")
+    seed: int | None = Field(None, description="Sampling seed sent with each request (where honoured).")
+    max_concurrency: int = Field(4, ge=1, le=256, description="Requests in flight at once, at most.")
+    max_retries: int = Field(5, ge=0, le=20, description="Retries per request after the first attempt.")
+    backoff_initial_s: float = Field(1.0, ge=0, description="First retry delay; doubles per retry.")
+    backoff_max_s: float = Field(60.0, ge=0, description="Longest delay, Retry-After included.")
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (connect, read, write).")
+    max_total_tokens: int | None = Field(None, ge=1,
+                                         description="Budget: prompt + completion tokens paid per run.")
+    max_cost: float | None = Field(None, gt=0, description="Budget: estimated cost per run, in the price unit.")
+    price_prompt_per_1k: float = Field(0.0, ge=0, description="Price of 1000 prompt tokens.")
+    price_completion_per_1k: float = Field(0.0, ge=0, description="Price of 1000 completion tokens.")
+
+    @model_validator(mode="after")
+    def _cost_budget_needs_prices(self) -> "ChatClientConfig":
+        if self.max_cost is not None and not (self.price_prompt_per_1k or self.price_completion_per_1k):
+            raise ValueError("max_cost needs price_prompt_per_1k or price_completion_per_1k")
+        return self
+
+    def cost_of(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_prompt_per_1k + completion_tokens * self.price_completion_per_1k) / 1000
+
+
+class LMEvaluateConfig(_Section):
+    """The LM evaluation harness (lm_evaluate): teacher, distilled student and baseline on held-out prompts."""
+
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Greedy generation length (and fixed latency-run length); null = "
+        "lm.generate.max_new_tokens.")
+    batch_size: int = Field(8, ge=1, description="Pairs per forward pass, prompts per generate call.")
+    latency_samples: int = Field(8, ge=1, description="Prompts timed per model (and drafted for the teacher).")
+    warmup: int = Field(2, ge=0, description="Untimed generations before timing.")
+    threads: int = Field(1, ge=1, description="torch CPU threads while timing.")
+    draft_k: int | None = Field(
+        4, ge=1, description="Draft tokens per teacher pass when measuring the students as speculative drafts; "
+        "null skips the measurement.")
+
+
+class LMPromoteConfig(_Section):
+    """Registration and the promotion gate of the LM student (a pure decision: distill.gates)."""
+
+    model_name: str = Field("distill-lm-student", description="Registered model name of LM students.")
+    min_kl_gain: float = Field(
+        0.0, ge=0, description="The student's KL(teacher || model) per token must be at least this far below "
+        "the baseline's (0: strictly below).")
+    min_agreement_gain: float = Field(
+        0.0, ge=-1, le=1, description="The student's agreement with the teacher must exceed the baseline's by "
+        "at least this much (0: at least equal).")
+    agreement: Literal["top1_agreement", "greedy_prefix_agreement", "greedy_exact_match"] = Field(
+        "top1_agreement", description="Agreement figure the gate compares; a black-box teacher (lm.api) has no "
+        "logits, so top1_agreement falls back to greedy_prefix_agreement there.")
+    max_unsafe_excess: float = Field(
+        0.0, ge=0, le=1, description="The student's unsafe-content rate may exceed the teacher's by at most this.")
+    max_perplexity: float = Field(
+        100.0, ge=1, description="Largest perplexity of the student on held-out teacher text.")
+
+
+class LMConfig(_Section):
+    """LLM distillation: prompts, teacher generation, top-k cache, the student and its training."""
+
+    teacher_path: str | None = Field(
+        None, description="Causal-LM folder of the teacher; null converts the packaged SmolLM2-135M-Instruct "
+        "GGUF once (the lm_teacher stage). With lm.api set, only its tokenizer is used (the student's).")
+    api: ChatClientConfig | None = Field(
+        None, description="A black-box teacher behind an OpenAI-compatible endpoint: when set, lm_generate asks "
+        "it for the completions (sequence-level KD only: no logits, so lm.train.mode must be sequence).")
+    prompts: LMPromptsConfig = Field(default_factory=LMPromptsConfig)
+    generate: LMGenerateConfig = Field(default_factory=LMGenerateConfig)
+    topk: LMTopKConfig = Field(default_factory=LMTopKConfig)
+    student: LMStudentConfig = Field(default_factory=LMStudentConfig)
+    train: LMTrainConfig = Field(default_factory=LMTrainConfig)
+    evaluate: LMEvaluateConfig = Field(default_factory=LMEvaluateConfig)
+    promote: LMPromoteConfig = Field(default_factory=LMPromoteConfig)
+
+    @model_validator(mode="after")
+    def _black_box_is_sequence_level(self) -> "LMConfig":
+        if self.api is not None and self.train.mode != "sequence":
+            raise ValueError(
+                f"lm.train.mode={self.train.mode} needs the teacher's logits, but lm.api makes the teacher a "
+                f"black-box endpoint that returns text only; set lm.train.mode=sequence (sequence-level KD on its "
+                f"completions) or lm.api: null (a local teacher folder)")
+        return self
 
 
 class PipelineConfig(_Section):
@@ -447,6 +655,7 @@ class PipelineConfig(_Section):
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    lm: LMConfig = Field(default_factory=LMConfig)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -387,6 +387,83 @@ DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+# ---- token-level LM distillation on a cached top-k -------------------------------------------
+
+TAIL_FLOOR = 1e-8  # a teacher tail mass of 0 would put log(0) into the KL; floor it instead
+
+
+def topk_tail_buckets(student_logits: torch.Tensor, teacher_indices: torch.Tensor, teacher_logprobs: torch.Tensor,
+                      teacher_tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sides over the teacher's top-k tokens plus one tail bucket: (N, k + 1) log-probabilities each.
+
+    The student's row is its full-vocabulary distribution regrouped: its log-probability of each of
+    the teacher's top-k tokens, then the log of its mass on every other token (a logsumexp over the
+    rest, exact even when that mass is tiny). The teacher's row is its cached top-k log-probabilities
+    and the log of its leftover mass (floored at 1e-8); low-precision rounding leaves it close to,
+    not exactly, normalised, and the divergences renormalise both rows with a log-softmax.
+
+    Args:
+        student_logits: (N, V).
+        teacher_indices: (N, k) integer token ids.
+        teacher_logprobs: (N, k) teacher log-probabilities of those tokens (any float dtype).
+        teacher_tail: (N,) the teacher's probability mass outside its top k.
+    """
+    log_ps = F.log_softmax(student_logits, dim=-1)
+    idx = teacher_indices.long()
+    top = log_ps.gather(-1, idx)
+    if idx.shape[-1] >= log_ps.shape[-1]:
+        rest = torch.full_like(top[:, :1], math.log(TAIL_FLOOR))
+    else:
+        rest = log_ps.scatter(-1, idx, float("-inf")).logsumexp(-1, keepdim=True)
+    teacher = torch.cat([teacher_logprobs.to(log_ps.dtype),
+                         teacher_tail.to(log_ps.dtype).clamp_min(TAIL_FLOOR).log().unsqueeze(-1)], dim=-1)
+    return torch.cat([top, rest], dim=-1), teacher
+
+
+def topk_divergence(student_logits: torch.Tensor, teacher_indices: torch.Tensor, teacher_logprobs: torch.Tensor,
+                    teacher_tail: torch.Tensor, *, divergence: str = "forward_kl", temperature: float = 1.0,
+                    mask: torch.Tensor | None = None, **options) -> torch.Tensor:
+    """A divergence of :data:`DIVERGENCES` between student logits and a cached teacher top-k plus tail.
+
+    Token-level KD on a compact teacher cache (top-k ids, their log-probabilities and the leftover
+    mass per position): both distributions are regrouped into the teacher's k tokens plus one tail
+    bucket (:func:`topk_tail_buckets`) and compared there. With the whole vocabulary as the top-k
+    this is the full-distribution divergence. ``temperature`` softens the k + 1 buckets (for the tail
+    bucket that is not the same as softening the full distribution; 1 is exact).
+
+    Args:
+        student_logits: (B, L, V) or (N, V).
+        teacher_indices: (B, L, k) or (N, k) integer token ids.
+        teacher_logprobs: same shape as ``teacher_indices``.
+        teacher_tail: (B, L) or (N,).
+        divergence: a name in DIVERGENCES except ``logit_mse`` (log-probabilities are not logits).
+        temperature: softens both sides; the result is multiplied by temperature**2.
+        mask: optional bool (B, L) or (N,), True = keep; masked positions (padding, prompt) are
+            dropped before any math, so whatever they hold changes neither the loss nor the gradient.
+        **options: ``beta`` for gjsd, ``skew`` for the skew variants.
+
+    Returns:
+        Scalar: sum over the k + 1 buckets, mean over kept positions.
+    """
+    if divergence not in DIVERGENCES or divergence == "logit_mse":
+        raise ValueError(f"unknown top-k divergence {divergence!r}; choose from "
+                         f"{', '.join(n for n in DIVERGENCES if n != 'logit_mse')}")
+    leading = student_logits.shape[:-1]
+    if teacher_indices.shape != teacher_logprobs.shape or teacher_indices.shape[:-1] != leading \
+            or teacher_tail.shape != leading:
+        raise ValueError(f"teacher top-k shapes: indices {tuple(teacher_indices.shape)}, log-probs "
+                         f"{tuple(teacher_logprobs.shape)}, tail {tuple(teacher_tail.shape)} do not fit student "
+                         f"logits {tuple(student_logits.shape)}")
+    s = student_logits.reshape(-1, student_logits.shape[-1])
+    idx, lp, tail = (teacher_indices.reshape(-1, teacher_indices.shape[-1]),
+                     teacher_logprobs.reshape(-1, teacher_logprobs.shape[-1]), teacher_tail.reshape(-1))
+    if mask is not None:
+        keep = _check_mask(mask, leading).reshape(-1)
+        s, idx, lp, tail = s[keep], idx[keep], lp[keep], tail[keep]
+    student_buckets, teacher_buckets = topk_tail_buckets(s, idx, lp, tail)
+    return DIVERGENCES[divergence](student_buckets, teacher_buckets, temperature=temperature, **options)
+
+
 # ---- feature-based ----------------------------------------------------------------------------
 
 def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,

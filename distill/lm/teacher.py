@@ -110,3 +110,24 @@ def load_causal_lm(folder: Path) -> CausalLM:
 def fingerprint_of(folder: Path) -> str:
     """Content hash of a causal-LM folder (weights, config, tokenizer)."""
     return hash_files(Path(folder), ("*.json", "*.safetensors", "*.txt", "*.model"))
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 of a tokenizer's vocabulary and special tokens: equal means token ids mean the same."""
+    import hashlib
+    import json
+
+    specials = {name: getattr(tokenizer, name, None) for name in ("bos_token", "eos_token", "unk_token")}
+    payload = json.dumps([sorted(tokenizer.get_vocab().items()), specials], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def teacher_folder(path: str | None, cache_dir: Path) -> Path:
+    """The configured teacher folder (lm.teacher_path), or the packaged teacher converted under ``cache_dir``."""
+    if path is None:
+        return packaged_teacher_folder(cache_dir)
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"lm.teacher_path {folder}: not a causal-LM folder (no config.json); set it to a "
+                         f"Hugging Face causal-LM folder, or null for the packaged SmolLM2 teacher")
+    return folder

@@ -1,0 +1,89 @@
+"""LLM distillation end to end through Prefect, DVC and MLflow, on tiny models.
+
+Two runs on one tiny project copy: the first distils, evaluates against the teacher and the
+undistilled baseline, registers the LM student and promotes it (the gate passes); the second trains
+another student but forces the gate to fail, so it is registered and the champion stays where it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import make_examples
+from tests.lm_tiny import save_tiny_lm, tiny_tokenizer
+from tests.tiny_project import tiny_project
+
+pytestmark = pytest.mark.slow  # ~4-5 min here: 16 `dvc repro` subprocesses, each importing torch + transformers
+
+LM = {
+    "prompts": {"train_size": 12, "heldout_size": 4},
+    "generate": {"max_new_tokens": 6, "batch_size": 4},
+    "topk": {"k": 8, "batch_size": 4},
+    "student": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64,
+                "max_position_embeddings": 512},
+    "train": {"mode": "token", "epochs": 4, "batch_size": 4, "learning_rate": 1e-2, "device": "cpu",
+              "max_length": 256},
+    "evaluate": {"batch_size": 4, "latency_samples": 1, "warmup": 0, "draft_k": 2},
+    "promote": {"max_perplexity": 1.0e6},
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lm_project")
+    examples = make_examples(per_label=12)
+    tokenizer = tiny_tokenizer(examples["text"].tolist() + ["HassTurnOn HassTurnOff HassLightSet"])
+    teacher = save_tiny_lm(root / "tiny_lm_teacher", tokenizer, seed=1)
+    return tiny_project(root / "project", lm={**LM, "teacher_path": str(teacher)})
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """Generation on a shared 2-core box: one thread here and in the DVC stage subprocesses."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def client(project: Path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return MlflowClient()
+
+
+def test_lm_flow_registers_the_student_and_promotes_only_through_the_gate(harness, project):
+    from flows.lm import distill_lm_pipeline
+
+    first = distill_lm_pipeline(project_dir=str(project))
+    assert first["completed"] and first["decision"]["passed"], first["decision"]["reasons"]
+    assert set(first["metrics"]) == {"teacher", "student", "baseline"}
+    assert (project / "reports/lm/metrics.json").is_file() and (project / "reports/lm/report.md").is_file()
+    mlflow_client = client(project)
+    name = "distill-lm-student"
+    champion = mlflow_client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == first["student_version"]
+    tags = champion.tags
+    assert tags["promotion_gate"] == "passed" and tags["decision"] == "promoted"
+    assert tags["teacher_fingerprint"] and tags["completions_md5"] and tags["topk_md5"]
+    run = mlflow_client.get_run(first["run_id"])
+    assert "lm_eval.student.perplexity" in run.data.metrics and run.data.tags["task"] == "lm"
+
+    # Another student (another learning rate) and a gate that cannot pass: registered, not promoted.
+    second = distill_lm_pipeline(project_dir=str(project), overrides=[
+        "lm.train.learning_rate=0.005", "lm.promote.max_perplexity=1.0"])
+    assert second["completed"] and not second["decision"]["passed"]
+    assert {"prepare", "lm_teacher", "lm_prompts", "lm_generate", "lm_topk"} <= set(second["skipped_stages"])
+    assert second["newly_registered"] and second["student_version"] != first["student_version"]
+    assert any("perplexity" in r and ">" in r for r in second["decision"]["reasons"])
+    version = mlflow_client.get_model_version(name, second["student_version"])
+    assert version.tags["promotion_gate"] == "failed" and version.tags["decision"] == "blocked by gates"
+    assert str(mlflow_client.get_model_version_by_alias(name, "champion").version) == first["student_version"]
+    assert str(mlflow_client.get_model_version_by_alias(name, "challenger").version) == second["student_version"]
