@@ -122,13 +122,12 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-@task(name="log pipeline run", **NETWORK)
-def log_run(cfg: PipelineConfig, metrics: dict, tags: dict[str, str], artifacts: list[str],
-            project_dir: str = ".") -> str:
-    """One MLflow run per pipeline run: config, metrics, reports, lineage tags; returns the run id."""
+def record_run(cfg: PipelineConfig, run_name: str, params: dict[str, Any], metrics: dict, tags: dict[str, str],
+               artifacts: list[str], project_dir: str = ".") -> str:
+    """One MLflow run: params, the numeric leaves of ``metrics``, tags (plus the git commit), report files."""
     experiment_id = configure(cfg.tracking, project_dir)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="distill-pipeline") as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten("", cfg.model_dump()).items()})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.log_metrics({k: float(v) for k, v in flatten("", metrics).items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
         mlflow.set_tags({**tags, "git_commit": git_commit(project_dir)})
@@ -138,6 +137,13 @@ def log_run(cfg: PipelineConfig, metrics: dict, tags: dict[str, str], artifacts:
             elif Path(path).is_file():
                 mlflow.log_artifact(path)
         return run.info.run_id
+
+
+@task(name="log pipeline run", **NETWORK)
+def log_run(cfg: PipelineConfig, metrics: dict, tags: dict[str, str], artifacts: list[str],
+            project_dir: str = ".") -> str:
+    """One MLflow run per pipeline run: config, metrics, reports, lineage tags; returns the run id."""
+    return record_run(cfg, "distill-pipeline", flatten("", cfg.model_dump()), metrics, tags, artifacts, project_dir)
 
 
 @task(name="register student", **NETWORK)
@@ -494,19 +500,8 @@ def log_causal_lm(model_dir: Path, model_name: str, tags: dict[str, str], descri
 def log_lm_run(cfg: PipelineConfig, metrics: dict, tags: dict[str, str], artifacts: list[str],
                project_dir: str = ".") -> str:
     """One MLflow run per LM pipeline run: the lm config, the evaluation figures, reports, lineage; its id."""
-    experiment_id = configure(cfg.tracking, project_dir)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="distill-lm-pipeline") as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten("lm", cfg.lm.model_dump(mode="json")).items()}
-                          | {"seed": cfg.seed})
-        mlflow.log_metrics({k: float(v) for k, v in flatten("", metrics).items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        mlflow.set_tags({**tags, "git_commit": git_commit(project_dir), "task": "lm"})
-        for path in artifacts:
-            if Path(path).is_dir():
-                mlflow.log_artifacts(path, artifact_path=Path(path).name)
-            elif Path(path).is_file():
-                mlflow.log_artifact(path)
-        return run.info.run_id
+    params = flatten("lm", cfg.lm.model_dump(mode="json")) | {"seed": cfg.seed}
+    return record_run(cfg, "distill-lm-pipeline", params, metrics, {**tags, "task": "lm"}, artifacts, project_dir)
 
 
 @task(name="register LM student", **NETWORK)
