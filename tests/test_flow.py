@@ -1,7 +1,9 @@
 """The lifecycle end to end through Prefect, DVC, MLflow, GE and Evidently, on a tiny config.
 
-One project copy is shared by the tests in order: a cold run, a warm run that
-must skip the expensive stages, and a run whose teacher gate fails.
+One project copy is shared by the tests, in order: a cold run; the drift monitor over the simulated
+traffic (the shifted window flagged, one incident); a teacher version change that re-distils from the
+new teacher and compares the former champion with the new student; a warm run that must skip the
+expensive stages and open no incident; a sweep; a run whose teacher gate fails.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def registry(project: Path):
 def test_cold_run_goes_through_the_whole_lifecycle(harness, project):
     from flows.pipeline import distill_pipeline
 
-    summary = distill_pipeline(project_dir=str(project), monitor=True)
+    summary = distill_pipeline(project_dir=str(project), monitor=False)
     assert summary["completed"] is True
     client = registry(project)
     experiment = client.get_experiment_by_name("distill").experiment_id
@@ -51,12 +53,83 @@ def test_cold_run_goes_through_the_whole_lifecycle(harness, project):
     for report in ("reports/evaluate/report.html", "reports/audit/audit.html",
                    "gx/uncommitted/data_docs/local_site/index.html"):
         assert (project / report).is_file(), report
-    monitor = summary["monitor"]
-    flagged = {w["window"]: w["drift"] for w in monitor["windows"]}
-    assert flagged == {0: False, 1: False, 2: True}, flagged
-    assert (project / "reports/monitor/window-0002.html").is_file()
-    assert monitor["redistillation"]["completed"] is True
-    assert monitor["redistillation"]["skipped_stages"] == ["teacher"], "re-distillation must reuse the teacher"
+
+
+@pytest.fixture
+def events(monkeypatch):
+    import flows.monitor
+
+    seen: list[dict] = []
+    monkeypatch.setattr(flows.monitor, "emit_event", lambda **kw: seen.append(kw))
+    return seen
+
+
+def test_shifted_window_is_flagged_once(harness, project, events):
+    from evidently.ui.workspace import Workspace
+
+    from distill.data import read_split
+    from flows.monitor import DRIFT_EVENT, drift_monitor
+    from monitoring.production import read_log
+
+    traffic = len(read_split(project / "data/prepared", "production"))
+    summary = drift_monitor(project_dir=str(project), redistill=False)
+    assert summary["served"] == traffic
+    assert {w["window"]: w["drift"] for w in summary["windows"]} == {0: False, 1: False, 2: True}
+    assert all("embedding_distance" in w["column_scores"] for w in summary["windows"])
+    assert not summary["teacher"]["changed"], summary["teacher"]
+    assert summary["teacher"]["canary_size"] > 0
+    assert [e["event"] for e in events] == [DRIFT_EVENT]
+    payload = events[0]["payload"]
+    assert payload["windows"] == [2] and payload["reports"][0].startswith("file://")
+    log = read_log(project / "data/production_log")
+    assert len(log) == traffic and log["true_label"].notna().all() and set(log["source"]) == {"simulated"}
+    assert list((project / "data/incoming").glob("window-0002-*.parquet"))
+    assert list((project / "data/production_log/holdout").glob("window-0002-*.parquet"))
+    assert (project / "reports/monitor/window-0002.json").is_file()
+    workspace = Workspace(str(project / "reports/evidently"))  # every window's report, for `evidently ui`
+    assert len(workspace.list_runs(workspace.search_project("distill drift")[0].id)) == 3
+
+    again = drift_monitor(project_dir=str(project), redistill=False)
+    assert again["served"] == 0 and again["new_incidents"] == [] and len(events) == 1
+
+
+def test_teacher_version_change_redistils_from_the_new_teacher(harness, project, events):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from distill.config import load_config
+    from distill.models import read_card
+    from flows.monitor import TEACHER_EVENT, drift_monitor, incidents_dir
+    from monitoring import alerts
+    from tasks import registry as registry_tasks
+
+    for path in incidents_dir(str(project)).glob("*.json"):  # as if the drift incident's run had finished
+        alerts.resolve_incident(incidents_dir(str(project)), path.stem, {"simulated": True})
+    cfg = load_config(project / "params.yaml")
+    experiment = registry_tasks.configure(cfg.tracking, str(project))
+    card = read_card(project / "models/teacher")
+    with mlflow.start_run(experiment_id=experiment, run_name="teacher-update"):
+        new = registry_tasks.log_classifier(project / "models/teacher", cfg.promote.teacher_model,
+                                            {"fingerprint": card["fingerprint"], "source": "update"},
+                                            "updated teacher")
+    MlflowClient().set_registered_model_alias(cfg.promote.teacher_model, "champion", new)
+
+    summary = drift_monitor(project_dir=str(project), redistill=True)
+    assert [e["event"] for e in events] == [TEACHER_EVENT]
+    assert events[0]["payload"]["teacher_version"] == new and events[0]["payload"]["reason"] == "teacher"
+    result = summary["redistillation"]
+    assert result["completed"] and result["reason"] == "teacher"
+    assert load_config(project / "params.yaml").teacher.path == "models:/distill-teacher@champion"
+    student = MlflowClient().get_model_version(cfg.promote.student_model, result["student_version"])
+    assert student.tags["teacher_version"] == new
+    comparison = result["comparison"]
+    for key in ("gold_test.champion_accuracy", "gold_test.challenger_accuracy",
+                "shifted.champion_accuracy", "shifted.challenger_accuracy", "shifted.teacher_accuracy"):
+        assert 0.0 <= comparison[key] <= 1.0, comparison
+    assert comparison["shifted_known.size"] <= comparison["shifted.size"]
+    # the shifted hold-out went through the champion gate before promotion, not only into the figures
+    assert any("holdout=shifted" in reason for reason in result["decision"]["reasons"]), result["decision"]
+    assert student.tags["monitor.shifted.challenger_accuracy"]
 
 
 def test_warm_run_skips_labelling_and_training(harness, project):
