@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from distill import data as data_stage
 from distill.config import LMPromptsConfig, PipelineConfig
-from distill.io import atomic_file, hash_texts
+from distill.io import hash_texts
+from distill.lm.batch import read_parquet, write_parquet
 
-META_KEY = b"distill"
 TRAIN_SOURCES = ("gold_train", "gold_val")
 HELDOUT_SOURCES = ("gold_test",)
 REBUILD = "rerun the lm_prompts stage (dvc repro lm_prompts)"
@@ -91,23 +90,14 @@ def write_prompts(path: Path, prompts: pd.DataFrame, meta: dict) -> str:
     """Write the prompt table with its metadata (instructions, labels, hash) atomically; returns the hash."""
     digest = hash_texts([f"{r.prompt_id}\0{r.split}\0{r.request}\0{r.reference}" for r in prompts.itertuples()]
                         + [json.dumps(meta, sort_keys=True)])
-    table = pa.Table.from_pandas(prompts.astype(str), preserve_index=False)
-    table = table.replace_schema_metadata({META_KEY: json.dumps({**meta, "prompts_hash": digest}).encode()})
-    with atomic_file(Path(path), "wb") as handle:
-        pq.write_table(table, handle, write_page_checksum=True)
+    write_parquet(path, pa.Table.from_pandas(prompts.astype(str), preserve_index=False),
+                  {**meta, "prompts_hash": digest})
     return digest
 
 
 def read_prompts(path: Path) -> tuple[pd.DataFrame, dict]:
     """The prompt table and its metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise LMDataError(f"{path}: prompt set not found; {REBUILD}")
-    try:
-        table = pq.read_table(path, page_checksum_verification=True)
-        meta = json.loads((table.schema.metadata or {})[META_KEY])
-    except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
-        raise LMDataError(f"{path}: not a readable prompt set ({exc}); {REBUILD}") from None
+    table, meta = read_parquet(path, "prompt set", REBUILD, LMDataError)
     missing = {"prompt_id", "split", "request", "reference"} - set(table.column_names)
     if missing:
         raise LMDataError(f"{path}: prompt set lacks columns {sorted(missing)}; {REBUILD}")
