@@ -30,7 +30,8 @@ def tiny_project(root: Path, **sections: dict) -> Path:
                           production_windows=2, shifted_windows=1, window_size=100)
     params["teacher"].update(epochs=2, batch_size=32)
     params["train"].update(epochs=1)
-    params["promote"] = {"min_teacher_share": 0.0}
+    # The serving check (a fresh interpreter loading the champion, ~15 s) has its own test in test_registry.
+    params["promote"] = {"min_teacher_share": 0.0, "serving_check": False}
     params["audit"] = {"max_slice_drop": 1.0, "poor_slice_accuracy": 0.0, "max_flip_increase": 1.0}
     params["monitor"] = {"embedding_drift": False, "canary_size": 20}
     for section, values in sections.items():
