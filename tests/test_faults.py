@@ -227,7 +227,8 @@ def test_the_runs_figures_survive_a_tracking_server_that_is_down_for_a_while(har
     try:
         task = registry.log_run.with_options(retries=24, retry_delay_seconds=5)  # the server takes ~10-60 s to start
         run_id = task(cfg, {"eval": {"student": {"accuracy": 0.93}}}, {"reason": "outage"}, [], str(tmp_path))
-        assert attempts[0] is False and attempts[-1] is True, attempts  # failed while down, then succeeded
+        # The first attempt met no server (it starts only after that attempt began): the run arrived later.
+        assert attempts[0] is False and len(attempts) >= 2, attempts
         run = MlflowClient(uri).get_run(run_id)
         assert run.data.metrics["eval.student.accuracy"] == 0.93
         assert run.data.tags["reason"] == "outage"
