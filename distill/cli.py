@@ -33,10 +33,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from distill.contracts import ContractError
     from distill.data import DataError
     from distill.label import TeacherOutputError
+    from distill.lm.prompts import LMDataError
     from distill.models import ModelError
     from distill.objective import ObjectiveError
 
-    return (ConfigError, DataError, ModelError, ContractError, TeacherOutputError, ObjectiveError,
+    return (ConfigError, DataError, ModelError, ContractError, TeacherOutputError, ObjectiveError, LMDataError,
             FileNotFoundError)
 
 
@@ -400,17 +401,6 @@ LMTeacherDir = Annotated[Path, typer.Option("--teacher", help="Causal-LM teacher
                                                              "when set).")]
 
 
-def _lm_stage(fn):
-    """Run an LM stage body; user errors (and LM data errors) become one red line and exit code 2."""
-    from distill.lm.prompts import LMDataError
-
-    try:
-        return fn()
-    except (*_user_errors(), LMDataError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-
-
 def _lm_teacher_dir(cfg: PipelineConfig, teacher: Path) -> Path:
     return Path(cfg.lm.teacher_path) if cfg.lm.teacher_path else teacher
 
@@ -422,13 +412,13 @@ def lm_teacher(out: Annotated[Path, typer.Option(help="Folder of the converted t
     from distill.io import write_json
     from distill.lm.teacher import convert_gguf, fingerprint_of, packaged_gguf
 
-    cfg = _lm_stage(lambda: _config(params, set_))
+    cfg = _stage(lambda: _config(params, set_))
     if cfg.lm.teacher_path:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "teacher_path.json", {"teacher_path": cfg.lm.teacher_path})
         _finish({"teacher": cfg.lm.teacher_path, "converted": False})
         return
-    folder = _lm_stage(lambda: convert_gguf(packaged_gguf(), out))
+    folder = _stage(lambda: convert_gguf(packaged_gguf(), out))
     _finish({"teacher": str(folder), "converted": True, "fingerprint": fingerprint_of(folder)})
 
 
@@ -439,7 +429,7 @@ def lm_prompts(prepared: Prepared = Path("data/prepared"),
     """Build the LM prompt set (train / held-out) from the prepared splits."""
     from distill.lm import prompts
 
-    _finish(_lm_stage(lambda: prompts.run(_config(params, set_), prepared, out)))
+    _finish(_stage(lambda: prompts.run(_config(params, set_), prepared, out)))
 
 
 @app.command("lm-generate")
@@ -454,7 +444,7 @@ def lm_generate(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = Pat
         cfg = _config(params, set_)
         return generate.run(cfg, prompts, _lm_teacher_dir(cfg, teacher), out)
 
-    _finish(_lm_stage(body))
+    _finish(_stage(body))
 
 
 @app.command("lm-topk")
@@ -471,7 +461,7 @@ def lm_topk(completions: Annotated[Path, typer.Option(help="Teacher completions.
         cfg = _config(params, set_)
         return topk.run(cfg, completions, _lm_teacher_dir(cfg, teacher), out)
 
-    _finish(_lm_stage(body), metrics)
+    _finish(_stage(body), metrics)
 
 
 @app.command("lm-train")
@@ -490,7 +480,7 @@ def lm_train(completions: Annotated[Path, typer.Option(help="Teacher completions
         cfg = _config(params, set_)
         return train.run(cfg, completions, _lm_teacher_dir(cfg, teacher), out, topk_cache)
 
-    result = _lm_stage(body)
+    result = _stage(body)
     result.history = []  # per-step losses stay out of the metrics file
     _finish(result, metrics)
 
@@ -508,7 +498,7 @@ def lm_baseline(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = Pat
         cfg = _config(params, set_)
         return train.run_baseline(cfg, prompts, _lm_teacher_dir(cfg, teacher), out)
 
-    result = _lm_stage(body)
+    result = _stage(body)
     result.history = []
     _finish(result, metrics)
 
@@ -529,7 +519,7 @@ def lm_evaluate(completions: Annotated[Path, typer.Option(help="Teacher completi
         cfg = _config(params, set_)
         return evaluate.run(cfg, completions, _lm_teacher_dir(cfg, teacher), student, baseline, out)
 
-    result = _lm_stage(body)
+    result = _stage(body)
     evaluate.print_lm_table(result, Console(), title="LM evaluation (held-out prompts)")
     console.print(f"report: {out / 'report.md'}; figures: {out / 'metrics.json'}")
 
