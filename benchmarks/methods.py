@@ -35,7 +35,7 @@ from distill import students  # noqa: E402
 from distill.config import config_from_dict, load_config  # noqa: E402
 from distill.data import read_split  # noqa: E402
 from distill.io import atomic_file  # noqa: E402
-from distill.models import build_student, load_classifier, predict_logits, read_card, save_classifier  # noqa: E402
+from distill.models import build_student, encode, load_classifier, predict_logits, read_card, save_classifier  # noqa: E402
 from distill.teacher import label_ids  # noqa: E402
 from distill.trainer import steps_for  # noqa: E402
 
@@ -87,7 +87,7 @@ def latency_ms(folder: Path, texts: list[str], max_length: int, runtime: str = "
             text = texts[state["i"] % len(texts)]
             state["i"] += 1
             with torch.inference_mode():
-                model(**tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt"))
+                model(**encode(tokenizer, [text], max_length))
 
         for _ in range(20):
             once()

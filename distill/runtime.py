@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ class TracedClassifier(nn.Module):
         super().__init__()
         self.traced = traced
         self.input_names = input_names
+        self._names = frozenset(input_names)
         self.config = eager.config
         self._eager = [eager]  # kept out of the module tree: its weights are already inside the trace
 
@@ -36,14 +37,17 @@ class TracedClassifier(nn.Module):
     def eager(self) -> nn.Module:
         return self._eager[0]
 
-    def forward(self, **inputs: torch.Tensor):
-        from transformers.modeling_outputs import SequenceClassifierOutput
+    def forward(self, **inputs: torch.Tensor) -> "TracedOutput":
+        if not inputs.keys() <= self._names:
+            raise TypeError(f"the trace takes {self.input_names}, not {sorted(set(inputs) - self._names)}")
+        out = self.traced(**inputs)
+        return TracedOutput(out["logits"] if isinstance(out, dict) else out[0])
 
-        unknown = set(inputs) - set(self.input_names)
-        if unknown:
-            raise TypeError(f"the trace takes {self.input_names}, not {sorted(unknown)}")
-        out = self.traced(**{name: inputs[name] for name in self.input_names if name in inputs})
-        return SequenceClassifierOutput(logits=out["logits"] if isinstance(out, dict) else out[0])
+
+class TracedOutput(NamedTuple):
+    """What a traced classifier returns: ``.logits`` like the Hugging Face output (without its per-call cost)."""
+
+    logits: torch.Tensor
 
 
 def trace_classifier(clf: Classifier, texts: list[str], max_length: int, atol: float = 1e-4) -> Classifier:

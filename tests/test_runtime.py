@@ -47,3 +47,47 @@ def test_a_trace_that_changes_the_outputs_is_refused(tiny_teacher, monkeypatch, 
     kept = trace_classifier(clf, TEXTS, 32)
     assert kept is clf
     assert "differs from the eager model" in caplog.text
+
+
+ODD_TEXTS = ["", "   ", "Turn ON the Kitchen-Lights!!", "café crème à 7h ? ", "🙂 lights 🙂 off", "日本語のテキスト",
+             "tab\tand\nnewline", "word " * 200, "x" * 500]
+
+
+def test_a_batch_1_request_gets_the_tokenizers_own_tensors():
+    from transformers import AutoTokenizer
+
+    from distill.models import _single_text_encoder, encode, packaged_encoder_path
+
+    tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_path())
+    for max_length in (8, 64):
+        assert _single_text_encoder(tokenizer, max_length, TEXTS[0]) is not None  # the fast path is taken
+        for text in TEXTS + ODD_TEXTS:
+            expected = tokenizer([text], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            got = encode(tokenizer, [text], max_length)
+            assert set(got) == set(expected)
+            for key in expected:
+                assert got[key].dtype == expected[key].dtype
+                assert torch.equal(got[key], expected[key]), (text, max_length, key)
+        assert encode(tokenizer, [ODD_TEXTS[-2]], max_length)["input_ids"].shape == (1, max_length)
+    # a batch call in between does not change what the batch-1 path truncates to (it owns its backend)
+    tokenizer(TEXTS, padding="max_length", truncation=True, max_length=16, return_tensors="pt")
+    assert encode(tokenizer, ["word " * 100], 64)["input_ids"].shape == (1, 64)
+
+
+def test_a_tokenizer_whose_call_does_more_than_its_backend_keeps_the_ordinary_path():
+    from transformers import AutoTokenizer
+
+    from distill.models import _single_text_encoder, encode, packaged_encoder_path
+
+    tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_path())
+    real_call = type(tokenizer).__call__
+
+    class Shouting(type(tokenizer)):  # Python-side preprocessing the Rust backend never sees
+        def __call__(self, text, *args, **kwargs):
+            return real_call(self, [t.upper() + " !" for t in text], *args, **kwargs)
+
+    tokenizer.__class__ = Shouting
+    assert _single_text_encoder(tokenizer, 32, "turn on the lights") is None
+    got = encode(tokenizer, ["turn on the lights"], 32)
+    assert torch.equal(got["input_ids"], real_call(tokenizer, ["TURN ON THE LIGHTS !"], truncation=True,
+                                                   max_length=32, return_tensors="pt")["input_ids"])
