@@ -92,7 +92,7 @@ def teacher(prepared: Prepared = Path("data/prepared"), out: Path = Path("models
 
 @app.command("fetch-teacher")
 def fetch_teacher(uri: str, out: Path = Path("models/imported_teacher"), params: ParamsOpt = Path("params.yaml")) -> None:
-    """Download an MLflow-registered teacher (models:/name@alias) for the teacher stage."""
+    """Download an MLflow-registered model (models:/name@alias) for a stage: a teacher, or a student to warm-start from."""
     from tasks.registry import fetch_model_folder
 
     cfg = _stage(lambda: _config(params, None))
@@ -140,12 +140,14 @@ def train_student(prepared: Prepared = Path("data/prepared"), teacher: TeacherDi
                   outputs: Path = Path("data/teacher_outputs/logits.parquet"), out: Path = Path("models/student"),
                   assistant: Annotated[Optional[Path], typer.Option(
                       help="Assistant folder; when it holds an enabled assistant, it teaches the student.")] = None,
+                  imported: Annotated[Path, typer.Option(
+                      help="Where an MLflow student.warm_start is fetched to.")] = Path("models/imported_student"),
                   params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Distil the student from the cached teacher (or assistant) outputs."""
     from distill import students
 
     _finish(_stage(lambda: students.run_student(_config(params, set_), prepared, teacher, outputs, out,
-                                                assistant_dir=assistant)))
+                                                assistant_dir=assistant, imported_dir=imported)))
 
 
 @app.command("train-baseline")

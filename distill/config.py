@@ -130,6 +130,12 @@ class StudentConfig(_Section):
         None, description="Teacher layers (0-based) copied into the student when init is teacher; "
         "null picks evenly spaced ones (every other layer for half depth).",
     )
+    warm_start: str | None = Field(
+        None, description="Continue from an earlier student instead of fresh weights: a classifier folder or "
+        "an MLflow URI (models:/distill-student@champion, fetched by the flow). Its shape and labels must be "
+        "the configured ones. Re-distillation sets it when monitor.warm_start is on; the baseline always "
+        "starts fresh.",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "StudentConfig":
@@ -365,6 +371,11 @@ class PromoteConfig(_Section):
     max_slice_drop_vs_champion: float = Field(
         0.1, ge=0, le=1, description="Largest accuracy drop against the champion on any label slice."
     )
+    slice_significance: float | None = Field(
+        0.05, gt=0, lt=1, description="A slice over max_slice_drop_vs_champion blocks promotion only when the "
+        "drop is significant at this level (one-sided Fisher exact test on the slice's right/wrong counts), "
+        "as in the audit: on a 16-example slice two changed answers are noise. null gates on the limit alone."
+    )
     min_slice_size: int = Field(
         10, ge=1, description="Label slices smaller than this are compared with the champion but not gated."
     )
@@ -419,6 +430,11 @@ class MonitorConfig(_Section):
     max_canary_disagreement: float = Field(
         0.1, ge=0, le=1, description="Teacher/student disagreement on the canary set above the level measured "
         "at distillation by more than this is a teacher shift."
+    )
+    warm_start: bool = Field(
+        True, description="Re-distillation continues from the champion's weights (student.warm_start = "
+        "models:/<student_model>@champion) on the old transfer set plus the new traffic, so the student "
+        "learns the shift without forgetting the domain it serves; false distils a fresh student."
     )
     holdout_share: float = Field(
         0.3, ge=0, lt=1, description="Share of a drifted window kept out of the transfer set, to score the "

@@ -72,6 +72,18 @@ def decide_promotion(teacher_gate: GateReport, metrics: dict[str, dict[str, floa
     return GateReport(bool(passed and ok), reasons + champion_reasons)
 
 
+def slice_drop_p_value(champion: dict[str, float], challenger: dict[str, float]) -> float:
+    """One-sided Fisher exact test on a slice's right/wrong counts: how likely is a drop at least this
+    large if the challenger were no worse than the champion there?"""
+    from scipy.stats import fisher_exact
+
+    def counts(s: dict[str, float]) -> list[int]:
+        right = round(s["accuracy"] * s["n"])
+        return [right, int(s["n"]) - right]
+
+    return float(fisher_exact([counts(champion), counts(challenger)], alternative="greater").pvalue)
+
+
 def compare_with_champion(accuracy: float, slices: dict[str, dict[str, float]], champion: dict,
                           cfg: PromoteConfig) -> tuple[bool, list[str]]:
     """The champion gates: overall accuracy, then every label slice both models were scored on."""
@@ -96,10 +108,17 @@ def compare_with_champion(accuracy: float, slices: dict[str, dict[str, float]], 
             reasons.append(f"slice {slice_name} (n={ours['n']}) drops {slice_drop:.3f} vs {name}: "
                            f"reported, not gated (fewer than {cfg.min_slice_size} examples)")
             continue
+        p = slice_drop_p_value(theirs, ours)
+        if cfg.slice_significance is not None and p >= cfg.slice_significance:
+            reasons.append(f"slice {slice_name} (n={ours['n']}): accuracy {ours['accuracy']:.3f} is "
+                           f"{slice_drop:.3f} below {name}'s {theirs['accuracy']:.3f}, over the limit "
+                           f"{cfg.max_slice_drop_vs_champion:g} but not significant (p={p:.2g} >= "
+                           f"{cfg.slice_significance:g}): reported, not gated")
+            continue
         worse.append(slice_name)
         reasons.append(f"slice {slice_name} (n={ours['n']}): accuracy {ours['accuracy']:.3f} is "
                        f"{slice_drop:.3f} below {name}'s {theirs['accuracy']:.3f} "
-                       f"(limit {cfg.max_slice_drop_vs_champion:g})")
+                       f"(limit {cfg.max_slice_drop_vs_champion:g}, p={p:.2g})")
     if not worse:
         reasons.append(f"no label slice is more than {cfg.max_slice_drop_vs_champion:g} below {name}")
     return passed and not worse, reasons

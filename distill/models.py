@@ -137,6 +137,44 @@ def evenly_spaced_layers(n_student: int, n_teacher: int) -> list[int]:
     return [i * n_teacher // n_student for i in range(n_student)]
 
 
+def resolve_fetched(value: str | None, imported_dir: Path | None, key: str) -> Path | None:
+    """The folder a model setting (``key`` = ``value``) names; an MLflow ``models:/`` URI is read from
+    ``imported_dir``, where the flow (or ``distill fetch-teacher URI --out DIR``) downloaded it."""
+    if not value:
+        return None
+    if not value.startswith("models:/"):
+        return Path(value)
+    source = Path(imported_dir or "", "source.json")
+    if imported_dir is None or not source.is_file() or read_json(source).get("uri") != value:
+        raise ModelError(f"{key} {value}: this MLflow model has not been fetched; `distill run` fetches it, or "
+                         f"run `distill fetch-teacher {value} --out {imported_dir or 'DIR'}` before `dvc repro`")
+    return Path(imported_dir)
+
+
+def warm_start_student(folder: Path, teacher: Classifier, cfg: StudentConfig) -> Classifier:
+    """An earlier student to continue training from (``student.warm_start``): checked to have the
+    configured shape and the teacher's labels, and sharing the teacher's tokenizer object when their
+    vocabularies are the same (token-level feature losses need that)."""
+    clf = load_classifier(folder)
+    if clf.labels != list(teacher.labels):
+        raise ModelError(
+            f"student.warm_start {folder}: it predicts {len(clf.labels)} labels ({clf.labels[:4]}...) but the "
+            f"teacher {len(teacher.labels)} ({list(teacher.labels)[:4]}...); a warm start needs the same labels in "
+            "the same order. Set student.warm_start: null (monitor.warm_start: false) to distil a fresh student")
+    if not cfg.path:
+        teacher_shape = shape_of(teacher.model.config)
+        wanted = {key: getattr(cfg, key) or teacher_shape[key] for key in teacher_shape}
+        found = shape_of(clf.model.config)
+        if found != wanted:
+            differ = {k: (found[k], wanted[k]) for k in wanted if found[k] != wanted[k]}
+            raise ModelError(f"student.warm_start {folder}: its shape differs from the configured student's "
+                             f"(found, configured): {differ}; set student.warm_start: null to distil the new "
+                             "shape from scratch")
+    if not cfg.vocab_size and clf.tokenizer.get_vocab() == teacher.tokenizer.get_vocab():
+        clf = Classifier(clf.model, teacher.tokenizer, clf.labels)
+    return clf
+
+
 def shape_of(config) -> dict[str, int]:
     """The shape fields a student config can set."""
     return {"num_layers": config.num_hidden_layers, "hidden_size": config.hidden_size,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,9 @@ from distill import label as label_stage
 from distill.checkpoint import checkpoint_dir_for
 from distill.checkpoint import clear as clear_checkpoints
 from distill.config import PipelineConfig, StudentConfig
-from distill.io import atomic_dir, write_json
-from distill.models import (MODEL_CARD, Classifier, build_student, load_classifier, pick_device, predict_logits,
-                            read_card, save_classifier)
+from distill.io import atomic_dir, read_json, write_json
+from distill.models import (MODEL_CARD, Classifier, ModelError, build_student, load_classifier, pick_device,
+                            predict_logits, read_card, resolve_fetched, save_classifier, warm_start_student)
 from distill.objective import ModelShape, Objective, capacity_warning
 from distill.teacher import gold_data, label_ids
 from distill.trainer import TrainData, TrainResult, TrainSettings, steps_for, train
@@ -81,14 +81,24 @@ def distillation_set(outputs: Path, fingerprint: str, labels: list[str]) -> tupl
 def fit(cfg: PipelineConfig, shape: StudentConfig, arch_source: Classifier, signal: Classifier | None,
         data: TrainData, val: TrainData, settings: TrainSettings, kind: str,
         on_log: Callable[[int, dict], None] | None,
-        vocab_texts: list[str] | None = None) -> tuple[Classifier, TrainResult, str | None]:
+        vocab_texts: list[str] | None = None,
+        warm_start: Path | None = None) -> tuple[Classifier, TrainResult, str | None]:
     """Build a student from ``arch_source``'s config, check the objective, train it.
 
     ``signal`` is the model whose outputs teach (the teacher or the assistant); it
     runs in the training step only when a feature or relation term needs it.
     A reduced vocabulary is trained on ``vocab_texts`` (default: the training texts).
+    ``warm_start`` is an earlier student's folder to continue from. Its starting weights are scored
+    on the validation set too, so training keeps them unless it improves on them; and it trains its
+    whole budget, because the first checks after a warm start dip below the start while the fresh
+    optimiser and the learning-rate warm-up shake the converged weights (early stopping would end
+    in that dip).
     """
-    student = build_student(arch_source, shape, cfg.seed, texts=vocab_texts or data.texts)
+    if warm_start is not None:
+        student = warm_start_student(warm_start, arch_source, shape)
+        settings = replace(settings, validate_start=True, patience=settings.max_steps + 1)
+    else:
+        student = build_student(arch_source, shape, cfg.seed, texts=vocab_texts or data.texts)
     distilled = settings.alpha > 0
     objective = Objective(
         cfg.train.losses if distilled else [], settings.kd_temperature, settings.alpha,
@@ -153,8 +163,16 @@ def run_assistant(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, output
 
 
 def run_student(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, outputs: Path, out_dir: Path,
-                on_log: Callable[[int, dict], None] | None = None, assistant_dir: Path | None = None) -> StudentResult:
-    """Distil with the configured loss terms: from the teacher, or from the assistant when one is enabled."""
+                on_log: Callable[[int, dict], None] | None = None, assistant_dir: Path | None = None,
+                imported_dir: Path | None = None) -> StudentResult:
+    """Distil with the configured loss terms: from the teacher, or from the assistant when one is enabled.
+
+    With ``student.warm_start`` the student continues from that earlier student (an MLflow URI is
+    read from ``imported_dir``, where the flow fetched it) and its card records where it started.
+    """
+    warm_start = resolve_fetched(cfg.student.warm_start, imported_dir, "student.warm_start")
+    if warm_start is not None and not warm_start.is_dir():
+        raise ModelError(f"student.warm_start {warm_start}: folder not found")
     teacher_card = read_card(teacher_dir)
     labels = teacher_card["labels"]
     teacher = load_classifier(teacher_dir, labels)
@@ -173,11 +191,16 @@ def run_student(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, outputs:
     data, meta = distillation_set(signal_outputs, signal_fp, labels)
     settings = settings_for(cfg, len(data), distilled=True, out_dir=out_dir)
     student, result, warning = fit(cfg, cfg.student, teacher, signal, data, gold_data(prepared, "gold_val", labels),
-                                   settings, "student", on_log)
+                                   settings, "student", on_log, warm_start=warm_start)
     card = {"teacher_fingerprint": teacher_card["fingerprint"], "input_hash": meta["input_hash"],
             "method": method_name(cfg), "losses": [t.model_dump() for t in cfg.train.losses],
             "kd_temperature": cfg.train.kd_temperature, "alpha": cfg.train.alpha,
             "teacher_chain": chain, "capacity_warning": warning}
+    if warm_start is not None:
+        source = warm_start / "source.json"
+        card["warm_start"] = {"from": cfg.student.warm_start, "fingerprint": read_card(warm_start).get("fingerprint"),
+                              **(read_json(source) if source.is_file() else {}),
+                              "start_val_accuracy": result.history[0]["val_accuracy"] if result.history else None}
     with atomic_dir(out_dir) as tmp:
         fingerprint = save_classifier(student, tmp, _card(cfg, cfg.student, "student", result, card))
     clear_checkpoints(settings.checkpoint_dir)

@@ -16,9 +16,9 @@ import torch
 from distill import data as data_stage
 from distill.config import PipelineConfig
 from distill.gates import GateReport, check_teacher
-from distill.io import atomic_dir, read_json, write_json
+from distill.io import atomic_dir, write_json
 from distill.models import (Classifier, ModelError, init_from_encoder, load_classifier, packaged_encoder_path,
-                            predict_logits, read_card, save_classifier)
+                            predict_logits, read_card, resolve_fetched, save_classifier)
 from distill.trainer import TrainData, TrainSettings, steps_for, train
 
 
@@ -60,15 +60,7 @@ def bootstrap(cfg: PipelineConfig, prepared: Path, labels: list[str]) -> tuple[C
 
 def resolve_teacher_path(cfg: PipelineConfig, imported_dir: Path | None) -> Path | None:
     """The folder to read the configured teacher from; MLflow URIs come pre-fetched in ``imported_dir``."""
-    if not cfg.teacher.path:
-        return None
-    if not cfg.teacher.path.startswith("models:/"):
-        return Path(cfg.teacher.path)
-    source = Path(imported_dir or "", "source.json")
-    if imported_dir is None or not source.is_file() or read_json(source).get("uri") != cfg.teacher.path:
-        raise ModelError(f"teacher.path {cfg.teacher.path}: this MLflow model has not been fetched; `distill run` "
-                         f"fetches it, or run `distill fetch-teacher {cfg.teacher.path}` before `dvc repro`")
-    return Path(imported_dir)
+    return resolve_fetched(cfg.teacher.path, imported_dir, "teacher.path")
 
 
 def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path | None = None,

@@ -63,6 +63,7 @@ class TrainSettings:
     seed: int = 0
     checkpoint_dir: Path | None = None  # None: no checkpoints
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: none
+    validate_start: bool = False  # score the starting weights too (a warm start): training never ends worse
 
 
 @dataclass
@@ -257,6 +258,10 @@ def train(clf: Classifier, data: TrainData, val: TrainData, settings: TrainSetti
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(model)
+    if settings.validate_start and state.step == 0 and not state.history:
+        # A warm start begins from weights worth keeping: they are the first candidate for the best.
+        state.best_accuracy = validate(clf, val, settings, device)
+        state.history.append({"step": 0, "val_accuracy": state.best_accuracy})
     start = time.perf_counter() - state.seconds
     bar = tqdm(total=settings.max_steps, initial=state.step, desc=progress,
                disable=progress is None or not is_primary(), unit="step")

@@ -350,8 +350,9 @@ def shifted_holdout(cfg: PipelineConfig, project_dir: str) -> pd.DataFrame:
 def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: str = "",
                        figures: dict | None = None) -> dict:
     """Re-distil after an incident: the pipeline (traffic kept in data/incoming joins the transfer set and is
-    labelled by the current teacher; the normal gates decide promotion), then the former champion and the
-    new student on gold_test and on the shifted hold-out, logged to the pipeline's MLflow run.
+    labelled by the current teacher; with ``monitor.warm_start`` the student continues from the champion;
+    the normal gates decide promotion), then the former champion and the new student on gold_test and on
+    the shifted hold-out, logged to the pipeline's MLflow run.
 
     Args:
         reason: drift, teacher or schedule (from the event's payload).
@@ -367,6 +368,9 @@ def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: 
         # The registry's champion teacher moved away from the bootstrapped one: distil from it from now on.
         overrides = [f"teacher.path=models:/{cfg.promote.teacher_model}@champion"]
     before = registry.champion_version(cfg, project_dir)
+    if cfg.monitor.warm_start and before is not None and not cfg.student.warm_start:
+        # Continue from the champion: it learns the new traffic without forgetting the domain it serves.
+        overrides.append(f"student.warm_start=models:/{cfg.promote.student_model}@champion")
     summary = distill_pipeline(project_dir=project_dir, overrides=overrides, monitor=False, reason=reason)
     if summary.get("completed") and before is not None:
         prepared = Path(project_dir, "data/prepared")

@@ -20,6 +20,7 @@ from flows.promotion import promote_student
 from tasks.dvc import StageFailed
 
 IMPORTED_TEACHER = "models/imported_teacher"
+IMPORTED_STUDENT = "models/imported_student"  # student.warm_start fetched from the registry
 PATHS = {
     "prepared": "data/prepared",
     "teacher": "models/teacher",
@@ -30,6 +31,11 @@ PATHS = {
     "evaluate": "reports/evaluate",
     "audit": "reports/audit",
 }
+
+
+def is_uri(value: str | None) -> bool:
+    """Whether a model setting names an MLflow registry model rather than a folder."""
+    return bool(value) and value.startswith("models:/")
 
 
 @task(name="validate teacher")
@@ -113,12 +119,8 @@ def run_pipeline(project_dir: str, overrides: list[str] | None, monitor: bool, r
     path = {key: str(Path(project_dir, value)) for key, value in PATHS.items()}
 
     runs = [dvc.repro("prepare", project_dir)]
-    new_teacher = False
-    if cfg.teacher.path and cfg.teacher.path.startswith("models:/"):
-        source = Path(project_dir, IMPORTED_TEACHER, "source.json")
-        before = read_json(source).get("model_uuid") if source.is_file() else None
-        registry.fetch_teacher(cfg, str(Path(project_dir, IMPORTED_TEACHER)), project_dir)
-        new_teacher = read_json(source)["model_uuid"] != before  # the alias moved: DVC cannot see that
+    new_teacher = is_uri(cfg.teacher.path) and registry.fetch_model(
+        cfg, cfg.teacher.path, str(Path(project_dir, IMPORTED_TEACHER)), project_dir)
     runs.append(dvc.repro("teacher", project_dir, force=new_teacher))
     teacher_card = read_card(Path(path["teacher"]))
     teacher_version = registry.register_teacher(cfg, path["teacher"], teacher_card, project_dir)
@@ -130,7 +132,9 @@ def run_pipeline(project_dir: str, overrides: list[str] | None, monitor: bool, r
 
     runs.append(dvc.repro("label", project_dir))
     dvc.push(project_dir)
-    runs += [dvc.repro(stage, project_dir)
+    new_start = is_uri(cfg.student.warm_start) and registry.fetch_model(
+        cfg, cfg.student.warm_start, str(Path(project_dir, IMPORTED_STUDENT)), project_dir)
+    runs += [dvc.repro(stage, project_dir, force=new_start and stage == "train_student")
              for stage in ("assistant", "train_student", "train_baseline", "evaluate", "audit")]
     metrics = read_json(Path(path["evaluate"], "metrics.json"))
     audit = read_json(Path(path["audit"], "audit.json"))

@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from prefect import task
 
 from distill.config import PipelineConfig, TrackingConfig
+from distill.io import read_json
 from tasks.retry import retry_on_transient
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_classifier.py")
@@ -454,10 +455,15 @@ def fetch_model_folder(uri: str, dest: Path, project_dir: str = ".", tracking: T
     return Path(dest)
 
 
-@task(name="fetch teacher", **NETWORK)
-def fetch_teacher(cfg: PipelineConfig, dest: str, project_dir: str = ".") -> str:
-    """Materialise an MLflow-registered teacher as a folder the teacher stage can read."""
-    return str(fetch_model_folder(cfg.teacher.path, Path(dest), project_dir, cfg.tracking))
+@task(name="fetch model", task_run_name="fetch {uri}", **NETWORK)
+def fetch_model(cfg: PipelineConfig, uri: str, dest: str, project_dir: str = ".") -> bool:
+    """Materialise an MLflow-registered model (a teacher, a student to warm-start from) as a folder a stage
+    can read; True when it is another model than the one fetched there before (an alias moved, which DVC
+    cannot see in the params)."""
+    source = Path(dest, "source.json")
+    before = read_json(source).get("model_uuid") if source.is_file() else None
+    fetch_model_folder(uri, Path(dest), project_dir, cfg.tracking)
+    return read_json(source)["model_uuid"] != before
 
 
 @task(name="load champion", **NETWORK)

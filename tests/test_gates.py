@@ -53,13 +53,24 @@ def test_challenger_is_held_to_the_champion_overall_and_per_label():
     cfg = PromoteConfig(max_drop_vs_champion=0.01, max_slice_drop_vs_champion=0.1, min_slice_size=10)
     champion = {"version": "3", "accuracy": 0.95, "slices": _slices({"a": (20, 20), "b": (18, 20), "c": (4, 5)})}
     ok = GateReport(True, [])
-    # Same overall accuracy, but label a collapses from 1.0 to 0.8: a slice regression blocks it.
-    worse_on_a = _slices({"a": (16, 20), "b": (20, 20), "c": (4, 5)})
+    # Same overall accuracy, but label a collapses from 1.0 to 0.7: a significant slice regression blocks it.
+    worse_on_a = _slices({"a": (14, 20), "b": (20, 20), "c": (4, 5)})
     decision = decide_promotion(ok, METRICS | {"student": {"accuracy": 0.95, "latency_p50_ms": 2.0}}, True, [],
                                 cfg, champion=champion, challenger_slices=worse_on_a)
     assert not decision.passed
-    assert any("slice label=a (n=20): accuracy 0.800 is 0.200 below champion v3's 1.000" in r
+    assert any("slice label=a (n=20): accuracy 0.700 is 0.300 below champion v3's 1.000 (limit 0.1, p=0.01)" in r
                for r in decision.reasons)
+    # Three changed answers out of 20 are over the limit but within chance: reported, not gated ...
+    noise_on_a = _slices({"a": (17, 20), "b": (18, 20), "c": (4, 5)})
+    decision = decide_promotion(ok, METRICS | {"student": {"accuracy": 0.95, "latency_p50_ms": 2.0}}, True, [],
+                                cfg, champion=champion, challenger_slices=noise_on_a)
+    assert decision.passed, decision.reasons
+    assert any("label=a (n=20)" in r and "not significant (p=0.12" in r and "not gated" in r
+               for r in decision.reasons)
+    # ... unless the gate is told to go by the limit alone.
+    strict = cfg.model_copy(update={"slice_significance": None})
+    assert not decide_promotion(ok, METRICS | {"student": {"accuracy": 0.95, "latency_p50_ms": 2.0}}, True, [],
+                                strict, champion=champion, challenger_slices=noise_on_a).passed
     # Overall drop over the limit.
     decision = decide_promotion(ok, METRICS, True, [], cfg, champion=champion, challenger_slices=champion["slices"])
     assert not decision.passed and any("drop 0.020 (over the limit 0.01)" in r for r in decision.reasons)
@@ -78,7 +89,7 @@ def test_a_regression_on_the_shifted_holdout_blocks_promotion():
                 "slices": same | {"holdout=shifted": {"n": 40, "accuracy": 0.80}}}
     better = METRICS | {"student": {"accuracy": 0.95, "latency_p50_ms": 2.0}}
     worse = decide_promotion(ok, better, True, [], cfg, champion=champion,
-                             challenger_slices=same | {"holdout=shifted": {"n": 40, "accuracy": 0.70}})
+                             challenger_slices=same | {"holdout=shifted": {"n": 40, "accuracy": 0.55}})
     assert not worse.passed
     assert any("slice holdout=shifted (n=40)" in r for r in worse.reasons)
     fixed = decide_promotion(ok, better, True, [], cfg, champion=champion,

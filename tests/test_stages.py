@@ -3,10 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from distill import audit, data, evaluate, label, students, teacher
 from distill.label import TeacherOutputError
-from distill.models import ModelError, read_card
+from distill.models import ModelError, load_classifier, read_card, save_classifier
 
 
 @pytest.fixture
@@ -120,3 +121,55 @@ def test_students_train_evaluate_and_audit(staged, tmp_path):
     report = audit.run(cfg, tmp_path / "eval" / "predictions.parquet", tmp_path / "audit")
     assert {s["slice"].split("=")[0] for s in report.slices} >= {"label", "length"}
     assert (tmp_path / "audit" / "audit.json").is_file()
+
+
+def _state(folder):
+    from distill.models import load_classifier
+
+    return load_classifier(folder).model.state_dict()
+
+
+def test_a_warm_started_student_continues_from_the_earlier_one(staged, tmp_path):
+    cfg, prepared, teacher_dir, _ = staged
+    outputs = tmp_path / "logits.parquet"
+    label.run(cfg, prepared, teacher_dir, outputs)
+    students.run_student(cfg, prepared, teacher_dir, outputs, tmp_path / "first")
+    # A learning rate too small to move the weights: what comes out is what went in.
+    still = cfg.model_copy(update={"student": cfg.student.model_copy(update={"warm_start": str(tmp_path / "first")}),
+                                   "train": cfg.train.model_copy(update={"learning_rate": 1e-12})})
+    students.run_student(still, prepared, teacher_dir, outputs, tmp_path / "warm")
+    first, warm = _state(tmp_path / "first"), _state(tmp_path / "warm")
+    assert all(torch.allclose(first[k], warm[k], atol=1e-6) for k in first)
+    card = read_card(tmp_path / "warm")
+    assert card["warm_start"]["from"] == str(tmp_path / "first")
+    assert card["warm_start"]["fingerprint"] == read_card(tmp_path / "first")["fingerprint"]
+    # The baseline is the undistilled reference: it never starts from an earlier student.
+    students.run_baseline(still, prepared, teacher_dir, tmp_path / "baseline")
+    baseline = _state(tmp_path / "baseline")
+    assert not torch.allclose(baseline["classifier.weight"], first["classifier.weight"])
+
+
+def test_a_warm_start_of_another_shape_or_label_set_is_refused(staged, tmp_path, tiny_teacher):
+    cfg, prepared, teacher_dir, _ = staged
+    outputs = tmp_path / "logits.parquet"
+    label.run(cfg, prepared, teacher_dir, outputs)
+    students.run_student(cfg, prepared, teacher_dir, outputs, tmp_path / "first")
+    wider = cfg.model_copy(update={"student": cfg.student.model_copy(update={
+        "warm_start": str(tmp_path / "first"), "hidden_size": 64})})
+    with pytest.raises(ModelError, match=r"shape differs.*hidden_size"):
+        students.run_student(wider, prepared, teacher_dir, outputs, tmp_path / "wider")
+    assert not (tmp_path / "wider").exists()
+    other_labels = tmp_path / "other_labels"
+    clf = load_classifier(tmp_path / "first")
+    clf.labels = list(reversed(clf.labels))
+    clf.model.config.id2label = dict(enumerate(clf.labels))
+    clf.model.config.label2id = {name: i for i, name in enumerate(clf.labels)}
+    save_classifier(clf, other_labels, {"role": "student"})
+    reordered = cfg.model_copy(update={"student": cfg.student.model_copy(update={"warm_start": str(other_labels)})})
+    with pytest.raises(ModelError, match="same labels in the same order"):
+        students.run_student(reordered, prepared, teacher_dir, outputs, tmp_path / "reordered")
+    unfetched = cfg.model_copy(update={"student": cfg.student.model_copy(update={
+        "warm_start": "models:/distill-student@champion"})})
+    with pytest.raises(ModelError, match="has not been fetched.*distill fetch-teacher"):
+        students.run_student(unfetched, prepared, teacher_dir, outputs, tmp_path / "unfetched",
+                             imported_dir=tmp_path / "imported_student")
