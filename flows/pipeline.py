@@ -12,7 +12,7 @@ from distill.config import PipelineConfig, load_config, write_overrides
 from distill import model_card
 from distill.gates import GateReport, decide_promotion, label_accuracy
 from distill.io import read_json
-from distill.models import read_card
+from distill.models import MODEL_CARD, read_card
 from monitoring.production import labelled_holdout, log_root
 from tasks import dvc, registry
 from flows.lock import project_lock
@@ -36,6 +36,14 @@ PATHS = {
 def is_uri(value: str | None) -> bool:
     """Whether a model setting names an MLflow registry model rather than a folder."""
     return bool(value) and value.startswith("models:/")
+
+
+def same_model(a: Path, b: Path) -> bool:
+    """Whether two model folders hold the same weights (their cards' fingerprints match)."""
+    if not (a / MODEL_CARD).is_file() or not (b / MODEL_CARD).is_file():
+        return False
+    fingerprint = read_card(a).get("fingerprint")
+    return fingerprint is not None and fingerprint == read_card(b).get("fingerprint")
 
 
 @task(name="validate teacher")
@@ -134,6 +142,8 @@ def run_pipeline(project_dir: str, overrides: list[str] | None, monitor: bool, r
     dvc.push(project_dir)
     new_start = is_uri(cfg.student.warm_start) and registry.fetch_model(
         cfg, cfg.student.warm_start, str(Path(project_dir, IMPORTED_STUDENT)), project_dir)
+    if new_start and same_model(Path(project_dir, IMPORTED_STUDENT), Path(path["student"])):
+        new_start = False  # the alias moved to this folder's own student (it was promoted): nothing to redo
     runs += [dvc.repro(stage, project_dir, force=new_start and stage == "train_student")
              for stage in ("assistant", "train_student", "train_baseline", "evaluate", "audit")]
     metrics = read_json(Path(path["evaluate"], "metrics.json"))

@@ -6,7 +6,9 @@ tests can drive it without the whole pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -27,50 +29,63 @@ class ReviewDecision(RunInput):
     comment: str = Field("", description="Why; written to the version's review_comment tag.")
 
 
+Kind = Literal["student", "lm"]
+
+
+def _registry_ops(cfg: PipelineConfig, kind: Kind) -> tuple[str, Callable, Callable]:
+    """The registered model's name, its tagging and its promotion function, for a classifier student or
+    an LM student (both share the aliases, the promotion lock and this review)."""
+    if kind == "lm":
+        return cfg.lm.promote.model_name, registry.tag_lm_version, registry.promote_lm
+    return cfg.promote.student_model, registry.tag_version, registry.promote
+
+
 @flow(name="distill_promotion", log_prints=True)
 def promote_student(cfg: PipelineConfig, version: str, decision: dict, project_dir: str = ".",
-                    smoke_text: str | None = None, poll_interval_s: int = 10) -> dict:
+                    smoke_text: str | None = None, poll_interval_s: int = 10, kind: Kind = "student") -> dict:
     """Promote ``version`` when its gates passed: at once (``promote.mode: auto``) or once a reviewer
     approves (``review``). Rejection, a review timeout or a failed gate leave ``champion`` alone.
 
     Args:
         cfg: the pipeline config (model names, mode, review timeout, serving check).
         version: the registered student version.
-        decision: ``decide_promotion(...).to_dict()``.
-        smoke_text: a text to send the new champion in the serving check.
+        decision: ``decide_promotion(...).to_dict()`` (or ``decide_lm_promotion``'s).
+        smoke_text: a text to send the new champion in the serving check (classifier students).
         poll_interval_s: how often a paused run checks whether it was resumed.
+        kind: ``student`` (the classifier, ``promote.student_model``) or ``lm`` (``lm.promote.model_name``).
     """
     logger = get_run_logger()
+    _, tag, promote = _registry_ops(cfg, kind)
     if not decision["passed"]:
-        registry.tag_version(cfg, version, {"decision": "blocked by gates",
-                                            **({"review": "not requested: gates failed"}
-                                               if cfg.promote.mode == "review" else {})}, project_dir=project_dir)
+        tag(cfg, version, {"decision": "blocked by gates",
+                           **({"review": "not requested: gates failed"} if cfg.promote.mode == "review" else {})},
+            project_dir=project_dir)
         logger.warning("v%s is not promoted: its gates failed (a reviewer cannot promote it either; "
                        "`distill promote %s --reason ...` is the deliberate override)", version, version)
         return {"promoted": False, "outcome": "blocked by gates"}
     if cfg.promote.mode == "review":
-        verdict = ask_reviewer(cfg, version, decision, project_dir, poll_interval_s)
+        verdict = ask_reviewer(cfg, version, decision, project_dir, poll_interval_s, kind)
         if verdict != "approved":
-            registry.tag_version(cfg, version, {"decision": f"review {verdict}"}, project_dir=project_dir)
+            tag(cfg, version, {"decision": f"review {verdict}"}, project_dir=project_dir)
             return {"promoted": False, "outcome": f"review {verdict}"}
-    moved = registry.promote(cfg, version, project_dir, promoted_by=cfg.promote.mode,
-                             reason="; ".join(decision["reasons"]))
-    registry.tag_version(cfg, version, {"decision": "promoted"}, project_dir=project_dir)
+    moved = promote(cfg, version, project_dir, promoted_by=cfg.promote.mode, reason="; ".join(decision["reasons"]))
+    tag(cfg, version, {"decision": "promoted"}, project_dir=project_dir)
     outcome = {"promoted": True, "outcome": "promoted" if moved["changed"] else "already champion",
                "displaced": moved["displaced"]}
-    if moved["changed"] and cfg.promote.serving_check and smoke_text:
+    if moved["changed"] and cfg.promote.serving_check and smoke_text and kind == "student":
         outcome["serving"] = check_serving(cfg, version, smoke_text, project_dir)
         outcome["promoted"] = outcome["serving"]["ok"]
     return outcome
 
 
-def ask_reviewer(cfg: PipelineConfig, version: str, decision: dict, project_dir: str, poll_interval_s: int) -> str:
+def ask_reviewer(cfg: PipelineConfig, version: str, decision: dict, project_dir: str, poll_interval_s: int,
+                 kind: Kind = "student") -> str:
     """Tag the version ``review=pending``, pause for a ``ReviewDecision``; returns approved / rejected / timed_out."""
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
-    name = cfg.promote.student_model
-    registry.tag_version(cfg, version, {"review": "pending", "decision": "pending review"}, project_dir=project_dir)
+    name, tag, _ = _registry_ops(cfg, kind)
+    tag(cfg, version, {"review": "pending", "decision": "pending review"}, project_dir=project_dir)
     create_markdown_artifact(key="distill-review", description=f"Review of {name} v{version}", markdown=(
         f"## Review {name} v{version}\n\nThe gates passed:\n\n" + "\n".join(f"- {r}" for r in decision["reasons"])
         + f"\n\nRead the model card on the version's page in the MLflow registry, then **Resume** this run "
@@ -87,7 +102,7 @@ def ask_reviewer(cfg: PipelineConfig, version: str, decision: dict, project_dir:
     tags = {"review": verdict, "reviewed_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     if answer is not None and answer.comment:
         tags["review_comment"] = answer.comment[:5000]
-    registry.tag_version(cfg, version, tags, project_dir=project_dir)
+    tag(cfg, version, tags, project_dir=project_dir)
     logger.info("review of %s v%s: %s%s", name, version, verdict, f" ({answer.comment})" if answer and answer.comment
                 else "")
     return verdict

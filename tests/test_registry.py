@@ -179,7 +179,7 @@ def test_auto_promotion_then_serving_check_in_a_fresh_process(logged, harness):
     assert tags(name, v2)["promoted_by"] == "auto"
 
 
-def review(name: str, version: str, answer: dict | None, timeout_s: int = 120) -> dict:
+def review(name: str, version: str, answer: dict | None, timeout_s: int = 120, kind: str = "student") -> dict:
     """Run the promotion flow in review mode; a reviewer thread resumes it with ``answer``."""
     from prefect import get_client
     from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName,
@@ -204,9 +204,13 @@ def review(name: str, version: str, answer: dict | None, timeout_s: int = 120) -
     thread = threading.Thread(target=reviewer, daemon=True)
     if answer is not None:
         thread.start()
+    cfg = config(name, mode="review", review_timeout_s=timeout_s, serving_check=False)
+    if kind == "lm":  # the LM student is registered under its own name; the classifier's stays apart
+        cfg = cfg.model_copy(update={
+            "promote": cfg.promote.model_copy(update={"student_model": f"{name}-classifier"}),
+            "lm": cfg.lm.model_copy(update={"promote": cfg.lm.promote.model_copy(update={"model_name": name})})})
     with run_tags(name):
-        outcome = promote_student(config(name, mode="review", review_timeout_s=timeout_s, serving_check=False),
-                                  version, PASSED, poll_interval_s=1)
+        outcome = promote_student(cfg, version, PASSED, poll_interval_s=1, kind=kind)
     if answer is not None:
         thread.join(timeout=30)
     return outcome
@@ -222,6 +226,19 @@ def test_review_approval_promotes_and_records_the_reviewer(logged, harness):
     assert tags(name, v2)["review"] == "approved"
     assert tags(name, v2)["review_comment"] == "card reads well, slices fine"
     assert tags(name, v2)["promoted_by"] == "review"
+
+
+def test_an_lm_student_goes_through_the_same_review(logged, harness):
+    name = "review-lm"
+    v1, v2 = register(logged, name, 2)
+    registry.move_champion(MlflowClient(), name, v1, "test")
+    rejected = review(name, v2, {"approve": False, "comment": "answers ramble"}, kind="lm")
+    assert rejected == {"promoted": False, "outcome": "review rejected"}
+    assert aliases(name)["champion"] == v1 and tags(name, v2)["review_comment"] == "answers ramble"
+    approved = review(name, v2, {"approve": True, "comment": "second look: fine"}, kind="lm")
+    assert approved["promoted"] is True and aliases(name)["champion"] == v2
+    assert tags(name, v2)["review"] == "approved" and tags(name, v2)["promoted_by"] == "review"
+    assert "review-lm-classifier" not in {m.name for m in MlflowClient().search_registered_models()}
 
 
 @pytest.mark.parametrize("answer, verdict", [({"approve": False, "comment": "label=timer regressed"}, "rejected"),
