@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from distill.config import PipelineConfig, load_config
@@ -43,7 +44,7 @@ def incidents_dir(project_dir: str) -> Path:
     return Path(project_dir, REPORTS, "incidents")
 
 
-@task(name="serve simulated traffic")
+@task(name="serve simulated traffic", cache_policy=NO_CACHE)  # the served model (a TorchScript trace) cannot be hashed
 def serve_simulated(cfg: PipelineConfig, project_dir: str, model, version: str) -> int:
     """Replay the prepared production split through the champion, once per request; the ground truth
     follows as feedback. Timestamps put window k at the k-th of the last n periods."""
