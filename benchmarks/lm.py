@@ -8,8 +8,10 @@ Steps, each through the library's own stage functions (nothing is reimplemented 
 
 1. the prompt set from a prepared folder (:mod:`distill.lm.prompts`), the teacher's greedy
    completions (:mod:`distill.lm.generate`) and its top-k cache (:mod:`distill.lm.topk`), with bytes
-   per token and kept mass; a deeper cache (``--curve-depth``) gives the kept-mass-by-k curve and
-   the kept mass of a global-threshold variable-k cache at the same byte budget;
+   per token on disk and kept mass; from a deeper teacher pass (``--curve-depth``), cache files of
+   each format (fixed k = 32, the ragged cache at each ``--budget``; float16 or uint8 values) measured
+   on disk, the smallest file that keeps ``--target-mass``, and the KL loss's quantisation error on
+   the trained students (``--cache-only`` stops after these);
 2. the distilled students (:func:`distill.lm.train.run`, ``--modes``: token-level KD on the cached
    top-k, and / or sequence-level KD on the teacher's text);
 3. the undistilled student (:func:`distill.lm.train.run_baseline`, the lm_baseline stage): the same
@@ -32,7 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 QUICK = {"train_size": 16, "heldout_size": 8, "max_new_tokens": 8, "layers": 2, "width": 64, "heads": 2,
-         "kv_heads": 1, "intermediate": 128, "epochs": 2, "k": 8, "curve_depth": 64, "latency_samples": 2,
+         "kv_heads": 1, "intermediate": 128, "epochs": 2, "k": 64, "curve_depth": 128, "latency_samples": 2,
          "modes": "token"}
 
 
@@ -44,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/lm"), help="where the packaged teacher is "
                         "converted once")
     parser.add_argument("--work", type=Path, default=Path("reports/lm_benchmark"), help="intermediate files")
-    parser.add_argument("--out", type=Path, default=Path("reports/lm_benchmark.json"), help="the JSON report")
+    parser.add_argument("--out", type=Path, help="the JSON report (default reports/lm_benchmark.json, "
+                        "reports/lm_cache.json with --cache-only)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="base configuration")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override, e.g. lm.train.loss=gjsd (repeatable)")
@@ -52,11 +55,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-size", type=int, default=128)
     parser.add_argument("--heldout-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=20)
-    parser.add_argument("--k", type=int, default=32, help="top-k of the training cache")
-    parser.add_argument("--curve-depth", type=int, default=256, help="depth of the cache the kept-mass curve "
-                        "and the variable-k figures are read from")
-    parser.add_argument("--budget", type=float, action="append", help="bytes/token budgets for variable k "
-                        "(repeatable; default 130 and 150)")
+    parser.add_argument("--k", type=int, default=255, help="most tokens a position keeps (lm.topk.k)")
+    parser.add_argument("--curve-depth", type=int, default=1024, help="depth of the teacher pass the format "
+                        "figures are read from")
+    parser.add_argument("--budget", type=float, action="append", help="bytes/token budgets of the compared cache "
+                        "files (repeatable; default 130 and 150)")
+    parser.add_argument("--target-mass", type=float, default=0.95, help="mean kept mass whose smallest file "
+                        "is reported")
+    parser.add_argument("--cache-only", action="store_true", help="only the cache figures (prompts and "
+                        "completions reused or made); the quantisation error uses students already in --work")
     parser.add_argument("--modes", default="token,sequence", help="distilled students: token and/or sequence")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
@@ -76,6 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if getattr(args, key) == defaults[key]:  # explicit flags still win over --quick
                 setattr(args, key, value)
     args.budget = args.budget or [130.0, 150.0]
+    args.out = args.out or Path("reports/lm_cache.json" if args.cache_only else "reports/lm_benchmark.json")
     return args
 
 
@@ -91,30 +99,6 @@ def build_config(args: argparse.Namespace):
             "lm.train.batch_size": args.batch_size, "lm.train.learning_rate": args.learning_rate,
             "lm.train.device": "cpu"}
     return load_config(args.params, [f"{k}={v}" for k, v in sets.items()] + args.overrides)
-
-
-def cache_figures(cfg, args, teacher_dir: Path, completions_path: Path, topk_path: Path, say) -> dict:
-    """The training cache's bytes/token and kept mass, the fixed-k curve and variable k at each budget."""
-    import torch
-
-    from distill.lm import topk
-    from distill.lm.generate import read_completions
-    from distill.lm.teacher import load_causal_lm
-
-    result = topk.run(cfg, completions_path, teacher_dir, topk_path)
-    say(f"top-k cache k={result.stats.k}: {result.stats.bytes_per_token:.0f} B/token payload, "
-        f"{result.stats.file_bytes_per_token} B/token on disk, kept mass {result.stats.kept_mass_mean:.3f} "
-        f"(p05 {result.stats.kept_mass_p05:.3f}), {result.seconds:.1f} s")
-    frame, _ = read_completions(completions_path)
-    lm = load_causal_lm(teacher_dir)
-    deep = topk.teacher_topk(lm, [list(v) for v in frame["prompt_ids"]], [list(v) for v in frame["completion_ids"]],
-                             args.curve_depth, cfg.lm.topk.batch_size, torch.device("cpu"))
-    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= args.curve_depth]
-    curve = topk.kept_mass_curve(deep, ks)
-    variable = [asdict(topk.variable_k_at_budget(deep, b)) for b in args.budget]
-    return {"fixed": asdict(result.stats), "seconds": result.seconds, "path": str(result.path),
-            "kept_mass_by_k": {str(k): v for k, v in curve.items()},
-            "bytes_per_token_by_k": {str(k): 4 * k + 2 for k in ks}, "variable_k": variable}
 
 
 def train_undistilled(cfg, prompts_path: Path, teacher_dir: Path, out_dir: Path) -> dict:
@@ -136,23 +120,165 @@ def train_distilled(cfg, mode: str, completions_path: Path, teacher_dir: Path, t
     return {k: v for k, v in asdict(result).items() if k != "history"} | {"path": str(out_dir)}
 
 
+def cache_figures(cfg, args, teacher_dir: Path, completions_path: Path, topk_path: Path, say) -> tuple[dict, dict]:
+    """The training cache (the lm_topk stage as configured), then every format from one deeper teacher pass.
+
+    Each format row is a file written by the library's writer and measured on disk: fixed k = 32 and the
+    ragged water-filled cache at each byte budget, each with float16, uint8 (256 levels) and uint8 on 64
+    levels; then the smallest files whose mean kept mass reaches ``--target-mass`` (positions keep up to
+    the deep pass's depth). Also returns the first budget's uint8 entries with exact (float32) values and
+    with each stored format, for the quantisation error of the KL loss (:func:`quantisation_error`).
+    """
+    import numpy as np
+    import torch
+
+    from distill.lm import topk
+    from distill.lm.generate import read_completions
+    from distill.lm.teacher import load_causal_lm
+
+    result = topk.run(cfg, completions_path, teacher_dir, topk_path)
+    s = result.stats
+    say(f"top-k cache (k <= {s.k}, budget {cfg.lm.topk.bytes_per_token} B/token, {s.logprob_dtype}): "
+        f"{s.file_bytes_per_token} B/token on disk, mean k {s.k_mean}, kept mass {s.kept_mass_mean:.4f} "
+        f"(p10 {s.kept_mass_p10:.4f}), {result.seconds:.1f} s")
+    frame, _ = read_completions(completions_path)
+    lm = load_causal_lm(teacher_dir)
+    deep = topk.teacher_topk(lm, [list(v) for v in frame["prompt_ids"]], [list(v) for v in frame["completion_ids"]],
+                             args.curve_depth, cfg.lm.topk.batch_size, torch.device("cpu"))
+    vocab, ids = int(lm.model.get_output_embeddings().weight.shape[0]), frame["prompt_id"].tolist()
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 255, 512, 1024) if k <= args.curve_depth]
+    cap = min(cfg.lm.topk.k, args.curve_depth)
+
+    def write(name: str, caches, layout, k: int, threshold) -> dict:
+        path = args.work / f"topk_{name}.parquet"
+        topk.write_topk(path, ids, caches, {"k": k}, layout)
+        stats = topk.cache_stats(caches, layout, k, path.stat().st_size, threshold)
+        say(f"  {name}: {stats.file_bytes_per_token} B/token on disk, kept mass {stats.kept_mass_mean:.4f}")
+        return {"format": name, "path": str(path), **asdict(stats)}
+
+    def fit(name: str, caches, k: int, budget: float | None, dtype: str, levels: int) -> tuple[dict, list]:
+        tcfg = cfg.lm.topk.model_copy(update={"k": k, "bytes_per_token": budget, "logprob_dtype": dtype,
+                                              "logprob_levels": levels})
+        fitted, layout, threshold = topk.fit_budget(ids, caches, tcfg, vocab, {"k": k})
+        return write(name, fitted, layout, k, threshold), fitted
+
+    rows, comparison = [], {}
+    fixed = [c.truncate(np.minimum(c.counts, 32)) for c in deep]
+    capped = [c.truncate(np.minimum(c.counts, cap)) for c in deep]
+    values = {"float16": ("float16", 256), "uint8": ("uint8", 256), "uint8_64levels": ("uint8", 64)}
+    for name, (dtype, levels) in values.items():
+        rows.append(fit(f"fixed_k32_{name}", fixed, 32, None, dtype, levels)[0])
+    for budget in args.budget:
+        for name, (dtype, levels) in values.items():
+            row, fitted = fit(f"budget{budget:g}_{name}", capped, cap, budget, dtype, levels)
+            rows.append(row)
+            if name == "uint8" and not comparison:  # the same entries with each value format
+                comparison = {"float32 (exact)": fitted}
+                for other, (other_dtype, other_levels) in values.items():
+                    layout = topk.make_layout(fitted, cap, vocab, other_dtype, other_levels)
+                    comparison[other] = [topk.TopK(c.counts, c.indices,
+                                                   layout.decode_logprobs(layout.encode_logprobs(c.logprobs)),
+                                                   c.tail.astype(np.float16).astype(np.float32)) for c in fitted]
+    target = smallest_for_mass(deep, args.target_mass)
+    if target is not None:
+        for name, (dtype, levels) in values.items():
+            layout = topk.make_layout(target, args.curve_depth, vocab, dtype, levels)
+            rows.append(write(f"mass{args.target_mass:g}_{name}", target, layout, args.curve_depth, None))
+    figures = {"training_cache": asdict(s) | {"budget": cfg.lm.topk.bytes_per_token, "seconds": result.seconds,
+                                              "path": str(result.path)},
+               "deep_depth": args.curve_depth, "kept_mass_by_k": {str(k): v for k, v in
+                                                                   topk.kept_mass_curve(deep, ks).items()},
+               "formats": rows, "target_mass": args.target_mass, "target_mass_reachable_at_depth": target is not None}
+    return figures, {name: dict(zip(ids, caches)) for name, caches in comparison.items()}
+
+
+def smallest_for_mass(deep: list, mass: float) -> list | None:
+    """The water-filled cache with the fewest entries whose mean kept mass reaches ``mass`` (None: even all do not)."""
+    import numpy as np
+
+    from distill.lm import topk
+
+    def kept(entries: int):
+        caches, _ = topk.water_fill(deep, entries)
+        return caches, float(np.mean(np.concatenate([1 - c.tail for c in caches])))
+
+    low, high = sum(c.positions for c in deep), sum(len(c.indices) for c in deep)
+    best, reached = kept(high)
+    if reached < mass:
+        return None
+    while high - low > max(1, low // 1000):
+        middle = (low + high) // 2
+        caches, reached = kept(middle)
+        if reached >= mass:
+            high, best = middle, caches
+        else:
+            low = middle
+    return best
+
+
+def quantisation_error(comparison: dict, completions_path: Path, students: dict[str, Path], batch_size: int) -> dict:
+    """Forward KL(teacher || student) per position on the same cache entries with each value format.
+
+    The students are real (trained) ones, so the KL is not at its minimum and the value error shows
+    up to first order; the difference from the exact float32 values is the quantisation error.
+    """
+    import numpy as np
+    import torch
+
+    from distill.lm.batch import make_batch, selected_logits
+    from distill.lm.generate import read_completions
+    from distill.lm.teacher import load_causal_lm
+    from distill.lm.train import TeacherTargets, cached_divergence
+
+    frame, _ = read_completions(completions_path)
+    out = {}
+    for name, folder in students.items():
+        lm = load_causal_lm(folder)
+        sums, positions = dict.fromkeys(comparison, 0.0), 0
+        for start in range(0, len(frame), batch_size):
+            rows = frame.iloc[start:start + batch_size]
+            batch = make_batch([list(v) for v in rows["prompt_ids"]], [list(v) for v in rows["completion_ids"]],
+                               [0] * len(rows), lm.tokenizer.pad_token_id, 100_000)
+            with torch.inference_mode():
+                logits = selected_logits(lm.model.eval(), batch.input_ids, batch.attention_mask,
+                                         batch.target_mask).float()
+            lengths = batch.target_mask.sum(1).tolist()
+            for fmt, caches in comparison.items():
+                targets = TeacherTargets.from_caches([caches[p] for p in rows["prompt_id"]], 0, lengths)
+                sums[fmt] += len(logits) * float(cached_divergence(logits, targets, "forward_kl"))
+            positions += len(logits)
+        kl = {fmt: total / positions for fmt, total in sums.items()}
+        exact = kl["float32 (exact)"]
+        out[name] = {"kl_per_token": {fmt: round(v, 6) for fmt, v in kl.items()},
+                     "difference_from_exact": {fmt: float(np.format_float_scientific(v - exact, 2))
+                                               for fmt, v in kl.items() if fmt != "float32 (exact)"}}
+    return out
+
+
 def print_cache_table(console, cache: dict) -> None:
     from rich.table import Table
 
-    table = Table(title="top-k cache of the teacher over its completions (kept mass = mean over positions)")
-    for column in ("format", "B/token (payload)", "kept mass", "kept mass p05", "mean k"):
+    table = Table(title=f"teacher top-k cache over its completions ({cache['training_cache']['positions']} "
+                        f"positions; B/token = the file on disk / positions)")
+    for column in ("format", "B/token on disk", "B/token payload", "kept mass", "p10", "p05", "mean k (max)"):
         table.add_column(column, justify="left" if column == "format" else "right")
-    fixed = cache["fixed"]
-    table.add_row(f"fixed k={fixed['k']} (training cache; {fixed['file_bytes_per_token']} B/token on disk)",
-                  f"{fixed['bytes_per_token']:.0f}", f"{fixed['kept_mass_mean']:.4f}", f"{fixed['kept_mass_p05']:.4f}",
-                  str(fixed["k"]))
-    for k, mass in cache["kept_mass_by_k"].items():
-        table.add_row(f"fixed k={k}", str(cache["bytes_per_token_by_k"][k]), f"{mass:.4f}", "", k)
-    for v in cache["variable_k"]:
-        table.add_row(f"variable k, global threshold, budget {v['budget_bytes_per_token']:.0f} (cap {v['k_cap']})",
-                      f"{v['bytes_per_token']:.1f}", f"{v['kept_mass_mean']:.4f}", f"{v['kept_mass_p05']:.4f}",
-                      f"{v['k_mean']:.1f} (max {v['k_max']})")
+    t = cache["training_cache"]
+    table.add_row(f"training cache (lm_topk: k <= {t['k']}, budget {t['budget']}, {t['logprob_dtype']})",
+                  str(t["file_bytes_per_token"]), f"{t['bytes_per_token']:.1f}", f"{t['kept_mass_mean']:.4f}",
+                  f"{t['kept_mass_p10']:.4f}", f"{t['kept_mass_p05']:.4f}", f"{t['k_mean']:.1f} ({t['k_max']})")
+    for r in cache["formats"]:
+        table.add_row(r["format"], str(r["file_bytes_per_token"]), f"{r['bytes_per_token']:.1f}",
+                      f"{r['kept_mass_mean']:.4f}", f"{r['kept_mass_p10']:.4f}", f"{r['kept_mass_p05']:.4f}",
+                      f"{r['k_mean']:.1f} ({r['k_max']})")
     console.print(table)
+    console.print("fixed k from the deep pass (mean kept mass): " + ", ".join(
+        f"k={k}: {v:.4f}" for k, v in cache["kept_mass_by_k"].items()))
+    if not cache["target_mass_reachable_at_depth"]:
+        console.print(f"mean kept mass {cache['target_mass']} is not reached even keeping {cache['deep_depth']} "
+                      f"tokens at every position")
+    for student, q in cache.get("quantisation", {}).items():
+        console.print(f"KL(teacher || {student}) per token on the same entries: {q['kl_per_token']}; "
+                      f"difference from exact: {q['difference_from_exact']}")
 
 
 def evaluate(cfg, args, teacher_dir: Path, completions_path: Path, students: dict[str, Path], say) -> dict:
@@ -199,8 +325,17 @@ def main(argv: list[str] | None = None) -> int:
     gen = generate.run(cfg, paths["prompts"], teacher_dir, paths["completions"])
     say(f"completions: {gen.rows} ({gen.generated} generated, {gen.reused} reused), {gen.completion_tokens} tokens")
     lap("prompts_and_generation")
-    cache = cache_figures(cfg, args, teacher_dir, paths["completions"], paths["topk"], say)
-    lap("topk_cache_and_curve")
+    cache, comparison = cache_figures(cfg, args, teacher_dir, paths["completions"], paths["topk"], say)
+    lap("topk_cache_and_formats")
+    if args.cache_only:
+        trained = {p.name: p for p in sorted(work.glob("*distilled*")) if (p / "config.json").is_file()}
+        cache["quantisation"] = quantisation_error(comparison, paths["completions"], trained, args.batch_size)
+        print_cache_table(console, cache)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        args.out.write_text(json.dumps({"args": settings, "cache": cache, "seconds": times}, indent=2, default=str))
+        console.print(f"times (s): {times}; report: {args.out}")
+        return 0
     students, training = {}, {}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         say(f"training the distilled student ({mode})")
@@ -212,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     training["undistilled"] = train_undistilled(cfg, paths["prompts"], teacher_dir, work / "undistilled")
     students["undistilled"] = work / "undistilled"
     lap("train_undistilled")
+    cache["quantisation"] = quantisation_error(comparison, paths["completions"], students, args.batch_size)
     evaluation = evaluate(cfg, args, teacher_dir, paths["completions"], students, say)
     lap("evaluate")
 

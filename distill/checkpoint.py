@@ -4,7 +4,8 @@ A checkpoint is one folder, replaced whole (``io.atomic_dir``), so a kill at any
 moment leaves either the previous checkpoint or the new one, never a mix:
 
 - ``model.safetensors``, ``best.safetensors``, ``objective.safetensors``: the
-  student, the best-so-far student and the objective's learned projections;
+  student, the best-so-far student and the objective's learned projections (the
+  last two only for loops that have them: the LM trainer keeps neither);
 - ``optimizer.safetensors``: AdamW's per-parameter state (``"<param>.<name>"``);
 - ``rng.safetensors``: torch's CPU (and CUDA) generator states;
 - ``state.json``: step, early-stopping counters, history, the batch stream's
@@ -90,24 +91,33 @@ def rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
-def save(folder: Path, *, key: str, model, best_state: dict, objective, optimizer, scheduler,
-         progress: dict) -> None:
-    """Write the checkpoint folder (rank 0 only), replacing the previous one atomically."""
+def save(folder: Path, *, key: str, model, optimizer, scheduler, progress: dict, best_state: dict | None = None,
+         objective=None) -> None:
+    """Write the checkpoint folder (rank 0 only), replacing the previous one atomically.
+
+    ``best_state`` and ``objective`` are saved when given; ``load`` is then told which parts to expect.
+    """
     if not is_primary():
         return
     opt_tensors, opt_meta = _optimizer_split(optimizer)
     with atomic_dir(Path(folder) / LATEST) as tmp:
         save_file(_tensors(model.state_dict()), str(tmp / "model.safetensors"))
-        save_file(_tensors(best_state), str(tmp / "best.safetensors"))
-        save_file(_tensors(objective.state_dict()), str(tmp / "objective.safetensors"))
+        if best_state is not None:
+            save_file(_tensors(best_state), str(tmp / "best.safetensors"))
+        if objective is not None:
+            save_file(_tensors(objective.state_dict()), str(tmp / "objective.safetensors"))
         save_file(_tensors(opt_tensors), str(tmp / "optimizer.safetensors"))
         save_file(_tensors(rng_tensors()), str(tmp / "rng.safetensors"))
         write_json(tmp / "state.json", {"format": FORMAT, "key": key, "optimizer_meta": opt_meta,
                                         "scheduler": scheduler.state_dict(), **progress})
 
 
-def load(folder: Path, key: str) -> dict | None:
-    """The checkpoint of this run, or None; a stale or unreadable one is reported and ignored."""
+PARTS = ("model", "best", "objective", "optimizer", "rng")  # what the classifier trainer saves
+
+
+def load(folder: Path, key: str, parts: tuple[str, ...] = PARTS) -> dict | None:
+    """The checkpoint of this run, or None; a stale or unreadable one (or one missing ``parts``) is
+    reported and ignored."""
     latest = Path(folder) / LATEST
     if not (latest / "state.json").is_file():
         return None
@@ -117,8 +127,7 @@ def load(folder: Path, key: str) -> dict | None:
             log.warning("checkpoint %s belongs to another run (settings, data or weights changed); "
                         "starting from step 0", latest)
             return None
-        tensors = {name: load_file(str(latest / f"{name}.safetensors"))
-                   for name in ("model", "best", "objective", "optimizer", "rng")}
+        tensors = {name: load_file(str(latest / f"{name}.safetensors")) for name in parts}
     except (OSError, ValueError, KeyError) as exc:  # safetensors raises ValueError-like errors on damage
         log.warning("checkpoint %s is unreadable (%s); starting from step 0", latest, exc)
         return None
@@ -126,9 +135,10 @@ def load(folder: Path, key: str) -> dict | None:
 
 
 def restore(ckpt: dict, model, objective, optimizer, scheduler) -> None:
-    """Put model, objective, optimizer, scheduler and torch RNG back where the checkpoint left them."""
+    """Put model, objective (unless None), optimizer, scheduler and torch RNG back where the checkpoint left them."""
     model.load_state_dict(ckpt["model"])
-    objective.load_state_dict(ckpt["objective"])
+    if objective is not None:
+        objective.load_state_dict(ckpt["objective"])
     optimizer.load_state_dict(_optimizer_join(ckpt["optimizer"], ckpt["optimizer_meta"]))
     scheduler.load_state_dict(ckpt["scheduler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
@@ -143,4 +153,4 @@ def clear(folder: Path | None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-__all__ = ["checkpoint_dir_for", "clear", "hash_state", "load", "restore", "run_key", "save"]
+__all__ = ["PARTS", "checkpoint_dir_for", "clear", "hash_state", "load", "restore", "run_key", "save"]

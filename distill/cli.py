@@ -404,24 +404,20 @@ LMTeacherDir = Annotated[Path, typer.Option("--teacher", help="Causal-LM teacher
 
 
 def _lm_teacher_dir(cfg: PipelineConfig, teacher: Path) -> Path:
-    return Path(cfg.lm.teacher_path) if cfg.lm.teacher_path else teacher
+    from distill.lm.teacher import teacher_dir
+
+    return teacher_dir(cfg.lm.teacher_path, teacher)
 
 
 @app.command("lm-teacher")
 def lm_teacher(out: Annotated[Path, typer.Option(help="Folder of the converted teacher.")] = Path("models/lm_teacher"),
+               imported: Annotated[Path, typer.Option(help="Where an MLflow teacher (lm.teacher_path: models:/...) "
+                                                           "is fetched to.")] = Path("models/lm_imported_teacher"),
                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Convert the packaged SmolLM2 GGUF teacher to a safetensors folder (skipped when lm.teacher_path is set)."""
-    from distill.io import write_json
-    from distill.lm.teacher import convert_gguf, fingerprint_of, packaged_gguf
+    """The LM teacher: the packaged SmolLM2 GGUF converted, an MLflow teacher copied in, or a folder named."""
+    from distill.lm import teacher as stage
 
-    cfg = _stage(lambda: _config(params, set_))
-    if cfg.lm.teacher_path:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "teacher_path.json", {"teacher_path": cfg.lm.teacher_path})
-        _finish({"teacher": cfg.lm.teacher_path, "converted": False})
-        return
-    folder = _stage(lambda: convert_gguf(packaged_gguf(), out))
-    _finish({"teacher": str(folder), "converted": True, "fingerprint": fingerprint_of(folder)})
+    _finish(_stage(lambda: stage.run(_config(params, set_), out, imported)))
 
 
 @app.command("lm-prompts")

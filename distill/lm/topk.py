@@ -1,21 +1,36 @@
-"""The teacher's top-k next-token log-probabilities over each completion, in a compact cache.
+"""The teacher's most likely next tokens over each completion, in a compact ragged cache (format 2).
 
 Per completion position (the teacher reads prompt + completion once, teacher-forced) the cache keeps
-the k most likely next tokens: their ids (uint16 when the vocabulary fits in 65536, else int32),
-their log-probabilities as float16, and the leftover probability mass of every other token as
-float16. That is ``k * 4 + 2`` bytes per token at uint16 ids (130 B at k = 32). Token-level losses
-turn each position into k + 1 buckets, the top-k tokens and one tail bucket
-(:func:`distill.losses.topk_divergence`). :func:`cache_stats` reports bytes per token and the
-average kept mass, the two figures that choose k.
+a prefix of the teacher's next tokens, most likely first, and the leftover probability mass of every
+other token. How long each prefix is comes from one byte budget for the whole file
+(``lm.topk.bytes_per_token``): the cache keeps the (position, token) entries of highest probability
+across all positions, down to one probability threshold (water-filling), the allocation that
+maximises the mean kept mass for a number of entries. Every position keeps at least its top token
+and at most ``lm.topk.k``; a confident position keeps one token, an uncertain one many. The budget
+is met by the file itself, measured on disk; without a budget every position keeps k tokens.
 
-The file binds itself to its completions: its metadata holds their content hash and teacher
-fingerprint, and a student is never trained on a cache that belongs to other completions.
+Stored per position: the count (uint8 while k <= 255, else uint16) and the leftover mass (float16,
+computed as a log-sum-exp over the other tokens, never as 1 minus the kept mass, which would cancel
+to 0); per kept token: its id (uint16 when the vocabulary fits, else int32) and its log-probability,
+uint8 on a log grid of ``lm.topk.logprob_levels`` levels (code c stands for ``c / (levels - 1) *
+logprob_min``, ``logprob_min`` the smallest kept log-probability floored at log 1e-8, so the error is
+at most half a step) or float16. Each position's entries are stored in token-id order, the ids as
+gaps from the previous one (sorted ids compress to about half the bytes); reading restores the
+most-likely-first order. Each column is one byte string per completion (multi-byte values
+byte-planar), in zstd-compressed Parquet.
+
+Token-level losses read a position as its kept tokens plus one tail bucket
+(:func:`distill.losses.topk_divergence`; a batch pads the ragged rows with empty buckets,
+:func:`distill.lm.train.cached_divergence`). The file binds itself to its completions and format:
+its metadata holds their content hash, the teacher fingerprint and the format version, and a student
+is never trained on a cache made for other completions or written in another format.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,34 +38,135 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from distill.config import PipelineConfig
-from distill.lm.batch import hash_arrays, make_batch, read_parquet, selected_logits, write_parquet
+from distill.config import LMTopKConfig, PipelineConfig
+from distill.lm.batch import hash_arrays, make_batch, parquet_size, read_parquet, selected_logits, write_parquet
 from distill.lm.generate import read_completions
 from distill.lm.prompts import LMDataError
 from distill.lm.teacher import CausalLM, fingerprint_of, load_causal_lm
 from distill.models import pick_device
 
+FORMAT = 2  # 1: fixed k, float16 log-probabilities in list columns (refused: rerun lm_topk)
 RECACHE = "rerun the lm_topk stage (dvc repro lm_topk)"
+LOGPROB_FLOOR = math.log(1e-8)  # the lowest log-probability the uint8 grid reaches
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 19, "use_dictionary": False}
+COLUMNS = ("counts", "indices", "logprobs", "tail")
 
 
 @dataclass
 class TopK:
-    """One completion's cache: ``indices`` (C, k), ``logprobs`` (C, k) float16, ``tail`` (C,) float16."""
+    """One completion's cache: position i keeps ``counts[i]`` tokens, most likely first.
 
-    indices: np.ndarray
-    logprobs: np.ndarray
-    tail: np.ndarray
+    ``indices`` and ``logprobs`` are flat, position after position (``counts.sum()`` entries);
+    ``tail`` is each position's probability mass outside the tokens it keeps.
+    """
+
+    counts: np.ndarray    # (C,) >= 1
+    indices: np.ndarray   # (E,)
+    logprobs: np.ndarray  # (E,)
+    tail: np.ndarray      # (C,)
+
+    @property
+    def positions(self) -> int:
+        return len(self.counts)
+
+    def offsets(self) -> np.ndarray:
+        """(C + 1,) where each position's entries start, then the end."""
+        return np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])
+
+    def head(self, n: int) -> "TopK":
+        """The first ``n`` positions (a completion cut to the training length)."""
+        n = min(n, self.positions)
+        end = int(self.offsets()[n])
+        return TopK(self.counts[:n], self.indices[:end], self.logprobs[:end], self.tail[:n])
+
+    def truncate(self, counts: np.ndarray) -> "TopK":
+        """Keep the first ``counts[i]`` tokens of position i; the tail takes the mass of the rest."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.shape != self.counts.shape or (counts < 1).any() or (counts > self.counts).any():
+            raise ValueError("each position keeps between 1 and the tokens it has")
+        position = np.repeat(np.arange(self.positions), self.counts)
+        keep = np.arange(len(self.indices)) - self.offsets()[position] < counts[position]
+        dropped = np.bincount(position[~keep], np.exp(self.logprobs[~keep].astype(np.float64)),
+                              minlength=self.positions)
+        return TopK(counts.astype(self.counts.dtype), self.indices[keep], self.logprobs[keep],
+                    self.tail.astype(np.float64) + dropped)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a cache is stored: the dtypes of counts, ids and log-probabilities, and the uint8 grid."""
+
+    count_dtype: str
+    index_dtype: str
+    logprob_dtype: str                # "uint8" (log grid) or "float16"
+    logprob_min: float | None = None  # uint8: code c stands for c / (levels - 1) * logprob_min
+    logprob_levels: int = 256         # uint8: codes 0 .. levels - 1
+
+    @property
+    def entry_bytes(self) -> int:
+        return np.dtype(self.index_dtype).itemsize + np.dtype(self.logprob_dtype).itemsize
+
+    @property
+    def position_bytes(self) -> int:
+        return np.dtype(self.count_dtype).itemsize + 2  # + the float16 tail
+
+    @property
+    def logprob_step(self) -> float | None:
+        """The uint8 grid's step in nats; the largest rounding error is half of it."""
+        return -self.logprob_min / (self.logprob_levels - 1) if self.logprob_dtype == "uint8" else None
+
+    def encode_logprobs(self, logprobs: np.ndarray) -> np.ndarray:
+        if self.logprob_dtype == "float16":
+            return logprobs.astype(np.float16)
+        top = self.logprob_levels - 1
+        scaled = np.clip(logprobs.astype(np.float64), self.logprob_min, 0.0) / self.logprob_min * top
+        return np.rint(scaled).astype(np.uint8)
+
+    def decode_logprobs(self, stored: np.ndarray) -> np.ndarray:
+        if self.logprob_dtype == "float16":
+            return stored.astype(np.float32)
+        return (stored.astype(np.float64) * (self.logprob_min / (self.logprob_levels - 1))).astype(np.float32)
+
+
+def count_dtype(k: int) -> np.dtype:
+    """uint8 counts while no position may keep more than 255 tokens, else uint16."""
+    return np.dtype(np.uint8) if k <= np.iinfo(np.uint8).max else np.dtype(np.uint16)
+
+
+def index_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every token id fits, else int32."""
+    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
+
+
+def make_layout(caches: list[TopK], k: int, vocab_size: int, logprob_dtype: str = "uint8",
+                levels: int = 256) -> Layout:
+    """The layout of ``caches``: a grid of ``levels`` down to their smallest kept log-probability (>= log 1e-8)."""
+    if logprob_dtype not in ("uint8", "float16") or not 2 <= levels <= 256:
+        raise ValueError(f"logprob_dtype must be uint8 or float16 and levels in [2, 256], got {logprob_dtype!r}, "
+                         f"{levels}")
+    low = None
+    if logprob_dtype == "uint8":
+        finite = [c.logprobs[np.isfinite(c.logprobs)] for c in caches]
+        smallest = min((float(f.min()) for f in finite if f.size), default=-1.0)
+        low = min(max(smallest, LOGPROB_FLOOR), -1e-3)  # a grid of width 0 cannot be decoded
+    return Layout(str(count_dtype(k)), str(index_dtype(vocab_size)), logprob_dtype, low, levels)
 
 
 @dataclass
 class TopKStats:
-    k: int
+    k: int                               # the most tokens a position may keep
     positions: int
-    bytes_per_token: float       # payload: ids + float16 log-probs + float16 tail
-    file_bytes_per_token: float | None  # the Parquet file (compressed, with its metadata)
+    bytes_per_token: float               # payload: counts, ids, log-probabilities and tails
+    file_bytes_per_token: float | None   # the file on disk (compressed, with its metadata)
     kept_mass_mean: float
     kept_mass_p05: float
+    kept_mass_p10: float
+    k_mean: float
+    k_max: int
+    min_prob: float | None               # every kept token but a position's first is at least this likely
     index_dtype: str
+    logprob_dtype: str
+    logprob_step: float | None           # uint8 grid step (nats); half of it bounds the rounding error
 
 
 @dataclass
@@ -61,28 +177,25 @@ class TopKResult:
     seconds: float
 
 
-def index_dtype(vocab_size: int) -> np.dtype:
-    """uint16 when every token id fits, else int32."""
-    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
-
-
 def topk_from_logits(logits: torch.Tensor, k: int, vocab_size: int | None = None) -> TopK:
-    """Top-k of (C, V) logits as log-probabilities, with the leftover mass of the other tokens."""
+    """The k most likely tokens of (C, V) logits as log-probabilities, with the leftover mass of the others."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    values, indices = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+    width = min(k, logprobs.shape[-1])
+    values, indices = logprobs.topk(width, dim=-1)
     # The leftover mass as a logsumexp over the other tokens: 1 - sum(top-k) would cancel to 0 when small.
-    rest = logprobs.scatter(-1, indices, float("-inf")).logsumexp(-1) if values.shape[-1] < logprobs.shape[-1] \
-        else torch.full(values.shape[:-1], float("-inf"))
-    tail = rest.exp()
-    dtype = index_dtype(vocab_size or logits.shape[-1])
-    return TopK(indices.cpu().numpy().astype(dtype), values.cpu().numpy().astype(np.float16),
-                tail.cpu().numpy().astype(np.float16))
+    if width < logprobs.shape[-1]:
+        tail = logprobs.scatter(-1, indices, float("-inf")).logsumexp(-1).exp()
+    else:
+        tail = torch.zeros(values.shape[:-1])
+    return TopK(np.full(len(values), width, count_dtype(k)),
+                indices.cpu().numpy().ravel().astype(index_dtype(vocab_size or logits.shape[-1])),
+                values.cpu().numpy().ravel().astype(np.float32), tail.cpu().numpy().astype(np.float64))
 
 
 @torch.inference_mode()
 def teacher_topk(lm: CausalLM, prompt_ids: list[list[int]], completion_ids: list[list[int]], k: int,
                  batch_size: int, device: torch.device, max_length: int = 100_000) -> list[TopK]:
-    """The teacher's top-k cache of each completion, teacher-forced on prompt + completion."""
+    """The teacher's top-k of each completion, teacher-forced on prompt + completion."""
     model = lm.model.to(device).eval()
     vocab = model.get_output_embeddings().weight.shape[0]
     out: list[TopK] = []
@@ -95,80 +208,228 @@ def teacher_topk(lm: CausalLM, prompt_ids: list[list[int]], completion_ids: list
     return out
 
 
-def cache_stats(caches: list[TopK], file_bytes: int | None = None) -> TopKStats:
-    """Bytes per cached token and the kept mass (mean and 5th percentile) of a top-k cache."""
-    positions = sum(len(c.tail) for c in caches)
-    if not positions:
-        raise LMDataError("the top-k cache holds no positions (every completion is empty)")
-    first = caches[next(i for i, c in enumerate(caches) if len(c.tail))]
-    k = first.indices.shape[1]
-    payload = k * (first.indices.itemsize + first.logprobs.itemsize) + first.tail.itemsize
-    kept = 1.0 - np.concatenate([c.tail.astype(np.float64) for c in caches])
-    return TopKStats(k, positions, float(payload), round(file_bytes / positions, 1) if file_bytes else None,
-                     round(float(kept.mean()), 4), round(float(np.quantile(kept, 0.05)), 4),
-                     str(first.indices.dtype))
+def water_fill(caches: list[TopK], entries: int) -> tuple[list[TopK], float | None]:
+    """Keep ``entries`` (position, token) entries in all: every position's top token, then the most
+    likely of the others across all positions, down to one threshold.
+
+    For a number of entries this maximises the mean kept mass (the largest probabilities win), and
+    since each position's tokens are sorted, what it keeps is a prefix. Returns the truncated caches
+    and the threshold probability (None when every entry is kept).
+    """
+    counts = np.concatenate([c.counts for c in caches]).astype(np.int64)
+    logprobs = np.concatenate([c.logprobs for c in caches]).astype(np.float32)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    if entries >= len(logprobs) or not len(counts):
+        return caches, None
+    optional = np.ones(len(logprobs), bool)
+    optional[starts] = False
+    extra = max(entries - len(counts), 0)
+    keep = ~optional
+    threshold = None
+    if extra:
+        values = logprobs[optional]
+        threshold = float(np.partition(values, len(values) - extra)[len(values) - extra])
+        keep = keep | (optional & (logprobs > threshold))
+        ties = np.flatnonzero(optional & (logprobs == threshold))  # in position order: prefixes stay prefixes
+        keep[ties[:extra - int((keep & optional).sum())]] = True
+    kept = np.add.reduceat(keep.astype(np.int64), starts)
+    cut = np.cumsum([0] + [c.positions for c in caches])
+    out = [c.truncate(kept[a:b]) for c, a, b in zip(caches, cut[:-1], cut[1:])]
+    return out, None if threshold is None else math.exp(threshold)
 
 
-def write_topk(path: Path, prompt_ids: list[str], caches: list[TopK], meta: dict) -> None:
-    """Write the caches as flat lists per completion (positions x k, row-major), atomically."""
-    index_type = pa.uint16() if caches and caches[0].indices.dtype == np.uint16 else pa.int32()
-    table = pa.table({
-        "prompt_id": pa.array(prompt_ids, pa.string()),
-        "positions": pa.array([len(c.tail) for c in caches], pa.int32()),
-        "indices": pa.array([c.indices.ravel() for c in caches], pa.list_(index_type)),
-        "logprobs": pa.array([c.logprobs.ravel() for c in caches], pa.list_(pa.float16())),
-        "tail": pa.array([c.tail for c in caches], pa.list_(pa.float16())),
-    })
-    digest = hash_arrays(prompt_ids, [c.indices for c in caches], [c.logprobs for c in caches],
-                         [c.tail for c in caches])
-    write_parquet(path, table, {**meta, "topk_hash": digest})
+def _planar(values: np.ndarray, dtype: np.dtype) -> bytes:
+    """Little-endian values byte-planar (every first byte, then every second byte ...): compresses better."""
+    dtype = np.dtype(dtype).newbyteorder("<")
+    raw = np.ascontiguousarray(values, dtype=dtype).view(np.uint8).reshape(-1, dtype.itemsize)
+    return np.ascontiguousarray(raw.T).tobytes()
+
+
+def _unplanar(data: bytes, dtype: np.dtype) -> np.ndarray:
+    dtype = np.dtype(dtype).newbyteorder("<")
+    if len(data) % dtype.itemsize:
+        raise ValueError(f"{len(data)} bytes do not hold whole {dtype} values")
+    raw = np.frombuffer(data, np.uint8).reshape(dtype.itemsize, -1)
+    return np.ascontiguousarray(raw.T).view(dtype).ravel().astype(dtype.newbyteorder("="))
+
+
+def _by_id(cache: TopK) -> tuple[np.ndarray, np.ndarray]:
+    """Each position's entries in token-id order: the id gaps (each position's first id whole) and the values.
+
+    Sorted ids differ by small gaps, which compress to about half the bytes of the ids in rank order.
+    """
+    position = np.repeat(np.arange(cache.positions), cache.counts)
+    order = np.lexsort((cache.indices, position))
+    ids = cache.indices[order].astype(np.int64)
+    gaps = np.diff(ids, prepend=0)
+    starts = cache.offsets()[:-1]
+    gaps[starts] = ids[starts]
+    return gaps, cache.logprobs[order]
+
+
+def _from_gaps(counts: np.ndarray, gaps: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`_by_id`: ids and values, each position's most likely first."""
+    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    position = np.repeat(np.arange(len(counts)), counts)
+    total = np.cumsum(gaps.astype(np.int64))
+    ids = total - (total[offsets[:-1]] - gaps[offsets[:-1]])[position]
+    order = np.lexsort((ids, -logprobs, position))
+    return ids[order].astype(gaps.dtype), logprobs[order]
+
+
+def _encode(prompt_ids: list[str], caches: list[TopK], layout: Layout) -> tuple[pa.Table, str]:
+    """The Parquet table of ``caches`` in ``layout`` and the hash of its stored bytes."""
+    for cache in caches:
+        entries = int(cache.counts.sum(dtype=np.int64))
+        if len(cache.tail) != cache.positions or len(cache.indices) != entries or len(cache.logprobs) != entries:
+            raise ValueError(f"inconsistent cache: {cache.positions} positions keeping {entries} tokens, "
+                             f"{len(cache.indices)} ids, {len(cache.logprobs)} values, {len(cache.tail)} tails")
+        if cache.positions and (cache.counts.max() > np.iinfo(layout.count_dtype).max
+                                or cache.indices.max(initial=0) > np.iinfo(layout.index_dtype).max):
+            raise ValueError(f"counts or token ids do not fit {layout.count_dtype} / {layout.index_dtype}")
+    by_id = [_by_id(c) for c in caches]
+    stored = {"counts": [_planar(c.counts, layout.count_dtype) for c in caches],
+              "indices": [_planar(gaps, layout.index_dtype) for gaps, _ in by_id],
+              "logprobs": [_planar(layout.encode_logprobs(values), layout.logprob_dtype) for _, values in by_id],
+              "tail": [_planar(c.tail.astype(np.float16), np.float16) for c in caches]}
+    digest = hash_arrays(prompt_ids, *([np.frombuffer(b, np.uint8) for b in column] for column in stored.values()))
+    table = pa.table({"prompt_id": pa.array(prompt_ids, pa.string()),
+                      "positions": pa.array([c.positions for c in caches], pa.int32()),
+                      **{name: pa.array(column, pa.binary()) for name, column in stored.items()}})
+    return table, digest
+
+
+def _file_meta(meta: dict, layout: Layout, digest: str) -> dict:
+    return {**meta, "format": FORMAT, "layout": asdict(layout), "topk_hash": digest}
+
+
+def encoded_size(prompt_ids: list[str], caches: list[TopK], layout: Layout, meta: dict) -> int:
+    """Bytes the file :func:`write_topk` writes would take, without writing it."""
+    table, digest = _encode(prompt_ids, caches, layout)
+    return parquet_size(table, _file_meta(meta, layout, digest), **PARQUET_OPTIONS)
+
+
+def write_topk(path: Path, prompt_ids: list[str], caches: list[TopK], meta: dict, layout: Layout) -> None:
+    """Write the caches (one row per completion, one byte string per column), atomically."""
+    table, digest = _encode(prompt_ids, caches, layout)
+    write_parquet(path, table, _file_meta(meta, layout, digest), **PARQUET_OPTIONS)
 
 
 def read_topk(path: Path, completions_meta: dict | None = None) -> tuple[dict[str, TopK], dict]:
-    """The caches by prompt id and the metadata; refuses a cache made for other completions."""
+    """The caches by prompt id (log-probabilities decoded) and the metadata.
+
+    Refuses a cache of another format, one made for other completions and a damaged one.
+    """
     table, meta = read_parquet(path, "top-k cache", RECACHE, LMDataError)
     if meta.get("unavailable"):
         raise LMDataError(f"{path}: no top-k cache: {meta['unavailable']}")
+    if meta.get("format") != FORMAT:
+        raise LMDataError(f"{path}: top-k cache format {meta.get('format', 1)}, written by an older version; this "
+                          f"version reads format {FORMAT} (per-position k, quantised log-probabilities); {RECACHE}")
     if completions_meta and meta.get("completions_hash") != completions_meta.get("completions_hash"):
         raise LMDataError(f"{path}: cached for other teacher completions (completions hash "
                           f"{str(meta.get('completions_hash'))[:12]}, now "
-                          f"{completions_meta['completions_hash'][:12]}); "
-                          f"{RECACHE}")
-    k = int(meta["k"])
-    caches = {}
-    columns = {c: table.column(c).to_pylist() if c in ("prompt_id", "positions") else table.column(c)
-               for c in table.column_names}
-    for i, (pid, n) in enumerate(zip(columns["prompt_id"], columns["positions"])):
-        def values(name: str, row: int = i) -> np.ndarray:
-            return columns[name][row].values.to_numpy(zero_copy_only=False)
-        caches[pid] = TopK(values("indices").reshape(n, k), values("logprobs").reshape(n, k), values("tail"))
-    digest = hash_arrays(columns["prompt_id"], [c.indices for c in caches.values()],
-                         [c.logprobs for c in caches.values()], [c.tail for c in caches.values()])
+                          f"{completions_meta['completions_hash'][:12]}); {RECACHE}")
+    try:
+        layout = Layout(**meta["layout"])
+        columns = {name: table.column(name).to_pylist() for name in ("prompt_id", "positions", *COLUMNS)}
+    except (KeyError, TypeError) as exc:
+        raise LMDataError(f"{path}: not a top-k cache of format {FORMAT} (missing {exc}); {RECACHE}") from None
+    digest = hash_arrays(columns["prompt_id"], *([np.frombuffer(b, np.uint8) for b in columns[name]]
+                                                 for name in COLUMNS))
     if digest != meta.get("topk_hash"):
         raise LMDataError(f"{path}: content does not match its recorded hash; {RECACHE}")
+    caches = {}
+    for i, pid in enumerate(columns["prompt_id"]):
+        try:
+            counts, gaps, values, tail = (_unplanar(columns[name][i], dtype) for name, dtype in zip(COLUMNS, (
+                layout.count_dtype, layout.index_dtype, layout.logprob_dtype, np.float16)))
+        except ValueError as exc:
+            raise LMDataError(f"{path}: row {pid} is damaged ({exc}); {RECACHE}") from None
+        entries = int(counts.sum(dtype=np.int64))
+        if len(counts) != columns["positions"][i] or len(tail) != len(counts) or len(gaps) != entries \
+                or len(values) != entries or (counts < 1).any():
+            raise LMDataError(f"{path}: row {pid} has inconsistent counts and entries; {RECACHE}")
+        indices, logprobs = _from_gaps(counts, gaps, layout.decode_logprobs(values))
+        caches[pid] = TopK(counts, indices, logprobs, tail.astype(np.float32))
     return caches, meta
 
 
+def cache_stats(caches: list[TopK], layout: Layout, k: int, file_bytes: int | None = None,
+                min_prob: float | None = None) -> TopKStats:
+    """Bytes per cached token, kept mass (mean, 5th and 10th percentiles) and tokens per position."""
+    positions = sum(c.positions for c in caches)
+    if not positions:
+        raise LMDataError("the top-k cache holds no positions (every completion is empty)")
+    counts = np.concatenate([c.counts for c in caches]).astype(np.int64)
+    kept = 1.0 - np.concatenate([c.tail for c in caches]).astype(np.float64)
+    payload = layout.position_bytes + layout.entry_bytes * counts.mean()
+    return TopKStats(k, positions, round(float(payload), 1),
+                     round(file_bytes / positions, 1) if file_bytes else None,
+                     round(float(kept.mean()), 4), round(float(np.quantile(kept, 0.05)), 4),
+                     round(float(np.quantile(kept, 0.10)), 4), round(float(counts.mean()), 1), int(counts.max()),
+                     min_prob, layout.index_dtype, layout.logprob_dtype,
+                     None if layout.logprob_step is None else round(layout.logprob_step, 5))
+
+
+def fit_budget(prompt_ids: list[str], deep: list[TopK], cfg: LMTopKConfig, vocab_size: int,
+               meta: dict) -> tuple[list[TopK], Layout, float | None]:
+    """The water-filled caches with the most entries whose file fits ``cfg.bytes_per_token`` on disk.
+
+    Every position keeps at least its top token, even past the budget. ``meta`` is what
+    :func:`write_topk` will be given besides ``min_prob`` (the threshold, added here), so the file it
+    writes has exactly the size measured. Returns the caches, their layout and the threshold.
+    """
+    def fill(entries: int) -> tuple[list[TopK], Layout, float | None, int]:
+        caches, threshold = water_fill(deep, entries)
+        layout = make_layout(caches, cfg.k, vocab_size, cfg.logprob_dtype, cfg.logprob_levels)
+        return caches, layout, threshold, encoded_size(prompt_ids, caches, layout, {**meta, "min_prob": threshold})
+
+    total, positions = sum(len(c.indices) for c in deep), sum(c.positions for c in deep)
+    if cfg.bytes_per_token is None or not positions:
+        return deep, make_layout(deep, cfg.k, vocab_size, cfg.logprob_dtype, cfg.logprob_levels), None
+    budget = cfg.bytes_per_token * positions
+    high = fill(total)
+    if high[3] <= budget:
+        return high[:3]
+    low, low_n, high_n = fill(positions), positions, total  # ``low`` fits, or nothing smaller is allowed
+    # The size is close to linear in the entries: interpolate, but at least 1/8 of the bracket away
+    # from either end, so it shrinks fast when the guess is good and by 1/8 when it is not.
+    while high_n - low_n > max(1, low_n // 1000):
+        guess = low_n + (budget - low[3]) / max(high[3] - low[3], 1) * (high_n - low_n)
+        margin = max(1, (high_n - low_n) // 8)
+        middle = int(min(max(guess, low_n + margin), high_n - margin))
+        trial = fill(middle)
+        if trial[3] <= budget:
+            low, low_n = trial, middle
+        else:
+            high, high_n = trial, middle
+    return low[:3]
+
+
 def run(cfg: PipelineConfig, completions_path: Path, teacher_dir: Path, out_path: Path) -> TopKResult:
-    """Cache the teacher's top-k over every completion (the lm_topk stage).
+    """Cache the teacher's top tokens over every completion, within the byte budget (the lm_topk stage).
 
     A black-box teacher (``lm.api``) has no logits: the cache is written empty, marked unavailable, so
     the DVC graph stays one shape; reading it for token-level training is refused with the reason.
     """
     if cfg.lm.api is not None:
         return write_unavailable(cfg, completions_path, out_path)
+    tcfg = cfg.lm.topk
     fingerprint = fingerprint_of(teacher_dir)
     frame, completions_meta = read_completions(completions_path, fingerprint)
     lm = load_causal_lm(teacher_dir)
     started = time.perf_counter()
-    caches = teacher_topk(lm, [list(v) for v in frame["prompt_ids"]], [list(v) for v in frame["completion_ids"]],
-                          cfg.lm.topk.k, cfg.lm.topk.batch_size, pick_device(cfg.lm.train.device))
+    deep = teacher_topk(lm, [list(v) for v in frame["prompt_ids"]], [list(v) for v in frame["completion_ids"]],
+                        tcfg.k, tcfg.batch_size, pick_device(cfg.lm.train.device))
+    vocab = int(lm.model.get_output_embeddings().weight.shape[0])
+    prompt_ids = frame["prompt_id"].tolist()
+    meta = {"k": tcfg.k, "bytes_per_token": tcfg.bytes_per_token, "vocab_size": vocab,
+            "teacher_fingerprint": fingerprint, "completions_hash": completions_meta["completions_hash"]}
+    caches, layout, threshold = fit_budget(prompt_ids, deep, tcfg, vocab, meta)
+    write_topk(out_path, prompt_ids, caches, {**meta, "min_prob": threshold}, layout)
     seconds = time.perf_counter() - started
-    vocab = lm.model.get_output_embeddings().weight.shape[0]
-    meta = {"k": cfg.lm.topk.k, "vocab_size": int(vocab), "teacher_fingerprint": fingerprint,
-            "completions_hash": completions_meta["completions_hash"]}
-    write_topk(out_path, frame["prompt_id"].tolist(), caches, meta)
-    stats = cache_stats(caches, Path(out_path).stat().st_size)
+    stats = cache_stats(caches, layout, tcfg.k, Path(out_path).stat().st_size, threshold)
     return TopKResult(Path(out_path), len(frame), stats, round(seconds, 2))
 
 
@@ -181,14 +442,16 @@ def write_unavailable(cfg: PipelineConfig, completions_path: Path, out_path: Pat
               f"token-level KD needs a local teacher (lm.api: null)")
     meta = {"k": cfg.lm.topk.k, "unavailable": reason, "teacher_fingerprint": api_fingerprint(cfg.lm.api),
             "completions_hash": completions_meta["completions_hash"]}
-    write_topk(out_path, [], [], meta)
-    return TopKResult(Path(out_path), 0, TopKStats(cfg.lm.topk.k, 0, 0.0, None, 0.0, 0.0, "none"), 0.0)
+    layout = make_layout([], cfg.lm.topk.k, 2, cfg.lm.topk.logprob_dtype)
+    write_topk(out_path, [], [], meta, layout)
+    empty = TopKStats(cfg.lm.topk.k, 0, 0.0, None, 0.0, 0.0, 0.0, 0.0, 0, None, "none", layout.logprob_dtype, None)
+    return TopKResult(Path(out_path), 0, empty, 0.0)
 
 
 def stats_frame(caches: dict[str, TopK]) -> pd.DataFrame:
     """Kept mass per completion (mean over its positions), for reports."""
     return pd.DataFrame({"prompt_id": list(caches),
-                         "kept_mass": [float(1 - c.tail.astype(np.float64).mean()) if len(c.tail) else np.nan
+                         "kept_mass": [float(1 - c.tail.astype(np.float64).mean()) if c.positions else np.nan
                                        for c in caches.values()]})
 
 
@@ -198,54 +461,8 @@ def kept_mass_by_k(logits: torch.Tensor, ks: list[int]) -> dict[int, float]:
     return {k: round(float(cumulative[:, min(k, cumulative.shape[-1]) - 1].mean()), 4) for k in ks}
 
 
-# Variable k under a byte budget. A fixed k spends the same bytes on a confident position (one token
-# holds 0.99 of the mass) as on an uncertain one. Keeping instead the largest probabilities across
-# all positions, down to one global threshold, maximises the mean kept mass for a total byte budget:
-# each position keeps a prefix of its sorted top tokens, so the cache stays a top-k per position,
-# with k varying. Each position then pays a 2-byte count besides its tail; each kept token 4 bytes.
-VARIABLE_K_POSITION_BYTES = 4  # uint16 count + float16 leftover mass
-
-
-@dataclass
-class VariableKStats:
-    budget_bytes_per_token: float
-    bytes_per_token: float
-    kept_mass_mean: float
-    kept_mass_p05: float
-    k_mean: float
-    k_max: int
-    k_cap: int             # the depth of the deep cache it was chosen from: no position keeps more
-    threshold: float       # the smallest kept probability
-
-
 def kept_mass_curve(caches: list[TopK], ks: list[int]) -> dict[int, float]:
-    """Mean kept mass at each fixed k, read from a deeper top-k cache (k up to its depth)."""
-    probs = np.concatenate([np.exp(c.logprobs.astype(np.float64)) for c in caches if len(c.tail)])
-    cumulative = probs.cumsum(-1)
-    return {k: round(float(cumulative[:, min(k, probs.shape[1]) - 1].mean()), 4) for k in ks}
-
-
-def variable_k_at_budget(caches: list[TopK], bytes_per_token: float, index_bytes: int = 2) -> VariableKStats:
-    """The kept mass of a global-threshold variable-k cache whose payload fits ``bytes_per_token`` on average.
-
-    Chosen from ``caches``, a fixed-k cache of larger depth (its k caps every position's k).
-    """
-    probs = np.concatenate([np.exp(c.logprobs.astype(np.float64)) for c in caches if len(c.tail)])  # (N, K)
-    positions, depth = probs.shape
-    entry = index_bytes + 2  # id + float16 log-probability
-    keep = int(max(0.0, bytes_per_token - VARIABLE_K_POSITION_BYTES) * positions // entry)
-    keep = min(max(keep, positions), probs.size)  # at least the top-1 of every position
-    # Rows are sorted, so the globally largest ``keep`` entries are a prefix of every row; a stable
-    # sort breaks ties by position, which keeps that true for equal probabilities too.
-    order = np.argsort(-probs.ravel(), kind="stable")[:keep]
-    chosen = np.zeros(probs.size, bool)
-    chosen[order] = True
-    chosen = chosen.reshape(probs.shape)
-    chosen[:, 0] = True
-    threshold = float(probs[chosen].min())
-    k = chosen.sum(1)
-    kept = (probs * chosen).sum(1)
-    used = VARIABLE_K_POSITION_BYTES + entry * k.mean()
-    return VariableKStats(float(bytes_per_token), round(float(used), 1), round(float(kept.mean()), 4),
-                          round(float(np.quantile(kept, 0.05)), 4), round(float(k.mean()), 1), int(k.max()),
-                          depth, threshold)
+    """Mean kept mass at each fixed k, read from a deeper cache (a position keeps at most what it has)."""
+    caches = [c for c in caches if c.positions]
+    return {k: round(float(np.mean(np.concatenate([1 - c.truncate(np.minimum(c.counts, k)).tail for c in caches]))), 4)
+            for k in ks}
