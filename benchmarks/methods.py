@@ -124,6 +124,7 @@ def train_one(project: Path, method: str, seed: int, epochs: int | None, overrid
     if terms is not None:
         params["train"]["losses"] = terms
     params["assistant"]["enabled"] = method.startswith("assistant:")
+    params["student"]["warm_start"] = None  # every method is compared from fresh weights
     cfg = config_from_dict(params)
     prepared, teacher_dir = project / "data/prepared", project / "models/teacher"
     outputs = project / "data/teacher_outputs/logits.parquet"

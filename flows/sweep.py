@@ -12,7 +12,7 @@ from prefect.futures import wait
 from distill import students
 from distill.config import load_config, write_overrides
 from distill.sweep import GridPoint, PointResult, choose, grid
-from flows.pipeline import PATHS, validate_teacher
+from flows.pipeline import IMPORTED_STUDENT, PATHS, validate_teacher
 from tasks import dvc, registry
 
 
@@ -24,7 +24,8 @@ def train_point(project_dir: str, point: GridPoint, epochs: int | None) -> Point
     path = {key: Path(project_dir, value) for key, value in PATHS.items()}
     with tempfile.TemporaryDirectory(prefix="distill-sweep-") as scratch:
         result = students.run_student(cfg, path["prepared"], path["teacher"], path["outputs"],
-                                      Path(scratch, "student"), assistant_dir=Path(project_dir, "models/assistant"))
+                                      Path(scratch, "student"), assistant_dir=Path(project_dir, "models/assistant"),
+                                      imported_dir=Path(project_dir, IMPORTED_STUDENT))  # as the pipeline trains
     return PointResult(point.kd_temperature, point.alpha, result.best_val_accuracy, result.steps, result.seconds)
 
 
