@@ -90,23 +90,31 @@ def stack(tmp_path_factory):
         stop(server)
 
 
-def deployment_id(api: str, flow: str, name: str) -> str:
-    response = httpx.get(f"{api}/deployments/name/{flow}/{name}", timeout=30)
+def call(method: str, url: str, **kwargs) -> httpx.Response:
+    """One API call; a 503 (the server is busy while a flow writes to its database) is retried, as
+    Prefect's own client retries it."""
+    for attempt in range(6):
+        response = httpx.request(method, url, timeout=30, **kwargs)
+        if response.status_code != 503:
+            break
+        time.sleep(2 ** attempt)
     response.raise_for_status()
-    return response.json()["id"]
+    return response
+
+
+def deployment_id(api: str, flow: str, name: str) -> str:
+    return call("GET", f"{api}/deployments/name/{flow}/{name}").json()["id"]
 
 
 def run_deployment(api: str, flow: str, name: str, parameters: dict) -> str:
-    response = httpx.post(f"{api}/deployments/{deployment_id(api, flow, name)}/create_flow_run",
-                          json={"parameters": parameters}, timeout=30)
-    response.raise_for_status()
-    return response.json()["id"]
+    return call("POST", f"{api}/deployments/{deployment_id(api, flow, name)}/create_flow_run",
+                json={"parameters": parameters}).json()["id"]
 
 
 def wait_for(api: str, run_id: str, timeout_s: float, logs: Path) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
+        run = call("GET", f"{api}/flow_runs/{run_id}").json()
         if run["state"]["type"] in FINAL:
             return run
         time.sleep(3)
@@ -115,17 +123,15 @@ def wait_for(api: str, run_id: str, timeout_s: float, logs: Path) -> dict:
 
 
 def runs_of(api: str, deployment: str) -> list[dict]:
-    response = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [deployment]}}},
-                          timeout=30)
-    response.raise_for_status()
-    return response.json()
+    return call("POST", f"{api}/flow_runs/filter",
+                json={"flow_runs": {"deployment_id": {"any_": [deployment]}}}).json()
 
 
 def test_drift_event_triggers_redistillation_through_the_deployment(stack):
     api, project, logs = stack
-    gpu = httpx.get(f"{api}/deployments/{deployment_id(api, 'distill_pipeline', 'pipeline-gpu')}", timeout=30).json()
+    gpu = call("GET", f"{api}/deployments/{deployment_id(api, 'distill_pipeline', 'pipeline-gpu')}").json()
     assert gpu["work_pool_name"] == "distill-gpu" and gpu["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
-    automations = httpx.post(f"{api}/automations/filter", json={}, timeout=30).json()
+    automations = call("POST", f"{api}/automations/filter", json={}).json()
     assert any("redistill" in a["name"] for a in automations), [a["name"] for a in automations]
 
     first = wait_for(api, run_deployment(api, "distill_pipeline", "pipeline", {"monitor": False}), 900, logs)
