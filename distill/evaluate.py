@@ -27,7 +27,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from distill import data as data_stage
 from distill import plots
-from distill.config import EvaluateConfig, PipelineConfig
+from distill.config import PipelineConfig
 from distill.io import atomic_dir, write_json
 from distill.models import Classifier, ModelError, encode, load_classifier, predict_logits, read_card
 from distill.quantize import quantize_dynamic_int8

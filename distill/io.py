@@ -80,11 +80,13 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def hash_files(root: Path, patterns: tuple[str, ...] = ("*",)) -> str:
-    """SHA-256 over the relative names and bytes of the files under ``root``."""
+def hash_files(root: Path, patterns: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = ()) -> str:
+    """SHA-256 over the relative names and bytes of the files under ``root`` (less the relative paths in
+    ``exclude``)."""
     root = Path(root)
     digest = hashlib.sha256()
-    files = sorted({p for pattern in patterns for p in root.rglob(pattern) if p.is_file()})
+    files = sorted({p for pattern in patterns for p in root.rglob(pattern)
+                    if p.is_file() and p.relative_to(root).as_posix() not in exclude})
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode())
         with path.open("rb") as handle:

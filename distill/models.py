@@ -137,16 +137,26 @@ def evenly_spaced_layers(n_student: int, n_teacher: int) -> list[int]:
     return [i * n_teacher // n_student for i in range(n_student)]
 
 
-def resolve_fetched(value: str | None, imported_dir: Path | None, key: str) -> Path | None:
-    """The folder a model setting (``key`` = ``value``) names; an MLflow ``models:/`` URI is read from
-    ``imported_dir``, where the flow (or ``distill fetch-teacher URI --out DIR``) downloaded it."""
+MODEL_URI_SCHEMES = ("models:/", "runs:/")
+SOURCE_FILE = "source.json"  # written beside a fetched model (tasks.registry.fetch_model_folder): its provenance
+
+
+def is_model_uri(value: str | None) -> bool:
+    """Whether a model setting names an MLflow model (``models:/...``, ``runs:/...``) rather than a folder."""
+    return bool(value) and str(value).startswith(MODEL_URI_SCHEMES)
+
+
+def resolve_fetched(value: str | None, imported_dir: Path | None, key: str,
+                    fetched_by: str = "`distill run`") -> Path | None:
+    """The folder a model setting (``key`` = ``value``) names; an MLflow URI is read from ``imported_dir``,
+    where the flow (or ``distill fetch-teacher URI --out DIR``) downloaded it."""
     if not value:
         return None
-    if not value.startswith("models:/"):
+    if not is_model_uri(value):
         return Path(value)
-    source = Path(imported_dir or "", "source.json")
+    source = Path(imported_dir or "", SOURCE_FILE)
     if imported_dir is None or not source.is_file() or read_json(source).get("uri") != value:
-        raise ModelError(f"{key} {value}: this MLflow model has not been fetched; `distill run` fetches it, or "
+        raise ModelError(f"{key} {value}: this MLflow model has not been fetched; {fetched_by} fetches it, or "
                          f"run `distill fetch-teacher {value} --out {imported_dir or 'DIR'}` before `dvc repro`")
     return Path(imported_dir)
 

