@@ -18,6 +18,7 @@ from distill.config import config_from_dict
 from distill.io import atomic_dir, atomic_file
 from distill.label import TeacherOutputError
 from tests.conftest import tiny_params
+from tests.processes import kill_once_written
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,13 +101,8 @@ def test_training_killed_with_sigkill_resumes_to_the_same_model(labelled, tmp_pa
 
     out = tmp_path / "killed"
     ckpt = checkpoint.checkpoint_dir_for(out) / "latest" / "state.json"
-    proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL and ckpt.is_file() and not out.exists(), "killed too late"
+    returncode = kill_once_written(command(out), env, ckpt)
+    assert returncode == -signal.SIGKILL and ckpt.is_file() and not out.exists(), "killed too late"
     step = yaml.safe_load(ckpt.read_text())["progress"]["step"]
 
     resumed = subprocess.run(command(out), env=env, capture_output=True, text=True)

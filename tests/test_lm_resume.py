@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from distill.lm import train as lm_train
 from distill.lm.prompts import build_prompts, instructions, write_prompts
 from tests.conftest import make_examples
 from tests.lm_tiny import save_tiny_lm, tiny_tokenizer
+from tests.processes import kill_once_written
 
 LM = {"prompts": {"train_size": 12, "heldout_size": 4},
       "generate": {"max_new_tokens": 8, "batch_size": 4},
@@ -141,13 +141,8 @@ def test_lm_train_killed_with_sigkill_resumes_to_the_same_model(cached, tmp_path
 
     out = tmp_path / "killed"
     state = checkpoint.checkpoint_dir_for(out) / "latest" / "state.json"
-    proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL and state.is_file() and not out.exists(), "killed too late"
+    returncode = kill_once_written(command(out), env, state)
+    assert returncode == -signal.SIGKILL and state.is_file() and not out.exists(), "killed too late"
     step = len(json.loads(state.read_text())["history"])
 
     resumed = subprocess.run(command(out), env=env, capture_output=True, text=True)
