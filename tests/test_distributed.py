@@ -98,7 +98,9 @@ def test_labelling_on_dask_writes_the_same_bytes(tiny_csv, tiny_teacher, tmp_pat
     assert sha256(tmp_path / "one.parquet") == sha256(tmp_path / "dask.parquet")
     server = re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", output)
     assert server, output[-4000:]
-    with socket.socket() as sock:  # stopped with the stage: its port is free again
+    with socket.socket() as sock:  # stopped with the stage: no listener on its port any more
+        # SO_REUSEADDR lets the bind past the closed connections' TIME_WAIT, never past a live listener
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", int(server.group(1))))
 
 
