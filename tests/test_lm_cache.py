@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -273,6 +275,7 @@ def test_cache_stats_reports_bytes_per_token_and_kept_mass():
 
 def test_an_old_format_cache_is_refused_with_the_remedy(tmp_path):
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from distill.lm.batch import write_parquet
 
@@ -281,8 +284,58 @@ def test_an_old_format_cache_is_refused_with_the_remedy(tmp_path):
                     "logprobs": pa.array([np.array([-0.1, -2.0], np.float16)], pa.list_(pa.float16())),
                     "tail": pa.array([np.array([0.05], np.float16)], pa.list_(pa.float16()))})
     write_parquet(tmp_path / "old.parquet", old, {"k": 2, "completions_hash": "h1", "topk_hash": "x"})
-    with pytest.raises(LMDataError, match=r"format 1.*reads format 2.*dvc repro lm_topk"):
+    with pytest.raises(LMDataError, match=r"format 1.*reads format 3.*dvc repro lm_topk"):
         tk.read_topk(tmp_path / "old.parquet", {"completions_hash": "h1"})
+    # format 2 had the same columns, with raw token ids where format 3 has ranks: read, it would give wrong tokens
+    _write(tmp_path / "v2.parquet", _ragged(np.random.default_rng(7), [3], vocab=600), vocab=600)
+    table = pq.read_table(tmp_path / "v2.parquet")
+    meta = json.loads(table.schema.metadata[b"distill"])
+    write_parquet(tmp_path / "v2.parquet", table, {**meta, "format": 2})
+    with pytest.raises(LMDataError, match=r"format 2.*reads format 3.*dvc repro lm_topk"):
+        tk.read_topk(tmp_path / "v2.parquet", {"completions_hash": "h1"})
+
+
+def test_token_ids_are_stored_as_ranks_of_the_files_token_order(tmp_path):
+    import pyarrow.parquet as pq
+
+    # token 500 is kept at every position, 7 at two, 3 at one: ranks 0, 1, 2 in the file's order
+    cache = tk.TopK(np.array([2, 2, 1], np.uint8), np.array([500, 7, 7, 500, 500], np.uint16),
+                    np.log(np.array([0.6, 0.3, 0.5, 0.4, 0.9], np.float32)), np.array([0.1, 0.1, 0.1]))
+    other = tk.TopK(np.array([1], np.uint8), np.array([3], np.uint16), np.zeros(1, np.float32), np.zeros(1))
+    np.testing.assert_array_equal(tk.token_order([cache, other]), [500, 7, 3])
+    path = tmp_path / "topk.parquet"
+    _write(path, [cache, other], vocab=600)
+    stored = pq.read_table(path).column("indices").to_pylist()
+    np.testing.assert_array_equal(tk._unplanar(stored[0], np.uint16), [0, 1, 0, 1, 0])  # rank gaps per position
+    back, meta = tk.read_topk(path)
+    np.testing.assert_array_equal(back["p0"].indices, cache.indices)
+    np.testing.assert_array_equal(back["p1"].indices, [3])
+    assert meta["token_order_bytes"] == 3 * 2
+
+
+def test_a_damaged_token_order_is_refused_with_the_remedy(tmp_path):
+    import pyarrow.parquet as pq
+
+    from distill.lm.batch import write_parquet
+
+    path = tmp_path / "topk.parquet"
+    caches = _ragged(np.random.default_rng(8), [4, 3], vocab=600)
+    _write(path, caches, vocab=600)
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[b"distill"])
+    order = tk.token_order(caches)
+    swapped = order.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]  # another order of the same tokens: every rank would name another token
+    blob = tk.ORDER_CODEC.compress(tk._planar(swapped, np.uint16), asbytes=True)
+    write_parquet(path, table, meta, {tk.ORDER_KEY: blob})
+    with pytest.raises(LMDataError, match="does not match its recorded hash.*dvc repro lm_topk"):
+        tk.read_topk(path)
+    write_parquet(path, table, meta)  # no token order at all
+    with pytest.raises(LMDataError, match="missing.*token_order.*dvc repro lm_topk"):
+        tk.read_topk(path)
+    write_parquet(path, table, meta, {tk.ORDER_KEY: b"not zstd"})
+    with pytest.raises(LMDataError, match="token order is damaged.*dvc repro lm_topk"):
+        tk.read_topk(path)
 
 
 def test_a_damaged_cache_is_refused_with_the_remedy(tmp_path):
@@ -291,17 +344,18 @@ def test_a_damaged_cache_is_refused_with_the_remedy(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from distill.lm.batch import write_parquet
+    from distill.lm.batch import read_blobs, write_parquet
 
     rng = np.random.default_rng(6)
     path = tmp_path / "topk.parquet"
     _write(path, _ragged(rng, [4, 3], vocab=600), vocab=600)
     table = pq.read_table(path)
     meta = json.loads(table.schema.metadata[b"distill"])
+    footer = read_blobs(path, (tk.ORDER_KEY,))
     blobs = table.column("logprobs").to_pylist()
     blobs[0] = bytes([blobs[0][0] ^ 1]) + blobs[0][1:]
     tampered = table.set_column(table.column_names.index("logprobs"), "logprobs", pa.array(blobs, pa.binary()))
-    write_parquet(path, tampered, meta)
+    write_parquet(path, tampered, meta, footer)
     with pytest.raises(LMDataError, match="does not match its recorded hash.*dvc repro lm_topk"):
         tk.read_topk(path)
     # counts that disagree with the entries: the writer refuses them, and so does the reader under a matching hash
@@ -312,10 +366,12 @@ def test_a_damaged_cache_is_refused_with_the_remedy(tmp_path):
 
     blobs = {name: table.column(name).to_pylist() for name in tk.COLUMNS}
     blobs["counts"][0] = bytes([blobs["counts"][0][0] + 1]) + blobs["counts"][0][1:]
+    order = tk.ORDER_CODEC.decompress(footer[tk.ORDER_KEY], meta["token_order_bytes"], asbytes=True)
     digest = hash_arrays(table.column("prompt_id").to_pylist(),
-                         *([np.frombuffer(b, np.uint8) for b in blobs[name]] for name in tk.COLUMNS))
+                         *([np.frombuffer(b, np.uint8) for b in blobs[name]] for name in tk.COLUMNS),
+                         [np.frombuffer(order, np.uint8)])
     forged = table.set_column(table.column_names.index("counts"), "counts", pa.array(blobs["counts"], pa.binary()))
-    write_parquet(path, forged, {**meta, "topk_hash": digest})
+    write_parquet(path, forged, {**meta, "topk_hash": digest}, footer)
     with pytest.raises(LMDataError, match="inconsistent counts.*dvc repro lm_topk"):
         tk.read_topk(path)
     path.write_bytes(b"PAR1 not really")

@@ -77,24 +77,30 @@ def selected_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def write_parquet(path: Path, table: pa.Table, meta: dict, **options) -> None:
+def write_parquet(path: Path, table: pa.Table, meta: dict, blobs: dict[str, bytes] | None = None, **options) -> None:
     """Write ``table`` with ``meta`` as JSON in its schema metadata, atomically, with page checksums.
 
-    ``options`` go to ``pyarrow.parquet.write_table`` (compression, dictionary encoding).
+    ``blobs`` are binary values stored once each in the file's footer (key-value metadata, not
+    repeated in the embedded Arrow schema), read back with :func:`read_blobs`. ``options`` go to
+    ``pyarrow.parquet.ParquetWriter`` (compression, dictionary encoding).
     """
     with atomic_file(Path(path), "wb") as handle:
-        pq.write_table(_with_meta(table, meta), handle, write_page_checksum=True, **options)
+        _write(handle, table, meta, blobs, options)
 
 
-def parquet_size(table: pa.Table, meta: dict, **options) -> int:
+def parquet_size(table: pa.Table, meta: dict, blobs: dict[str, bytes] | None = None, **options) -> int:
     """The bytes :func:`write_parquet` would write for the same arguments, computed in memory."""
     buffer = io.BytesIO()
-    pq.write_table(_with_meta(table, meta), buffer, write_page_checksum=True, **options)
+    _write(buffer, table, meta, blobs, options)
     return buffer.tell()
 
 
-def _with_meta(table: pa.Table, meta: dict) -> pa.Table:
-    return table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+def _write(handle, table: pa.Table, meta: dict, blobs: dict[str, bytes] | None, options: dict) -> None:
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    with pq.ParquetWriter(handle, table.schema, write_page_checksum=True, **options) as writer:
+        writer.write_table(table)
+        if blobs:
+            writer.add_key_value_metadata({key.encode(): value for key, value in blobs.items()})
 
 
 def read_parquet(path: Path, what: str, remedy: str, error: type[Exception]) -> tuple[pa.Table, dict]:
@@ -108,6 +114,12 @@ def read_parquet(path: Path, what: str, remedy: str, error: type[Exception]) -> 
     except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
         raise error(f"{path}: not a readable {what} ({exc}); {remedy}") from None
     return table, meta
+
+
+def read_blobs(path: Path, keys: tuple[str, ...]) -> dict[str, bytes | None]:
+    """The footer blobs :func:`write_parquet` stored under ``keys`` (None for a key it did not store)."""
+    stored = pq.read_metadata(path).metadata or {}
+    return {key: stored.get(key.encode()) for key in keys}
 
 
 def hash_arrays(*columns) -> str:

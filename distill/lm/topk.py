@@ -1,4 +1,4 @@
-"""The teacher's most likely next tokens over each completion, in a compact ragged cache (format 2).
+"""The teacher's most likely next tokens over each completion, in a compact ragged cache (format 3).
 
 Per completion position (the teacher reads prompt + completion once, teacher-forced) the cache keeps
 a prefix of the teacher's next tokens, most likely first, and the leftover probability mass of every
@@ -14,10 +14,13 @@ computed as a log-sum-exp over the other tokens, never as 1 minus the kept mass,
 to 0); per kept token: its id (uint16 when the vocabulary fits, else int32) and its log-probability,
 uint8 on a log grid of ``lm.topk.logprob_levels`` levels (code c stands for ``c / (levels - 1) *
 logprob_min``, ``logprob_min`` the smallest kept log-probability floored at log 1e-8, so the error is
-at most half a step) or float16. Each position's entries are stored in token-id order, the ids as
-gaps from the previous one (sorted ids compress to about half the bytes); reading restores the
-most-likely-first order. Each column is one byte string per completion (multi-byte values
-byte-planar), in zstd-compressed Parquet.
+at most half a step) or float16. Token ids are stored as their rank in the file's token order (the
+tokens the cache keeps, most often kept first; one table per file, in the Parquet footer), and each
+position's entries in that order, as gaps from the previous one: the tokens most positions keep get
+small ranks, so the gaps are small and compress to about three quarters of the bytes of gaps between
+raw ids (and half of the ids in probability order). Reading restores the ids and the most-likely-first
+order. Each column is one byte string per completion (multi-byte values byte-planar), in
+zstd-compressed Parquet.
 
 Token-level losses read a position as its kept tokens plus one tail bucket
 (:func:`distill.losses.topk_divergence`; a batch pads the ragged rows with empty buckets,
@@ -39,17 +42,20 @@ import pyarrow as pa
 import torch
 
 from distill.config import LMTopKConfig, PipelineConfig
-from distill.lm.batch import hash_arrays, make_batch, parquet_size, read_parquet, selected_logits, write_parquet
+from distill.lm.batch import (hash_arrays, make_batch, parquet_size, read_blobs, read_parquet, selected_logits,
+                              write_parquet)
 from distill.lm.generate import read_completions
 from distill.lm.prompts import LMDataError
 from distill.lm.teacher import CausalLM, fingerprint_of, load_causal_lm
 from distill.models import pick_device
 
-FORMAT = 2  # 1: fixed k, float16 log-probabilities in list columns (refused: rerun lm_topk)
+FORMAT = 3  # 1: fixed k, float16 list columns; 2: ids in raw id order (both refused: rerun lm_topk)
 RECACHE = "rerun the lm_topk stage (dvc repro lm_topk)"
 LOGPROB_FLOOR = math.log(1e-8)  # the lowest log-probability the uint8 grid reaches
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 19, "use_dictionary": False}
 COLUMNS = ("counts", "indices", "logprobs", "tail")
+ORDER_KEY = "distill.token_order"  # footer blob: the kept token ids, most often kept first (zstd, byte-planar)
+ORDER_CODEC = pa.Codec("zstd", compression_level=19)
 
 
 @dataclass
@@ -253,32 +259,42 @@ def _unplanar(data: bytes, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(raw.T).view(dtype).ravel().astype(dtype.newbyteorder("="))
 
 
-def _by_id(cache: TopK) -> tuple[np.ndarray, np.ndarray]:
-    """Each position's entries in token-id order: the id gaps (each position's first id whole) and the values.
+def token_order(caches: list[TopK]) -> np.ndarray:
+    """The token ids the caches keep, most often kept first (ties by id): small ranks for common tokens."""
+    ids = np.concatenate([c.indices.astype(np.int64) for c in caches]) if caches else np.zeros(0, np.int64)
+    kept = np.bincount(ids, minlength=1)
+    return np.argsort(-kept, kind="stable")[:int((kept > 0).sum())]
 
-    Sorted ids differ by small gaps, which compress to about half the bytes of the ids in rank order.
-    """
+
+def _ranked_gaps(cache: TopK, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each position's entries in token-order rank: the rank gaps (each position's first rank whole) and the values."""
     position = np.repeat(np.arange(cache.positions), cache.counts)
-    order = np.lexsort((cache.indices, position))
-    ids = cache.indices[order].astype(np.int64)
-    gaps = np.diff(ids, prepend=0)
+    ranks = rank[cache.indices.astype(np.int64)]
+    order = np.lexsort((ranks, position))
+    ranks = ranks[order]
+    gaps = np.diff(ranks, prepend=0)
     starts = cache.offsets()[:-1]
-    gaps[starts] = ids[starts]
+    gaps[starts] = ranks[starts]
     return gaps, cache.logprobs[order]
 
 
-def _from_gaps(counts: np.ndarray, gaps: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The inverse of :func:`_by_id`: ids and values, each position's most likely first."""
+def _from_gaps(counts: np.ndarray, gaps: np.ndarray, logprobs: np.ndarray,
+               order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`_ranked_gaps`: ids and values, each position's most likely first."""
     offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
     position = np.repeat(np.arange(len(counts)), counts)
     total = np.cumsum(gaps.astype(np.int64))
-    ids = total - (total[offsets[:-1]] - gaps[offsets[:-1]])[position]
-    order = np.lexsort((ids, -logprobs, position))
-    return ids[order].astype(gaps.dtype), logprobs[order]
+    ranks = total - (total[offsets[:-1]] - gaps[offsets[:-1]].astype(np.int64))[position]
+    if len(ranks) and (ranks.min() < 0 or ranks.max() >= len(order)):
+        raise ValueError(f"token ranks outside the file's token order of {len(order)}")
+    ids = order[ranks]
+    by_probability = np.lexsort((ids, -logprobs, position))
+    return ids[by_probability].astype(gaps.dtype), logprobs[by_probability]
 
 
-def _encode(prompt_ids: list[str], caches: list[TopK], layout: Layout) -> tuple[pa.Table, str]:
-    """The Parquet table of ``caches`` in ``layout`` and the hash of its stored bytes."""
+def _encode(prompt_ids: list[str], caches: list[TopK], layout: Layout) -> tuple[pa.Table, dict, dict[str, bytes]]:
+    """The Parquet table of ``caches`` in ``layout``, what the metadata records of it (the hash of its
+    stored bytes, the token order's size) and the footer blob (the token order)."""
     for cache in caches:
         entries = int(cache.counts.sum(dtype=np.int64))
         if len(cache.tail) != cache.positions or len(cache.indices) != entries or len(cache.logprobs) != entries:
@@ -287,32 +303,38 @@ def _encode(prompt_ids: list[str], caches: list[TopK], layout: Layout) -> tuple[
         if cache.positions and (cache.counts.max() > np.iinfo(layout.count_dtype).max
                                 or cache.indices.max(initial=0) > np.iinfo(layout.index_dtype).max):
             raise ValueError(f"counts or token ids do not fit {layout.count_dtype} / {layout.index_dtype}")
-    by_id = [_by_id(c) for c in caches]
+    order = token_order(caches)
+    rank = np.zeros(int(order.max(initial=0)) + 1, np.int64)
+    rank[order] = np.arange(len(order))
+    ranked = [_ranked_gaps(c, rank) for c in caches]
     stored = {"counts": [_planar(c.counts, layout.count_dtype) for c in caches],
-              "indices": [_planar(gaps, layout.index_dtype) for gaps, _ in by_id],
-              "logprobs": [_planar(layout.encode_logprobs(values), layout.logprob_dtype) for _, values in by_id],
+              "indices": [_planar(gaps, layout.index_dtype) for gaps, _ in ranked],
+              "logprobs": [_planar(layout.encode_logprobs(values), layout.logprob_dtype) for _, values in ranked],
               "tail": [_planar(c.tail.astype(np.float16), np.float16) for c in caches]}
-    digest = hash_arrays(prompt_ids, *([np.frombuffer(b, np.uint8) for b in column] for column in stored.values()))
+    order_bytes = _planar(order, layout.index_dtype)
+    digest = hash_arrays(prompt_ids, *([np.frombuffer(b, np.uint8) for b in column] for column in stored.values()),
+                         [np.frombuffer(order_bytes, np.uint8)])
     table = pa.table({"prompt_id": pa.array(prompt_ids, pa.string()),
                       "positions": pa.array([c.positions for c in caches], pa.int32()),
                       **{name: pa.array(column, pa.binary()) for name, column in stored.items()}})
-    return table, digest
+    recorded = {"topk_hash": digest, "token_order_bytes": len(order_bytes)}
+    return table, recorded, {ORDER_KEY: ORDER_CODEC.compress(order_bytes, asbytes=True)}
 
 
-def _file_meta(meta: dict, layout: Layout, digest: str) -> dict:
-    return {**meta, "format": FORMAT, "layout": asdict(layout), "topk_hash": digest}
+def _file_meta(meta: dict, layout: Layout, recorded: dict) -> dict:
+    return {**meta, "format": FORMAT, "layout": asdict(layout), **recorded}
 
 
 def encoded_size(prompt_ids: list[str], caches: list[TopK], layout: Layout, meta: dict) -> int:
     """Bytes the file :func:`write_topk` writes would take, without writing it."""
-    table, digest = _encode(prompt_ids, caches, layout)
-    return parquet_size(table, _file_meta(meta, layout, digest), **PARQUET_OPTIONS)
+    table, recorded, blobs = _encode(prompt_ids, caches, layout)
+    return parquet_size(table, _file_meta(meta, layout, recorded), blobs, **PARQUET_OPTIONS)
 
 
 def write_topk(path: Path, prompt_ids: list[str], caches: list[TopK], meta: dict, layout: Layout) -> None:
     """Write the caches (one row per completion, one byte string per column), atomically."""
-    table, digest = _encode(prompt_ids, caches, layout)
-    write_parquet(path, table, _file_meta(meta, layout, digest), **PARQUET_OPTIONS)
+    table, recorded, blobs = _encode(prompt_ids, caches, layout)
+    write_parquet(path, table, _file_meta(meta, layout, recorded), blobs, **PARQUET_OPTIONS)
 
 
 def read_topk(path: Path, completions_meta: dict | None = None) -> tuple[dict[str, TopK], dict]:
@@ -325,7 +347,8 @@ def read_topk(path: Path, completions_meta: dict | None = None) -> tuple[dict[st
         raise LMDataError(f"{path}: no top-k cache: {meta['unavailable']}")
     if meta.get("format") != FORMAT:
         raise LMDataError(f"{path}: top-k cache format {meta.get('format', 1)}, written by an older version; this "
-                          f"version reads format {FORMAT} (per-position k, quantised log-probabilities); {RECACHE}")
+                          f"version reads format {FORMAT} (per-position k, quantised log-probabilities, ranked token "
+                          f"ids); {RECACHE}")
     if completions_meta and meta.get("completions_hash") != completions_meta.get("completions_hash"):
         raise LMDataError(f"{path}: cached for other teacher completions (completions hash "
                           f"{str(meta.get('completions_hash'))[:12]}, now "
@@ -333,10 +356,17 @@ def read_topk(path: Path, completions_meta: dict | None = None) -> tuple[dict[st
     try:
         layout = Layout(**meta["layout"])
         columns = {name: table.column(name).to_pylist() for name in ("prompt_id", "positions", *COLUMNS)}
+        packed = read_blobs(path, (ORDER_KEY,))[ORDER_KEY]
+        if packed is None:
+            raise KeyError(ORDER_KEY)
+        order_bytes = ORDER_CODEC.decompress(packed, int(meta["token_order_bytes"]), asbytes=True)
+        order = _unplanar(order_bytes, layout.index_dtype).astype(np.int64)
     except (KeyError, TypeError) as exc:
         raise LMDataError(f"{path}: not a top-k cache of format {FORMAT} (missing {exc}); {RECACHE}") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise LMDataError(f"{path}: the token order is damaged ({exc}); {RECACHE}") from None
     digest = hash_arrays(columns["prompt_id"], *([np.frombuffer(b, np.uint8) for b in columns[name]]
-                                                 for name in COLUMNS))
+                                                 for name in COLUMNS), [np.frombuffer(order_bytes, np.uint8)])
     if digest != meta.get("topk_hash"):
         raise LMDataError(f"{path}: content does not match its recorded hash; {RECACHE}")
     caches = {}
@@ -350,7 +380,10 @@ def read_topk(path: Path, completions_meta: dict | None = None) -> tuple[dict[st
         if len(counts) != columns["positions"][i] or len(tail) != len(counts) or len(gaps) != entries \
                 or len(values) != entries or (counts < 1).any():
             raise LMDataError(f"{path}: row {pid} has inconsistent counts and entries; {RECACHE}")
-        indices, logprobs = _from_gaps(counts, gaps, layout.decode_logprobs(values))
+        try:
+            indices, logprobs = _from_gaps(counts, gaps, layout.decode_logprobs(values), order)
+        except ValueError as exc:
+            raise LMDataError(f"{path}: row {pid} is damaged ({exc}); {RECACHE}") from None
         caches[pid] = TopK(counts, indices, logprobs, tail.astype(np.float32))
     return caches, meta
 
