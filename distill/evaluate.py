@@ -113,13 +113,30 @@ def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = 
 
 
 def bootstrap_ci(gold: np.ndarray, pred: np.ndarray, n_classes: int, samples: int, seed: int) -> dict[str, float]:
-    """95 % percentile-bootstrap intervals of accuracy and macro-F1."""
+    """95 % percentile-bootstrap intervals of accuracy and macro-F1.
+
+    Each resample's figures are what ``accuracy_score`` and ``f1_score(average="macro", labels=range(n_classes),
+    zero_division=0)`` give on it (tested), computed for blocks of resamples at once from per-class counts:
+    the scikit-learn calls cost ~4 ms per resample, most of an evaluation's time at 1,000 resamples.
+    """
     rng = np.random.default_rng(seed)
-    acc, f1 = [], []
-    for _ in range(samples):
-        idx = rng.integers(0, len(gold), len(gold))
-        acc.append(accuracy_score(gold[idx], pred[idx]))
-        f1.append(f1_score(gold[idx], pred[idx], average="macro", labels=range(n_classes), zero_division=0))
+    gold, pred = np.asarray(gold, np.int64), np.asarray(pred, np.int64)
+    n = len(gold)
+    acc, f1 = np.empty(samples), np.empty(samples)
+    block = max(1, 4_000_000 // max(n, 1))  # resamples per block: at most ~4M drawn indices in memory
+    for start in range(0, samples, block):
+        count = min(block, samples - start)
+        idx = rng.integers(0, n, (count, n))  # row by row the same draws as one call per resample
+        g, p = gold[idx], pred[idx]
+        hit = g == p
+        row = np.arange(count)[:, None] * n_classes
+        tp = np.bincount((row + g)[hit], minlength=count * n_classes).reshape(count, n_classes)
+        support = np.bincount((row + g).ravel(), minlength=count * n_classes).reshape(count, n_classes)
+        predicted = np.bincount((row + p).ravel(), minlength=count * n_classes).reshape(count, n_classes)
+        denominator = support + predicted  # 2 tp + fp + fn
+        per_class = np.divide(2 * tp, denominator, out=np.zeros((count, n_classes)), where=denominator > 0)
+        acc[start:start + count] = hit.mean(1)
+        f1[start:start + count] = per_class.mean(1)
     return {"accuracy_ci_low": float(np.percentile(acc, 2.5)), "accuracy_ci_high": float(np.percentile(acc, 97.5)),
             "macro_f1_ci_low": float(np.percentile(f1, 2.5)), "macro_f1_ci_high": float(np.percentile(f1, 97.5))}
 

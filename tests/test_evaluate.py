@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from distill.evaluate import bootstrap_ci, expected_calibration_error, mcnemar_p
 
@@ -29,6 +30,27 @@ def test_bootstrap_interval_brackets_the_point_estimate():
     accuracy = (gold == pred).mean()
     assert ci["accuracy_ci_low"] < accuracy < ci["accuracy_ci_high"]
     assert ci["accuracy_ci_high"] - ci["accuracy_ci_low"] < 0.2
+
+
+def test_bootstrap_figures_are_scikit_learns_on_each_resample():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(3)
+    gold = rng.integers(0, 5, 90)
+    pred = np.where(rng.random(90) < 0.6, gold, rng.integers(0, 5, 90))
+    pred[pred == 4] = 3  # class 4 is never predicted, and one class below is never present: F1 0 by convention
+    gold[gold == 2] = 1
+    draws = np.random.default_rng(7)
+    acc, f1 = [], []
+    for _ in range(50):
+        idx = draws.integers(0, len(gold), len(gold))
+        acc.append(accuracy_score(gold[idx], pred[idx]))
+        f1.append(f1_score(gold[idx], pred[idx], average="macro", labels=range(6), zero_division=0))
+    ci = bootstrap_ci(gold, pred, 6, samples=50, seed=7)
+    assert ci["accuracy_ci_low"] == pytest.approx(np.percentile(acc, 2.5))
+    assert ci["accuracy_ci_high"] == pytest.approx(np.percentile(acc, 97.5))
+    assert ci["macro_f1_ci_low"] == pytest.approx(np.percentile(f1, 2.5))
+    assert ci["macro_f1_ci_high"] == pytest.approx(np.percentile(f1, 97.5))
 
 
 def test_per_class_figures_match_scikit_learn_on_a_fixed_case():
