@@ -2,14 +2,16 @@
 
 `prefect server start` on 127.0.0.1 (PREFECT_HOME in tmp, analytics off), a `process` work pool (and
 the GPU pool, without a worker), `prefect deploy --all` from a tiny copy of the project, `prefect
-worker start`. The test runs the
-pipeline deployment once (for a champion), then the drift-monitor deployment; the monitor's
-`distill.drift.detected` event must start the redistill deployment through its trigger, with the
-event's figures as parameters, and that run must complete. Worker and server are stopped at the end.
+worker start`. A first pipeline run makes a champion (a `distill_pipeline` process against the same
+server, started while the deployments and the worker come up), then the test runs the drift-monitor
+deployment; the monitor's `distill.drift.detected` event must start the redistill deployment through
+its trigger, with the event's figures as parameters, and that run must complete. Worker and server
+are stopped at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -28,6 +30,9 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# The pipeline run that makes the first champion, as `python -c` in the project folder.
+CHAMPION = ("from flows.pipeline import distill_pipeline; "
+            "assert distill_pipeline(project_dir='.', monitor=False)['completed']")
 
 
 def free_port() -> int:
@@ -41,19 +46,31 @@ def start(args: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, grace_s: float = 10) -> None:
+    """Stop ``proc`` and everything it started (its process group): SIGTERM, which a Prefect worker turns
+    into its own shutdown request (SIGINT) and the server obeys at once, then SIGKILL to whatever is left
+    of the group after ``grace_s`` (a worker waits for the flow runs it started; they are in its group)."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace_s)
+    with contextlib.suppress(ProcessLookupError):  # nothing of the group is left
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def finished(proc: subprocess.Popen, timeout_s: float, log: Path) -> int:
+    """``proc``'s exit code; fails the test with the end of ``log`` if it runs longer than ``timeout_s``."""
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{log.name}: still running after {timeout_s}s:\n" + log.read_text()[-4000:])
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """(api url, project dir, logs dir) with server, pool, deployments and worker up."""
+    """(api url, project dir, logs dir, champion run) with server, pools, deployments and worker up; the
+    champion run (a pipeline process, for the monitor's champion) may still be running."""
     tmp = tmp_path_factory.mktemp("deploy")
     project = tiny_project(tmp / "project")
     api = f"http://127.0.0.1:{free_port()}/api"
@@ -63,8 +80,11 @@ def stack(tmp_path_factory):
            "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "GX_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_PROFILE", None)
     port = api.split(":")[2].split("/")[0]
-    server = start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port], env, tmp, tmp / "server.log")
-    worker = None
+    # No scheduler service: the drift-monitor deployment's hourly schedule would otherwise have the worker
+    # start an extra monitor run whenever the test spans a full hour.
+    server = start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port],
+                   {**env, "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}, tmp, tmp / "server.log")
+    worker = champion = None
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -75,18 +95,23 @@ def stack(tmp_path_factory):
                 pass
             assert server.poll() is None and time.monotonic() < deadline, (tmp / "server.log").read_text()[-3000:]
             time.sleep(1)
+        # The champion the monitor needs: one pipeline run, in its own process against this server, started
+        # now so that it trains while the pools, the deployments and the worker come up.
+        champion = start([sys.executable, "-c", CHAMPION], env, project, tmp / "champion.log")
         # Both pools of prefect.yaml (`prefect deploy` refuses a deployment on a missing pool); only the
         # process pool gets a worker: nothing schedules or triggers the GPU deployment.
         for args in (["work-pool", "create", "distill-process", "--type", "process"],
                      ["work-pool", "create", "distill-gpu", "--type", "process"], ["deploy", "--all"]):
             proc = subprocess.run([PREFECT, *args], env=env, cwd=project, capture_output=True, text=True, timeout=300)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        worker = start([PREFECT, "worker", "start", "--pool", "distill-process", "--limit", "2"], env, project,
-                       tmp / "worker.log")
-        yield api, project, tmp
+        # The worker asks for new runs every second (10 s by default) so a run starts as soon as it is created.
+        worker = start([PREFECT, "worker", "start", "--pool", "distill-process", "--limit", "2"],
+                       {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, project, tmp / "worker.log")
+        yield api, project, tmp, champion
     finally:
-        if worker is not None:
-            stop(worker)
+        for proc in (champion, worker):
+            if proc is not None:
+                stop(proc)
         stop(server)
 
 
@@ -117,7 +142,7 @@ def wait_for(api: str, run_id: str, timeout_s: float, logs: Path) -> dict:
         run = call("GET", f"{api}/flow_runs/{run_id}").json()
         if run["state"]["type"] in FINAL:
             return run
-        time.sleep(3)
+        time.sleep(1)
     pytest.fail(f"flow run {run_id} did not finish in {timeout_s}s; worker log:\n"
                 + (logs / "worker.log").read_text()[-4000:])
 
@@ -128,14 +153,15 @@ def runs_of(api: str, deployment: str) -> list[dict]:
 
 
 def test_drift_event_triggers_redistillation_through_the_deployment(stack):
-    api, project, logs = stack
+    api, project, logs, champion = stack
+    pipeline = call("GET", f"{api}/deployments/{deployment_id(api, 'distill_pipeline', 'pipeline')}").json()
+    assert pipeline["work_pool_name"] == "distill-process"
     gpu = call("GET", f"{api}/deployments/{deployment_id(api, 'distill_pipeline', 'pipeline-gpu')}").json()
     assert gpu["work_pool_name"] == "distill-gpu" and gpu["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
     automations = call("POST", f"{api}/automations/filter", json={}).json()
     assert any("redistill" in a["name"] for a in automations), [a["name"] for a in automations]
 
-    first = wait_for(api, run_deployment(api, "distill_pipeline", "pipeline", {"monitor": False}), 900, logs)
-    assert first["state"]["type"] == "COMPLETED", (logs / "worker.log").read_text()[-4000:]
+    assert finished(champion, 900, logs / "champion.log") == 0, (logs / "champion.log").read_text()[-4000:]
 
     monitor = wait_for(api, run_deployment(api, "drift_monitor", "drift-monitor", {}), 600, logs)
     assert monitor["state"]["type"] == "COMPLETED", (logs / "worker.log").read_text()[-4000:]
@@ -147,7 +173,7 @@ def test_drift_event_triggers_redistillation_through_the_deployment(stack):
     deadline = time.monotonic() + 120
     while not runs_of(api, redistill):
         assert time.monotonic() < deadline, "the drift event did not start the redistill deployment"
-        time.sleep(3)
+        time.sleep(1)
     (run,) = runs_of(api, redistill)
     assert run["parameters"]["reason"] == "drift"
     assert run["parameters"]["incident"] == summary["incident"]["incident"]
