@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-size", type=int, default=128)
     parser.add_argument("--heldout-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=20)
-    parser.add_argument("--k", type=int, default=255, help="most tokens a position keeps (lm.topk.k)")
+    parser.add_argument("--k", type=int, help="most tokens a position keeps (default: lm.topk.k of --params)")
     parser.add_argument("--curve-depth", type=int, default=1024, help="depth of the teacher pass the format "
                         "figures are read from")
     parser.add_argument("--budget", type=float, action="append", help="bytes/token budgets of the compared cache "
@@ -92,12 +92,14 @@ def build_config(args: argparse.Namespace):
     from distill.config import load_config
 
     sets = {"lm.prompts.train_size": args.train_size, "lm.prompts.heldout_size": args.heldout_size,
-            "lm.generate.max_new_tokens": args.max_new_tokens, "lm.topk.k": args.k,
+            "lm.generate.max_new_tokens": args.max_new_tokens,
             "lm.student.num_layers": args.layers, "lm.student.hidden_size": args.width,
             "lm.student.num_heads": args.heads, "lm.student.num_kv_heads": args.kv_heads,
             "lm.student.intermediate_size": args.intermediate, "lm.train.epochs": args.epochs,
             "lm.train.batch_size": args.batch_size, "lm.train.learning_rate": args.learning_rate,
             "lm.train.device": "cpu"}
+    if args.k is not None:
+        sets["lm.topk.k"] = args.k
     return load_config(args.params, [f"{k}={v}" for k, v in sets.items()] + args.overrides)
 
 
@@ -124,8 +126,8 @@ def cache_figures(cfg, args, teacher_dir: Path, completions_path: Path, topk_pat
     """The training cache (the lm_topk stage as configured), then every format from one deeper teacher pass.
 
     Each format row is a file written by the library's writer and measured on disk: fixed k = 32 and the
-    ragged water-filled cache at each byte budget, each with float16, uint8 (256 levels) and uint8 on 64
-    levels; then the smallest files whose mean kept mass reaches ``--target-mass`` (positions keep up to
+    ragged water-filled cache at each byte budget, each with float16 and uint8 on 256, 64, 32 and 16 levels;
+    then the smallest files whose mean kept mass reaches ``--target-mass`` (positions keep up to
     the deep pass's depth). Also returns the first budget's uint8 entries with exact (float32) values and
     with each stored format, for the quantisation error of the KL loss (:func:`quantisation_error`).
     """
@@ -165,7 +167,8 @@ def cache_figures(cfg, args, teacher_dir: Path, completions_path: Path, topk_pat
     rows, comparison = [], {}
     fixed = [c.truncate(np.minimum(c.counts, 32)) for c in deep]
     capped = [c.truncate(np.minimum(c.counts, cap)) for c in deep]
-    values = {"float16": ("float16", 256), "uint8": ("uint8", 256), "uint8_64levels": ("uint8", 64)}
+    values = {"float16": ("float16", 256), "uint8": ("uint8", 256), "uint8_64levels": ("uint8", 64),
+              "uint8_32levels": ("uint8", 32), "uint8_16levels": ("uint8", 16)}
     for name, (dtype, levels) in values.items():
         rows.append(fit(f"fixed_k32_{name}", fixed, 32, None, dtype, levels)[0])
     for budget in args.budget:
@@ -255,6 +258,61 @@ def quantisation_error(comparison: dict, completions_path: Path, students: dict[
     return out
 
 
+def loss_fidelity(files: dict[str, Path], completions_path: Path, teacher_dir: Path, students: dict[str, Path],
+                  batch_size: int) -> dict:
+    """Forward KL(teacher || student) per position from each cache file, against the exact figure over
+    the whole vocabulary (the teacher's full distribution, recomputed).
+
+    A cache lumps the tokens it does not keep into one tail bucket, which can only lower the KL, and
+    rounds what it keeps; the gap to the exact KL is the error the training loss inherits from the
+    file. Comparing files of the same size tells which use of the bytes keeps the loss most faithful.
+    """
+    import torch
+
+    from distill.lm.batch import make_batch, selected_logits
+    from distill.lm.generate import read_completions
+    from distill.lm.teacher import load_causal_lm
+    from distill.lm.topk import read_topk
+    from distill.lm.train import TeacherTargets, cached_divergence
+
+    frame, _ = read_completions(completions_path)
+    caches = {name: read_topk(path)[0] for name, path in files.items()}  # all made from these completions
+    teacher = load_causal_lm(teacher_dir)
+    models = {name: load_causal_lm(folder).model.eval() for name, folder in students.items()}
+    exact = dict.fromkeys(models, 0.0)
+    cached = {name: dict.fromkeys(caches, 0.0) for name in models}
+    positions = 0
+    for start in range(0, len(frame), batch_size):
+        rows = frame.iloc[start:start + batch_size]
+        batch = make_batch([list(v) for v in rows["prompt_ids"]], [list(v) for v in rows["completion_ids"]],
+                           [0] * len(rows), teacher.tokenizer.pad_token_id, 100_000)
+        lengths = batch.target_mask.sum(1).tolist()
+        with torch.inference_mode():
+            target = torch.log_softmax(selected_logits(teacher.model.eval(), batch.input_ids, batch.attention_mask,
+                                                       batch.target_mask).float(), -1)
+            for name, model in models.items():
+                logits = selected_logits(model, batch.input_ids, batch.attention_mask, batch.target_mask).float()
+                exact[name] += float((target.exp() * (target - torch.log_softmax(logits, -1))).sum())
+                for fmt, by_id in caches.items():
+                    targets = TeacherTargets.from_caches([by_id[p] for p in rows["prompt_id"]], 0, lengths)
+                    cached[name][fmt] += len(logits) * float(cached_divergence(logits, targets, "forward_kl"))
+        positions += len(target)
+    return {name: {"exact_kl_per_token": round(exact[name] / positions, 6),
+                   "cached_kl_per_token": {fmt: round(v / positions, 6) for fmt, v in cached[name].items()},
+                   "error": {fmt: round((v - exact[name]) / positions, 6) for fmt, v in cached[name].items()}}
+            for name in models}
+
+
+def fidelity_files(cache: dict, training_cache: Path) -> dict[str, Path]:
+    """The files whose loss fidelity is measured: the training cache and every format at the largest budget."""
+    largest = max((r for r in cache["formats"] if r["format"].startswith("budget")),
+                  key=lambda r: float(r["format"][len("budget"):].split("_")[0]), default=None)
+    prefix = largest["format"].split("_")[0] + "_" if largest else None
+    files = {"training cache": training_cache}
+    files.update({r["format"]: Path(r["path"]) for r in cache["formats"] if prefix and r["format"].startswith(prefix)})
+    return files
+
+
 def print_cache_table(console, cache: dict) -> None:
     from rich.table import Table
 
@@ -279,6 +337,9 @@ def print_cache_table(console, cache: dict) -> None:
     for student, q in cache.get("quantisation", {}).items():
         console.print(f"KL(teacher || {student}) per token on the same entries: {q['kl_per_token']}; "
                       f"difference from exact: {q['difference_from_exact']}")
+    for student, f in cache.get("fidelity", {}).items():
+        console.print(f"KL(teacher || {student}) per token over the whole vocabulary: {f['exact_kl_per_token']}; "
+                      f"from each file, minus that: {f['error']}")
 
 
 def evaluate(cfg, args, teacher_dir: Path, completions_path: Path, students: dict[str, Path], say) -> dict:
@@ -330,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache_only:
         trained = {p.name: p for p in sorted(work.glob("*distilled*")) if (p / "config.json").is_file()}
         cache["quantisation"] = quantisation_error(comparison, paths["completions"], trained, args.batch_size)
+        cache["fidelity"] = loss_fidelity(fidelity_files(cache, paths["topk"]), paths["completions"], teacher_dir,
+                                          trained, args.batch_size)
         print_cache_table(console, cache)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -348,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     students["undistilled"] = work / "undistilled"
     lap("train_undistilled")
     cache["quantisation"] = quantisation_error(comparison, paths["completions"], students, args.batch_size)
+    cache["fidelity"] = loss_fidelity(fidelity_files(cache, paths["topk"]), paths["completions"], teacher_dir,
+                                      students, args.batch_size)
     evaluation = evaluate(cfg, args, teacher_dir, paths["completions"], students, say)
     lap("evaluate")
 
