@@ -8,8 +8,6 @@ import logging
 import socket
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("distill", "flows", "tasks", "monitoring")
 SECRET = "sk-planted-SECRET-7f3a9c"
