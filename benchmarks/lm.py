@@ -219,13 +219,12 @@ def smallest_for_mass(deep: list, mass: float) -> list | None:
     return best
 
 
-def quantisation_error(comparison: dict, completions_path: Path, students: dict[str, Path], batch_size: int) -> dict:
-    """Forward KL(teacher || student) per position on the same cache entries with each value format.
-
-    The students are real (trained) ones, so the KL is not at its minimum and the value error shows
-    up to first order; the difference from the exact float32 values is the quantisation error.
+def cached_kl(cache_sets: dict[str, dict], completions_path: Path, students: dict[str, Path], batch_size: int,
+              teacher_dir: Path | None = None) -> tuple[dict, dict]:
+    """Forward KL(teacher || student) per position from each set of caches (name -> caches by prompt id), per
+    student; with ``teacher_dir`` also the exact KL over the whole vocabulary (the teacher's full
+    distribution, recomputed). One pass over the completions: each student runs once per batch.
     """
-    import numpy as np
     import torch
 
     from distill.lm.batch import make_batch, selected_logits
@@ -234,23 +233,43 @@ def quantisation_error(comparison: dict, completions_path: Path, students: dict[
     from distill.lm.train import TeacherTargets, cached_divergence
 
     frame, _ = read_completions(completions_path)
-    out = {}
-    for name, folder in students.items():
-        lm = load_causal_lm(folder)
-        sums, positions = dict.fromkeys(comparison, 0.0), 0
-        for start in range(0, len(frame), batch_size):
-            rows = frame.iloc[start:start + batch_size]
-            batch = make_batch([list(v) for v in rows["prompt_ids"]], [list(v) for v in rows["completion_ids"]],
-                               [0] * len(rows), lm.tokenizer.pad_token_id, 100_000)
-            with torch.inference_mode():
+    loaded = {name: load_causal_lm(folder) for name, folder in students.items()}
+    teacher = load_causal_lm(teacher_dir) if teacher_dir is not None else None
+    pad = next(iter(loaded.values())).tokenizer.pad_token_id
+    sums = {name: dict.fromkeys(cache_sets, 0.0) for name in loaded}
+    exact = dict.fromkeys(loaded, 0.0)
+    positions = 0
+    for start in range(0, len(frame), batch_size):
+        rows = frame.iloc[start:start + batch_size]
+        batch = make_batch([list(v) for v in rows["prompt_ids"]], [list(v) for v in rows["completion_ids"]],
+                           [0] * len(rows), pad, 100_000)
+        lengths = batch.target_mask.sum(1).tolist()
+        with torch.inference_mode():
+            target = None if teacher is None else torch.log_softmax(selected_logits(
+                teacher.model.eval(), batch.input_ids, batch.attention_mask, batch.target_mask).float(), -1)
+            for name, lm in loaded.items():
                 logits = selected_logits(lm.model.eval(), batch.input_ids, batch.attention_mask,
                                          batch.target_mask).float()
-            lengths = batch.target_mask.sum(1).tolist()
-            for fmt, caches in comparison.items():
-                targets = TeacherTargets.from_caches([caches[p] for p in rows["prompt_id"]], 0, lengths)
-                sums[fmt] += len(logits) * float(cached_divergence(logits, targets, "forward_kl"))
-            positions += len(logits)
-        kl = {fmt: total / positions for fmt, total in sums.items()}
+                if target is not None:
+                    exact[name] += float((target.exp() * (target - torch.log_softmax(logits, -1))).sum())
+                for fmt, caches in cache_sets.items():
+                    targets = TeacherTargets.from_caches([caches[p] for p in rows["prompt_id"]], 0, lengths)
+                    sums[name][fmt] += len(logits) * float(cached_divergence(logits, targets, "forward_kl"))
+        positions += int(batch.target_mask.sum())
+    return ({name: {fmt: total / positions for fmt, total in kl.items()} for name, kl in sums.items()},
+            {name: total / positions for name, total in exact.items()} if teacher is not None else {})
+
+
+def quantisation_error(comparison: dict, completions_path: Path, students: dict[str, Path], batch_size: int) -> dict:
+    """Forward KL(teacher || student) per position on the same cache entries with each value format.
+
+    The students are real (trained) ones, so the KL is not at its minimum and the value error shows
+    up to first order; the difference from the exact float32 values is the quantisation error.
+    """
+    import numpy as np
+
+    out = {}
+    for name, kl in cached_kl(comparison, completions_path, students, batch_size)[0].items():
         exact = kl["float32 (exact)"]
         out[name] = {"kl_per_token": {fmt: round(v, 6) for fmt, v in kl.items()},
                      "difference_from_exact": {fmt: float(np.format_float_scientific(v - exact, 2))
@@ -267,40 +286,14 @@ def loss_fidelity(files: dict[str, Path], completions_path: Path, teacher_dir: P
     rounds what it keeps; the gap to the exact KL is the error the training loss inherits from the
     file. Comparing files of the same size tells which use of the bytes keeps the loss most faithful.
     """
-    import torch
-
-    from distill.lm.batch import make_batch, selected_logits
-    from distill.lm.generate import read_completions
-    from distill.lm.teacher import load_causal_lm
     from distill.lm.topk import read_topk
-    from distill.lm.train import TeacherTargets, cached_divergence
 
-    frame, _ = read_completions(completions_path)
     caches = {name: read_topk(path)[0] for name, path in files.items()}  # all made from these completions
-    teacher = load_causal_lm(teacher_dir)
-    models = {name: load_causal_lm(folder).model.eval() for name, folder in students.items()}
-    exact = dict.fromkeys(models, 0.0)
-    cached = {name: dict.fromkeys(caches, 0.0) for name in models}
-    positions = 0
-    for start in range(0, len(frame), batch_size):
-        rows = frame.iloc[start:start + batch_size]
-        batch = make_batch([list(v) for v in rows["prompt_ids"]], [list(v) for v in rows["completion_ids"]],
-                           [0] * len(rows), teacher.tokenizer.pad_token_id, 100_000)
-        lengths = batch.target_mask.sum(1).tolist()
-        with torch.inference_mode():
-            target = torch.log_softmax(selected_logits(teacher.model.eval(), batch.input_ids, batch.attention_mask,
-                                                       batch.target_mask).float(), -1)
-            for name, model in models.items():
-                logits = selected_logits(model, batch.input_ids, batch.attention_mask, batch.target_mask).float()
-                exact[name] += float((target.exp() * (target - torch.log_softmax(logits, -1))).sum())
-                for fmt, by_id in caches.items():
-                    targets = TeacherTargets.from_caches([by_id[p] for p in rows["prompt_id"]], 0, lengths)
-                    cached[name][fmt] += len(logits) * float(cached_divergence(logits, targets, "forward_kl"))
-        positions += len(target)
-    return {name: {"exact_kl_per_token": round(exact[name] / positions, 6),
-                   "cached_kl_per_token": {fmt: round(v / positions, 6) for fmt, v in cached[name].items()},
-                   "error": {fmt: round((v - exact[name]) / positions, 6) for fmt, v in cached[name].items()}}
-            for name in models}
+    cached, exact = cached_kl(caches, completions_path, students, batch_size, teacher_dir)
+    return {name: {"exact_kl_per_token": round(exact[name], 6),
+                   "cached_kl_per_token": {fmt: round(v, 6) for fmt, v in kl.items()},
+                   "error": {fmt: round(v - exact[name], 6) for fmt, v in kl.items()}}
+            for name, kl in cached.items()}
 
 
 def fidelity_files(cache: dict, training_cache: Path) -> dict[str, Path]:
