@@ -75,7 +75,16 @@ def prepare(out: Annotated[Path, typer.Option(help="Output folder.")] = Path("da
     """Build, split and validate the data set."""
     from distill import data
 
-    _finish(_stage(lambda: data.run(_config(params, set_), out, incoming)))
+    result = _stage(lambda: data.run(_config(params, set_), out, incoming))
+    _finish(result)
+    report = result.report
+    console.print(f"prepare: {report.rows_read} rows read, {report.labelled} labelled and {report.unlabelled} "
+                  f"unlabelled distinct texts; labels used: {report.gold}; " + ", ".join(
+                      f"{name} {size}" for name, size in result.sizes.items()))
+    for why, rows in report.left_out.items():
+        console.print(f"  left out: {rows} rows, {why}")
+    for note in report.notes:
+        console.print(f"  note: {note}")
 
 
 @app.command()

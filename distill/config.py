@@ -35,14 +35,40 @@ class DataConfig(_Section):
     text_column: str = Field("text", description="Column holding the input text.")
     label_column: str = Field("label", description="Column holding the gold label.")
     language: str = Field("en", description="Language of the default intent data set.")
+    gold: Literal["auto", "all", "per_label"] = Field(
+        "auto",
+        description="How labelled rows are used. all: every one (test and validation sets sized by test_share / "
+        "val_share, stratified; the rest trains the bootstrapped teacher and anchors the student's hard-label "
+        "term). per_label: the limited-label scenario, gold_per_label rows per label split by gold_fractions; "
+        "the other labelled rows join the unlabelled transfer set. auto: per_label for the built-in intent "
+        "data (that is its scenario), all for a file.",
+    )
     gold_per_label: int = Field(
-        48, ge=3, description="Labelled examples kept per label (split into train/val/test)."
+        48, ge=3, description="per_label: labelled examples kept per label (split into train/val/test)."
     )
     gold_fractions: tuple[float, float, float] = Field(
-        (0.34, 0.16, 0.5), description="Train / validation / test shares of the gold set."
+        (0.34, 0.16, 0.5), description="per_label: train / validation / test shares of the gold set."
     )
-    transfer_size: int = Field(
-        3000, ge=1, description="Unlabelled transfer inputs the teacher labels."
+    test_share: float = Field(
+        0.2, gt=0, lt=1, description="all: share of the labelled rows held out as the test set (stratified)."
+    )
+    max_test_rows: int = Field(
+        2000, ge=10, description="all: the largest test set (2,000 rows give a 95 % interval of about +-2 points)."
+    )
+    val_share: float = Field(
+        0.1, gt=0, lt=1, description="all: share of the labelled rows held out for early stopping (stratified)."
+    )
+    max_val_rows: int = Field(1000, ge=5, description="all: the largest validation set.")
+    transfer_size: int | None = Field(
+        None, ge=1,
+        description="Most unlabelled texts the teacher labels (a sample when there are more). null: every "
+        "unlabelled text within distill_rows; the built-in intent scenario takes 3,000.",
+    )
+    distill_rows: int = Field(
+        20_000, ge=10,
+        description="Budget of the distillation set: the most texts (gold training rows plus transfer rows) the "
+        "teacher labels and the student trains on. Larger files are sampled, and prepare says how many rows "
+        "were left out.",
     )
     production_windows: int = Field(
         4, ge=1, description="Windows of in-domain simulated production traffic."
@@ -57,6 +83,13 @@ class DataConfig(_Section):
     slice_columns: list[str] = Field(
         default_factory=list, description="Extra columns of the user's data kept as audit slices."
     )
+
+    @model_validator(mode="after")
+    def _held_out_leaves_training_rows(self) -> "DataConfig":
+        if self.test_share + self.val_share >= 0.9:
+            raise ValueError(f"test_share + val_share is {self.test_share + self.val_share:.2f}; keep it below "
+                             "0.9 so that rows are left to train on")
+        return self
 
     @field_validator("gold_fractions")
     @classmethod

@@ -12,7 +12,7 @@ Splits written to the prepared folder:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ USER_SPLIT_NAMES = {
     "val": "gold_val", "valid": "gold_val", "validation": "gold_val", "dev": "gold_val",
     "test": "gold_test",
 }
+BUILTIN_TRANSFER_SIZE = 3000  # the built-in intent scenario's unlabelled pool (data.transfer_size: null)
 READERS = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True),
            ".json": pd.read_json, ".parquet": pd.read_parquet}
 
@@ -37,11 +38,24 @@ class DataError(ValueError):
 
 
 @dataclass
+class SplitReport:
+    """What prepare used and what it left out, and why (``report.json`` beside the splits)."""
+
+    gold: str                  # all | per_label | split column: how the labelled rows were used
+    rows_read: int
+    labelled: int              # distinct labelled texts
+    unlabelled: int            # distinct texts without a label
+    left_out: dict[str, int]   # why -> rows
+    notes: list[str]
+
+
+@dataclass
 class PrepareResult:
     out_dir: Path
     labels: list[str]
     sizes: dict[str, int]
     source: str
+    report: SplitReport
 
 
 def load_examples(cfg: DataConfig) -> pd.DataFrame:
@@ -131,15 +145,24 @@ def check_labels(frame: pd.DataFrame, path: Path) -> None:
                         f"(counting from 1) hold {str(text)[:60]!r} as {found}; keep one label per text")
 
 
-def split_gold(labelled: pd.DataFrame, cfg: DataConfig, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
-    """Take up to ``gold_per_label`` examples per label and split them train/val/test."""
-    too_small = labelled["label"].value_counts()
-    too_small = too_small[too_small < 3]
-    if len(too_small):
+def check_label_counts(labelled: pd.DataFrame, source: str) -> None:
+    """Every label needs one example per gold split; a label column of unique values is no label column."""
+    counts = labelled["label"].value_counts()
+    too_small = counts[counts < 3]
+    if not len(too_small):
+        return
+    if len(too_small) > len(counts) / 2:
         raise DataError(
-            f"labels {dict(too_small)} have fewer than 3 examples; each needs one per gold split "
-            "(add examples or drop the label)"
-        )
+            f"{source}: {len(too_small)} of {len(counts)} labels have fewer than 3 examples (e.g. "
+            f"{dict(too_small.head(3))}); a column of mostly unique values looks like an id or a free-text "
+            "column, not a label: check data.label_column")
+    raise DataError(
+        f"{source}: labels {dict(too_small.head(10))} have fewer than 3 examples; each needs one per gold split "
+        "(add examples or drop the label)")
+
+
+def split_gold(labelled: pd.DataFrame, cfg: DataConfig, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+    """per_label: take up to ``gold_per_label`` examples per label and split them train/val/test."""
     parts: dict[str, list[pd.DataFrame]] = {"gold_train": [], "gold_val": [], "gold_test": [], "rest": []}
     for _, group in labelled.groupby("label", sort=True):
         group = group.iloc[rng.permutation(len(group))]
@@ -152,6 +175,42 @@ def split_gold(labelled: pd.DataFrame, cfg: DataConfig, rng: np.random.Generator
         parts["gold_test"].append(group.iloc[n_train + n_val:n])
         parts["rest"].append(group.iloc[n:])
     return {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
+
+
+def held_out_sizes(n: int, cfg: DataConfig) -> tuple[int, int]:
+    """all: (test rows, validation rows) for ``n`` labelled rows, from the shares and their caps."""
+    return min(round(n * cfg.test_share), cfg.max_test_rows), min(round(n * cfg.val_share), cfg.max_val_rows)
+
+
+def split_all(labelled: pd.DataFrame, cfg: DataConfig, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+    """all: stratified test and validation sets sized from the data; every other labelled row trains.
+
+    Each label keeps its share of the held-out rows (at least one in each, and one to train on), so
+    a rare label is tested and a frequent one does not crowd the test set.
+    """
+    n_test, n_val = held_out_sizes(len(labelled), cfg)
+    parts: dict[str, list[pd.DataFrame]] = {"gold_train": [], "gold_val": [], "gold_test": []}
+    for _, group in labelled.groupby("label", sort=True):
+        group = group.iloc[rng.permutation(len(group))]
+        share = len(group) / len(labelled)
+        k_test = max(1, round(share * n_test))
+        k_val = max(1, min(round(share * n_val), len(group) - k_test - 1))
+        k_test = min(k_test, len(group) - k_val - 1)
+        parts["gold_test"].append(group.iloc[:k_test])
+        parts["gold_val"].append(group.iloc[k_test:k_test + k_val])
+        parts["gold_train"].append(group.iloc[k_test + k_val:])
+    return {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
+
+
+def sample_stratified(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:
+    """About ``n`` rows of ``frame`` keeping each label's share (and at least one row of each label)."""
+    if len(frame) <= n:
+        return frame
+    keep = []
+    for _, group in frame.groupby("label", sort=True):
+        k = max(1, int(len(group) * n / len(frame)))
+        keep.append(group.iloc[rng.permutation(len(group))[:k]])
+    return pd.concat(keep, ignore_index=True)
 
 
 def check_user_splits(frame: pd.DataFrame, source: str) -> dict[str, pd.DataFrame]:
@@ -179,19 +238,40 @@ def take_windows(pool: pd.DataFrame, n_windows: int, size: int, start: int, shif
     return rows
 
 
+def gold_mode(cfg: DataConfig, builtin: bool) -> str:
+    """How labelled rows are used: ``data.gold``, with auto resolved for the source."""
+    if cfg.gold != "auto":
+        return cfg.gold
+    return "per_label" if builtin else "all"
+
+
 def split_examples(examples: pd.DataFrame, shifted_pool: pd.DataFrame | None, cfg: DataConfig,
-                   seed: int, source: str) -> dict[str, pd.DataFrame]:
-    """Split examples into the five prepared splits."""
+                   seed: int, source: str, builtin: bool = False) -> tuple[dict[str, pd.DataFrame], SplitReport]:
+    """Split examples into the five prepared splits, and say what was used and what was left out."""
     rng = np.random.default_rng(seed)
+    rows_read = len(examples)
     examples = examples.drop_duplicates("text").reset_index(drop=True)
-    labelled = examples[examples["label"].notna()]
+    left_out: dict[str, int] = {}
+    if rows_read > len(examples):
+        left_out["duplicate texts (the first of each is kept)"] = rows_read - len(examples)
+    labelled, unlabelled = examples[examples["label"].notna()], examples[examples["label"].isna()]
     if labelled.empty:
         raise DataError(f"{source}: no row has a label; the gold set needs labelled examples")
+    notes: list[str] = []
     if "split" in examples.columns and examples["split"].notna().any():
-        parts = check_user_splits(examples, source)
+        mode, parts = "split column", check_user_splits(examples, source)
     else:
-        parts = split_gold(labelled, cfg, rng)
-        parts["rest"] = pd.concat([parts["rest"], examples[examples["label"].isna()]], ignore_index=True)
+        check_label_counts(labelled, source)
+        mode = gold_mode(cfg, builtin)
+        if mode == "per_label":
+            parts = split_gold(labelled, cfg, rng)
+            if len(parts["rest"]):
+                notes.append(f"{len(parts['rest'])} labelled rows beyond data.gold_per_label={cfg.gold_per_label} "
+                             "are used without their labels (transfer set, simulated traffic); data.gold: all "
+                             "uses every label")
+            parts["rest"] = pd.concat([parts["rest"], unlabelled], ignore_index=True)
+        else:
+            parts = split_all(labelled, cfg, rng) | {"rest": unlabelled}
     rest = parts.pop("rest").sample(frac=1.0, random_state=seed).reset_index(drop=True)
     if "emerging" in examples.columns:
         # Emerging intents (default data): gold examples only; the rest arrives with the shifted traffic.
@@ -201,9 +281,26 @@ def split_examples(examples: pd.DataFrame, shifted_pool: pd.DataFrame | None, cf
         rest = rest[~emerging].reset_index(drop=True)
         parts = {name: frame.drop(columns="emerging") for name, frame in parts.items()}
         rest = rest.drop(columns="emerging")
-    n_prod = min(cfg.production_windows * cfg.window_size, len(rest) // 3)
-    production = take_windows(rest.iloc[:n_prod], cfg.production_windows, cfg.window_size, 0, False, rng)
-    transfer = rest.iloc[n_prod:n_prod + cfg.transfer_size].copy()
+    if len(parts["gold_train"]) > cfg.distill_rows:
+        kept = sample_stratified(parts["gold_train"], cfg.distill_rows, rng)
+        left_out[f"labelled training rows over data.distill_rows={cfg.distill_rows}"] = (
+            len(parts["gold_train"]) - len(kept))
+        parts["gold_train"] = kept
+    if mode == "per_label":
+        n_prod = min(cfg.production_windows * cfg.window_size, len(rest) // 3)
+        production = take_windows(rest.iloc[:n_prod], cfg.production_windows, cfg.window_size, 0, False, rng)
+        rest = rest.iloc[n_prod:]
+    else:
+        # No spare labelled rows: the simulated traffic replays test rows (never trained on, labels known).
+        production = take_windows(parts["gold_test"], cfg.production_windows, cfg.window_size, 0, False, rng)
+        notes.append(f"simulated production traffic replays {len(production)} test rows")
+    budget = cfg.distill_rows - len(parts["gold_train"])
+    if cfg.transfer_size is not None or builtin:
+        budget = min(budget, cfg.transfer_size or BUILTIN_TRANSFER_SIZE)
+    transfer = rest.iloc[:max(budget, 0)].copy()
+    if len(rest) > len(transfer):
+        left_out["unlabelled texts over the transfer budget (data.transfer_size, data.distill_rows)"] = (
+            len(rest) - len(transfer))
     if shifted_pool is not None and cfg.shifted_windows:
         taken = pd.concat([frame["text"] for frame in parts.values()] + [production["text"], transfer["text"]])
         shifted_pool = shifted_pool[~shifted_pool["text"].isin(taken)].drop_duplicates("text")
@@ -215,7 +312,8 @@ def split_examples(examples: pd.DataFrame, shifted_pool: pd.DataFrame | None, cf
     production = production.rename(columns={"label": "true_label"})
     production["label"] = pd.NA
     production["request_id"] = np.arange(len(production))
-    return {**parts, "transfer": transfer.reset_index(drop=True), "production": production}
+    report = SplitReport(mode, rows_read, len(labelled), len(unlabelled), left_out, notes)
+    return {**parts, "transfer": transfer.reset_index(drop=True), "production": production}, report
 
 
 def validate_splits(splits: dict[str, pd.DataFrame], labels: list[str], cfg: DataConfig, source: str) -> None:
@@ -262,7 +360,7 @@ def run(cfg: PipelineConfig, out_dir: Path, incoming_dir: Path | None = None) ->
         examples, shifted_pool, source = load_examples(data_cfg), None, str(data_cfg.path)
     contracts.check_frame(examples.dropna(subset=["label"])[["text", "label"]], "raw_examples", source=source,
                           parameters={"max_text_chars": data_cfg.max_text_chars})
-    splits = split_examples(examples, shifted_pool, data_cfg, cfg.seed, source)
+    splits, report = split_examples(examples, shifted_pool, data_cfg, cfg.seed, source, builtin=data_cfg.path is None)
     add_incoming(splits, read_incoming(incoming_dir))
     labels = sorted(splits["gold_train"]["label"].unique())
     validate_splits(splits, labels, data_cfg, source)
@@ -270,8 +368,10 @@ def run(cfg: PipelineConfig, out_dir: Path, incoming_dir: Path | None = None) ->
         for name, frame in splits.items():
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
         write_json(tmp / "labels.json", {"labels": labels, "source": source})
-    sizes = {name: len(frame) for name, frame in splits.items()}
-    return PrepareResult(out_dir, labels, sizes, source)
+        sizes = {name: len(frame) for name, frame in splits.items()}
+        write_json(tmp / "report.json", {"source": source, "labels": len(labels), "splits": sizes,
+                                         **asdict(report)})
+    return PrepareResult(out_dir, labels, sizes, source, report)
 
 
 def read_split(prepared: Path, name: str) -> pd.DataFrame:

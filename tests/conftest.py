@@ -76,7 +76,7 @@ def tiny_params(data_path: Path | None) -> dict:
     return {
         "seed": 3,
         "data": {"path": str(data_path) if data_path else None, "text_column": "utterance",
-                 "label_column": "intent", "gold_per_label": 12, "transfer_size": 40,
+                 "label_column": "intent", "gold": "per_label", "gold_per_label": 12, "transfer_size": 40,
                  "production_windows": 1, "shifted_windows": 0, "window_size": 10},
         "teacher": {"epochs": 1, "batch_size": 16, "min_accuracy": 0.0, "min_macro_f1": 0.0},
         "student": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64},

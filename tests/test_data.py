@@ -133,3 +133,95 @@ def test_emerging_intents_are_gold_only_until_the_shift(tmp_path):
     late = production[production["shifted"]]
     assert not emerging & set(early["true_label"]), "emerging intents must not appear before the shift"
     assert emerging & set(late["true_label"]), "the shifted traffic must bring the emerging intents"
+
+
+def labelled_file(tmp_path, counts: dict[str, int], unlabelled: int = 0, name: str = "data.csv"):
+    """A file of distinct texts with ``counts[label]`` rows per label and ``unlabelled`` rows without one."""
+    rows = [{"utterance": f"{label} example number {i}", "intent": label}
+            for label, n in counts.items() for i in range(n)]
+    rows += [{"utterance": f"unlabelled text {i}", "intent": None} for i in range(unlabelled)]
+    path = tmp_path / name
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def all_cfg(path, **data_overrides):
+    return cfg_for(path, **({"gold": "auto", "transfer_size": None} | data_overrides))
+
+
+def test_a_labelled_file_uses_every_label_with_held_out_sets_sized_from_the_data(tmp_path):
+    path = labelled_file(tmp_path, {"pos": 600, "neg": 400}, unlabelled=50)
+    result = data.run(all_cfg(path), tmp_path / "out")
+    splits = {name: data.read_split(tmp_path / "out", name) for name in data.SPLITS}
+    assert result.report.gold == "all"
+    assert (len(splits["gold_test"]), len(splits["gold_val"]), len(splits["gold_train"])) == (200, 100, 700)
+    # Stratified: each label keeps its share of the test set.
+    assert splits["gold_test"]["label"].value_counts().to_dict() == {"pos": 120, "neg": 80}
+    assert len(splits["transfer"]) == 50 and splits["transfer"]["label"].isna().all()
+    texts = [t for name in ("gold_train", "gold_val", "gold_test", "transfer") for t in splits[name]["text"]]
+    assert len(texts) == len(set(texts)) == 1050
+    # No spare labelled rows: the simulated traffic replays test rows, with their labels.
+    assert set(splits["production"]["text"]) <= set(splits["gold_test"]["text"])
+    assert splits["production"]["true_label"].notna().all()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["gold"] == "all" and report["labelled"] == 1000 and report["left_out"] == {}
+
+
+def test_held_out_sets_are_capped_and_every_label_is_tested(tmp_path):
+    counts = {f"label{i:02d}": 3 + i * 40 for i in range(30)}  # 3 to 1163 rows per label
+    path = labelled_file(tmp_path, counts)
+    splits = data.split_examples(data.load_examples(all_cfg(path).data), None,
+                                 all_cfg(path, max_test_rows=500, max_val_rows=300).data, 1, "x")[0]
+    assert abs(len(splits["gold_test"]) - 500) <= 30 and abs(len(splits["gold_val"]) - 300) <= 30
+    for name in ("gold_train", "gold_val", "gold_test"):
+        assert set(splits[name]["label"]) == set(counts), f"a label is missing from {name}"
+
+
+def test_the_distillation_budget_samples_large_files_and_says_so(tmp_path):
+    path = labelled_file(tmp_path, {"a": 900, "b": 300}, unlabelled=500)
+    cfg = all_cfg(path, distill_rows=600)
+    splits, report = data.split_examples(data.load_examples(cfg.data), None, cfg.data, 1, "x")
+    assert len(splits["gold_train"]) + len(splits["transfer"]) <= 600
+    assert set(splits["gold_train"]["label"]) == {"a", "b"}
+    assert report.left_out == {
+        "labelled training rows over data.distill_rows=600": 840 - len(splits["gold_train"]),
+        "unlabelled texts over the transfer budget (data.transfer_size, data.distill_rows)": 500}
+
+
+def test_per_label_mode_keeps_the_limited_label_scenario_and_reports_the_unused_labels(tmp_path):
+    path = labelled_file(tmp_path, {"a": 100, "b": 100})
+    cfg = all_cfg(path, gold="per_label", gold_per_label=20)
+    splits, report = data.split_examples(data.load_examples(cfg.data), None, cfg.data, 1, "x")
+    assert sum(len(splits[s]) for s in ("gold_train", "gold_val", "gold_test")) == 40
+    assert report.gold == "per_label"
+    assert any("160 labelled rows beyond data.gold_per_label=20" in note for note in report.notes)
+
+
+def test_a_split_column_still_wins(tmp_path):
+    frame = make_examples().rename(columns={"text": "utterance", "label": "intent"}).sample(frac=1.0, random_state=0)
+    frame["split"] = ["train"] * 80 + ["validation"] * 20 + ["test"] * 20
+    path = tmp_path / "split.csv"
+    frame.to_csv(path, index=False)
+    splits, report = data.split_examples(data.load_examples(all_cfg(path).data), None, all_cfg(path).data, 1, "x")
+    assert report.gold == "split column"
+    assert [len(splits[s]) for s in ("gold_train", "gold_val", "gold_test")] == [80, 20, 20]
+
+
+def test_a_label_column_of_unique_values_is_named_as_such(tmp_path):
+    path = tmp_path / "ids.csv"
+    pd.DataFrame({"utterance": [f"text {i}" for i in range(50)], "intent": [f"id{i}" for i in range(50)]}
+                 ).to_csv(path, index=False)
+    with pytest.raises(data.DataError, match=r"50 of 50 labels have fewer than 3 examples.*check data.label_column"):
+        data.run(all_cfg(path), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_builtin_scenario_stays_limited_label(tmp_path):
+    from distill.intents import build_intent_examples
+
+    cfg = config_from_dict({"seed": 5, "data": {"production_windows": 1, "shifted_windows": 0}})
+    examples, _ = build_intent_examples(seed=5)
+    splits, report = data.split_examples(examples, None, cfg.data, 5, "x", builtin=True)
+    assert report.gold == "per_label"
+    assert len(splits["transfer"]) == data.BUILTIN_TRANSFER_SIZE
+    assert splits["gold_test"]["label"].value_counts().max() <= cfg.data.gold_per_label
