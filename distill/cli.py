@@ -119,7 +119,7 @@ def validate_teacher(prepared: Prepared = Path("data/prepared"), teacher: Teache
     _finish(gate)
     if not gate.passed:
         console.print("[bold red]teacher gate failed[/]: " + "; ".join(gate.reasons)
-                      + f". Report: {out / 'gate.json'}. Improve the teacher or lower teacher.min_accuracy.")
+                      + f". Report: {out / 'gate.json'}")
         raise typer.Exit(1)
 
 

@@ -18,13 +18,32 @@ class GateReport:
 
 
 def check_teacher(metrics: dict[str, float], cfg: TeacherConfig) -> GateReport:
-    """Is the teacher good enough to be worth distilling (gold test accuracy and macro-F1)?"""
+    """Is the teacher good enough to be worth distilling (gold test accuracy and macro-F1)?
+
+    ``metrics`` may also say how many examples the teacher was tested on (``test_size``), trained on
+    (``train_size``) and whether it was bootstrapped; a failed gate then says what to change.
+    """
     reasons, passed = [], True
     for key, floor in (("accuracy", cfg.min_accuracy), ("macro_f1", cfg.min_macro_f1)):
         ok = metrics[key] >= floor
         passed &= ok
         reasons.append(f"teacher {key} {metrics[key]:.3f} {'>=' if ok else '<'} minimum {floor:.3f}")
+    if not passed:
+        reasons.append(teacher_advice(metrics))
     return GateReport(passed, reasons)
+
+
+def teacher_advice(metrics: dict) -> str:
+    """What a user can change when the teacher gate fails, with the sizes it was judged on."""
+    sizes = f"tested on {metrics['test_size']} gold examples" if metrics.get("test_size") else "tested"
+    if metrics.get("bootstrapped"):
+        trained = f"fine-tuned on {metrics['train_size']}" if metrics.get("train_size") else "fine-tuned"
+        return (f"the bootstrapped teacher was {trained} and {sizes}: give it more labelled data (data.gold: all "
+                "uses every labelled row; data.gold_per_label in per_label mode; a `split` column), a larger budget "
+                "(teacher.max_steps, teacher.epochs), or your own fine-tuned model (teacher.path); or lower "
+                "teacher.min_accuracy / teacher.min_macro_f1")
+    return (f"the given teacher (teacher.path) was {sizes}: check that it was trained for this task and label set, "
+            "or lower teacher.min_accuracy / teacher.min_macro_f1")
 
 
 def label_accuracy(labels: Sequence[str], predicted: Sequence[str]) -> dict[str, dict[str, float]]:

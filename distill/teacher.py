@@ -19,7 +19,7 @@ from distill.gates import GateReport, check_teacher
 from distill.io import atomic_dir, write_json
 from distill.models import (Classifier, ModelError, init_from_encoder, load_classifier, packaged_encoder_path,
                             predict_logits, read_card, resolve_fetched, save_classifier)
-from distill.trainer import TrainData, TrainSettings, steps_for, train
+from distill.trainer import TrainData, TrainResult, TrainSettings, steps_for, train
 
 
 @dataclass
@@ -44,18 +44,24 @@ def gold_data(prepared: Path, split: str, labels: list[str]) -> TrainData:
     return TrainData(frame["text"].tolist(), label_ids(labels, frame["label"]))
 
 
-def bootstrap(cfg: PipelineConfig, prepared: Path, labels: list[str]) -> tuple[Classifier, float]:
+def bootstrap(cfg: PipelineConfig, prepared: Path, labels: list[str]) -> tuple[Classifier, TrainResult]:
     """Fine-tune the packaged all-MiniLM-L6-v2 on the gold training set."""
     torch.manual_seed(cfg.seed)  # the new classification head's initial weights
     clf = init_from_encoder(packaged_encoder_path(), labels)
     train_set, val_set = gold_data(prepared, "gold_train", labels), gold_data(prepared, "gold_val", labels)
     t = cfg.teacher
+    max_steps = steps_for(len(train_set), t.batch_size, t.epochs)
+    if t.max_steps is not None and max_steps > t.max_steps:
+        print(f"teacher fine-tuning: {t.epochs} epochs of {len(train_set)} texts would take {max_steps} steps; "
+              f"stopping at teacher.max_steps={t.max_steps} ({t.max_steps * t.batch_size / len(train_set):.1f} "
+              "passes)", flush=True)
+        max_steps = t.max_steps
+    # Validation about five times over the budget (once per epoch on a small gold set); the best weights are kept.
+    eval_every = max(1, min(steps_for(len(train_set), t.batch_size, 1), -(-max_steps // 5)))
     settings = TrainSettings(
-        max_steps=steps_for(len(train_set), t.batch_size, t.epochs), batch_size=t.batch_size,
-        learning_rate=t.learning_rate, max_length=t.max_length, patience=10**6,
-        eval_every=max(1, steps_for(len(train_set), t.batch_size, 1)), device=cfg.train.device, seed=cfg.seed)
-    result = train(clf, train_set, val_set, settings, progress="teacher fine-tuning")
-    return clf, result.best_val_accuracy
+        max_steps=max_steps, batch_size=t.batch_size, learning_rate=t.learning_rate, max_length=t.max_length,
+        patience=10**6, eval_every=eval_every, device=cfg.train.device, seed=cfg.seed)
+    return clf, train(clf, train_set, val_set, settings, progress="teacher fine-tuning")
 
 
 def resolve_teacher_path(cfg: PipelineConfig, imported_dir: Path | None) -> Path | None:
@@ -74,15 +80,18 @@ def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path |
     labels = data_stage.read_labels(prepared)
     given = teacher_path or resolve_teacher_path(cfg, imported_dir)
     with atomic_dir(out_dir) as tmp:
+        extra: dict = {}
         if given is None:
-            clf, val_accuracy = bootstrap(cfg, prepared, labels)
-            source, boot = f"bootstrap:{packaged_encoder_path().name} (all-MiniLM-L6-v2)", True
+            clf, trained = bootstrap(cfg, prepared, labels)
+            source, boot, val_accuracy = f"bootstrap:{packaged_encoder_path().name} (all-MiniLM-L6-v2)", True, \
+                trained.best_val_accuracy
+            extra = {"train_size": len(data_stage.read_split(prepared, "gold_train")), "steps": trained.steps}
         else:
             if not Path(given).is_dir():
                 raise ModelError(f"teacher.path {given}: folder not found")
             source = cfg.teacher.path if teacher_path is None and cfg.teacher.path else str(given)
             clf, val_accuracy, boot = load_classifier(Path(given), labels), None, False
-        fingerprint = save_classifier(clf, tmp, {"role": "teacher", "source": source})
+        fingerprint = save_classifier(clf, tmp, {"role": "teacher", "source": source, **extra})
     return TeacherResult(out_dir, fingerprint, source, boot, clf.num_parameters, val_accuracy)
 
 
@@ -99,9 +108,11 @@ def validate(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_dir: Pa
     test = gold_data(prepared, "gold_test", clf.labels)
     pred = predict_logits(clf, test.texts, cfg.evaluate.batch_size, cfg.teacher.max_length,
                           progress="validating teacher").argmax(axis=1)
+    card = read_card(teacher_dir)
     metrics = {"accuracy": float(accuracy_score(test.labels, pred)),
                "macro_f1": float(f1_score(test.labels, pred, average="macro", zero_division=0)),
-               "test_size": len(test)}
+               "test_size": len(test), "train_size": card.get("train_size"),
+               "bootstrapped": str(card.get("source", "")).startswith("bootstrap:")}
     gate = check_teacher(metrics, cfg.teacher)
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", metrics)

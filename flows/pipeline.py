@@ -126,12 +126,13 @@ def run_pipeline(project_dir: str, overrides: list[str] | None, monitor: bool, r
         cfg, cfg.teacher.path, str(Path(project_dir, IMPORTED_TEACHER)), project_dir)
     runs.append(dvc.repro("teacher", project_dir, force=new_teacher))
     teacher_card = read_card(Path(path["teacher"]))
-    teacher_version = registry.register_teacher(cfg, path["teacher"], teacher_card, project_dir)
     teacher_gate = validate_teacher(project_dir)
     if not teacher_gate.passed:
         logger.error("teacher gate failed: %s", "; ".join(teacher_gate.reasons))
         return {"completed": False, "teacher_gate": teacher_gate.to_dict(),
                 "report": str(Path(path["teacher_report"], "gate.json"))}
+    # Only a teacher that passed its gate is registered (and becomes the teacher champion).
+    teacher_version = registry.register_teacher(cfg, path["teacher"], teacher_card, project_dir)
 
     runs.append(dvc.repro("label", project_dir))
     dvc.push(project_dir)

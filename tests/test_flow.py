@@ -172,12 +172,17 @@ def test_failed_teacher_gate_stops_before_distillation(harness, project):
     assert client.get_run(teacher_version.run_id).info.experiment_id == experiment
     champion = client.get_model_version_by_alias("distill-student", "champion").version
     versions = len(client.search_model_versions("name = 'distill-student'"))
-    write_overrides(project / "params.yaml", ["teacher.min_accuracy=1.0"])
+    teachers = len(client.search_model_versions("name = 'distill-teacher'"))
+    # A different teacher (one epoch) that fails its gate: it is never registered, champion stays put.
+    write_overrides(project / "params.yaml", ["teacher.min_accuracy=1.0", "teacher.epochs=1"])
     summary = distill_pipeline(project_dir=str(project), monitor=False)
     assert summary["completed"] is False
     assert not summary["teacher_gate"]["passed"]
+    assert any("fine-tuned on" in r and "teacher.path" in r for r in summary["teacher_gate"]["reasons"])
     assert client.get_model_version_by_alias("distill-student", "champion").version == champion
     assert len(client.search_model_versions("name = 'distill-student'")) == versions
+    assert len(client.search_model_versions("name = 'distill-teacher'")) == teachers
+    assert client.get_model_version_by_alias("distill-teacher", "champion").version == teacher_version.version
 
 
 def test_registered_teacher_round_trips_through_an_mlflow_uri(harness, project, tmp_path):
@@ -192,5 +197,6 @@ def test_registered_teacher_round_trips_through_an_mlflow_uri(harness, project, 
         teacher.run(cfg, project / "data/prepared", tmp_path / "t", imported_dir=tmp_path / "nothing")
     fetched = fetch_model_folder("models:/distill-teacher@champion", tmp_path / "imported", str(project), cfg.tracking)
     result = teacher.run(cfg, project / "data/prepared", tmp_path / "t", imported_dir=fetched)
-    assert result.fingerprint == read_card(project / "models/teacher")["fingerprint"]
+    champion = registry(project).get_model_version_by_alias("distill-teacher", "champion")
+    assert result.fingerprint == champion.tags["fingerprint"] == read_card(fetched)["fingerprint"]
     assert result.source == "models:/distill-teacher@champion"

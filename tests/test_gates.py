@@ -14,6 +14,17 @@ def test_teacher_gate():
     assert not gate.passed and "accuracy 0.790 < minimum 0.800" in gate.reasons[0]
 
 
+def test_a_failed_teacher_gate_says_what_it_was_judged_on_and_what_to_change():
+    cfg = TeacherConfig(min_accuracy=0.8, min_macro_f1=0.75)
+    boot = check_teacher({"accuracy": 0.69, "macro_f1": 0.6, "test_size": 48, "train_size": 32,
+                          "bootstrapped": True}, cfg)
+    assert "fine-tuned on 32 and tested on 48 gold examples" in boot.reasons[-1]
+    assert "data.gold: all" in boot.reasons[-1] and "teacher.path" in boot.reasons[-1]
+    given = check_teacher({"accuracy": 0.5, "macro_f1": 0.5, "test_size": 400, "bootstrapped": False}, cfg)
+    assert "given teacher (teacher.path) was tested on 400" in given.reasons[-1]
+    assert len(check_teacher({"accuracy": 0.9, "macro_f1": 0.9, "test_size": 400}, cfg).reasons) == 2
+
+
 def test_promotion_needs_every_gate():
     ok = GateReport(True, [])
     cfg = PromoteConfig(min_teacher_share=0.9)

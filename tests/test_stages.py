@@ -46,6 +46,20 @@ def test_teacher_with_another_label_set_is_refused(tiny_cfg, tiny_teacher, tmp_p
         teacher.run(cfg, prepared, tmp_path / "t", teacher_path=tiny_teacher)
 
 
+def test_the_bootstrapped_teacher_stops_at_its_step_budget(tiny_cfg, tmp_path):
+    prepared = tmp_path / "prepared"
+    data.run(tiny_cfg, prepared)
+    cfg = tiny_cfg.model_copy(update={"teacher": tiny_cfg.teacher.model_copy(
+        update={"epochs": 10, "max_steps": 3, "batch_size": 8})})
+    result = teacher.run(cfg, prepared, tmp_path / "t")
+    card = read_card(tmp_path / "t")
+    assert result.bootstrapped and card["steps"] == 3
+    assert card["train_size"] == len(data.read_split(prepared, "gold_train"))
+    gate = teacher.validate(cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"min_accuracy": 1.0})}),
+                            prepared, tmp_path / "t", tmp_path / "gate")
+    assert not gate.passed and f"fine-tuned on {card['train_size']}" in gate.reasons[-1]
+
+
 def test_teacher_gate_passes_and_fails_on_its_thresholds(staged, tmp_path):
     cfg, prepared, teacher_dir, _ = staged
     assert teacher.validate(cfg, prepared, teacher_dir, tmp_path / "gate_ok").passed
