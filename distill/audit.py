@@ -275,8 +275,10 @@ def run(cfg: PipelineConfig, predictions_path: Path, out_dir: Path, teacher_dir:
         student_dir: Path | None = None, baseline_dir: Path | None = None) -> AuditReport:
     """Audit the evaluate stage's predictions (and, given the model folders, the models' flips)."""
     from distill import plots
+    from distill.lengths import with_teacher_lengths
     from distill.models import load_classifier
 
+    cfg = with_teacher_lengths(cfg, teacher_dir)
     predictors, labels = {}, None
     for name, folder in (("teacher", teacher_dir), ("student", student_dir), ("baseline", baseline_dir)):
         if folder is not None:

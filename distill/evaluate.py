@@ -29,6 +29,7 @@ from distill import data as data_stage
 from distill import plots
 from distill.config import PipelineConfig
 from distill.io import atomic_dir, write_json
+from distill.lengths import with_teacher_lengths
 from distill.models import Classifier, ModelError, encode, load_classifier, predict_logits, read_card
 from distill.quantize import quantize_dynamic_int8
 from distill.runtime import Runtime, TracedClassifier, eager_model, with_runtime
@@ -333,6 +334,7 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
 
 def evaluate_frame(cfg: PipelineConfig, test: pd.DataFrame, folders: dict[str, Path | None]) -> dict:
     """Every figure of the configured candidates on a labelled frame (``text``, ``label``, slice columns)."""
+    cfg = with_teacher_lengths(cfg, folders.get("teacher"))
     texts = test["text"].astype(str).tolist()
     return score_candidates(cfg, test, load_candidates(folders, cfg.evaluate.candidates, cfg.evaluate.runtime,
                                                        texts, cfg.train.max_length))

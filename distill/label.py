@@ -25,6 +25,7 @@ from distill import contracts
 from distill import data as data_stage
 from distill.config import PipelineConfig
 from distill.io import atomic_file, hash_texts
+from distill.lengths import with_teacher_lengths
 from distill.models import load_classifier, pick_device, predict_logits, read_card
 
 INPUT_SPLITS = ("gold_train", "transfer")
@@ -213,6 +214,7 @@ def teacher_logits(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, label
 
 def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_path: Path) -> LabelResult:
     """Label the distillation inputs with the teacher, unless identical outputs exist."""
+    cfg = with_teacher_lengths(cfg, teacher_dir)
     card = read_card(teacher_dir)
     inputs = distillation_inputs(prepared)
     input_hash = hash_texts(inputs["text"].tolist())

@@ -11,6 +11,8 @@ import hashlib
 import json
 from collections.abc import Sequence
 
+from distill.lengths import model_length
+
 # (key, row title, format) of the evaluation table; a figure no candidate has is left out.
 FIGURES = [("accuracy", "accuracy", "{:.3f}"), ("accuracy_ci_low", "accuracy, 95 % CI low", "{:.3f}"),
            ("accuracy_ci_high", "accuracy, 95 % CI high", "{:.3f}"), ("macro_f1", "macro-F1", "{:.3f}"),
@@ -84,12 +86,11 @@ def summary_line(name: str, version: str, metrics: dict, student_card: dict, tea
     return " ".join(facts)
 
 
-def intended_use(labels: list[str], params: dict) -> str:
+def intended_use(labels: list[str], params: dict, max_length: int) -> str:
     data = params.get("data", {})
     source = data.get("path") or f"the Home Assistant intent sentences ({data.get('language', 'en')})"
     shown = ", ".join(f"`{label}`" for label in labels[:12]) + (f" and {len(labels) - 12} more" if len(labels) > 12
                                                                 else "")
-    max_length = params.get("train", {}).get("max_length")
     return (f"Routes a short text to one of {len(labels)} labels learnt from {source}: {shown}.\n\n"
             "- **Input:** a DataFrame with a `text` column. **Output:** `label`, `score` (its probability) "
             "and `p_<label>` for every label.\n"
@@ -167,7 +168,8 @@ def render(*, name: str, version: str, student_card: dict, teacher: dict, lineag
         summary_line(name, version, metrics, student_card, teacher),
         f"**Promotion gates: {verdict}.** **Audit against the teacher: "
         f"{'passed' if audit.get('passed') else 'failed'}.**",
-        "## Intended use\n\n" + intended_use(list(student_card.get("labels", [])), params),
+        "## Intended use\n\n" + intended_use(list(student_card.get("labels", [])), params,
+                                                 model_length(student_card)),
         "## Teacher\n\n" + "\n".join([
             f"- **registered model:** `{teacher.get('name')}` v{teacher.get('version')}",
             f"- **fingerprint:** `{str(teacher.get('fingerprint', ''))[:16]}`",

@@ -22,6 +22,7 @@ from distill.checkpoint import checkpoint_dir_for
 from distill.checkpoint import clear as clear_checkpoints
 from distill.config import PipelineConfig, StudentConfig
 from distill.io import atomic_dir, read_json, write_json
+from distill.lengths import with_teacher_lengths
 from distill.models import (MODEL_CARD, Classifier, ModelError, build_student, load_classifier, pick_device,
                             predict_logits, read_card, resolve_fetched, save_classifier, warm_start_student)
 from distill.objective import ModelShape, Objective, capacity_warning
@@ -139,6 +140,7 @@ def run_assistant(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, output
         with atomic_dir(out_dir) as tmp:
             write_json(tmp / MODEL_CARD, {"role": "assistant", "enabled": False})
         return None
+    cfg = with_teacher_lengths(cfg, teacher_dir)
     teacher_card = read_card(teacher_dir)
     labels = teacher_card["labels"]
     teacher = load_classifier(teacher_dir, labels)
@@ -170,6 +172,7 @@ def run_student(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, outputs:
     With ``student.warm_start`` the student continues from that earlier student (an MLflow URI is
     read from ``imported_dir``, where the flow fetched it) and its card records where it started.
     """
+    cfg = with_teacher_lengths(cfg, teacher_dir)
     warm_start = resolve_fetched(cfg.student.warm_start, imported_dir, "student.warm_start")
     if warm_start is not None and not warm_start.is_dir():
         raise ModelError(f"student.warm_start {warm_start}: folder not found")
@@ -211,6 +214,7 @@ def run_student(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, outputs:
 def run_baseline(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_dir: Path,
                  on_log: Callable[[int, dict], None] | None = None) -> StudentResult:
     """The same student on gold labels only, with the distilled student's step budget."""
+    cfg = with_teacher_lengths(cfg, teacher_dir)
     labels = read_card(teacher_dir)["labels"]
     teacher = load_classifier(teacher_dir, labels)
     inputs = label_stage.distillation_inputs(prepared)["text"].tolist()

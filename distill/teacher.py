@@ -14,9 +14,11 @@ import numpy as np
 import torch
 
 from distill import data as data_stage
+from distill import lengths
 from distill.config import PipelineConfig
 from distill.gates import GateReport, check_teacher
 from distill.io import atomic_dir, write_json
+from distill.lengths import LengthProfile, with_lengths, with_teacher_lengths
 from distill.models import (Classifier, ModelError, init_from_encoder, load_classifier, packaged_encoder_path,
                             predict_logits, read_card, resolve_fetched, save_classifier)
 from distill.trainer import TrainData, TrainResult, TrainSettings, steps_for, train
@@ -44,11 +46,9 @@ def gold_data(prepared: Path, split: str, labels: list[str]) -> TrainData:
     return TrainData(frame["text"].tolist(), label_ids(labels, frame["label"]))
 
 
-def bootstrap(cfg: PipelineConfig, prepared: Path, labels: list[str]) -> tuple[Classifier, TrainResult]:
-    """Fine-tune the packaged all-MiniLM-L6-v2 on the gold training set."""
-    torch.manual_seed(cfg.seed)  # the new classification head's initial weights
-    clf = init_from_encoder(packaged_encoder_path(), labels)
-    train_set, val_set = gold_data(prepared, "gold_train", labels), gold_data(prepared, "gold_val", labels)
+def bootstrap(cfg: PipelineConfig, clf: Classifier, prepared: Path) -> TrainResult:
+    """Fine-tune ``clf`` (the packaged all-MiniLM-L6-v2 with a new head) on the gold training set."""
+    train_set, val_set = gold_data(prepared, "gold_train", clf.labels), gold_data(prepared, "gold_val", clf.labels)
     t = cfg.teacher
     max_steps = steps_for(len(train_set), t.batch_size, t.epochs)
     if t.max_steps is not None and max_steps > t.max_steps:
@@ -61,7 +61,19 @@ def bootstrap(cfg: PipelineConfig, prepared: Path, labels: list[str]) -> tuple[C
     settings = TrainSettings(
         max_steps=max_steps, batch_size=t.batch_size, learning_rate=t.learning_rate, max_length=t.max_length,
         patience=10**6, eval_every=eval_every, device=cfg.train.device, seed=cfg.seed)
-    return clf, train(clf, train_set, val_set, settings, progress="teacher fine-tuning")
+    return train(clf, train_set, val_set, settings, progress="teacher fine-tuning")
+
+
+def measure_lengths(cfg: PipelineConfig, clf: Classifier, prepared: Path) -> LengthProfile:
+    """The input length for this teacher and data (``distill.lengths``), said on the terminal."""
+    texts = [t for split in ("gold_train", "transfer") for t in data_stage.read_split(prepared, split)["text"]]
+    limit = getattr(clf.model.config, "max_position_embeddings", None)
+    found = lengths.profile(clf.tokenizer, texts, cfg, limit)
+    how = (f"the {found.quantile:.0%} quantile, capped at {cfg.teacher.max_length_cap}" if found.chosen
+           else "teacher.max_length")
+    print(f"input length: {found.max_length} tokens ({how}); token lengths p50 {found.p50}, p90 {found.p90}, "
+          f"p99 {found.p99}; {found.truncated_share:.1%} of the texts are cut", flush=True)
+    return found
 
 
 def resolve_teacher_path(cfg: PipelineConfig, imported_dir: Path | None) -> Path | None:
@@ -80,9 +92,11 @@ def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path |
     labels = data_stage.read_labels(prepared)
     given = teacher_path or resolve_teacher_path(cfg, imported_dir)
     with atomic_dir(out_dir) as tmp:
-        extra: dict = {}
         if given is None:
-            clf, trained = bootstrap(cfg, prepared, labels)
+            torch.manual_seed(cfg.seed)  # the new classification head's initial weights
+            clf = init_from_encoder(packaged_encoder_path(), labels)
+            length = measure_lengths(cfg, clf, prepared)
+            trained = bootstrap(with_lengths(cfg, {"length": length.to_dict()}), clf, prepared)
             source, boot, val_accuracy = f"bootstrap:{packaged_encoder_path().name} (all-MiniLM-L6-v2)", True, \
                 trained.best_val_accuracy
             extra = {"train_size": len(data_stage.read_split(prepared, "gold_train")), "steps": trained.steps}
@@ -90,8 +104,10 @@ def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path |
             if not Path(given).is_dir():
                 raise ModelError(f"teacher.path {given}: folder not found")
             source = cfg.teacher.path if teacher_path is None and cfg.teacher.path else str(given)
-            clf, val_accuracy, boot = load_classifier(Path(given), labels), None, False
-        fingerprint = save_classifier(clf, tmp, {"role": "teacher", "source": source, **extra})
+            clf, val_accuracy, boot, extra = load_classifier(Path(given), labels), None, False, {}
+            length = measure_lengths(cfg, clf, prepared)
+        fingerprint = save_classifier(clf, tmp, {"role": "teacher", "source": source, "length": length.to_dict(),
+                                                 **extra})
     return TeacherResult(out_dir, fingerprint, source, boot, clf.num_parameters, val_accuracy)
 
 
@@ -104,6 +120,7 @@ def validate(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_dir: Pa
     """Score the teacher on the gold test set and apply the teacher gate; write both."""
     from sklearn.metrics import accuracy_score, f1_score
 
+    cfg = with_teacher_lengths(cfg, teacher_dir)
     clf = load_classifier(teacher_dir)
     test = gold_data(prepared, "gold_test", clf.labels)
     pred = predict_logits(clf, test.texts, cfg.evaluate.batch_size, cfg.teacher.max_length,

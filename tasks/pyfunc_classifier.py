@@ -21,8 +21,20 @@ class TextClassifier(PythonModel):
         self.model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.max_length = self._evaluated_length(folder)
         self.torch = torch
         self.model = self._serving_model()
+
+    @staticmethod
+    def _evaluated_length(folder) -> int:
+        """The input length the model was evaluated with (its distill card), so serving cuts texts alike."""
+        import json
+        from pathlib import Path
+
+        card = Path(folder) / "distill.json"
+        meta = json.loads(card.read_text()) if card.is_file() else {}
+        return int((meta.get("length") or {}).get("max_length") or (meta.get("train") or {}).get("max_length")
+                   or 128)
 
     def _serving_model(self):
         """The TorchScript trace the evaluation timed (checked against the eager model), or the eager model
@@ -38,14 +50,14 @@ class TextClassifier(PythonModel):
             return self.model
         samples = ["turn on the lights in the kitchen", "what is the weather like tomorrow in the city",
                    "hi", "set a timer for ten minutes and remind me to check the oven please"]
-        return trace_classifier(Classifier(self.model, self.tokenizer, self.labels), samples, 128).model
+        return trace_classifier(Classifier(self.model, self.tokenizer, self.labels), samples, self.max_length).model
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         texts = model_input["text"].astype(str).tolist()
         rows = []
         with self.torch.inference_mode():
             for start in range(0, len(texts), 64):
-                batch = self.tokenizer(texts[start:start + 64], padding=True, truncation=True, max_length=128,
+                batch = self.tokenizer(texts[start:start + 64], padding=True, truncation=True, max_length=self.max_length,
                                        return_tensors="pt")
                 rows.append(self.model(**batch).logits.softmax(dim=-1))
         probs = self.torch.cat(rows).numpy() if rows else self.torch.zeros((0, len(self.labels))).numpy()

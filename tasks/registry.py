@@ -329,7 +329,8 @@ def champion_version(cfg: PipelineConfig, project_dir: str = ".") -> str | None:
     return _alias(MlflowClient(), cfg.promote.student_model, "champion")
 
 
-def holdout_slices(clf, holdouts: dict[str, pd.DataFrame], cfg: PipelineConfig) -> dict[str, dict[str, float]]:
+def holdout_slices(clf, holdouts: dict[str, pd.DataFrame], cfg: PipelineConfig,
+                   max_length: int) -> dict[str, dict[str, float]]:
     """Accuracy of a classifier on each labelled hold-out (``text``, ``label``), as gate slices
     ``holdout=<name>``: the re-distillation's shifted traffic is gated like a label slice."""
     import numpy as np
@@ -339,8 +340,7 @@ def holdout_slices(clf, holdouts: dict[str, pd.DataFrame], cfg: PipelineConfig) 
     out = {}
     for name, frame in holdouts.items():
         if len(frame):
-            logits = predict_logits(clf, frame["text"].astype(str).tolist(), cfg.evaluate.batch_size,
-                                    cfg.train.max_length)
+            logits = predict_logits(clf, frame["text"].astype(str).tolist(), cfg.evaluate.batch_size, max_length)
             predicted = np.asarray(clf.labels)[logits.argmax(axis=1)]
             out[f"holdout={name}"] = {"accuracy": float((predicted == frame["label"].astype(str).to_numpy()).mean()),
                                       "n": len(frame)}
@@ -350,9 +350,12 @@ def holdout_slices(clf, holdouts: dict[str, pd.DataFrame], cfg: PipelineConfig) 
 @task(name="score student on hold-outs")
 def score_student_holdouts(cfg: PipelineConfig, student_dir: str, holdouts: dict[str, pd.DataFrame]) -> dict:
     """The new student's ``holdout_slices``."""
-    from distill.models import load_classifier
+    from distill.lengths import model_length
+    from distill.models import load_classifier, read_card
 
-    return holdout_slices(load_classifier(Path(student_dir)), holdouts, cfg) if holdouts else {}
+    if not holdouts:
+        return {}
+    return holdout_slices(load_classifier(Path(student_dir)), holdouts, cfg, model_length(read_card(Path(student_dir))))
 
 
 @task(name="score champion", **NETWORK)
@@ -365,7 +368,8 @@ def score_champion(cfg: PipelineConfig, prepared: str, project_dir: str = ".",
 
     from distill.data import read_split
     from distill.gates import label_accuracy
-    from distill.models import load_classifier, predict_logits
+    from distill.lengths import model_length
+    from distill.models import load_classifier, predict_logits, read_card
 
     version = champion_version(cfg, project_dir)
     if version is None:
@@ -373,9 +377,9 @@ def score_champion(cfg: PipelineConfig, prepared: str, project_dir: str = ".",
     test = read_split(Path(prepared), "gold_test")
     with tempfile.TemporaryDirectory() as tmp:
         folder = fetch_model_folder(f"models:/{cfg.promote.student_model}/{version}", Path(tmp) / "champion")
-        clf = load_classifier(folder)
-        logits = predict_logits(clf, test["text"].tolist(), cfg.evaluate.batch_size, cfg.train.max_length)
-        extra = holdout_slices(clf, holdouts or {}, cfg)
+        clf, length = load_classifier(folder), model_length(read_card(folder))
+        logits = predict_logits(clf, test["text"].tolist(), cfg.evaluate.batch_size, length)
+        extra = holdout_slices(clf, holdouts or {}, cfg, length)
     predicted = [clf.labels[i] for i in logits.argmax(axis=1)]
     gold = test["label"].astype(str).tolist()
     return {"version": version, "accuracy": sum(g == p for g, p in zip(gold, predicted)) / max(len(gold), 1),

@@ -1,0 +1,67 @@
+"""Input length chosen from the data, recorded in the teacher's card, read by every later stage."""
+
+import numpy as np
+
+from distill import data, lengths, teacher
+from distill.config import config_from_dict
+from distill.models import packaged_encoder_path, read_card
+from tests.conftest import tiny_params
+
+
+def test_choose_length_takes_the_quantile_rounded_up_within_floor_and_cap():
+    assert lengths.choose_length(np.arange(1, 101), 0.9, cap=128) == 96             # 90.1 -> 96
+    assert lengths.choose_length(np.array([5, 6, 7]), 0.99, cap=128) == 32          # floor
+    assert lengths.choose_length(np.array([400] * 10), 0.99, cap=128) == 128        # cap
+    assert lengths.choose_length(np.array([], dtype=int), 0.99, cap=128) == 32
+
+
+def test_profile_measures_with_the_tokenizer_and_reports_the_share_cut():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_path())
+    texts = ["short text"] * 90 + [" ".join(["word"] * 200)] * 10
+    cfg = config_from_dict({"teacher": {"max_length_cap": 64, "length_quantile": 0.95}})
+    found = lengths.profile(tokenizer, texts, cfg)
+    assert found.chosen and found.max_length == 64 and found.p50 == 4 and found.p99 == 202
+    assert found.truncated_share == 0.1
+    fixed = lengths.profile(tokenizer, texts, config_from_dict({"teacher": {"max_length": 16}}))
+    assert not fixed.chosen and fixed.max_length == 16 and fixed.truncated_share == 0.1
+
+
+def test_null_lengths_are_filled_from_the_teacher_card_and_set_ones_win():
+    card = {"length": {"max_length": 96}}
+    cfg = lengths.with_lengths(config_from_dict({}), card)
+    assert (cfg.teacher.max_length, cfg.train.max_length) == (96, 96)
+    cfg = lengths.with_lengths(config_from_dict({"train": {"max_length": 48}}), card)
+    assert (cfg.teacher.max_length, cfg.train.max_length) == (96, 48)
+    assert lengths.with_lengths(config_from_dict({}), {}).teacher.max_length == lengths.FALLBACK_LENGTH
+    assert lengths.model_length({"train": {"max_length": 40}}) == 40 and lengths.model_length(card) == 96
+
+
+def test_the_teacher_stage_records_the_length_it_chose(tmp_path, tiny_teacher):
+    import pandas as pd
+
+    rows = [{"utterance": f"{label} request number {i} " + "and more words " * (30 if i % 10 == 0 else 0),
+             "intent": label} for label in ("a", "b") for i in range(30)]
+    pd.DataFrame(rows).to_csv(tmp_path / "long.csv", index=False)
+    params = tiny_params(tmp_path / "long.csv")
+    params["data"].update(gold="all", transfer_size=None)
+    params["teacher"]["max_length_cap"] = 64
+    cfg = config_from_dict(params)
+    prepared = tmp_path / "prepared"
+    data.run(cfg, prepared)
+    labels = tmp_path / "labelled"
+    # The tiny teacher has the wrong labels for this file; give it this file's labels through a copy.
+    from distill.models import Classifier, load_classifier, save_classifier
+    from transformers import BertConfig, BertForSequenceClassification
+
+    source = load_classifier(tiny_teacher)
+    config = BertConfig(**{**source.model.config.to_dict(), "num_labels": 2, "id2label": {0: "a", 1: "b"},
+                           "label2id": {"a": 0, "b": 1}})
+    save_classifier(Classifier(BertForSequenceClassification(config), source.tokenizer, ["a", "b"]), labels,
+                    {"role": "teacher", "source": "test"})
+    teacher.run(cfg, prepared, tmp_path / "t", teacher_path=labels)
+    recorded = read_card(tmp_path / "t")["length"]
+    assert recorded["chosen"] and recorded["max_length"] == 64
+    assert 0.05 < recorded["truncated_share"] < 0.2
+    assert lengths.with_teacher_lengths(cfg, tmp_path / "t").train.max_length == 64
