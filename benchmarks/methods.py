@@ -36,6 +36,7 @@ from distill.config import config_from_dict, load_config  # noqa: E402
 from distill.data import read_split  # noqa: E402
 from distill.io import atomic_file  # noqa: E402
 from distill.lengths import with_teacher_lengths  # noqa: E402
+from distill.sizing import read_shape  # noqa: E402
 from distill.models import build_student, encode, load_classifier, predict_logits, read_card, save_classifier  # noqa: E402
 from distill.teacher import label_ids  # noqa: E402
 from distill.trainer import steps_for  # noqa: E402
@@ -127,7 +128,7 @@ def train_one(project: Path, method: str, seed: int, epochs: int | None, overrid
     params["assistant"]["enabled"] = method.startswith("assistant:")
     params["student"]["warm_start"] = None  # every method is compared from fresh weights
     prepared, teacher_dir = project / "data/prepared", project / "models/teacher"
-    cfg = with_teacher_lengths(config_from_dict(params), teacher_dir)
+    cfg = read_shape(project / "models/student_shape.json", with_teacher_lengths(config_from_dict(params), teacher_dir))
     outputs = project / "data/teacher_outputs/logits.parquet"
     with tempfile.TemporaryDirectory(prefix="distill-bench-") as scratch:
         scratch = Path(scratch)
@@ -274,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (project / "data/teacher_outputs/logits.parquet").is_file():
         print(f"{project}: no teacher outputs; run `dvc repro label` (or `distill run`) there first", file=sys.stderr)
         return 2
-    cfg = with_teacher_lengths(load_config(project / "params.yaml", args.overrides), teacher_dir)
+    cfg = read_shape(project / "models/student_shape.json",
+                     with_teacher_lengths(load_config(project / "params.yaml", args.overrides), teacher_dir))
     if args.latency_only:
         latency = measure_latency(teacher_dir, cfg, read_split(prepared, "gold_test")["text"].tolist())
         print_latency(latency)

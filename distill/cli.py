@@ -25,6 +25,7 @@ console = Console(stderr=True)
 ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a value: --set train.alpha=0.5")]
 Prepared = Annotated[Path, typer.Option(help="Folder of prepared splits.")]
+ShapeOpt = Annotated[Optional[Path], typer.Option(help="The size_student stage's chosen shape (JSON).")]
 ProjectOpt = Annotated[Path, typer.Option(help="The project folder (params.yaml, dvc.yaml).")]
 TeacherDir = Annotated[Path, typer.Option("--teacher", help="Teacher model folder.")]
 
@@ -151,22 +152,36 @@ def train_student(prepared: Prepared = Path("data/prepared"), teacher: TeacherDi
                       help="Assistant folder; when it holds an enabled assistant, it teaches the student.")] = None,
                   imported: Annotated[Path, typer.Option(
                       help="Where an MLflow student.warm_start is fetched to.")] = Path("models/imported_student"),
-                  params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+                  shape: ShapeOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Distil the student from the cached teacher (or assistant) outputs."""
     from distill import students
 
     _finish(_stage(lambda: students.run_student(_config(params, set_), prepared, teacher, outputs, out,
-                                                assistant_dir=assistant, imported_dir=imported)))
+                                                assistant_dir=assistant, imported_dir=imported, shape_file=shape)))
+
+
+@app.command("size-student")
+def size_student(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
+                 outputs: Path = Path("data/teacher_outputs/logits.parquet"),
+                 out: Path = Path("models/student_shape.json"),
+                 imported: Annotated[Path, typer.Option(
+                     help="Where an MLflow student.warm_start is fetched to.")] = Path("models/imported_student"),
+                 params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Choose the student's shape for the deployment budget (size section)."""
+    from distill import sizing
+
+    result = _stage(lambda: sizing.run(_config(params, set_), prepared, teacher, outputs, out, imported))
+    console.print(f"student shape {result.shape}: {result.reason}")
 
 
 @app.command("train-baseline")
 def train_baseline(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
-                   out: Path = Path("models/baseline"), params: ParamsOpt = Path("params.yaml"),
+                   out: Path = Path("models/baseline"), shape: ShapeOpt = None, params: ParamsOpt = Path("params.yaml"),
                    set_: SetOpt = None) -> None:
     """Train the undistilled baseline student on gold labels only."""
     from distill import students
 
-    _finish(_stage(lambda: students.run_baseline(_config(params, set_), prepared, teacher, out)))
+    _finish(_stage(lambda: students.run_baseline(_config(params, set_), prepared, teacher, out, shape_file=shape)))
 
 
 @app.command()

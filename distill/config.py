@@ -216,6 +216,32 @@ class AssistantConfig(StudentConfig):
     intermediate_size: int | None = Field(1024, ge=16)
 
 
+class SizeConfig(_Section):
+    """size_student: the student's shape chosen for the deployment budget (distill/sizing.py)."""
+
+    search: bool = Field(
+        True, description="Choose the student's layers and width from `candidates` within the budget below; "
+        "false trains the shape in the student section as given.")
+    candidates: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(2, 128), (3, 128), (2, 192), (3, 192), (2, 256), (4, 256)],
+        description="(layers, width) pairs tried; heads are width / 64 (at least 2), the feed-forward 4 x width.")
+    min_speedup: float = Field(8.0, ge=0, description="Batch-1 CPU latency: at least this many times faster "
+                               "than the fp32 teacher.")
+    min_speedup_int8: float = Field(3.0, ge=0, description="... and this many times faster than the INT8 teacher.")
+    max_size_mb: float | None = Field(None, gt=0, description="Largest fp32 weights of the student; null: no limit.")
+    steps: int = Field(200, ge=1, description="Distillation steps each fitting candidate trains before it is "
+                       "scored on the validation set.")
+    tolerance: float = Field(0.005, ge=0, le=1, description="Of candidates this close in validation accuracy, "
+                             "the faster is chosen.")
+
+    @field_validator("candidates")
+    @classmethod
+    def _some_candidates(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        if not value or any(layers < 1 or width < 16 for layers, width in value):
+            raise ValueError("give at least one (layers >= 1, width >= 16) pair, e.g. [[2, 128]]")
+        return value
+
+
 RESPONSE_LOSSES = ("kl", "forward_kl", "reverse_kl", "js", "gjsd", "skew_kl", "skew_reverse_kl", "tvd",
                    "logit_mse")
 TOKEN_FEATURE_LOSSES = ("hidden_mse", "hidden_cosine", "attention")
@@ -742,6 +768,7 @@ class PipelineConfig(_Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
+    size: SizeConfig = Field(default_factory=SizeConfig)
     assistant: AssistantConfig = Field(default_factory=AssistantConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)

@@ -1,6 +1,6 @@
 """Input length from the data: how many tokens the models read, chosen once and recorded.
 
-The teacher stage measures the distillation texts with the teacher's own tokenizer and
+The teacher stage measures the gold training and validation texts with the teacher's own tokenizer and
 chooses the length (``choose_length``) unless ``teacher.max_length`` is set. The choice and
 the share of texts it cuts are written into the teacher's card, so every later stage (labelling,
 training, evaluation, audit, scoring the champion) reads the same length from the folder it

@@ -23,6 +23,7 @@ from distill.checkpoint import clear as clear_checkpoints
 from distill.config import PipelineConfig, StudentConfig
 from distill.io import atomic_dir, read_json, write_json
 from distill.lengths import with_teacher_lengths
+from distill.sizing import read_shape
 from distill.models import (MODEL_CARD, Classifier, ModelError, build_student, load_classifier, pick_device,
                             predict_logits, read_card, resolve_fetched, save_classifier, warm_start_student)
 from distill.objective import ModelShape, Objective, capacity_warning
@@ -166,13 +167,14 @@ def run_assistant(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, output
 
 def run_student(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, outputs: Path, out_dir: Path,
                 on_log: Callable[[int, dict], None] | None = None, assistant_dir: Path | None = None,
-                imported_dir: Path | None = None) -> StudentResult:
+                imported_dir: Path | None = None, shape_file: Path | None = None) -> StudentResult:
     """Distil with the configured loss terms: from the teacher, or from the assistant when one is enabled.
 
     With ``student.warm_start`` the student continues from that earlier student (an MLflow URI is
     read from ``imported_dir``, where the flow fetched it) and its card records where it started.
+    ``shape_file`` is the size_student stage's choice of shape (``distill.sizing``).
     """
-    cfg = with_teacher_lengths(cfg, teacher_dir)
+    cfg = read_shape(shape_file, with_teacher_lengths(cfg, teacher_dir))
     warm_start = resolve_fetched(cfg.student.warm_start, imported_dir, "student.warm_start")
     if warm_start is not None and not warm_start.is_dir():
         raise ModelError(f"student.warm_start {warm_start}: folder not found")
@@ -212,9 +214,9 @@ def run_student(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, outputs:
 
 
 def run_baseline(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_dir: Path,
-                 on_log: Callable[[int, dict], None] | None = None) -> StudentResult:
-    """The same student on gold labels only, with the distilled student's step budget."""
-    cfg = with_teacher_lengths(cfg, teacher_dir)
+                 on_log: Callable[[int, dict], None] | None = None, shape_file: Path | None = None) -> StudentResult:
+    """The same student on gold labels only, with the distilled student's step budget (and shape)."""
+    cfg = read_shape(shape_file, with_teacher_lengths(cfg, teacher_dir))
     labels = read_card(teacher_dir)["labels"]
     teacher = load_classifier(teacher_dir, labels)
     inputs = label_stage.distillation_inputs(prepared)["text"].tolist()

@@ -66,8 +66,14 @@ def bootstrap(cfg: PipelineConfig, clf: Classifier, prepared: Path) -> TrainResu
 
 def measure_lengths(cfg: PipelineConfig, clf: Classifier, prepared: Path) -> LengthProfile:
     """The input length for this teacher and data (``distill.lengths``), said on the terminal."""
-    texts = [t for split in ("gold_train", "transfer") for t in data_stage.read_split(prepared, split)["text"]]
+    # The gold training and validation texts: the teacher stage depends on them alone, so new traffic
+    # in the transfer set (a re-distillation) does not retrain the teacher.
+    texts = [t for split in ("gold_train", "gold_val") for t in data_stage.read_split(prepared, split)["text"]]
     limit = getattr(clf.model.config, "max_position_embeddings", None)
+    padding_idx = getattr(getattr(clf.model.base_model, "embeddings", None), "padding_idx", None)
+    if limit and padding_idx is not None:
+        limit -= padding_idx + 1  # RoBERTa-style positions start after the padding index
+    limit = min(limit or 10**6, getattr(clf.tokenizer, "model_max_length", 10**6) or 10**6)
     found = lengths.profile(clf.tokenizer, texts, cfg, limit)
     how = (f"the {found.quantile:.0%} quantile, capped at {cfg.teacher.max_length_cap}" if found.chosen
            else "teacher.max_length")

@@ -21,6 +21,7 @@ from tasks.dvc import StageFailed
 
 IMPORTED_TEACHER = "models/imported_teacher"
 IMPORTED_STUDENT = "models/imported_student"  # student.warm_start fetched from the registry
+STUDENT_SHAPE = "models/student_shape.json"  # the size_student stage's choice
 PATHS = {
     "prepared": "data/prepared",
     "teacher": "models/teacher",
@@ -140,8 +141,8 @@ def run_pipeline(project_dir: str, overrides: list[str] | None, monitor: bool, r
         cfg, cfg.student.warm_start, str(Path(project_dir, IMPORTED_STUDENT)), project_dir)
     if new_start and same_model(Path(project_dir, IMPORTED_STUDENT), Path(path["student"])):
         new_start = False  # the alias moved to this folder's own student (it was promoted): nothing to redo
-    runs += [dvc.repro(stage, project_dir, force=new_start and stage == "train_student")
-             for stage in ("assistant", "train_student", "train_baseline", "evaluate", "audit")]
+    runs += [dvc.repro(stage, project_dir, force=new_start and stage in ("size_student", "train_student"))
+             for stage in ("assistant", "size_student", "train_student", "train_baseline", "evaluate", "audit")]
     metrics = read_json(Path(path["evaluate"], "metrics.json"))
     audit = read_json(Path(path["audit"], "audit.json"))
     predictions = pd.read_parquet(Path(path["evaluate"], "predictions.parquet"))
@@ -169,13 +170,17 @@ def run_pipeline(project_dir: str, overrides: list[str] | None, monitor: bool, r
                "eval.teacher_share": f"{metrics['student']['accuracy'] / max(metrics['teacher']['accuracy'], 1e-9):.4f}",
                "eval.latency_p50_ms": f"{metrics['student']['latency_p50_ms']:.2f}",
                "champion_at_decision": champion["version"] if champion else "none"}
+    shape_file = Path(project_dir, STUDENT_SHAPE)
+    if shape_file.is_file():
+        lineage["student_shape"] = read_json(shape_file)["reason"][:500]
     if student_card.get("losses"):
         lineage["losses"] = str(student_card["losses"])[:5000]
     reports = {"evaluation report": str(Path(path["evaluate"], "report.html")),
                "audit report": str(Path(path["audit"], "audit.html")),
                "data contracts (GE)": str(Path(project_dir, "gx/uncommitted/data_docs/local_site/index.html"))}
-    run_id = registry.log_run(cfg, {"eval": metrics}, lineage, [path["evaluate"], path["audit"],
-                                                                 path["teacher_report"]], project_dir)
+    artifacts = [path["evaluate"], path["audit"], path["teacher_report"], str(shape_file),
+                 str(Path(path["prepared"], "report.json"))]
+    run_id = registry.log_run(cfg, {"eval": metrics}, lineage, artifacts, project_dir)
     version, fresh = registry.register_student(cfg, run_id, path["student"], student_card, lineage,
                                                "Student distilled by distill; the model card follows.", project_dir)
     card = model_card.render(

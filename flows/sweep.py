@@ -12,7 +12,7 @@ from prefect.futures import wait
 from distill import students
 from distill.config import load_config, write_overrides
 from distill.sweep import GridPoint, PointResult, choose, grid
-from flows.pipeline import IMPORTED_STUDENT, PATHS, validate_teacher
+from flows.pipeline import IMPORTED_STUDENT, PATHS, STUDENT_SHAPE, validate_teacher
 from tasks import dvc, registry
 
 
@@ -25,7 +25,8 @@ def train_point(project_dir: str, point: GridPoint, epochs: int | None) -> Point
     with tempfile.TemporaryDirectory(prefix="distill-sweep-") as scratch:
         result = students.run_student(cfg, path["prepared"], path["teacher"], path["outputs"],
                                       Path(scratch, "student"), assistant_dir=Path(project_dir, "models/assistant"),
-                                      imported_dir=Path(project_dir, IMPORTED_STUDENT))  # as the pipeline trains
+                                      imported_dir=Path(project_dir, IMPORTED_STUDENT),  # as the pipeline trains
+                                      shape_file=Path(project_dir, STUDENT_SHAPE))
     return PointResult(point.kd_temperature, point.alpha, result.best_val_accuracy, result.steps, result.seconds)
 
 
@@ -79,7 +80,7 @@ def distill_sweep(project_dir: str = ".", apply: bool = False) -> dict:
     gate = validate_teacher(project_dir)
     if not gate.passed:
         raise RuntimeError("teacher gate failed, nothing to sweep: " + "; ".join(gate.reasons))
-    for stage in ("label", "assistant"):
+    for stage in ("label", "assistant", "size_student"):
         dvc.repro(stage, project_dir)
     points = grid(cfg)
     logger.info("sweeping %d points, %d at a time", len(points), cfg.sweep.workers)

@@ -80,6 +80,7 @@ def tiny_params(data_path: Path | None) -> dict:
                  "production_windows": 1, "shifted_windows": 0, "window_size": 10},
         "teacher": {"epochs": 1, "batch_size": 16, "min_accuracy": 0.0, "min_macro_f1": 0.0},
         "student": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64},
+        "size": {"search": False},  # tests/test_sizing.py and test_byod_flow.py search
         "train": {"epochs": 2, "batch_size": 16, "eval_every": 5, "device": "cpu"},
         "evaluate": {"latency_samples": 5, "warmup": 1},
         "audit": {"min_slice_size": 3},

@@ -303,8 +303,10 @@ def test_champion_is_scored_on_this_runs_test_set(logged, tiny_cfg, tiny_teacher
     assert sum(scored["slices"][name]["n"] for name in labels) == len(test)
     # the hold-out is scored like the test set: its accuracy is the matching label slices' on those rows
     assert scored["slices"]["holdout=shifted"]["n"] == 7
-    from distill.models import load_classifier
-    clf_scores = registry.holdout_slices(load_classifier(tiny_teacher), {"shifted": holdout}, cfg)
+    from distill.lengths import model_length
+    from distill.models import load_classifier, read_card
+    clf_scores = registry.holdout_slices(load_classifier(tiny_teacher), {"shifted": holdout}, cfg,
+                                         model_length(read_card(tiny_teacher)))
     assert clf_scores["holdout=shifted"] == scored["slices"]["holdout=shifted"]
 
 
