@@ -64,6 +64,13 @@ class DataConfig(_Section):
         description="Most unlabelled texts the teacher labels (a sample when there are more). null: every "
         "unlabelled text within distill_rows; the built-in intent scenario takes 3,000.",
     )
+    augment: float | None = Field(
+        None, ge=0,
+        description="Edited copies of the gold training texts (words dropped, neighbours swapped, halves of two "
+        "texts joined; distill/augment.py) added to the transfer set for the teacher to label, per training text. "
+        "null: as many as bring the transfer set to twice the training rows, when the file has fewer unlabelled "
+        "texts than that (a fully labelled file); 0: none. Within distill_rows.",
+    )
     distill_rows: int = Field(
         20_000, ge=10,
         description="Budget of the distillation set: the most texts (gold training rows plus transfer rows) the "

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from distill import contracts
+from distill.augment import augment_texts
 from distill.config import DataConfig, PipelineConfig
 from distill.io import atomic_dir, write_json
 
@@ -45,6 +46,7 @@ class SplitReport:
     rows_read: int
     labelled: int              # distinct labelled texts
     unlabelled: int            # distinct texts without a label
+    augmented: int             # edited copies of training texts added to the transfer set
     left_out: dict[str, int]   # why -> rows
     notes: list[str]
 
@@ -238,6 +240,28 @@ def take_windows(pool: pd.DataFrame, n_windows: int, size: int, start: int, shif
     return rows
 
 
+def augment_count(cfg: DataConfig, n_train: int, n_transfer: int) -> int:
+    """How many augmented texts join the transfer set (``data.augment``), within ``data.distill_rows``."""
+    room = max(cfg.distill_rows - n_train - n_transfer, 0)
+    wanted = 2 * n_train - n_transfer if cfg.augment is None else round(cfg.augment * n_train)
+    return max(min(wanted, room), 0)
+
+
+def add_augmented(transfer: pd.DataFrame, parts: dict[str, pd.DataFrame], cfg: DataConfig, seed: int,
+                  notes: list[str]) -> pd.DataFrame:
+    """The transfer set plus edited copies of the gold training texts (column ``augmented``)."""
+    transfer = transfer.assign(augmented=False)
+    n = augment_count(cfg, len(parts["gold_train"]), len(transfer))
+    if not n:
+        return transfer
+    taken = set(pd.concat([frame["text"] for frame in parts.values()] + [transfer["text"]]).astype(str))
+    texts = augment_texts(parts["gold_train"]["text"].astype(str).tolist(), n, seed, taken)
+    notes.append(f"{len(texts)} edited copies of gold training texts join the transfer set for the teacher to "
+                 "label (data.augment; 0 turns this off)")
+    return pd.concat([transfer, pd.DataFrame({"text": pd.Series(texts, dtype="string"), "augmented": True})],
+                     ignore_index=True)
+
+
 def gold_mode(cfg: DataConfig, builtin: bool) -> str:
     """How labelled rows are used: ``data.gold``, with auto resolved for the source."""
     if cfg.gold != "auto":
@@ -301,6 +325,7 @@ def split_examples(examples: pd.DataFrame, shifted_pool: pd.DataFrame | None, cf
     if len(rest) > len(transfer):
         left_out["unlabelled texts over the transfer budget (data.transfer_size, data.distill_rows)"] = (
             len(rest) - len(transfer))
+    transfer = add_augmented(transfer, parts, cfg, seed, notes)
     if shifted_pool is not None and cfg.shifted_windows:
         taken = pd.concat([frame["text"] for frame in parts.values()] + [production["text"], transfer["text"]])
         shifted_pool = shifted_pool[~shifted_pool["text"].isin(taken)].drop_duplicates("text")
@@ -312,7 +337,8 @@ def split_examples(examples: pd.DataFrame, shifted_pool: pd.DataFrame | None, cf
     production = production.rename(columns={"label": "true_label"})
     production["label"] = pd.NA
     production["request_id"] = np.arange(len(production))
-    report = SplitReport(mode, rows_read, len(labelled), len(unlabelled), left_out, notes)
+    report = SplitReport(mode, rows_read, len(labelled), len(unlabelled), int(transfer["augmented"].sum()),
+                         left_out, notes)
     return {**parts, "transfer": transfer.reset_index(drop=True), "production": production}, report
 
 
@@ -340,7 +366,7 @@ def read_incoming(incoming_dir: Path | None) -> pd.DataFrame:
 def add_incoming(splits: dict[str, pd.DataFrame], incoming: pd.DataFrame) -> None:
     """Append new traffic to the transfer split, minus texts already in a gold or transfer split."""
     taken = pd.concat([splits[s]["text"] for s in ("gold_train", "gold_val", "gold_test", "transfer")])
-    new = incoming[~incoming["text"].isin(taken)].assign(label=pd.NA)
+    new = incoming[~incoming["text"].isin(taken)].assign(label=pd.NA, augmented=False)
     splits["transfer"] = pd.concat([splits["transfer"], new], ignore_index=True)
 
 

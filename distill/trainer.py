@@ -241,6 +241,7 @@ def train(clf: Classifier, data: TrainData, val: TrainData, settings: TrainSetti
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.max_steps,
         pct_start=warmup_share(settings.max_steps))
+    warmup_steps = int(warmup_share(settings.max_steps) * settings.max_steps)
     use_amp = device.type == "cuda"
     stream = Batches(len(data), settings.batch_size, np.random.default_rng(settings.seed))
     state, best_weights = _Progress(history=[]), copy.deepcopy(model.state_dict())
@@ -300,7 +301,9 @@ def train(clf: Classifier, data: TrainData, val: TrainData, settings: TrainSetti
             if accuracy > state.best_accuracy:
                 state.best_accuracy, state.best_step, state.stale = accuracy, state.step, 0
                 best_weights = copy.deepcopy(model.state_dict())
-            else:
+            elif state.step > warmup_steps:
+                # Checks during the learning-rate warm-up do not count: on a large distillation set the
+                # warm-up is long, and a still-cold student would otherwise be stopped before it learns.
                 state.stale += 1
         if checkpointing and state.step % settings.checkpoint_every == 0 \
                 and state.step < settings.max_steps and state.stale < settings.patience:

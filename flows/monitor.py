@@ -162,9 +162,13 @@ def keep_for_redistillation(project_dir: str, cfg: PipelineConfig, windows: list
 
 
 def reference_frame(model, project_dir: str) -> pd.DataFrame:
-    """The distillation inputs (gold_train + transfer) with the champion's predictions on them."""
+    """The distillation inputs (gold_train + transfer, less the edited copies of training texts, which no
+    user sent) with the champion's predictions on them."""
     prepared = Path(project_dir, "data/prepared")
-    reference = pd.concat([read_split(prepared, s)[["text"]] for s in ("gold_train", "transfer")], ignore_index=True)
+    transfer = read_split(prepared, "transfer")
+    if "augmented" in transfer.columns:
+        transfer = transfer[~transfer["augmented"].fillna(False).astype(bool)]
+    reference = pd.concat([read_split(prepared, "gold_train")[["text"]], transfer[["text"]]], ignore_index=True)
     out = model.predict(reference)
     return reference.assign(prediction=out["label"].to_numpy(), confidence=out["score"].to_numpy())
 

@@ -157,14 +157,30 @@ def test_a_labelled_file_uses_every_label_with_held_out_sets_sized_from_the_data
     assert (len(splits["gold_test"]), len(splits["gold_val"]), len(splits["gold_train"])) == (200, 100, 700)
     # Stratified: each label keeps its share of the test set.
     assert splits["gold_test"]["label"].value_counts().to_dict() == {"pos": 120, "neg": 80}
-    assert len(splits["transfer"]) == 50 and splits["transfer"]["label"].isna().all()
+    transfer = splits["transfer"]
+    assert transfer["label"].isna().all() and (~transfer["augmented"]).sum() == 50
+    # Few unlabelled texts: edited copies of training texts bring the transfer set to twice the training rows.
+    assert transfer["augmented"].sum() == 2 * 700 - 50 == result.report.augmented
     texts = [t for name in ("gold_train", "gold_val", "gold_test", "transfer") for t in splits[name]["text"]]
-    assert len(texts) == len(set(texts)) == 1050
+    assert len(texts) == len(set(texts)) == 1000 + 1400
     # No spare labelled rows: the simulated traffic replays test rows, with their labels.
     assert set(splits["production"]["text"]) <= set(splits["gold_test"]["text"])
     assert splits["production"]["true_label"].notna().all()
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["gold"] == "all" and report["labelled"] == 1000 and report["left_out"] == {}
+
+
+def test_augmented_texts_come_from_training_texts_only_and_can_be_turned_off(tmp_path):
+    path = labelled_file(tmp_path, {"pos": 60, "neg": 40})
+    cfg = all_cfg(path, augment=1.5)
+    splits, report = data.split_examples(data.load_examples(cfg.data), None, cfg.data, 1, "x")
+    augmented = splits["transfer"][splits["transfer"]["augmented"]]["text"].tolist()
+    assert len(augmented) == report.augmented == round(1.5 * len(splits["gold_train"]))
+    train_words = {w for t in splits["gold_train"]["text"] for w in t.split()}
+    held_out = set(splits["gold_test"]["text"]) | set(splits["gold_val"]["text"])
+    assert all(set(t.split()) <= train_words for t in augmented) and not held_out & set(augmented)
+    off = all_cfg(path, augment=0)
+    assert data.split_examples(data.load_examples(off.data), None, off.data, 1, "x")[1].augmented == 0
 
 
 def test_held_out_sets_are_capped_and_every_label_is_tested(tmp_path):
