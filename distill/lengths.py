@@ -33,20 +33,25 @@ class LengthProfile:
     p90: int
     p99: int
     truncated_share: float  # texts longer than max_length
+    unknown_share: float = 0.0  # tokens the tokenizer does not know ([UNK])
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def token_lengths(tokenizer, texts: list[str], seed: int = 0) -> np.ndarray:
-    """Tokens per text (special tokens included) for up to ``SAMPLE`` texts, sampled with ``seed``."""
+def token_lengths(tokenizer, texts: list[str], seed: int = 0) -> tuple[np.ndarray, float]:
+    """Tokens per text (special tokens included) for up to ``SAMPLE`` texts, sampled with ``seed``, and the
+    share of those tokens that are the tokenizer's unknown token."""
     if len(texts) > SAMPLE:
         pick = np.random.default_rng(seed).choice(len(texts), SAMPLE, replace=False)
         texts = [texts[i] for i in sorted(pick)]
     # A copy: a call changes a fast tokenizer's truncation state, which save_pretrained writes into
     # tokenizer.json, and so into the model's fingerprint.
     encoded = copy.deepcopy(tokenizer)(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
-    return np.array([len(ids) for ids in encoded], dtype=np.int64)
+    total = sum(len(ids) for ids in encoded)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    unknown = sum(ids.count(unk) for ids in encoded) / total if unk is not None and total else 0.0
+    return np.array([len(ids) for ids in encoded], dtype=np.int64), unknown
 
 
 def choose_length(lengths: np.ndarray, quantile: float, cap: int, floor: int = 32) -> int:
@@ -60,12 +65,12 @@ def choose_length(lengths: np.ndarray, quantile: float, cap: int, floor: int = 3
 def profile(tokenizer, texts: list[str], cfg: PipelineConfig, model_limit: int | None = None) -> LengthProfile:
     """Measure ``texts`` and settle the input length: ``teacher.max_length`` when set, else from the data."""
     t = cfg.teacher
-    lengths = token_lengths(tokenizer, texts, cfg.seed)
+    lengths, unknown = token_lengths(tokenizer, texts, cfg.seed)
     cap = min(t.max_length_cap, model_limit) if model_limit else t.max_length_cap
     length = t.max_length if t.max_length is not None else choose_length(lengths, t.length_quantile, cap)
     pct = (lambda q: int(np.quantile(lengths, q))) if len(lengths) else (lambda q: 0)
     return LengthProfile(length, t.max_length is None, t.length_quantile, len(lengths), pct(0.5), pct(0.9),
-                         pct(0.99), float(np.mean(lengths > length)) if len(lengths) else 0.0)
+                         pct(0.99), float(np.mean(lengths > length)) if len(lengths) else 0.0, unknown)
 
 
 def with_lengths(cfg: PipelineConfig, teacher_card: dict) -> PipelineConfig:

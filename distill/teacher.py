@@ -46,6 +46,9 @@ def gold_data(prepared: Path, split: str, labels: list[str]) -> TrainData:
     return TrainData(frame["text"].tolist(), label_ids(labels, frame["label"]))
 
 
+UNKNOWN_WARNED, UNKNOWN_REFUSED = 0.05, 0.5  # shares of [UNK] tokens in the texts
+
+
 def bootstrap(cfg: PipelineConfig, clf: Classifier, prepared: Path) -> TrainResult:
     """Fine-tune ``clf`` (the packaged all-MiniLM-L6-v2 with a new head) on the gold training set."""
     train_set, val_set = gold_data(prepared, "gold_train", clf.labels), gold_data(prepared, "gold_val", clf.labels)
@@ -79,6 +82,13 @@ def measure_lengths(cfg: PipelineConfig, clf: Classifier, prepared: Path) -> Len
            else "teacher.max_length")
     print(f"input length: {found.max_length} tokens ({how}); token lengths p50 {found.p50}, p90 {found.p90}, "
           f"p99 {found.p99}; {found.truncated_share:.1%} of the texts are cut", flush=True)
+    if found.unknown_share > UNKNOWN_REFUSED:
+        raise ModelError(f"{found.unknown_share:.0%} of the text tokens are unknown to the teacher's tokenizer "
+                         "([UNK]): the texts are in a language or script it does not cover. Give a teacher for "
+                         "that language (teacher.path), or check data.text_column")
+    if found.unknown_share > UNKNOWN_WARNED:
+        print(f"warning: {found.unknown_share:.0%} of the text tokens are unknown to the teacher's tokenizer "
+              "([UNK]); a teacher for the texts' language (teacher.path) would read them better", flush=True)
     return found
 
 

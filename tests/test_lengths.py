@@ -65,3 +65,23 @@ def test_the_teacher_stage_records_the_length_it_chose(tmp_path, tiny_teacher):
     assert recorded["chosen"] and recorded["max_length"] == 64
     assert 0.05 < recorded["truncated_share"] < 0.2
     assert lengths.with_teacher_lengths(cfg, tmp_path / "t").train.max_length == 64
+
+
+def test_texts_the_tokenizer_cannot_read_are_refused_by_name(tmp_path):
+    import pandas as pd
+    import pytest
+
+    from distill.models import ModelError
+
+    runes = ["ᚠᚢᚦᚨᚱᚲ", "ᚷᚹᚺᚾᛁᛃ", "ᛇᛈᛉᛊᛏᛒ", "ᛖᛗᛚᛜᛞᛟ"]
+    rows = [{"utterance": " ".join(runes[(i + j) % 4] for j in range(3 + i % 3)), "intent": label}
+            for label in ("a", "b", "c", "d") for i in range(12)]
+    rows = [dict(r, utterance=f"{r['utterance']} {i}") for i, r in enumerate(rows)]
+    pd.DataFrame(rows).to_csv(tmp_path / "runes.csv", index=False)
+    params = tiny_params(tmp_path / "runes.csv")
+    params["data"].update(gold="all", transfer_size=None)
+    cfg = config_from_dict(params)
+    data.run(cfg, tmp_path / "prepared")
+    with pytest.raises(ModelError, match=r"unknown to the teacher's tokenizer \(\[UNK\]\).*teacher.path"):
+        teacher.run(cfg, tmp_path / "prepared", tmp_path / "t")  # the bootstrap teacher's tokenizer
+    assert not (tmp_path / "t").exists()
