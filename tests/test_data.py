@@ -241,3 +241,13 @@ def test_the_builtin_scenario_stays_limited_label(tmp_path):
     assert report.gold == "per_label"
     assert len(splits["transfer"]) == data.BUILTIN_TRANSFER_SIZE
     assert splits["gold_test"]["label"].value_counts().max() <= cfg.data.gold_per_label
+
+
+def test_a_file_of_fifty_rows_still_gets_every_split_and_says_what_it_did(tmp_path):
+    path = labelled_file(tmp_path, {"yes": 30, "no": 20})
+    result = data.run(all_cfg(path), tmp_path / "out")
+    sizes = result.sizes
+    assert (sizes["gold_test"], sizes["gold_val"], sizes["gold_train"]) == (10, 5, 35)
+    for name in ("gold_train", "gold_val", "gold_test"):
+        assert set(data.read_split(tmp_path / "out", name)["label"]) == {"yes", "no"}
+    assert result.report.augmented == 70 and sizes["transfer"] == 70
