@@ -173,8 +173,9 @@ def test_failed_teacher_gate_stops_before_distillation(harness, project):
     champion = client.get_model_version_by_alias("distill-student", "champion").version
     versions = len(client.search_model_versions("name = 'distill-student'"))
     teachers = len(client.search_model_versions("name = 'distill-teacher'"))
-    # A different teacher (one epoch) that fails its gate: it is never registered, champion stays put.
-    write_overrides(project / "params.yaml", ["teacher.min_accuracy=1.0", "teacher.epochs=1"])
+    # A new bootstrapped teacher (one epoch; an earlier test pointed teacher.path at the registry) that
+    # fails its gate: it is never registered, and the champion stays put.
+    write_overrides(project / "params.yaml", ["teacher.path=null", "teacher.min_accuracy=1.0", "teacher.epochs=1"])
     summary = distill_pipeline(project_dir=str(project), monitor=False)
     assert summary["completed"] is False
     assert not summary["teacher_gate"]["passed"]
