@@ -78,7 +78,9 @@ def figures(project: Path) -> dict:
                                                           "macro_f1", "latency_p50_ms", "parameters", "size_mb")}
               for name in CANDIDATES if name in metrics}
     teacher, student = models["teacher"], models["student"]
+    shape = json.loads((project / "models/student_shape.json").read_text())
     return {"models": models, "prepare": report, "length": card.get("length"), "teacher_steps": card.get("steps"),
+            "shape": shape["shape"], "shape_reason": shape["reason"],
             "teacher_gate": gate["passed"],
             "teacher_share": student["accuracy"] / teacher["accuracy"],
             "speedup_fp32": teacher["latency_p50_ms"] / student["latency_p50_ms"],
