@@ -63,9 +63,19 @@ def run_pipeline(project: Path, data_file: Path, log: Path) -> float:
         done = subprocess.run([str(distill), "run", "--set", f"data.path=data/raw/{data_file.name}"], cwd=project,
                               stdout=handle, stderr=subprocess.STDOUT, env=environment())
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
+    stopped_at_gate = (project / "reports/teacher/gate.json").is_file() and not json.loads(
+        (project / "reports/teacher/gate.json").read_text())["passed"]
+    if done.returncode != 0 and not stopped_at_gate:
         raise RuntimeError(f"distill run failed on {data_file.name} (exit {done.returncode}); see {log}")
     return seconds
+
+
+def gate_stop(project: Path) -> dict | None:
+    """The teacher gate's report when the run stopped there (a result, not a crash), else None."""
+    gate = json.loads((project / "reports/teacher/gate.json").read_text())
+    return None if gate["passed"] else {"teacher_gate": False, "gate_reasons": gate["reasons"],
+                                         "verdicts": ["MISSED: the run stopped at the teacher gate: "
+                                                      + "; ".join(gate["reasons"])]}
 
 
 def figures(project: Path) -> dict:
@@ -123,6 +133,9 @@ def print_table(results: dict) -> None:
 
     console = Console()
     for name, result in results.items():
+        if "models" not in result:
+            console.print(f"{name}: {result['rows']} rows, {result['minutes']:.1f} min: " + "; ".join(result["verdicts"]))
+            continue
         table = Table(title=f"{name}: {result['rows']} rows, {result['minutes']:.1f} min end to end")
         for column in ("model", "accuracy", "95% CI", "macro-F1", "p50 ms", "params (M)"):
             table.add_column(column, justify="left" if column == "model" else "right")
@@ -153,10 +166,15 @@ def main() -> int:
         project.mkdir(parents=True)
         copy_project(project)
         seconds = run_pipeline(project, data_file, args.work / f"{name}.log")
-        result = {"rows": sum(1 for _ in data_file.open()) - 1, "minutes": seconds / 60, **figures(project)}
-        if args.seeds:
-            result["kd"] = kd_lift(project, args.seeds, args.work / f"{name}-methods.json")
-        result["verdicts"] = verdicts(result)
+        result = {"rows": sum(1 for _ in data_file.open()) - 1, "minutes": seconds / 60}
+        stop = gate_stop(project)
+        if stop is not None:
+            result |= stop
+        else:
+            result |= figures(project)
+            if args.seeds:
+                result["kd"] = kd_lift(project, args.seeds, args.work / f"{name}-methods.json")
+            result["verdicts"] = verdicts(result)
         results[name] = result
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
