@@ -32,19 +32,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.tiny_project import copy_project_files  # noqa: E402  (the copy the flow tests use)
 SETS = ("sentiment", "news", "intents_many")
 TARGETS = {"teacher_share": 0.97, "speedup_fp32": 8.0, "speedup_int8": 3.0, "kd_lift_points": 1.0}
 CANDIDATES = ("teacher", "teacher_int8", "student", "student_int8", "baseline")
 
 
 def copy_project(dest: Path) -> None:
-    """The project's tracked and new files (as a fresh clone has them), without benchmarks and tests."""
-    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
-    for name in listing:
-        if (ROOT / name).is_file() and not name.startswith(("tests/", "data/byod/")):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
+    """The project's tracked and new files (as a fresh clone has them), without the tests, in a new git repo."""
+    copy_project_files(dest, skip=("tests/", "data/byod/"))
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
 
 

@@ -14,17 +14,22 @@ from tests.conftest import tiny_params
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def copy_project_files(root: Path, skip: tuple[str, ...]) -> None:
+    """The project's tracked and new files (as a clone and the worker see them), less paths under ``skip``."""
+    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    for name in listing:
+        if (ROOT / name).is_file() and not name.startswith(skip):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, root / name)
+
+
 def tiny_project(root: Path, **sections: dict) -> Path:
     """The project's files (tracked and new, as the worker will see them) with tiny params.
 
     ``sections`` update the tiny params section by section (``data={"transfer_size": 200}``).
     """
-    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
-    for name in listing:
-        if (ROOT / name).is_file() and not name.startswith(("benchmarks/", "tests/")):
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, root / name)
+    copy_project_files(root, skip=("benchmarks/", "tests/"))
     params = tiny_params(None)
     params["data"].update(text_column="text", label_column="label", gold_per_label=8, transfer_size=120,
                           production_windows=2, shifted_windows=1, window_size=100)
