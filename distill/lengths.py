@@ -87,7 +87,7 @@ def with_lengths(cfg: PipelineConfig, teacher_card: dict) -> PipelineConfig:
 
 def with_teacher_lengths(cfg: PipelineConfig, teacher_dir: Path | None) -> PipelineConfig:
     """``with_lengths`` from a teacher folder (``cfg`` unchanged without one)."""
-    from distill.models import MODEL_CARD, read_card
+    from distill.models import MODEL_CARD, read_card  # here: model_card reads lengths and stays free of torch
 
     if teacher_dir is None or not (Path(teacher_dir) / MODEL_CARD).is_file():
         return with_lengths(cfg, {})

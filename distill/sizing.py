@@ -20,17 +20,14 @@ warm start's) shape is written unchanged.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from distill import data as data_stage
 from distill.config import PipelineConfig, SizeConfig, StudentConfig
 from distill.io import atomic_file
 from distill.lengths import with_teacher_lengths
 from distill.models import Classifier, build_student, load_classifier, read_card, resolve_fetched, shape_of
 
-log = logging.getLogger("distill")
 SHAPE_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 
@@ -86,32 +83,32 @@ def read_shape(path: Path | None, cfg: PipelineConfig) -> PipelineConfig:
     return cfg.model_copy(update={"student": as_student(cfg.student, shape)})
 
 
-def time_candidates(cfg: PipelineConfig, teacher_dir: Path, teacher: Classifier,
-                    shapes: list[dict[str, int]], texts: list[str]) -> dict[str, dict[str, float]]:
-    """Batch-1 p50 latency of the teacher, the INT8 teacher and a fresh student of every shape."""
+def time_candidates(cfg: PipelineConfig, teacher_dir: Path, teacher: Classifier, shapes: list[dict[str, int]],
+                    texts: list[str]) -> tuple[dict[str, dict[str, float]], list[int]]:
+    """Batch-1 p50 latency of the teacher, the INT8 teacher and a fresh student of every shape, and the
+    students' parameter counts."""
     from distill.evaluate import Candidate, load_candidates, measure_latency, with_runtime_candidate
 
     ev, length = cfg.evaluate, cfg.train.max_length
     models = load_candidates({"teacher": teacher_dir}, ["teacher", "teacher_int8"], ev.runtime, texts, length)
+    parameters = []
     for i, shape in enumerate(shapes):
         clf = build_student(teacher, as_student(cfg.student, shape), cfg.seed)
+        parameters.append(clf.num_parameters)
         models.append(with_runtime_candidate(Candidate(f"shape{i}", clf, 4 * clf.num_parameters,
                                                        clf.num_parameters), ev.runtime, texts, length))
-    return measure_latency(models, texts, length, ev.warmup, ev.threads, ev.latency_rounds)
+    return measure_latency(models, texts, length, ev.warmup, ev.threads, ev.latency_rounds), parameters
 
 
-def score_shape(cfg: PipelineConfig, shape: dict[str, int], teacher: Classifier, fingerprint: str,
-                prepared: Path, outputs: Path) -> float:
+def score_shape(cfg: PipelineConfig, shape: dict[str, int], teacher: Classifier, data, val) -> float:
     """Validation accuracy after ``size.steps`` distillation steps of a fresh student of ``shape``."""
-    from distill.students import distillation_set, fit, settings_for
-    from distill.teacher import gold_data
+    from distill.students import fit, settings_for
 
-    data, _ = distillation_set(outputs, fingerprint, teacher.labels)
     steps = cfg.size.steps
     settings = replace(settings_for(cfg, len(data), distilled=True), max_steps=steps, patience=10**6,
                        eval_every=steps)
-    _, result, _ = fit(cfg, as_student(cfg.student, shape), teacher, teacher, data,
-                       gold_data(prepared, "gold_val", teacher.labels), settings, "shape search", None)
+    _, result, _ = fit(cfg, as_student(cfg.student, shape), teacher, teacher, data, val, settings, "shape search",
+                       None)
     return result.best_val_accuracy
 
 
@@ -177,16 +174,18 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, outputs: Path, o
 def search(cfg: PipelineConfig, teacher_dir: Path, teacher: Classifier, fingerprint: str, prepared: Path,
            outputs: Path) -> SizingResult:
     """Time every candidate, score those within the budget, choose."""
-    s = cfg.student
+    from distill.students import distillation_set
+    from distill.teacher import gold_data
+
     shapes = [candidate_shape(layers, width) for layers, width in cfg.size.candidates]
-    val = data_stage.read_split(prepared, "gold_val")["text"].tolist()
-    texts = val[:cfg.evaluate.latency_samples]
-    latency = time_candidates(cfg, teacher_dir, teacher, shapes, texts)
-    parameters = [build_student(teacher, as_student(s, shape), cfg.seed).num_parameters for shape in shapes]
+    val = gold_data(prepared, "gold_val", teacher.labels)
+    latency, parameters = time_candidates(cfg, teacher_dir, teacher, shapes, val.texts[:cfg.evaluate.latency_samples])
     scores = judge(cfg.size, shapes, latency, parameters)
-    for score in scores:
-        if score.fits:
-            score.val_accuracy = score_shape(cfg, score.shape, teacher, fingerprint, prepared, outputs)
+    if any(score.fits for score in scores):
+        data, _ = distillation_set(outputs, fingerprint, teacher.labels)  # read and verified once
+        for score in scores:
+            if score.fits:
+                score.val_accuracy = score_shape(cfg, score.shape, teacher, data, val)
     chosen = choose(scores, cfg.size.tolerance)
     met = chosen.fits
     reason = (f"{chosen.num_layers} x {chosen.hidden_size}: the best validation accuracy "

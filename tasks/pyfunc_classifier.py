@@ -27,7 +27,10 @@ class TextClassifier(PythonModel):
 
     @staticmethod
     def _evaluated_length(folder) -> int:
-        """The input length the model was evaluated with (its distill card), so serving cuts texts alike."""
+        """The input length the model was evaluated with (its distill card), so serving cuts texts alike.
+
+        The same rule as distill.lengths.model_length, written here because a served model may run
+        where distill is not installed."""
         import json
         from pathlib import Path
 
