@@ -16,6 +16,7 @@ and written as JSON (``--out``); ``docs/byod.md`` records a run.
     python benchmarks/byod_data.py                           # the data sets, once
     python benchmarks/byod.py --seeds 3                      # every data set (hours on 2 CPU cores)
     python benchmarks/byod.py --sets sentiment --seeds 1 --work /tmp/byod
+    python benchmarks/byod.py --reuse --seeds 3              # KD lift only, on the projects of an earlier run
 
 Run nothing else heavy beside it: the timings are the point.
 """
@@ -152,6 +153,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the KD-lift comparison; 0 skips it")
     parser.add_argument("--work", type=Path, default=Path("/tmp/distill-byod"), help="where the projects are made")
     parser.add_argument("--out", type=Path, default=ROOT / "reports/benchmarks/byod.json")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the projects (and the recorded wall time) of an earlier run in --work; "
+                             "only the KD-lift comparison runs")
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for name in args.sets:
@@ -160,10 +164,16 @@ def main() -> int:
             print(f"{data_file}: missing; build the data sets first: python benchmarks/byod_data.py", file=sys.stderr)
             return 2
         project = args.work / name
-        shutil.rmtree(project, ignore_errors=True)
-        project.mkdir(parents=True)
-        copy_project(project)
-        seconds = run_pipeline(project, data_file, args.work / f"{name}.log")
+        if args.reuse:
+            if name not in results or not (project / "reports/teacher/gate.json").is_file():
+                print(f"{project}: no earlier run to reuse; run without --reuse first", file=sys.stderr)
+                return 2
+            seconds = results[name]["minutes"] * 60
+        else:
+            shutil.rmtree(project, ignore_errors=True)
+            project.mkdir(parents=True)
+            copy_project(project)
+            seconds = run_pipeline(project, data_file, args.work / f"{name}.log")
         result = {"rows": sum(1 for _ in data_file.open()) - 1, "minutes": seconds / 60}
         stop = gate_stop(project)
         if stop is not None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -23,7 +25,7 @@ import pyarrow.parquet as pq
 
 from distill import contracts
 from distill import data as data_stage
-from distill.config import PipelineConfig
+from distill.config import ConfigError, PipelineConfig
 from distill.io import atomic_file, hash_texts
 from distill.lengths import with_teacher_lengths
 from distill.models import load_classifier, pick_device, predict_logits, read_card
@@ -197,23 +199,40 @@ def label_texts(teacher_dir: Path, labels: list[str], texts: list[str], batch_si
         return merge_shards(plan, shards, [f.result() for f in futures], len(texts), len(labels))
 
 
+class LabelEngine(Protocol):
+    """Labels the distillation inputs elsewhere (e.g. on a Dask cluster); handed to ``run`` by its caller."""
+
+    def __call__(self, teacher_dir: str, labels: list[str], prepared: str, batch_size: int, max_length: int,
+                 device: str, workers: int, address: str | None) -> np.ndarray: ...
+
+
 def teacher_logits(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, labels: list[str],
-                   texts: list[str]) -> np.ndarray:
-    """The teacher's logits over the distillation inputs, on the configured ``label.engine``."""
-    if cfg.label.engine == "dask":
-        # The core never imports Prefect or Dask at import time (tests/test_import.py); the Dask
-        # engine is a Prefect flow in flows/, loaded only when the config asks for it. It reads the
-        # texts from `prepared` itself, so flow parameters stay small (they are sent to the API).
-        from flows.labelling import label_on_dask
+                   texts: list[str], engines: Mapping[str, LabelEngine] | None = None) -> np.ndarray:
+    """The teacher's logits over the distillation inputs, on the configured ``label.engine``.
 
-        return label_on_dask(str(teacher_dir), labels, str(prepared), cfg.label.batch_size, cfg.teacher.max_length,
-                             cfg.train.device, cfg.label.workers, cfg.label.dask_address)
-    return label_texts(teacher_dir, labels, texts, cfg.label.batch_size, cfg.teacher.max_length, cfg.train.device,
-                       cfg.label.workers)
+    ``local`` runs here (one process, or ``label.workers`` spawned ones). Any other engine is
+    looked up in ``engines``, which the caller hands in: the core does not know the orchestrators
+    (the Dask engine is a Prefect flow in flows/, handed in by the ``distill`` command).
+    """
+    if cfg.label.engine == "local":
+        return label_texts(teacher_dir, labels, texts, cfg.label.batch_size, cfg.teacher.max_length,
+                           cfg.train.device, cfg.label.workers)
+    engine = (engines or {}).get(cfg.label.engine)
+    if engine is None:
+        raise ConfigError(f"label.engine: {cfg.label.engine!r} is not available here (known: "
+                          f"{', '.join(['local', *sorted(engines or {})])}); run the stage through the `distill` "
+                          f"command (dvc repro label), or set label.engine: local")
+    # The engine reads the texts from `prepared` itself, so flow parameters stay small.
+    return engine(str(teacher_dir), labels, str(prepared), cfg.label.batch_size, cfg.teacher.max_length,
+                  cfg.train.device, cfg.label.workers, cfg.label.dask_address)
 
 
-def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_path: Path) -> LabelResult:
-    """Label the distillation inputs with the teacher, unless identical outputs exist."""
+def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_path: Path,
+        engines: Mapping[str, LabelEngine] | None = None) -> LabelResult:
+    """Label the distillation inputs with the teacher, unless identical outputs exist.
+
+    ``engines`` holds the labelling engines other than ``local`` (see ``teacher_logits``).
+    """
     cfg = with_teacher_lengths(cfg, teacher_dir)
     card = read_card(teacher_dir)
     inputs = distillation_inputs(prepared)
@@ -226,7 +245,7 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_path: Path) 
             meta = {}
         if meta.get("input_hash") == input_hash:
             return LabelResult(Path(out_path), len(inputs), card["fingerprint"], input_hash, reused=True)
-    logits = teacher_logits(cfg, Path(prepared), Path(teacher_dir), card["labels"], inputs["text"].tolist())
+    logits = teacher_logits(cfg, Path(prepared), Path(teacher_dir), card["labels"], inputs["text"].tolist(), engines)
     contracts.check_frame(output_frame_checks(inputs, logits), "teacher_outputs", source=str(out_path),
                           parameters={"num_labels": len(card["labels"])})
     meta = {"teacher_fingerprint": card["fingerprint"], "teacher_source": card.get("source"),

@@ -23,10 +23,11 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from distill.config import PipelineConfig, SizeConfig, StudentConfig
+from distill.config import PipelineConfig, SizeConfig
 from distill.io import atomic_file
 from distill.lengths import with_teacher_lengths
 from distill.models import Classifier, build_student, load_classifier, read_card, resolve_fetched, shape_of
+from distill.students import as_student, distillation_set, fit, settings_for
 
 SHAPE_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
@@ -70,19 +71,6 @@ def candidate_shape(layers: int, width: int) -> dict[str, int]:
             "intermediate_size": 4 * width}
 
 
-def as_student(cfg: StudentConfig, shape: dict[str, int]) -> StudentConfig:
-    """The student section with ``shape`` as its layer shape."""
-    return cfg.model_copy(update=dict(shape))
-
-
-def read_shape(path: Path | None, cfg: PipelineConfig) -> PipelineConfig:
-    """``cfg`` with the student shape chosen by the size_student stage (unchanged without its file)."""
-    if path is None or not Path(path).is_file():
-        return cfg
-    shape = json.loads(Path(path).read_text())["shape"]
-    return cfg.model_copy(update={"student": as_student(cfg.student, shape)})
-
-
 def time_candidates(cfg: PipelineConfig, teacher_dir: Path, teacher: Classifier, shapes: list[dict[str, int]],
                     texts: list[str]) -> tuple[dict[str, dict[str, float]], list[int]]:
     """Batch-1 p50 latency of the teacher, the INT8 teacher and a fresh student of every shape, and the
@@ -102,7 +90,6 @@ def time_candidates(cfg: PipelineConfig, teacher_dir: Path, teacher: Classifier,
 
 def score_shape(cfg: PipelineConfig, shape: dict[str, int], teacher: Classifier, data, val) -> float:
     """Validation accuracy after ``size.steps`` distillation steps of a fresh student of ``shape``."""
-    from distill.students import fit, settings_for
 
     steps = cfg.size.steps
     settings = replace(settings_for(cfg, len(data), distilled=True), max_steps=steps, patience=10**6,
@@ -174,7 +161,6 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, outputs: Path, o
 def search(cfg: PipelineConfig, teacher_dir: Path, teacher: Classifier, fingerprint: str, prepared: Path,
            outputs: Path) -> SizingResult:
     """Time every candidate, score those within the budget, choose."""
-    from distill.students import distillation_set
     from distill.teacher import gold_data
 
     shapes = [candidate_shape(layers, width) for layers, width in cfg.size.candidates]

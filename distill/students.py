@@ -10,6 +10,7 @@ the teacher's) then teach the student.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,7 +24,6 @@ from distill.checkpoint import clear as clear_checkpoints
 from distill.config import PipelineConfig, StudentConfig
 from distill.io import atomic_dir, read_json, write_json
 from distill.lengths import with_teacher_lengths
-from distill.sizing import read_shape
 from distill.models import (MODEL_CARD, Classifier, ModelError, build_student, load_classifier, pick_device,
                             predict_logits, read_card, resolve_fetched, save_classifier, warm_start_student)
 from distill.objective import ModelShape, Objective, capacity_warning
@@ -32,6 +32,19 @@ from distill.trainer import TrainData, TrainResult, TrainSettings, steps_for, tr
 
 log = logging.getLogger("distill")
 ASSISTANT_OUTPUTS = "outputs.parquet"
+
+
+def as_student(cfg: StudentConfig, shape: dict[str, int]) -> StudentConfig:
+    """The student section with ``shape`` as its layer shape."""
+    return cfg.model_copy(update=dict(shape))
+
+
+def read_shape(path: Path | None, cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` with the student shape chosen by the size_student stage (unchanged without its file)."""
+    if path is None or not Path(path).is_file():
+        return cfg
+    shape = json.loads(Path(path).read_text())["shape"]
+    return cfg.model_copy(update={"student": as_student(cfg.student, shape)})
 
 
 @dataclass

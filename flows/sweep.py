@@ -12,7 +12,7 @@ from prefect.futures import wait
 from distill import students
 from distill.config import load_config, write_overrides
 from distill.sweep import GridPoint, PointResult, choose, grid
-from flows.pipeline import IMPORTED_STUDENT, PATHS, STUDENT_SHAPE, validate_teacher
+from flows.distillation import IMPORTED_STUDENT, PATHS, STUDENT_SHAPE, validate_teacher
 from tasks import dvc, registry
 
 

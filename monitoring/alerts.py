@@ -14,6 +14,14 @@ import re
 from pathlib import Path
 
 
+REPORTS = "reports/monitor"  # the monitor's reports, summary and incident state, in a project
+
+
+def incidents_dir(project_dir: str) -> Path:
+    """Where a project's incidents are kept (one JSON file each)."""
+    return Path(project_dir, REPORTS, "incidents")
+
+
 def open_incident(state_dir: Path, key: str, details: dict) -> bool:
     """Record incident ``key``; False when it was already open."""
     state_dir = Path(state_dir)

@@ -2,7 +2,7 @@
 
 from typer.testing import CliRunner
 
-from distill.cli import app
+from cli.main import app
 
 runner = CliRunner()
 

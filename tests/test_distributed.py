@@ -87,7 +87,7 @@ def test_labelling_on_dask_writes_the_same_bytes(tiny_csv, tiny_teacher, tmp_pat
     env.pop("PREFECT_API_URL", None)  # the stage starts Prefect's temporary server for its flow run
     log = tmp_path / "label.log"
     with log.open("w") as sink:  # a file, not a pipe: a leaked server holding a pipe would hang the test
-        code = subprocess.run([sys.executable, "-m", "distill.cli", "label", "--prepared", str(tmp_path / "prepared"),
+        code = subprocess.run([sys.executable, "-m", "cli.main", "label", "--prepared", str(tmp_path / "prepared"),
                                "--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "dask.parquet"),
                                "--params", str(tmp_path / "params.yaml")],
                               cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=600).returncode

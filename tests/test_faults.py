@@ -95,7 +95,7 @@ def test_training_killed_with_sigkill_resumes_to_the_same_model(labelled, tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "distill.cli", "train-student", "--prepared", str(prepared), "--teacher",
+        return [sys.executable, "-m", "distill.stages", "train-student", "--prepared", str(prepared), "--teacher",
                 str(teacher_dir), "--outputs", str(outputs), "--out", str(out), "--params",
                 str(tmp_path / "params.yaml")]
 

@@ -333,7 +333,7 @@ def test_retry_after_and_config_checks():
 def test_lm_serve_command_is_registered():
     from typer.testing import CliRunner
 
-    from distill.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["lm-serve", "--help"])
     assert result.exit_code == 0 and "--port" in result.output and "packaged" in result.output

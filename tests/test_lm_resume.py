@@ -135,7 +135,7 @@ def test_lm_train_killed_with_sigkill_resumes_to_the_same_model(cached, tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "distill.cli", "lm-train", "--completions", str(root / "completions.parquet"),
+        return [sys.executable, "-m", "distill.stages", "lm-train", "--completions", str(root / "completions.parquet"),
                 "--topk", str(root / "topk.parquet"), "--teacher", str(teacher), "--out", str(out),
                 "--params", str(tmp_path / "params.yaml")]
 

@@ -257,7 +257,7 @@ def test_review_rejection_or_timeout_leaves_the_champion(logged, harness, answer
 
 
 def test_cli_promote_rollback_and_registry_table(logged, tmp_path):
-    from distill.cli import app
+    from cli.main import app
 
     name = "cli"
     v1, v2 = register(logged, name, 2)

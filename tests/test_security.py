@@ -59,7 +59,7 @@ def test_remote_code_is_never_trusted_and_nothing_is_unpickled():
 
 
 def test_servers_bind_127_0_0_1_by_default():
-    from distill import cli
+    from cli import main as cli
     from monitoring import serve
 
     assert inspect.signature(serve.make_server).parameters["host"].default == "127.0.0.1"

@@ -1,0 +1,291 @@
+"""The ``distill`` command: the user verbs, and the stage commands that dvc.yaml calls.
+
+The user verbs start the Prefect flows (``run``, ``monitor``, ``sweep``, ``run-lm``), serve the
+champion, and work the MLflow registry (``promote``, ``rollback``, ``registry``). They live here,
+above ``flows/`` and ``tasks/``, so that the core (``distill/``) never imports an orchestrator or
+a registry. The stage commands come from ``distill.stages``, listed apart in ``distill --help``;
+this module hands the ``label`` stage the labelling engines that live in ``flows/`` (Dask).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from distill import stages
+from distill.stages import ParamsOpt, SetOpt, _config, _stage, console
+
+LIFECYCLE = "Lifecycle"
+REGISTRY = "Registry"
+STAGES = "Stages (what dvc.yaml runs)"
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Knowledge distillation from teacher to monitored student.")
+
+ProjectOpt = Annotated[Path, typer.Option(help="The project folder (params.yaml, dvc.yaml).")]
+
+
+def label_on_dask(teacher_dir: str, labels: list[str], prepared: str, batch_size: int, max_length: int,
+                  device: str, workers: int, address: str | None) -> np.ndarray:
+    """The Dask labelling engine (flows/labelling.py), imported only when a run asks for it."""
+    from flows.labelling import label_on_dask as engine
+
+    return engine(teacher_dir, labels, prepared, batch_size, max_length, device, workers, address)
+
+
+@app.command(rich_help_panel=LIFECYCLE)
+def run(project_dir: ProjectOpt = Path("."), set_: SetOpt = None,
+        monitor: Annotated[bool, typer.Option(help="End with a monitoring pass.")] = True) -> None:
+    """Run the whole lifecycle as the Prefect flow distill_pipeline."""
+    from flows.runtime import configure_local_runtime
+
+    _stage(lambda: _config(project_dir / "params.yaml", set_))  # fail on bad params before any server starts
+    configure_local_runtime()
+    from flows.pipeline import distill_pipeline
+
+    summary = distill_pipeline(project_dir=str(project_dir), overrides=set_ or [], monitor=monitor)
+    sys.exit(0 if summary.get("completed") else 1)
+
+
+@app.command(rich_help_panel=LIFECYCLE)
+def sweep(project_dir: ProjectOpt = Path("."), set_: SetOpt = None,
+          apply: Annotated[bool, typer.Option(help="Write the chosen T and alpha into params.yaml.")] = False) -> None:
+    """Sweep the KD temperature and alpha over params.yaml's sweep grid (Prefect flow distill_sweep)."""
+    from flows.runtime import configure_local_runtime
+
+    params = project_dir / "params.yaml"
+    _stage(lambda: _config(params, set_))
+    if set_:
+        from distill.config import write_overrides
+
+        write_overrides(params, set_)
+    configure_local_runtime()
+    from flows.sweep import distill_sweep
+
+    distill_sweep(project_dir=str(project_dir), apply=apply)
+
+
+@app.command("monitor", rich_help_panel=LIFECYCLE)
+def monitor_cmd(project_dir: ProjectOpt = Path("."),
+                redistill: Annotated[bool, typer.Option(help="Start re-distillation on drift.")] = True) -> None:
+    """Run the drift monitor over the production stream."""
+    from flows.runtime import configure_local_runtime
+
+    _stage(lambda: _config(project_dir / "params.yaml", None))
+    configure_local_runtime()
+    from flows.monitor import drift_monitor
+
+    drift_monitor(project_dir=str(project_dir), redistill=redistill)
+
+
+@app.command(rich_help_panel=LIFECYCLE)
+def serve(project_dir: ProjectOpt = Path("."), host: str = "127.0.0.1", port: int = 8765,
+          set_: SetOpt = None) -> None:
+    """Answer POST /predict through the champion student; every answer goes to the production log."""
+    from flows.runtime import configure_local_runtime
+
+    cfg = _stage(lambda: _config(project_dir / "params.yaml", set_))
+    configure_local_runtime()
+    from monitoring.production import log_root
+    from monitoring.serve import Predictor, make_server
+    from tasks import registry
+
+    version = registry.champion_version(cfg, str(project_dir))
+    if version is None:
+        console.print("[bold red]error:[/] no champion student in the registry yet; run `distill run` first")
+        raise typer.Exit(2)
+    model = registry.load_champion.fn(cfg, str(project_dir))
+    server = make_server(Predictor(model, version, log_root(cfg.monitor.log_path, project_dir),
+                                   cfg.monitor.log_text), host, port)
+    console.print(f"serving champion v{version} on http://{host}:{server.server_address[1]} "
+                  f"(POST /predict, POST /feedback, GET /health)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@app.command(rich_help_panel=LIFECYCLE)
+def feedback(labels_file: Annotated[Path, typer.Argument(help="CSV / JSONL / Parquet with request_id and label.")],
+             project_dir: ProjectOpt = Path(".")) -> None:
+    """Record ground truth that arrived for earlier requests (joined to the log by request_id)."""
+    from distill.data import READERS
+    from monitoring.production import log_root, record_feedback
+
+    cfg = _stage(lambda: _config(project_dir / "params.yaml", None))
+    reader = READERS.get(labels_file.suffix.lower())
+    if reader is None or not labels_file.is_file():
+        console.print(f"[bold red]error:[/] {labels_file}: give an existing CSV, JSONL or Parquet file")
+        raise typer.Exit(2)
+    frame = reader(labels_file)
+    missing = [c for c in ("request_id", "label") if c not in frame.columns]
+    if missing:
+        console.print(f"[bold red]error:[/] {labels_file}: missing columns {missing}")
+        raise typer.Exit(2)
+    record_feedback(log_root(cfg.monitor.log_path, project_dir), frame["request_id"].astype(str).tolist(),
+                    frame["label"].astype(str).tolist())
+    console.print(f"recorded {len(frame)} labels")
+
+
+@app.command("lm-serve", rich_help_panel=LIFECYCLE)
+def lm_serve(model: Annotated[str, typer.Option(help="Causal-LM folder, or 'packaged' for SmolLM2-135M-Instruct.")]
+             = "packaged",
+             port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+             host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless guarded.")] = "127.0.0.1",
+             name: Annotated[Optional[str], typer.Option(help="Model name clients ask for (default: the folder's).")]
+             = None,
+             cache_dir: Annotated[Path, typer.Option(help="Where the packaged teacher is converted once.")]
+             = Path("models"),
+             api_key_env: Annotated[Optional[str], typer.Option(help="Require the key in this environment variable.")]
+             = None,
+             threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (1 on a busy shared box).")]
+             = None) -> None:
+    """Serve a causal LM behind an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
+    import os
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from distill.lm.server import load_for_serving, serve
+    from distill.lm.teacher import packaged_teacher_folder
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    folder = _stage(lambda: packaged_teacher_folder(cache_dir) if model == "packaged" else Path(model))
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not api_key:
+        console.print(f"[bold red]error:[/] ${api_key_env} is empty or unset")
+        raise typer.Exit(2)
+    lm = _stage(lambda: load_for_serving(folder))
+    console.print(f"serving {folder} as {name or folder.name} on http://{host}:{port}/v1")
+    serve(lm, name or folder.name, host=host, port=port, api_key=api_key)
+
+
+
+
+@app.command("run-lm", rich_help_panel=LIFECYCLE)
+def run_lm(project_dir: ProjectOpt = Path("."), set_: SetOpt = None) -> None:
+    """Run LLM distillation as the Prefect flow distill_lm_pipeline (gated registration of the LM student)."""
+    from flows.runtime import configure_local_runtime
+
+    _stage(lambda: _config(project_dir / "params.yaml", set_))  # fail on bad params before any server starts
+    configure_local_runtime()
+    from flows.lm import distill_lm_pipeline
+
+    summary = distill_lm_pipeline(project_dir=str(project_dir), overrides=set_ or [])
+    sys.exit(0 if summary.get("completed") else 1)
+
+
+def _registry(params: Path, set_: list[str] | None):
+    """(config, MLflow client, student model name) for the registry commands."""
+    from mlflow import MlflowClient
+
+    from tasks import registry
+
+    cfg = _stage(lambda: _config(params, set_))
+    registry.configure(cfg.tracking, str(params.parent))
+    return cfg, MlflowClient(), cfg.promote.student_model
+
+
+def _registry_call(fn):
+    """Run a registry action; a refused promotion or an unknown version becomes one red line, exit 2."""
+    import mlflow
+
+    from tasks.registry import PromotionError
+
+    try:
+        return fn()
+    except (PromotionError, mlflow.exceptions.MlflowException) as exc:
+        console.print(f"[bold red]error:[/] {getattr(exc, 'message', None) or exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("promote", rich_help_panel=REGISTRY)
+def promote_cmd(version: Annotated[str, typer.Argument(help="The student version to make champion.")],
+                reason: Annotated[str, typer.Option(help="Why; written to the version's tags.")],
+                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Make VERSION the champion by hand. No gates run: this is the human override, and it is recorded
+    (promoted_by=cli, the reason and the user)."""
+    import getpass
+
+    from tasks.registry import move_champion, set_tags
+
+    _, client, name = _registry(params, set_)
+    moved = _registry_call(lambda: move_champion(client, name, version, "cli", reason))
+    _registry_call(lambda: set_tags(client, name, version, {"promoted_by_user": getpass.getuser()}))
+    if not moved["changed"]:
+        console.print(f"{name} v{version} is already the champion; nothing moved")
+        return
+    console.print(f"{name}: champion -> v{version}" + (f", previous -> v{moved['displaced']}"
+                                                       if moved["displaced"] else ""))
+
+
+@app.command(rich_help_panel=REGISTRY)
+def rollback(reason: Annotated[str, typer.Option(help="Why; written to the displaced version's tags.")] = "",
+             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Give the champion alias back to the previous champion; the displaced one is tagged rolled_back."""
+    from tasks.registry import roll_back
+
+    _, client, name = _registry(params, set_)
+    back = _registry_call(lambda: roll_back(client, name, reason))
+    console.print(f"{name}: champion -> v{back['version']} (v{back['rolled_back']} rolled back), previous -> "
+                  + (f"v{back['previous']}" if back["previous"] else "none"))
+
+
+@app.command("registry", rich_help_panel=REGISTRY)
+def registry_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """List the student's registered versions: aliases, accuracy, share of the teacher, verdicts."""
+    from rich.table import Table
+
+    from tasks.registry import version_rows
+
+    _, client, name = _registry(params, set_)
+    rows = _registry_call(lambda: version_rows(client, name))
+    if not rows:
+        console.print(f"no versions of {name!r} are registered yet: run `distill run` first")
+        return
+    table = Table(title=f"{name} versions")
+    for column in ("version", "aliases", "created (UTC)", "accuracy", "share of teacher", "gates", "review",
+                   "promoted by"):
+        table.add_column(column, justify="right" if column in ("version", "accuracy", "share of teacher") else "left",
+                         overflow="fold")
+    for row in rows:
+        aliases = ", ".join(row["aliases"]) + (" (rolled back)" if row["rolled_back"] else "")
+        share = f"{float(row['teacher_share']):.1%}" if row["teacher_share"] else "–"
+        table.add_row(row["version"], aliases or "–", row["created"].strftime("%Y-%m-%d %H:%M"),
+                      row["accuracy"] or "–", share, row["gates"] or "–", row["review"] or "–",
+                      row["promoted_by"] or "–")
+    Console().print(table)
+
+
+
+
+
+
+
+@app.command("fetch-teacher", rich_help_panel=REGISTRY)
+def fetch_teacher(uri: str, out: Path = Path("models/imported_teacher"), params: ParamsOpt = Path("params.yaml")) -> None:
+    """Download an MLflow-registered model (models:/name@alias) for a stage: a teacher, or a student to warm-start from."""
+    from tasks.registry import fetch_model_folder
+
+    cfg = _stage(lambda: _config(params, None))
+    console.print(f"fetched {uri} to {fetch_model_folder(uri, out, '.', cfg.tracking)}")
+
+
+for command in stages.app.registered_commands:
+    if command.name != "label":
+        command.rich_help_panel = STAGES
+        app.registered_commands.append(command)
+app.command("label", rich_help_panel=STAGES)(stages.label_command({"dask": label_on_dask}))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

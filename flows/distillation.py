@@ -1,0 +1,200 @@
+"""The distillation chain shared by the pipeline and the re-distillation flows.
+
+prepare, teacher, teacher gate, register the teacher, label, push, assistant, size, train the
+student and the baseline, evaluate, audit, decide, log the run, register the student, promote.
+``distil`` runs it under the project lock; ``flows/pipeline.py`` (distill_pipeline) ends it with
+a monitoring pass, ``flows/redistill.py`` (redistill) follows it with the champion comparison.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from distill.config import PipelineConfig, load_config, write_overrides
+from distill import model_card
+from distill.gates import GateReport, decide_promotion, label_accuracy
+from distill.io import read_json
+from distill.models import MODEL_CARD, is_model_uri, read_card
+from monitoring.production import labelled_holdout, log_root
+from tasks import dvc, registry
+from flows.lock import project_lock
+from flows.promotion import promote_student
+from tasks.dvc import StageFailed
+
+IMPORTED_TEACHER = "models/imported_teacher"
+IMPORTED_STUDENT = "models/imported_student"  # student.warm_start fetched from the registry
+STUDENT_SHAPE = "models/student_shape.json"  # the size_student stage's choice
+PATHS = {
+    "prepared": "data/prepared",
+    "teacher": "models/teacher",
+    "teacher_report": "reports/teacher",
+    "outputs": "data/teacher_outputs/logits.parquet",
+    "student": "models/student",
+    "baseline": "models/baseline",
+    "evaluate": "reports/evaluate",
+    "audit": "reports/audit",
+}
+
+
+def same_model(a: Path, b: Path) -> bool:
+    """Whether two model folders hold the same weights (their cards' fingerprints match)."""
+    if not (a / MODEL_CARD).is_file() or not (b / MODEL_CARD).is_file():
+        return False
+    fingerprint = read_card(a).get("fingerprint")
+    return fingerprint is not None and fingerprint == read_card(b).get("fingerprint")
+
+
+@task(name="validate teacher")
+def validate_teacher(project_dir: str) -> GateReport:
+    """Run the teacher gate stage; a failed gate comes back as a report, not an exception."""
+    try:
+        dvc.repro.fn("validate_teacher", project_dir)
+    except StageFailed:
+        gate_file = Path(project_dir, PATHS["teacher_report"], "gate.json")
+        if not gate_file.is_file():
+            raise
+    gate = read_json(Path(project_dir, PATHS["teacher_report"], "gate.json"))
+    return GateReport(gate["passed"], gate["reasons"])
+
+
+def summary_table(metrics: dict) -> str:
+    """The run's comparison table as Markdown."""
+    head = "| model | accuracy | macro-F1 | agreement | p50 ms | p95 ms | params (M) | size (MB) |\n"
+    head += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    rows = [f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['agreement_with_teacher']:.3f} | "
+            f"{m['latency_p50_ms']:.2f} | {m['latency_p95_ms']:.2f} | {m['parameters'] / 1e6:.2f} | "
+            f"{m['size_mb']:.1f} |" for name, m in metrics.items()]
+    return head + "\n".join(rows)
+
+
+def print_summary(metrics: dict, decision: GateReport, version: str, promoted: bool, reports: dict) -> None:
+    """A rich table and the report paths on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="distill: teacher vs students (gold test set)")
+    for column in ("model", "accuracy", "macro-F1", "agree w/ teacher", "p50 ms", "params", "size MB"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, m in metrics.items():
+        table.add_row(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['agreement_with_teacher']:.3f}",
+                      f"{m['latency_p50_ms']:.2f}", f"{m['parameters'] / 1e6:.1f}M", f"{m['size_mb']:.1f}")
+    console = Console()
+    console.print(table)
+    verdict = "[green]promoted to champion[/]" if promoted else "[yellow]not promoted[/]"
+    console.print(f"student version {version}: {verdict}")
+    for reason in decision.reasons:
+        console.print(f"  - {reason}")
+    for name, path in reports.items():
+        console.print(f"{name}: {path}")
+
+
+def verdict(passed: bool) -> str:
+    return "passed" if passed else "failed"
+
+
+def gold_text(predictions: pd.DataFrame) -> str | None:
+    """A gold test text the student gets right: the serving check's request."""
+    right = predictions[predictions["label"] == predictions["student"]]
+    return str((right if len(right) else predictions)["text"].iloc[0]) if len(predictions) else None
+
+
+def distil(project_dir: str, overrides: list[str] | None = None, reason: str = "manual") -> dict:
+    """The distillation chain on params.yaml (plus ``overrides``), under the project lock.
+
+    One run at a time per project folder: a second run waits for the first (flows/lock.py), so
+    params.yaml, models/, reports/, dvc.lock and the promotion decision are never mixed.
+    """
+    with project_lock(project_dir):
+        return _distil(project_dir, overrides, reason)
+
+
+def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
+    logger = get_run_logger()
+    params = Path(project_dir, "params.yaml")
+    write_overrides(params, overrides or [])
+    cfg: PipelineConfig = load_config(params)
+    path = {key: str(Path(project_dir, value)) for key, value in PATHS.items()}
+
+    runs = [dvc.repro("prepare", project_dir)]
+    new_teacher = is_model_uri(cfg.teacher.path) and registry.fetch_model(
+        cfg, cfg.teacher.path, str(Path(project_dir, IMPORTED_TEACHER)), project_dir)
+    runs.append(dvc.repro("teacher", project_dir, force=new_teacher))
+    teacher_card = read_card(Path(path["teacher"]))
+    teacher_gate = validate_teacher(project_dir)
+    if not teacher_gate.passed:
+        logger.error("teacher gate failed: %s", "; ".join(teacher_gate.reasons))
+        return {"completed": False, "teacher_gate": teacher_gate.to_dict(),
+                "report": str(Path(path["teacher_report"], "gate.json"))}
+    # Only a teacher that passed its gate is registered (and becomes the teacher champion).
+    teacher_version = registry.register_teacher(cfg, path["teacher"], teacher_card, project_dir)
+
+    runs.append(dvc.repro("label", project_dir))
+    dvc.push(project_dir)
+    new_start = is_model_uri(cfg.student.warm_start) and registry.fetch_model(
+        cfg, cfg.student.warm_start, str(Path(project_dir, IMPORTED_STUDENT)), project_dir)
+    if new_start and same_model(Path(project_dir, IMPORTED_STUDENT), Path(path["student"])):
+        new_start = False  # the alias moved to this folder's own student (it was promoted): nothing to redo
+    runs += [dvc.repro(stage, project_dir, force=new_start and stage in ("size_student", "train_student"))
+             for stage in ("assistant", "size_student", "train_student", "train_baseline", "evaluate", "audit")]
+    metrics = read_json(Path(path["evaluate"], "metrics.json"))
+    audit = read_json(Path(path["audit"], "audit.json"))
+    predictions = pd.read_parquet(Path(path["evaluate"], "predictions.parquet"))
+    gold, student_pred = predictions["label"].astype(str).tolist(), predictions["student"].astype(str).tolist()
+    # Traffic held out of drifted windows (with ground truth) is gated like a label slice: a re-distilled
+    # student may not fall behind the champion on the shifted data it was re-distilled for.
+    holdouts = {"shifted": labelled_holdout(log_root(cfg.monitor.log_path, project_dir))}
+    holdouts = {name: frame for name, frame in holdouts.items() if len(frame)}
+    champion = registry.score_champion(cfg, path["prepared"], project_dir, holdouts)  # same sets, same run
+    challenger_slices = label_accuracy(gold, student_pred) | (
+        registry.score_student_holdouts(cfg, path["student"], holdouts) if champion else {})
+    decision = decide_promotion(teacher_gate, metrics, audit["passed"], audit["reasons"], cfg.promote,
+                                champion=champion, challenger_slices=challenger_slices)
+
+    hashes = dvc.lock_hashes(project_dir)
+    student_card = read_card(Path(path["student"]))
+    params = cfg.model_dump(mode="json")
+    lineage = {"teacher_model": cfg.promote.teacher_model, "teacher_fingerprint": teacher_card["fingerprint"],
+               "teacher_version": teacher_version, "teacher_outputs_md5": hashes.get(PATHS["outputs"], ""),
+               "prepared_md5": hashes.get(PATHS["prepared"], ""), "method": student_card.get("method", ""),
+               "git_commit": registry.git_commit(project_dir), "params_sha256": model_card.params_hash(params),
+               "reason": reason, "teacher_gate": verdict(teacher_gate.passed), "audit": verdict(audit["passed"]),
+               "promotion_gate": verdict(decision.passed), "promote_mode": cfg.promote.mode,
+               "eval.accuracy": f"{metrics['student']['accuracy']:.4f}",
+               "eval.teacher_share": f"{metrics['student']['accuracy'] / max(metrics['teacher']['accuracy'], 1e-9):.4f}",
+               "eval.latency_p50_ms": f"{metrics['student']['latency_p50_ms']:.2f}",
+               "champion_at_decision": champion["version"] if champion else "none"}
+    shape_file = Path(project_dir, STUDENT_SHAPE)
+    if shape_file.is_file():
+        lineage["student_shape"] = read_json(shape_file)["reason"][:500]
+    if student_card.get("losses"):
+        lineage["losses"] = str(student_card["losses"])[:5000]
+    reports = {"evaluation report": str(Path(path["evaluate"], "report.html")),
+               "audit report": str(Path(path["audit"], "audit.html")),
+               "data contracts (GE)": str(Path(project_dir, "gx/uncommitted/data_docs/local_site/index.html"))}
+    artifacts = [path["evaluate"], path["audit"], path["teacher_report"], str(shape_file),
+                 str(Path(path["prepared"], "report.json"))]
+    run_id = registry.log_run(cfg, {"eval": metrics}, lineage, artifacts, project_dir)
+    version, fresh = registry.register_student(cfg, run_id, path["student"], student_card, lineage,
+                                               "Student distilled by distill; the model card follows.", project_dir)
+    card = model_card.render(
+        name=cfg.promote.student_model, version=version, student_card=student_card,
+        teacher={"name": cfg.promote.teacher_model, "version": teacher_version,
+                 "fingerprint": teacher_card["fingerprint"], "source": teacher_card.get("source")},
+        lineage=lineage, params=params, metrics=metrics, audit=audit, decision=decision.to_dict(),
+        champion=champion, confused=read_json(Path(path["evaluate"], "details.json"))["confused_pairs"]["student"][:5])
+    registry.tag_version(cfg, version, lineage, description=card, project_dir=project_dir)
+    outcome = promote_student(cfg, version, decision.to_dict(), project_dir=project_dir,
+                              smoke_text=gold_text(predictions))
+    promoted = outcome["promoted"]
+    create_markdown_artifact(key="distill-summary", markdown=summary_table(metrics)
+                             + f"\n\nStudent version {version}: {'promoted' if promoted else 'not promoted'}.")
+    print_summary(metrics, decision, version, promoted, reports)
+    print(f"promotion: {outcome['outcome']}" + (f" (serving check: {outcome['serving']})" if "serving" in outcome
+                                                 else ""))
+    return {"completed": True, "run_id": run_id, "student_version": version, "newly_registered": fresh,
+            "promoted": promoted, "promotion": outcome, "decision": decision.to_dict(), "metrics": metrics,
+            "skipped_stages": [r.stage for r in runs if r.skipped], "reports": reports}

@@ -1,0 +1,123 @@
+"""redistill: re-distil after an incident, then compare the former champion and the new student.
+
+The monitor (flows/monitor.py) opens the incident; inside a deployment the redistill
+deployment's event trigger starts this flow, outside one the monitor calls it. It runs the
+distillation chain (flows/distillation.py): the traffic kept in data/incoming joins the transfer
+set and is labelled by the current teacher, the student is trained and gated as always. Then the
+former champion, the new student and the teacher are scored on gold_test and on the shifted
+hold-out, and the figures go to the run and the new version's tags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger, task
+
+from distill.config import PipelineConfig, load_config
+from distill.data import read_labels, read_split
+from distill.io import write_json
+from flows.distillation import distil
+from monitoring import alerts
+from monitoring.alerts import REPORTS, incidents_dir
+from monitoring.production import labelled_holdout, log_root
+from tasks import registry
+
+@task(name="score on slices", **registry.NETWORK)
+def score_versions(cfg: PipelineConfig, project_dir: str, versions: dict[str, str],
+                   slices: dict[str, pd.DataFrame]) -> dict:
+    """Accuracy of each named registry version on each labelled slice (text, label)."""
+    import mlflow
+
+    registry.configure(cfg.tracking, project_dir)
+    out: dict = {}
+    for name, version in versions.items():
+        model = mlflow.pyfunc.load_model(f"models:/{cfg.promote.student_model}/{version}")
+        for slice_name, frame in slices.items():
+            if len(frame):
+                predicted = model.predict(frame[["text"]])["label"].astype(str).to_numpy()
+                out[f"{slice_name}.{name}_accuracy"] = float((predicted == frame["label"].astype(str).to_numpy()).mean())
+        out[f"{name}_version"] = version
+    out.update({f"{s}.size": len(f) for s, f in slices.items()})
+    return out
+
+
+@task(name="score the teacher on slices")
+def score_teacher(teacher_dir: Path, slices: dict[str, pd.DataFrame]) -> dict:
+    """The teacher's accuracy on each labelled slice: the ceiling a re-distilled student aims at."""
+    from distill.models import load_classifier, predict_logits
+
+    teacher = load_classifier(teacher_dir)
+    out = {}
+    for slice_name, frame in slices.items():
+        if len(frame):
+            predicted = np.asarray(teacher.labels)[predict_logits(teacher, frame["text"].tolist()).argmax(axis=1)]
+            out[f"{slice_name}.teacher_accuracy"] = float((predicted == frame["label"].astype(str).to_numpy()).mean())
+    return out
+
+
+def shifted_holdout(cfg: PipelineConfig, project_dir: str) -> pd.DataFrame:
+    """The held-out part of every drifted window, with the ground truth that has arrived."""
+    return labelled_holdout(log_root(cfg.monitor.log_path, project_dir))
+
+
+@flow(name="redistill", log_prints=True)
+def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: str = "",
+                       figures: dict | None = None) -> dict:
+    """Re-distil after an incident: the pipeline (traffic kept in data/incoming joins the transfer set and is
+    labelled by the current teacher; with ``monitor.warm_start`` the student continues from the champion;
+    the normal gates decide promotion), then the former champion and the new student on gold_test and on
+    the shifted hold-out, logged to the pipeline's MLflow run.
+
+    Args:
+        reason: drift, teacher or schedule (from the event's payload).
+        incident: the incident this run resolves.
+        figures: the event's payload, kept with the outcome.
+    """
+    logger = get_run_logger()
+    cfg = load_config(Path(project_dir, "params.yaml"))
+    overrides = []
+    if reason == "teacher" and not cfg.teacher.path:
+        # The registry's champion teacher moved away from the bootstrapped one: distil from it from now on.
+        overrides = [f"teacher.path=models:/{cfg.promote.teacher_model}@champion"]
+    before = registry.champion_version(cfg, project_dir)
+    if cfg.monitor.warm_start and before is not None and not cfg.student.warm_start:
+        # Continue from the champion: it learns the new traffic without forgetting the domain it serves.
+        overrides.append(f"student.warm_start=models:/{cfg.promote.student_model}@champion")
+    summary = distil(project_dir, overrides, reason)
+    if summary.get("completed") and before is not None:
+        prepared = Path(project_dir, "data/prepared")
+        shifted = shifted_holdout(cfg, project_dir)
+        # Rows of intents outside the label set are wrong for every model; the known-label part of the
+        # slice is where re-distillation can help, so it is scored on its own as well.
+        slices = {"gold_test": read_split(prepared, "gold_test")[["text", "label"]], "shifted": shifted,
+                  "shifted_known": shifted[shifted["label"].isin(read_labels(prepared))]}
+        comparison = score_versions(cfg, project_dir, {"champion": before, "challenger": summary["student_version"]},
+                                    slices)
+        comparison.update(score_teacher(Path(project_dir, "models/teacher"), slices))
+        log_comparison(cfg, project_dir, summary["run_id"], summary["student_version"], comparison)
+        summary["comparison"] = comparison
+        logger.info("former champion v%s vs re-distilled v%s: %s", before, summary["student_version"], comparison)
+    if incident:
+        alerts.resolve_incident(incidents_dir(project_dir), incident,
+                                {"student_version": summary.get("student_version"),
+                                 "promoted": summary.get("promoted"), "comparison": summary.get("comparison")})
+    summary.update(reason=reason, incident=incident, figures=figures or {})
+    write_json(Path(project_dir, REPORTS, f"redistill-{incident or reason}.json"),
+               {k: v for k, v in summary.items() if k != "metrics"})
+    return summary
+
+
+@task(name="log comparison", **registry.NETWORK)
+def log_comparison(cfg: PipelineConfig, project_dir: str, run_id: str, version: str, comparison: dict) -> None:
+    """The champion-vs-challenger figures as metrics of the pipeline run and tags of the new version."""
+    from mlflow import MlflowClient
+
+    registry.configure(cfg.tracking, project_dir)
+    client = MlflowClient()
+    for key, value in comparison.items():
+        if isinstance(value, float):
+            client.log_metric(run_id, f"monitor.{key}", value)
+            client.set_model_version_tag(cfg.promote.student_model, version, f"monitor.{key}", f"{value:.4f}")
