@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from distill import stages
+from distill.config import PipelineConfig
 from distill.stages import ParamsOpt, SetOpt, _config, _stage, console
 
 LIFECYCLE = "Lifecycle"
@@ -29,6 +30,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Knowledge distillation from teacher to monitored student.")
 
 ProjectOpt = Annotated[Path, typer.Option(help="The project folder (params.yaml, dvc.yaml).")]
+
+
+def _project_config(project_dir: Path, set_: list[str] | None) -> PipelineConfig:
+    """params.yaml with the overrides of the project's last run (what its models were built with), then ``set_``."""
+    from distill.config import read_run_overrides
+
+    return _stage(lambda: _config(project_dir / "params.yaml", read_run_overrides(project_dir) + (set_ or [])))
 
 
 def label_on_dask(teacher_dir: str, labels: list[str], prepared: str, batch_size: int, max_length: int,
@@ -59,16 +67,11 @@ def sweep(project_dir: ProjectOpt = Path("."), set_: SetOpt = None,
     """Sweep the KD temperature and alpha over params.yaml's sweep grid (Prefect flow distill_sweep)."""
     from flows.runtime import configure_local_runtime
 
-    params = project_dir / "params.yaml"
-    _stage(lambda: _config(params, set_))
-    if set_:
-        from distill.config import write_overrides
-
-        write_overrides(params, set_)
+    _stage(lambda: _config(project_dir / "params.yaml", set_))
     configure_local_runtime()
     from flows.sweep import distill_sweep
 
-    distill_sweep(project_dir=str(project_dir), apply=apply)
+    distill_sweep(project_dir=str(project_dir), apply=apply, overrides=set_ or [])
 
 
 @app.command("monitor", rich_help_panel=LIFECYCLE)
@@ -77,7 +80,7 @@ def monitor_cmd(project_dir: ProjectOpt = Path("."),
     """Run the drift monitor over the production stream."""
     from flows.runtime import configure_local_runtime
 
-    _stage(lambda: _config(project_dir / "params.yaml", None))
+    _project_config(project_dir, None)
     configure_local_runtime()
     from flows.monitor import drift_monitor
 
@@ -90,7 +93,7 @@ def serve(project_dir: ProjectOpt = Path("."), host: str = "127.0.0.1", port: in
     """Answer POST /predict through the champion student; every answer goes to the production log."""
     from flows.runtime import configure_local_runtime
 
-    cfg = _stage(lambda: _config(project_dir / "params.yaml", set_))
+    cfg = _project_config(project_dir, set_)
     configure_local_runtime()
     from monitoring.production import log_root
     from monitoring.serve import Predictor, make_server
@@ -120,7 +123,7 @@ def feedback(labels_file: Annotated[Path, typer.Argument(help="CSV / JSONL / Par
     from distill.data import READERS
     from monitoring.production import log_root, record_feedback
 
-    cfg = _stage(lambda: _config(project_dir / "params.yaml", None))
+    cfg = _project_config(project_dir, None)
     reader = READERS.get(labels_file.suffix.lower())
     if reader is None or not labels_file.is_file():
         console.print(f"[bold red]error:[/] {labels_file}: give an existing CSV, JSONL or Parquet file")

@@ -838,6 +838,76 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
     return config_from_dict(apply_overrides(params, overrides or []), source=str(path))
 
 
+# A run's own values never go into the user's params.yaml. The flows record the overrides of the
+# run they start in RUN_OVERRIDES; the `config` stage (dvc.yaml) writes params.yaml plus those
+# overrides, every key present, to RUN_PARAMS, which every stage reads and DVC tracks key by key.
+RUN_OVERRIDES = Path(".distill/overrides.yaml")
+RUN_PARAMS = Path(".distill/params.yaml")
+RUN_PARAMS_HEADER = ("# Written by `distill config` (the first stage of dvc.yaml): params.yaml plus the current run's\n"
+                     "# overrides (.distill/overrides.yaml). Edit params.yaml, not this file.\n")
+
+
+def read_run_overrides(project_dir: str | Path) -> list[str]:
+    """The overrides of the project's current (or last) run; none before the first."""
+    return read_overrides_file(Path(project_dir, RUN_OVERRIDES))
+
+
+def read_overrides_file(path: Path) -> list[str]:
+    """The ``overrides`` list of a run-overrides file; none when there is no file."""
+    if not path.is_file():
+        return []
+    try:
+        items = (yaml.safe_load(path.read_text()) or {}).get("overrides") or []
+    except (yaml.YAMLError, AttributeError):
+        raise ConfigError(f"{path}: not a YAML mapping with an `overrides` list; delete it (the next run "
+                          "writes it again)") from None
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ConfigError(f"{path}: `overrides` must be a list of key.path=value strings")
+    return items
+
+
+def write_run_overrides(project_dir: str | Path, overrides: list[str]) -> PipelineConfig:
+    """Record the overrides of the run about to start (they replace the last run's).
+
+    params.yaml is not touched. The values are validated against params.yaml first: a bad one is
+    refused before anything is written. Returns the run's configuration.
+    """
+    cfg = load_config(Path(project_dir, "params.yaml"), overrides)
+    path = Path(project_dir, RUN_OVERRIDES)
+    if read_run_overrides(project_dir) != list(overrides) or not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as handle:
+            handle.write("# The overrides of the project's current run (distill run --set, a flow's parameters).\n")
+            yaml.safe_dump({"overrides": list(overrides)}, handle, sort_keys=False)
+    return cfg
+
+
+def run_config(project_dir: str | Path) -> PipelineConfig:
+    """params.yaml with the overrides of the project's last run: the settings its models were built with."""
+    return load_config(Path(project_dir, "params.yaml"), read_run_overrides(project_dir))
+
+
+def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
+    """``base`` then ``extra``, one item per key: an item in ``extra`` replaces ``base``'s for its key."""
+    keys = {parse_override(item)[0] for item in extra}
+    return [item for item in base if parse_override(item)[0] not in keys] + list(extra)
+
+
+def write_run_params(params: str | Path, overrides_file: str | Path, out: str | Path) -> PipelineConfig:
+    """Write ``params`` plus the overrides recorded in ``overrides_file`` to ``out``, every key present.
+
+    What the `config` stage does. The file is rewritten only when its content changes.
+    """
+    cfg = load_config(params, read_overrides_file(Path(overrides_file)))
+    text = RUN_PARAMS_HEADER + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    out = Path(out)
+    if not out.is_file() or out.read_text() != text:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(out) as handle:
+            handle.write(text)
+    return cfg
+
+
 def write_overrides(path: str | Path, overrides: list[str]) -> bool:
     """Set dotted overrides in the params file itself, keeping its comments (as `dvc exp run -S` does).
 

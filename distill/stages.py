@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 
-from distill.config import ConfigError, PipelineConfig, load_config
+from distill.config import RUN_OVERRIDES, RUN_PARAMS, ConfigError, PipelineConfig, load_config
 
 if TYPE_CHECKING:
     from distill.label import LabelEngine
@@ -69,6 +69,18 @@ def _stage(fn):
     except _user_errors() as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
+
+
+@app.command("config")
+def config_cmd(params: ParamsOpt = Path("params.yaml"),
+               overrides: Annotated[Path, typer.Option(help="The current run's overrides (written by the flows).")]
+               = RUN_OVERRIDES,
+               out: Annotated[Path, typer.Option(help="The effective params file every stage reads.")] = RUN_PARAMS) -> None:
+    """Write params.yaml plus the current run's overrides, every key present (what every stage reads)."""
+    from distill.config import write_run_params
+
+    _stage(lambda: write_run_params(params, overrides, out))
+    console.print(f"params: {out} (from {params} and {overrides})")
 
 
 @app.command()

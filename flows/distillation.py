@@ -8,13 +8,14 @@ a monitoring pass, ``flows/redistill.py`` (redistill) follows it with the champi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from distill.config import PipelineConfig, load_config, write_overrides
+from distill.config import PipelineConfig, write_run_overrides
 from distill import model_card
 from distill.gates import GateReport, decide_promotion, label_accuracy
 from distill.io import read_json
@@ -103,10 +104,13 @@ def gold_text(predictions: pd.DataFrame) -> str | None:
 
 
 def distil(project_dir: str, overrides: list[str] | None = None, reason: str = "manual") -> dict:
-    """The distillation chain on params.yaml (plus ``overrides``), under the project lock.
+    """The distillation chain on params.yaml plus ``overrides``, under the project lock.
 
-    One run at a time per project folder: a second run waits for the first (flows/lock.py), so
-    params.yaml, models/, reports/, dvc.lock and the promotion decision are never mixed.
+    The overrides are this run's: recorded in .distill/overrides.yaml (params.yaml is never
+    written), merged by the `config` stage into .distill/params.yaml, which the stages read and DVC
+    tracks. One run at a time per project folder: a second run waits for the first
+    (flows/lock.py), so the run's params, models/, reports/, dvc.lock and the promotion decision
+    are never mixed.
     """
     with project_lock(project_dir):
         return _distil(project_dir, overrides, reason)
@@ -114,12 +118,10 @@ def distil(project_dir: str, overrides: list[str] | None = None, reason: str = "
 
 def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     logger = get_run_logger()
-    params = Path(project_dir, "params.yaml")
-    write_overrides(params, overrides or [])
-    cfg: PipelineConfig = load_config(params)
+    cfg: PipelineConfig = write_run_overrides(project_dir, overrides or [])
     path = {key: str(Path(project_dir, value)) for key, value in PATHS.items()}
 
-    runs = [dvc.repro("prepare", project_dir)]
+    runs = [dvc.repro("config", project_dir), dvc.repro("prepare", project_dir)]
     new_teacher = is_model_uri(cfg.teacher.path) and registry.fetch_model(
         cfg, cfg.teacher.path, str(Path(project_dir, IMPORTED_TEACHER)), project_dir)
     runs.append(dvc.repro("teacher", project_dir, force=new_teacher))
@@ -161,7 +163,8 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
                "teacher_version": teacher_version, "teacher_outputs_md5": hashes.get(PATHS["outputs"], ""),
                "prepared_md5": hashes.get(PATHS["prepared"], ""), "method": student_card.get("method", ""),
                "git_commit": registry.git_commit(project_dir), "params_sha256": model_card.params_hash(params),
-               "reason": reason, "teacher_gate": verdict(teacher_gate.passed), "audit": verdict(audit["passed"]),
+               "reason": reason, "overrides": json.dumps(overrides or []),
+               "teacher_gate": verdict(teacher_gate.passed), "audit": verdict(audit["passed"]),
                "promotion_gate": verdict(decision.passed), "promote_mode": cfg.promote.mode,
                "eval.accuracy": f"{metrics['student']['accuracy']:.4f}",
                "eval.teacher_share": f"{metrics['student']['accuracy'] / max(metrics['teacher']['accuracy'], 1e-9):.4f}",

@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from distill import model_card
-from distill.config import PipelineConfig, TrackingConfig, load_config, write_overrides
+from distill.config import PipelineConfig, TrackingConfig, write_run_overrides
 from distill.gates import decide_lm_promotion
 from distill.io import read_json, write_json
 from distill.lm.teacher import check_causal_lm, describe_source
@@ -151,7 +151,7 @@ def print_lm_summary(result: dict, decision: dict, version: str, promoted: bool,
 
 @flow(name="distill_lm_pipeline", log_prints=True)
 def distill_lm_pipeline(project_dir: str = ".", overrides: list[str] | None = None, reason: str = "manual") -> dict:
-    """LLM distillation on params.yaml's ``lm`` section (plus ``overrides``, written into params.yaml).
+    """LLM distillation on params.yaml's ``lm`` section plus ``overrides`` (this run's only).
 
     Shares the project lock with distill_pipeline: one run at a time per project folder.
 
@@ -167,12 +167,10 @@ def distill_lm_pipeline(project_dir: str = ".", overrides: list[str] | None = No
 def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     """The body of ``distill_lm_pipeline``, run under the project lock."""
     logger = get_run_logger()
-    params = Path(project_dir, "params.yaml")
-    write_overrides(params, overrides or [])
-    cfg: PipelineConfig = load_config(params)
+    cfg: PipelineConfig = write_run_overrides(project_dir, overrides or [])
     path = {key: str(Path(project_dir, value)) for key, value in PATHS.items()}
 
-    runs = [dvc.repro("prepare", project_dir)]
+    runs = [dvc.repro("config", project_dir), dvc.repro("prepare", project_dir)]
     new_teacher = False
     if is_model_uri(cfg.lm.teacher_path):
         source = Path(project_dir, IMPORTED_TEACHER, SOURCE_FILE)

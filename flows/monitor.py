@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from distill.config import PipelineConfig, load_config
+from distill.config import PipelineConfig, run_config
 from distill.data import read_split
 from distill.io import write_json
 from monitoring import alerts
@@ -219,7 +219,7 @@ def drift_monitor(project_dir: str = ".", redistill: bool = True) -> dict:
     """Serve the production stream with the champion, compare every recent window with the distillation
     inputs, check the teacher, alert and start one re-distillation per new incident."""
     logger = get_run_logger()
-    cfg = load_config(Path(project_dir, "params.yaml"))
+    cfg = run_config(project_dir)
     version = registry.champion_version(cfg, project_dir)
     if version is None:
         logger.warning("no champion student in the registry yet; nothing to monitor")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 
-from distill.config import load_config
+from distill.config import run_config
 from flows.distillation import distil
 from flows.lock import project_lock
 from flows.monitor import drift_monitor
@@ -15,7 +13,7 @@ from flows.monitor import drift_monitor
 @flow(name="distill_pipeline", log_prints=True)
 def distill_pipeline(project_dir: str = ".", overrides: list[str] | None = None, monitor: bool = True,
                      reason: str = "manual") -> dict:
-    """The whole lifecycle on params.yaml (plus ``overrides``, written into it as `dvc exp run -S` does).
+    """The whole lifecycle on params.yaml plus ``overrides`` (this run's only: params.yaml is not written).
 
     One run at a time per project folder: a second run waits for the first (flows/lock.py), so
     params.yaml, models/, reports/, dvc.lock and the promotion decision are never mixed.
@@ -30,6 +28,6 @@ def distill_pipeline(project_dir: str = ".", overrides: list[str] | None = None,
     with project_lock(project_dir):
         summary = distil(project_dir, overrides, reason)
         if monitor and summary["completed"]:
-            cfg = load_config(Path(project_dir, "params.yaml"))
+            cfg = run_config(project_dir)
             summary["monitor"] = drift_monitor(project_dir=project_dir, redistill=cfg.monitor.redistill)
         return summary

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
 
-from distill.config import PipelineConfig, load_config
+from distill.config import PipelineConfig, load_config, merge_overrides, read_run_overrides, run_config
 from distill.data import read_labels, read_split
 from distill.io import write_json
 from flows.distillation import distil
@@ -77,15 +77,20 @@ def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: 
         figures: the event's payload, kept with the outcome.
     """
     logger = get_run_logger()
-    cfg = load_config(Path(project_dir, "params.yaml"))
-    overrides = []
+    cfg = run_config(project_dir)
+    before = registry.champion_version(cfg, project_dir)
+    # The champion is re-distilled with the settings it was built with (its run's overrides, say a
+    # data.path given with `distill run --set`), never with state written into params.yaml.
+    overrides = (registry.version_overrides(cfg, before, project_dir) if before is not None
+                 else read_run_overrides(project_dir))
+    cfg = load_config(Path(project_dir, "params.yaml"), overrides)
     if reason == "teacher" and not cfg.teacher.path:
         # The registry's champion teacher moved away from the bootstrapped one: distil from it from now on.
-        overrides = [f"teacher.path=models:/{cfg.promote.teacher_model}@champion"]
-    before = registry.champion_version(cfg, project_dir)
+        overrides = merge_overrides(overrides, [f"teacher.path=models:/{cfg.promote.teacher_model}@champion"])
     if cfg.monitor.warm_start and before is not None and not cfg.student.warm_start:
         # Continue from the champion: it learns the new traffic without forgetting the domain it serves.
-        overrides.append(f"student.warm_start=models:/{cfg.promote.student_model}@champion")
+        overrides = merge_overrides(overrides, [f"student.warm_start=models:/{cfg.promote.student_model}@champion"])
+    logger.info("re-distilling with overrides %s", overrides or "none")
     summary = distil(project_dir, overrides, reason)
     if summary.get("completed") and before is not None:
         prepared = Path(project_dir, "data/prepared")

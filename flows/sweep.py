@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 
 from distill import students
-from distill.config import load_config, write_overrides
+from distill.config import load_config, read_run_overrides, write_overrides, write_run_overrides
 from distill.sweep import GridPoint, PointResult, choose, grid
 from flows.distillation import IMPORTED_STUDENT, PATHS, STUDENT_SHAPE, validate_teacher
 from tasks import dvc, registry
@@ -20,7 +20,7 @@ from tasks import dvc, registry
 def train_point(project_dir: str, point: GridPoint, epochs: int | None) -> PointResult:
     """Train one student with this point's temperature and alpha into a scratch folder; keep its figures."""
     extra = [f"train.epochs={epochs}"] if epochs else []
-    cfg = load_config(Path(project_dir, "params.yaml"), point.overrides() + extra)
+    cfg = load_config(Path(project_dir, "params.yaml"), read_run_overrides(project_dir) + point.overrides() + extra)
     path = {key: Path(project_dir, value) for key, value in PATHS.items()}
     with tempfile.TemporaryDirectory(prefix="distill-sweep-") as scratch:
         result = students.run_student(cfg, path["prepared"], path["teacher"], path["outputs"],
@@ -65,17 +65,19 @@ def print_grid(results: list[PointResult], chosen: PointResult) -> None:
 
 
 @flow(name="distill_sweep", log_prints=True)
-def distill_sweep(project_dir: str = ".", apply: bool = False) -> dict:
+def distill_sweep(project_dir: str = ".", apply: bool = False, overrides: list[str] | None = None) -> dict:
     """Sweep the distillation temperature and alpha over params.yaml's ``sweep`` grid.
 
     Args:
         project_dir: the DVC project.
-        apply: write the chosen values into params.yaml (the next `distill run` trains with them).
+        apply: write the chosen values into params.yaml (the next `distill run` trains with them):
+            the one time a flow edits params.yaml, because the user asked it to.
+        overrides: this run's ``section.key=value`` items (params.yaml is not written).
     """
     logger = get_run_logger()
     params = Path(project_dir, "params.yaml")
-    cfg = load_config(params)
-    for stage in ("prepare", "teacher"):
+    cfg = write_run_overrides(project_dir, overrides or [])
+    for stage in ("config", "prepare", "teacher"):
         dvc.repro(stage, project_dir)
     gate = validate_teacher(project_dir)
     if not gate.passed:

@@ -6,6 +6,7 @@ Aliases, not the deprecated stages: ``challenger`` on registration,
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -327,6 +328,13 @@ def champion_version(cfg: PipelineConfig, project_dir: str = ".") -> str | None:
     """The version the ``champion`` alias points to, or None."""
     configure(cfg.tracking, project_dir)
     return _alias(MlflowClient(), cfg.promote.student_model, "champion")
+
+
+def version_overrides(cfg: PipelineConfig, version: str, project_dir: str = ".") -> list[str]:
+    """The overrides a student version was distilled with (its ``overrides`` tag; none when untagged)."""
+    configure(cfg.tracking, project_dir)
+    raw = MlflowClient().get_model_version(cfg.promote.student_model, version).tags.get("overrides")
+    return json.loads(raw) if raw else []
 
 
 def holdout_slices(clf, holdouts: dict[str, pd.DataFrame], cfg: PipelineConfig,

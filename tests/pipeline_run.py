@@ -1,8 +1,8 @@
 """One pipeline run for tests/test_concurrent_runs.py: the real flow entry (``distill_pipeline.fn``, so its
 project lock), with the stages replaced by a stand-in that does what they do to shared state.
 
-The stand-in writes the run's override into params.yaml as the flow does, then, stage by stage,
-reads params.yaml back (a clobbered value is recorded), writes models/ and reports/ outputs that
+The stand-in records the run's override as the flow does (.distill/overrides.yaml), then, stage by
+stage, reads the run's configuration back (a clobbered value is recorded), writes models/ and reports/ outputs that
 name the run, and finally registers a model version and promotes it, as registration and promotion
 do. Usage: python tests/pipeline_run.py PROJECT NAME ALPHA RESULT_JSON
 """
@@ -20,20 +20,19 @@ MODEL = "concurrent-student"
 
 
 def stand_in(name: str, alpha: float, result: dict):
-    def run_pipeline(project_dir: str, overrides: list[str] | None, monitor: bool, reason: str) -> dict:
+    def distil(project_dir: str, overrides: list[str] | None = None, reason: str = "manual") -> dict:
         from mlflow import MlflowClient
 
-        from distill.config import load_config, write_overrides
+        from distill.config import run_config, write_run_overrides
         from distill.io import read_json, write_json
         from tasks import registry
 
         result["start"] = time.time()
-        params = Path(project_dir, "params.yaml")
-        write_overrides(params, overrides or [])
+        write_run_overrides(project_dir, overrides or [])
         for stage in STAGES:
-            seen = load_config(params).train.alpha
+            seen = run_config(project_dir).train.alpha
             if seen != alpha:
-                result["clobbered"].append(f"{stage}: params.yaml says alpha={seen}")
+                result["clobbered"].append(f"{stage}: the run's params say alpha={seen}")
             write_json(Path(project_dir, "models/student/card.json"), {"run": name, "alpha": seen, "stage": stage})
             write_json(Path(project_dir, f"reports/evaluate/{stage}.json"), {"run": name, "alpha": seen})
             time.sleep(0.5)  # the stage's work; another run writing now would show below
@@ -47,7 +46,7 @@ def stand_in(name: str, alpha: float, result: dict):
         result["end"] = time.time()
         return {"completed": True}
 
-    return run_pipeline
+    return distil
 
 
 def main() -> None:
@@ -56,7 +55,7 @@ def main() -> None:
     from flows import pipeline
 
     result: dict = {"name": name, "clobbered": []}
-    pipeline.run_pipeline = stand_in(name, alpha, result)
+    pipeline.distil = stand_in(name, alpha, result)
     # Start together: both runs have imported everything before either enters the flow.
     (out.parent / f"{name}.ready").touch()
     while len(list(out.parent.glob("*.ready"))) < 2:

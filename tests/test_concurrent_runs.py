@@ -2,7 +2,7 @@
 
 Two processes enter the real flow entry (``distill_pipeline``, so its project lock) at the same
 moment, each with its own ``train.alpha`` override; tests/pipeline_run.py stands in for the stages
-and records any moment its params.yaml or its outputs under models/ and reports/ were changed by the
+and records any moment its run's params or its outputs under models/ and reports/ were changed by the
 other run. Both register and promote a version in one MLflow registry.
 """
 
@@ -14,8 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from mlflow import MlflowClient
+
+from distill.config import run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"run-a": 0.3, "run-b": 0.8}
@@ -25,6 +26,7 @@ def test_a_second_run_waits_for_the_first_and_nothing_is_clobbered(tmp_path):
     project, results = tmp_path / "project", tmp_path / "results"
     project.mkdir(), results.mkdir()
     (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    user_params = (project / "params.yaml").read_bytes()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(uri).create_registered_model("concurrent-student")  # the store's schema, created once
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT), "PREFECT_LOGGING_LEVEL": "WARNING"}
@@ -49,8 +51,10 @@ def test_a_second_run_waits_for_the_first_and_nothing_is_clobbered(tmp_path):
     assert waiting and f"pid {procs[first['name']].pid} " in waiting[0], logs[second["name"]][-3000:]
     assert "another pipeline run" not in logs[first["name"]]
 
-    # What stays is the second run's, whole: params, outputs and the registry's history.
-    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["alpha"] == RUNS[second["name"]]
+    # What stays is the second run's, whole: the run's params, outputs and the registry's history; the
+    # user's params.yaml is neither run's.
+    assert run_config(project).train.alpha == RUNS[second["name"]]
+    assert (project / "params.yaml").read_bytes() == user_params
     assert json.loads((project / "models/student/card.json").read_text())["run"] == second["name"]
     client = MlflowClient(uri)
     aliases = {k: str(v) for k, v in client.get_registered_model("concurrent-student").aliases.items()}

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from distill.config import ConfigError, PipelineConfig, apply_overrides, load_config, write_overrides
 
@@ -49,3 +50,58 @@ def test_write_overrides_keeps_comments_and_refuses_bad_values(tmp_path):
     with pytest.raises(ConfigError):
         write_overrides(params, ["train.alpha=2"])
     assert "alpha: 0.5" in params.read_text()
+
+
+def test_a_run_records_its_overrides_beside_the_user_params_and_never_writes_them(tmp_path):
+    from distill.config import RUN_OVERRIDES, read_run_overrides, run_config, write_run_overrides
+
+    user = "# my settings\ntrain:\n  alpha: 0.5   # chosen by hand\nteacher:\n  path: null\n"
+    (tmp_path / "params.yaml").write_text(user)
+    cfg = write_run_overrides(tmp_path, ["train.alpha=0.9", "data.path=data/raw/mine.csv"])
+    assert (cfg.train.alpha, cfg.data.path) == (0.9, "data/raw/mine.csv")
+    assert (tmp_path / "params.yaml").read_text() == user
+    assert read_run_overrides(tmp_path) == ["train.alpha=0.9", "data.path=data/raw/mine.csv"]
+    assert run_config(tmp_path).train.alpha == 0.9
+    write_run_overrides(tmp_path, [])  # the next run without overrides: back to the user's values
+    assert run_config(tmp_path).train.alpha == 0.5 and (tmp_path / RUN_OVERRIDES).is_file()
+
+
+def test_a_bad_run_override_is_refused_before_anything_is_written(tmp_path):
+    from distill.config import RUN_OVERRIDES, write_run_overrides
+
+    (tmp_path / "params.yaml").write_text("train:\n  alpha: 0.5\n")
+    with pytest.raises(ConfigError, match="train.alpha"):
+        write_run_overrides(tmp_path, ["train.alpha=7"])
+    assert not (tmp_path / RUN_OVERRIDES).exists()
+
+
+def test_a_damaged_overrides_file_is_named_with_what_to_do(tmp_path):
+    from distill.config import RUN_OVERRIDES, read_run_overrides
+
+    (tmp_path / RUN_OVERRIDES).parent.mkdir()
+    (tmp_path / RUN_OVERRIDES).write_text("overrides: {train.alpha: 1}\n")
+    with pytest.raises(ConfigError, match="overrides.yaml.*list"):
+        read_run_overrides(tmp_path)
+
+
+def test_the_effective_params_hold_every_key_and_round_trip(tmp_path):
+    from distill.config import write_run_params
+
+    (tmp_path / "params.yaml").write_text("train:\n  alpha: 0.5\n")
+    (tmp_path / "overrides.yaml").write_text("overrides: ['student.warm_start=models:/s@champion']\n")
+    out = tmp_path / "run/params.yaml"
+    cfg = write_run_params(tmp_path / "params.yaml", tmp_path / "overrides.yaml", out)
+    written = yaml.safe_load(out.read_text())
+    assert set(written) == set(PipelineConfig.model_fields)  # DVC finds every key a stage declares
+    assert written["student"]["warm_start"] == "models:/s@champion" and written["train"]["alpha"] == 0.5
+    assert load_config(out) == cfg
+    before = out.stat().st_mtime_ns
+    write_run_params(tmp_path / "params.yaml", tmp_path / "overrides.yaml", out)
+    assert out.stat().st_mtime_ns == before, "an unchanged file is not rewritten"
+
+
+def test_a_later_override_replaces_an_earlier_one_for_its_key():
+    from distill.config import merge_overrides
+
+    assert merge_overrides(["a.b=1", "c.d=2"], ["a.b=3"]) == ["c.d=2", "a.b=3"]
+    assert merge_overrides([], ["x.y=1"]) == ["x.y=1"]

@@ -8,6 +8,7 @@ expensive stages and open no incident; a sweep; a run whose teacher gate fails.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,12 @@ def project(tmp_path_factory) -> Path:
                         train={"epochs": 2}, monitor={"embedding_drift": True, "canary_size": 200})
 
 
+@pytest.fixture(scope="module")
+def user_params(project) -> bytes:
+    """params.yaml as the user wrote it, before any run: no flow run may change a byte of it."""
+    return (project / "params.yaml").read_bytes()
+
+
 def registry(project: Path):
     import mlflow
     from mlflow import MlflowClient
@@ -34,7 +41,7 @@ def registry(project: Path):
     return MlflowClient()
 
 
-def test_cold_run_goes_through_the_whole_lifecycle(harness, project):
+def test_cold_run_goes_through_the_whole_lifecycle(harness, project, user_params):
     from flows.pipeline import distill_pipeline
 
     summary = distill_pipeline(project_dir=str(project), monitor=False)
@@ -93,7 +100,7 @@ def test_shifted_window_is_flagged_once(harness, project, events):
     assert again["served"] == 0 and again["new_incidents"] == [] and len(events) == 1
 
 
-def test_teacher_version_change_redistils_from_the_new_teacher(harness, project, events):
+def test_teacher_version_change_redistils_from_the_new_teacher(harness, project, events, user_params):
     import mlflow
     from mlflow import MlflowClient
 
@@ -119,9 +126,18 @@ def test_teacher_version_change_redistils_from_the_new_teacher(harness, project,
     assert events[0]["payload"]["teacher_version"] == new and events[0]["payload"]["reason"] == "teacher"
     result = summary["redistillation"]
     assert result["completed"] and result["reason"] == "teacher"
-    assert load_config(project / "params.yaml").teacher.path == "models:/distill-teacher@champion"
     student = MlflowClient().get_model_version(cfg.promote.student_model, result["student_version"])
     assert student.tags["teacher_version"] == new
+    # The run's own values reached the stages through .distill/ (DVC tracked them), not through the
+    # user's file: params.yaml is byte for byte what the user wrote.
+    assert (project / "params.yaml").read_bytes() == user_params
+    overrides = ["teacher.path=models:/distill-teacher@champion", "student.warm_start=models:/distill-student@champion"]
+    assert json.loads(student.tags["overrides"]) == overrides
+    effective = yaml.safe_load((project / ".distill/params.yaml").read_text())
+    assert effective["teacher"]["path"] == "models:/distill-teacher@champion"
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert lock["teacher"]["params"][".distill/params.yaml"]["teacher"]["path"] == "models:/distill-teacher@champion"
+    assert lock["train_student"]["params"][".distill/params.yaml"]["student"]["warm_start"] == overrides[1]
     comparison = result["comparison"]
     for key in ("gold_test.champion_accuracy", "gold_test.challenger_accuracy",
                 "shifted.champion_accuracy", "shifted.challenger_accuracy", "shifted.teacher_accuracy"):
@@ -132,14 +148,17 @@ def test_teacher_version_change_redistils_from_the_new_teacher(harness, project,
     assert student.tags["monitor.shifted.challenger_accuracy"]
 
 
-def test_warm_run_skips_labelling_and_training(harness, project):
+def test_warm_run_skips_labelling_and_training(harness, project, user_params):
     from flows.pipeline import distill_pipeline
 
-    summary = distill_pipeline(project_dir=str(project), monitor=True)
+    # The same settings as the re-distillation that made the champion: nothing to redo.
+    summary = distill_pipeline(project_dir=str(project), monitor=True, overrides=[
+        "teacher.path=models:/distill-teacher@champion", "student.warm_start=models:/distill-student@champion"])
     assert {"prepare", "teacher", "label", "train_student", "train_baseline", "evaluate"} <= set(
         summary["skipped_stages"])
     assert summary["newly_registered"] is False
     assert summary["monitor"]["new_incidents"] == [], "an incident already re-distilled must not trigger again"
+    assert (project / "params.yaml").read_bytes() == user_params
 
 
 def test_sweep_trains_every_grid_point_and_applies_the_best_on_validation(harness, project):
@@ -148,7 +167,8 @@ def test_sweep_trains_every_grid_point_and_applies_the_best_on_validation(harnes
 
     write_overrides(project / "params.yaml", ["sweep.temperatures=[1.0, 4.0]", "sweep.alphas=[0.5]",
                                               "sweep.epochs=1"])
-    result = distill_sweep(project_dir=str(project), apply=True)
+    result = distill_sweep(project_dir=str(project), apply=True,
+                           overrides=["teacher.path=models:/distill-teacher@champion"])
     grid = result["grid"]
     assert [(r["kd_temperature"], r["alpha"]) for r in grid] == [(1.0, 0.5), (4.0, 0.5)]
     best = max(grid, key=lambda r: r["val_accuracy"])
@@ -163,7 +183,6 @@ def test_sweep_trains_every_grid_point_and_applies_the_best_on_validation(harnes
 
 
 def test_failed_teacher_gate_stops_before_distillation(harness, project):
-    from distill.config import write_overrides
     from flows.pipeline import distill_pipeline
 
     client = registry(project)
@@ -173,10 +192,10 @@ def test_failed_teacher_gate_stops_before_distillation(harness, project):
     champion = client.get_model_version_by_alias("distill-student", "champion").version
     versions = len(client.search_model_versions("name = 'distill-student'"))
     teachers = len(client.search_model_versions("name = 'distill-teacher'"))
-    # A new bootstrapped teacher (one epoch; an earlier test pointed teacher.path at the registry) that
-    # fails its gate: it is never registered, and the champion stays put.
-    write_overrides(project / "params.yaml", ["teacher.path=null", "teacher.min_accuracy=1.0", "teacher.epochs=1"])
-    summary = distill_pipeline(project_dir=str(project), monitor=False)
+    # A new bootstrapped teacher (one epoch; params.yaml's teacher.path is null) that fails its gate: it
+    # is never registered, and the champion stays put.
+    summary = distill_pipeline(project_dir=str(project), monitor=False,
+                               overrides=["teacher.min_accuracy=1.0", "teacher.epochs=1"])
     assert summary["completed"] is False
     assert not summary["teacher_gate"]["passed"]
     assert any("fine-tuned on" in r and "teacher.path" in r for r in summary["teacher_gate"]["reasons"])
