@@ -119,7 +119,11 @@ def teacher(prepared: Prepared = Path("data/prepared"), out: Path = Path("models
 def validate_teacher(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
                      out: Path = Path("reports/teacher"), params: ParamsOpt = Path("params.yaml"),
                      set_: SetOpt = None) -> None:
-    """Score the teacher on the gold test set; exit 1 when the teacher gate fails."""
+    """Score the teacher on the gold test set and apply the teacher gate.
+
+    A failed gate is a result, not an error: it is written to gate.json (which the flows read) and
+    the stage succeeds; the label stage then refuses to label with this teacher.
+    """
     from distill import teacher as stage
 
     gate = _stage(lambda: stage.validate(_config(params, set_), prepared, teacher, out))
@@ -127,7 +131,6 @@ def validate_teacher(prepared: Prepared = Path("data/prepared"), teacher: Teache
     if not gate.passed:
         console.print("[bold red]teacher gate failed[/]: " + "; ".join(gate.reasons)
                       + f". Report: {out / 'gate.json'}")
-        raise typer.Exit(1)
 
 
 def label_command(engines: Mapping[str, LabelEngine]) -> Callable[..., None]:
@@ -135,11 +138,19 @@ def label_command(engines: Mapping[str, LabelEngine]) -> Callable[..., None]:
 
     def label(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
               out: Path = Path("data/teacher_outputs/logits.parquet"), params: ParamsOpt = Path("params.yaml"),
-              set_: SetOpt = None) -> None:
+              set_: SetOpt = None,
+              gate: Annotated[Optional[Path], typer.Option(
+                  help="The teacher gate's verdict (gate.json); a failed gate stops the labelling.")] = None) -> None:
         """Label the distillation inputs with the teacher (once per teacher and input snapshot)."""
         from distill import label as stage
+        from distill.teacher import require_passed_gate
 
-        _finish(_stage(lambda: stage.run(_config(params, set_), prepared, teacher, out, engines)))
+        def body():
+            if gate is not None:
+                require_passed_gate(gate, teacher)
+            return stage.run(_config(params, set_), prepared, teacher, out, engines)
+
+        _finish(_stage(body))
 
     return label
 

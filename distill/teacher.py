@@ -17,7 +17,7 @@ from distill import data as data_stage
 from distill import lengths
 from distill.config import PipelineConfig
 from distill.gates import GateReport, check_teacher
-from distill.io import atomic_dir, write_json
+from distill.io import atomic_dir, read_json, write_json
 from distill.lengths import LengthProfile, with_lengths, with_teacher_lengths
 from distill.models import (Classifier, ModelError, init_from_encoder, load_classifier, packaged_encoder_path,
                             predict_logits, read_card, resolve_fetched, save_classifier)
@@ -151,3 +151,17 @@ def validate(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_dir: Pa
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "gate.json", {**gate.to_dict(), "fingerprint": fingerprint_of(teacher_dir)})
     return gate
+
+
+def require_passed_gate(gate_file: Path, teacher_dir: Path) -> None:
+    """Refuse to go on with a teacher whose gate failed, or that is not the teacher the gate judged."""
+    gate_file = Path(gate_file)
+    if not gate_file.is_file():
+        raise ModelError(f"{gate_file}: the teacher gate has not run; run `dvc repro validate_teacher` first")
+    gate = read_json(gate_file)
+    if not gate.get("passed"):
+        raise ModelError(f"the teacher failed its gate ({gate_file}): " + "; ".join(gate.get("reasons", []))
+                         + ". Labelling with it is refused; improve the teacher (or the gate's thresholds, "
+                         "teacher.min_accuracy / teacher.min_macro_f1) and run again")
+    if gate.get("fingerprint") and gate["fingerprint"] != fingerprint_of(Path(teacher_dir)):
+        raise ModelError(f"{gate_file} judged another teacher than {teacher_dir}; run `dvc repro validate_teacher`")

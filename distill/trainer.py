@@ -200,6 +200,34 @@ class _Progress:
     seconds: float = 0.0
 
 
+@dataclass
+class _Run:
+    """What one training run holds between its steps."""
+
+    clf: Classifier
+    settings: TrainSettings
+    device: torch.device
+    rank: int
+    world: int
+    objective: Objective
+    teacher: Classifier | None
+    shared_tokens: bool
+    internals: dict
+    model: torch.nn.Module
+    forward: torch.nn.Module
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    warmup_steps: int
+    use_amp: bool
+    stream: Batches
+    state: _Progress
+    best_weights: dict
+    key: str
+    checkpointing: bool
+    start: float = 0.0
+
+
 def train(clf: Classifier, data: TrainData, val: TrainData, settings: TrainSettings,
           on_log: Callable[[int, dict], None] | None = None, progress: str | None = None,
           objective: Objective | None = None) -> TrainResult:
@@ -216,7 +244,24 @@ def train(clf: Classifier, data: TrainData, val: TrainData, settings: TrainSetti
     """
     from tqdm.auto import tqdm
 
-    settings = check_schedule(settings)
+    run = _start(clf, data, check_schedule(settings), objective)
+    _resume(run, progress)
+    _validate_warm_start(run, val)
+    run.start = time.perf_counter() - run.state.seconds
+    bar = tqdm(total=run.settings.max_steps, initial=run.state.step, desc=progress,
+               disable=progress is None or not is_primary(), unit="step")
+    while run.state.step < run.settings.max_steps and run.state.stale < run.settings.patience:
+        loss, parts = _train_step(run, data)
+        bar.update(1)
+        if run.state.step % run.settings.eval_every == 0 or run.state.step == run.settings.max_steps:
+            bar.set_postfix(val_acc=f"{_check(run, val, loss, parts, on_log):.3f}")
+        _save_checkpoint(run)
+    bar.close()
+    return _finish(run)
+
+
+def _start(clf: Classifier, data: TrainData, settings: TrainSettings, objective: Objective | None) -> _Run:
+    """Devices, the teacher (when the loss terms need it in the step), optimiser, schedule, batch stream."""
     rank, world = init_distributed()
     torch.manual_seed(settings.seed)
     device = pick_device(settings.device)
@@ -232,92 +277,116 @@ def train(clf: Classifier, data: TrainData, val: TrainData, settings: TrainSetti
         use_eager_attention(teacher.model)
     if teacher is not None:
         teacher.model.to(device).eval().requires_grad_(False)
-    shared_tokens = teacher is not None and teacher.tokenizer is clf.tokenizer
-    internals = {"output_hidden_states": objective.needs_hidden_states,
-                 "output_attentions": objective.needs_attentions}
     model = clf.model.to(device).train()
     params = list(model.parameters()) + list(objective.parameters())
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.max_steps,
         pct_start=warmup_share(settings.max_steps))
-    warmup_steps = int(warmup_share(settings.max_steps) * settings.max_steps)
-    use_amp = device.type == "cuda"
-    stream = Batches(len(data), settings.batch_size, np.random.default_rng(settings.seed))
-    state, best_weights = _Progress(history=[]), copy.deepcopy(model.state_dict())
-    ckpt = checkpoint.load(settings.checkpoint_dir, key) if checkpointing else None
+    return _Run(clf=clf, settings=settings, device=device, rank=rank, world=world, objective=objective,
+                teacher=teacher, shared_tokens=teacher is not None and teacher.tokenizer is clf.tokenizer,
+                internals={"output_hidden_states": objective.needs_hidden_states,
+                           "output_attentions": objective.needs_attentions},
+                model=model, forward=model, params=params, optimizer=optimizer, scheduler=scheduler,
+                warmup_steps=int(warmup_share(settings.max_steps) * settings.max_steps),
+                use_amp=device.type == "cuda",
+                stream=Batches(len(data), settings.batch_size, np.random.default_rng(settings.seed)),
+                state=_Progress(history=[]), best_weights=copy.deepcopy(model.state_dict()), key=key,
+                checkpointing=checkpointing)
+
+
+def _resume(run: _Run, progress: str | None) -> None:
+    """Continue from the run's checkpoint when there is one; wrap the model for DDP under torchrun."""
+    ckpt = checkpoint.load(run.settings.checkpoint_dir, run.key) if run.checkpointing else None
     if ckpt is not None:
-        checkpoint.restore(ckpt, model, objective, optimizer, scheduler)
-        stream.restore(ckpt["batches"])
-        state = _Progress(**ckpt["progress"])
-        best_weights = ckpt["best"]
-        log.info("resuming %s from the checkpoint at step %d of %d", progress or "training", state.step,
-                 settings.max_steps)
-    forward = model
-    if world > 1:
+        checkpoint.restore(ckpt, run.model, run.objective, run.optimizer, run.scheduler)
+        run.stream.restore(ckpt["batches"])
+        run.state = _Progress(**ckpt["progress"])
+        run.best_weights = ckpt["best"]
+        log.info("resuming %s from the checkpoint at step %d of %d", progress or "training", run.state.step,
+                 run.settings.max_steps)
+    if run.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        forward = DistributedDataParallel(model)
-    if settings.validate_start and state.step == 0 and not state.history:
-        # A warm start begins from weights worth keeping: they are the first candidate for the best.
-        state.best_accuracy = validate(clf, val, settings, device)
-        state.history.append({"step": 0, "val_accuracy": state.best_accuracy})
-    start = time.perf_counter() - state.seconds
-    bar = tqdm(total=settings.max_steps, initial=state.step, desc=progress,
-               disable=progress is None or not is_primary(), unit="step")
-    while state.step < settings.max_steps and state.stale < settings.patience:
-        idx = local_share(next(stream), rank, world)
-        texts = [data.texts[i] for i in idx]
-        batch = {k: v.to(device) for k, v in encode(clf.tokenizer, texts, settings.max_length).items()}
-        labels = torch.as_tensor(data.labels[idx], device=device)
-        teacher_logits = (torch.as_tensor(data.teacher_logits[idx], device=device)
-                          if data.teacher_logits is not None else None)
-        teacher_out = None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            if teacher is not None:
-                t_batch = batch if shared_tokens else {
-                    k: v.to(device) for k, v in encode(teacher.tokenizer, texts, settings.max_length).items()}
-                with torch.no_grad():
-                    teacher_out = teacher.model(**t_batch, **internals)
-            out = forward(**batch, **internals)
-            loss, parts = objective(out, labels, batch["attention_mask"].bool(), teacher_logits, teacher_out)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if world > 1:
-            _average_objective_grads(objective, world)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        state.step += 1
-        bar.update(1)
-        if state.step % settings.eval_every == 0 or state.step == settings.max_steps:
-            accuracy = validate(clf, val, settings, device)
-            record = {"loss": _mean(loss, world), **{f"loss_{k}": _mean(v, world) for k, v in parts.items()},
-                      "val_accuracy": accuracy}
-            state.history.append({"step": state.step, **record})
-            if on_log and is_primary():
-                on_log(state.step, record)
-            bar.set_postfix(val_acc=f"{accuracy:.3f}")
-            if accuracy > state.best_accuracy:
-                state.best_accuracy, state.best_step, state.stale = accuracy, state.step, 0
-                best_weights = copy.deepcopy(model.state_dict())
-            elif state.step > warmup_steps:
-                # Checks during the learning-rate warm-up do not count: on a large distillation set the
-                # warm-up is long, and a still-cold student would otherwise be stopped before it learns.
-                state.stale += 1
-        if checkpointing and state.step % settings.checkpoint_every == 0 \
-                and state.step < settings.max_steps and state.stale < settings.patience:
-            state.seconds = time.perf_counter() - start
-            checkpoint.save(settings.checkpoint_dir, key=key, model=model, best_state=best_weights,
-                            objective=objective, optimizer=optimizer, scheduler=scheduler,
-                            progress={"progress": asdict(state), "batches": stream.state()})
-    bar.close()
-    model.load_state_dict(best_weights)
-    model.to("cpu").eval()
-    if teacher is not None:
-        teacher.model.to("cpu")
-    return TrainResult(state.step, state.best_step, state.best_accuracy, time.perf_counter() - start,
-                       state.step < settings.max_steps, state.history)
+        run.forward = DistributedDataParallel(run.model)
+
+
+def _validate_warm_start(run: _Run, val: TrainData) -> None:
+    """A warm start begins from weights worth keeping: they are the first candidate for the best."""
+    if run.settings.validate_start and run.state.step == 0 and not run.state.history:
+        run.state.best_accuracy = validate(run.clf, val, run.settings, run.device)
+        run.state.history.append({"step": 0, "val_accuracy": run.state.best_accuracy})
+
+
+def _train_step(run: _Run, data: TrainData) -> tuple[torch.Tensor, dict]:
+    """One optimiser step on the next batch (this rank's share of it); returns the loss and its terms."""
+    device, settings = run.device, run.settings
+    idx = local_share(next(run.stream), run.rank, run.world)
+    texts = [data.texts[i] for i in idx]
+    batch = {k: v.to(device) for k, v in encode(run.clf.tokenizer, texts, settings.max_length).items()}
+    labels = torch.as_tensor(data.labels[idx], device=device)
+    teacher_logits = (torch.as_tensor(data.teacher_logits[idx], device=device)
+                      if data.teacher_logits is not None else None)
+    teacher_out = None
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_amp):
+        if run.teacher is not None:
+            t_batch = batch if run.shared_tokens else {
+                k: v.to(device) for k, v in encode(run.teacher.tokenizer, texts, settings.max_length).items()}
+            with torch.no_grad():
+                teacher_out = run.teacher.model(**t_batch, **run.internals)
+        out = run.forward(**batch, **run.internals)
+        loss, parts = run.objective(out, labels, batch["attention_mask"].bool(), teacher_logits, teacher_out)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.world > 1:
+        _average_objective_grads(run.objective, run.world)
+    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.state.step += 1
+    return loss, parts
+
+
+def _check(run: _Run, val: TrainData, loss: torch.Tensor, parts: dict,
+           on_log: Callable[[int, dict], None] | None) -> float:
+    """Validate, log, keep the best weights, count a check without progress; returns the accuracy."""
+    state = run.state
+    accuracy = validate(run.clf, val, run.settings, run.device)
+    record = {"loss": _mean(loss, run.world), **{f"loss_{k}": _mean(v, run.world) for k, v in parts.items()},
+              "val_accuracy": accuracy}
+    state.history.append({"step": state.step, **record})
+    if on_log and is_primary():
+        on_log(state.step, record)
+    if accuracy > state.best_accuracy:
+        state.best_accuracy, state.best_step, state.stale = accuracy, state.step, 0
+        run.best_weights = copy.deepcopy(run.model.state_dict())
+    elif state.step > run.warmup_steps:
+        # Checks during the learning-rate warm-up do not count: on a large distillation set the
+        # warm-up is long, and a still-cold student would otherwise be stopped before it learns.
+        state.stale += 1
+    return accuracy
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """Every ``checkpoint_every`` steps, unless the loop is about to end anyway."""
+    settings, state = run.settings, run.state
+    if run.checkpointing and state.step % settings.checkpoint_every == 0 \
+            and state.step < settings.max_steps and state.stale < settings.patience:
+        state.seconds = time.perf_counter() - run.start
+        checkpoint.save(settings.checkpoint_dir, key=run.key, model=run.model, best_state=run.best_weights,
+                        objective=run.objective, optimizer=run.optimizer, scheduler=run.scheduler,
+                        progress={"progress": asdict(state), "batches": run.stream.state()})
+
+
+def _finish(run: _Run) -> TrainResult:
+    """The best weights back in the model, everything back on the CPU, the run's figures."""
+    run.model.load_state_dict(run.best_weights)
+    run.model.to("cpu").eval()
+    if run.teacher is not None:
+        run.teacher.model.to("cpu")
+    state = run.state
+    return TrainResult(state.step, state.best_step, state.best_accuracy, time.perf_counter() - run.start,
+                       state.step < run.settings.max_steps, state.history)
 
 
 def _mean(value: torch.Tensor, world: int) -> float:

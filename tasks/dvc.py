@@ -40,11 +40,6 @@ def dvc(args: list[str], project_dir: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-# DVC's advice after each stage; the flow itself pushes and leaves git to the user.
-HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
-         "Use `dvc push`")
-
-
 def _tee(source, sink, keep: list[str]) -> None:
     """Copy a child's stream to ours as it comes (progress bars stay live) and keep a copy."""
     for chunk in iter(lambda: source.read1(4096), b""):
@@ -53,23 +48,13 @@ def _tee(source, sink, keep: list[str]) -> None:
         keep.append(chunk.decode(errors="replace"))
 
 
-def _tee_lines(source, sink, keep: list[str]) -> None:
-    """Copy a child's stdout line by line, leaving out DVC's git/push hints; keep everything."""
-    for raw in iter(source.readline, b""):
-        line = raw.decode(errors="replace")
-        keep.append(line)
-        if not line.strip().startswith(HINTS):
-            sink.write(line)
-            sink.flush()
-
-
 def dvc_streamed(args: list[str], project_dir: str) -> tuple[int, str]:
     """Run one dvc command with its output shown live; return (exit code, output)."""
     proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out: list[str] = []
     err: list[str] = []
-    threads = [threading.Thread(target=_tee_lines, args=(proc.stdout, sys.stdout, out)),
+    threads = [threading.Thread(target=_tee, args=(proc.stdout, sys.stdout, out)),
                threading.Thread(target=_tee, args=(proc.stderr, sys.stderr, err))]
     for thread in threads:
         thread.start()
@@ -78,18 +63,31 @@ def dvc_streamed(args: list[str], project_dir: str) -> tuple[int, str]:
     return proc.wait(), "".join(out) + "".join(err)
 
 
+def changed(stage: str, project_dir: str = ".") -> bool:
+    """Whether DVC will run ``stage`` (its own deps, params or outs changed, or it is always changed),
+    from DVC's Python API: the same status `dvc repro --single-item` acts on."""
+    from dvc.repo import Repo
+
+    with Repo(project_dir) as repo:  # a target is read against the working directory: name the file
+        return bool(repo.status(targets=[f"{Path(project_dir, 'dvc.yaml').resolve()}:{stage}"]))
+
+
 @task(name="dvc repro", task_run_name="dvc repro {stage}")
 def repro(stage: str, project_dir: str = ".", force: bool = False) -> StageRun:
-    """`dvc repro <stage>`: DVC runs the stage only when its deps or params changed (or when forced)."""
+    """`dvc repro <stage>`: DVC runs the stage only when its deps or params changed (or when forced).
+
+    DVC's and the stage's output stream through as they come. Whether the stage ran comes from DVC's
+    status (its Python API), never from its printed text.
+    """
     logger = get_run_logger()
+    runs = force or changed(stage, project_dir)
     code, output = dvc_streamed(["repro", "--single-item", *(["--force"] if force else []), stage], project_dir)
     if code != 0:
         lines = [line.split("\r")[-1] for line in output.splitlines()]
         tail = "\n".join(line for line in lines[-25:] if "%|" not in line)
         raise StageFailed(f"stage {stage!r} failed (dvc repro {stage}):\n{tail}")
-    skipped = "didn't change, skipping" in output or "is cached - skipping run" in output
-    logger.info("stage %s %s", stage, "unchanged, skipped" if skipped else "ran")
-    return StageRun(stage, skipped, output)
+    logger.info("stage %s %s", stage, "ran" if runs else "unchanged, skipped")
+    return StageRun(stage, not runs, output)
 
 
 @task(name="dvc push", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_transient)

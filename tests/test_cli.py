@@ -32,3 +32,27 @@ def test_missing_teacher_folder_names_the_folder(tmp_path, tiny_cfg):
                                  "--teacher-path", str(tmp_path / "gone")])
     assert result.exit_code == 2
     assert "gone: folder not found" in " ".join(result.output.split())
+
+
+def test_label_refuses_a_teacher_that_failed_its_gate(tmp_path, tiny_teacher):
+    import json
+
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps({"passed": False, "reasons": ["teacher accuracy 0.412 < 0.75 on 120 gold_test rows"]}))
+    out = tmp_path / "logits.parquet"
+    result = runner.invoke(app, ["label", "--gate", str(gate), "--teacher", str(tiny_teacher), "--prepared",
+                                 str(tmp_path / "prepared"), "--out", str(out)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, output
+    assert "failed its gate" in output and "accuracy 0.412 < 0.75" in output and "teacher.min_accuracy" in output
+    assert not out.exists()
+
+
+def test_label_refuses_a_verdict_about_another_teacher(tmp_path, tiny_teacher):
+    import json
+
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps({"passed": True, "reasons": [], "fingerprint": "0" * 64}))
+    result = runner.invoke(app, ["label", "--gate", str(gate), "--teacher", str(tiny_teacher), "--prepared",
+                                 str(tmp_path / "prepared"), "--out", str(tmp_path / "logits.parquet")])
+    assert result.exit_code == 2 and "judged another teacher" in " ".join(result.output.split())

@@ -137,7 +137,8 @@ def test_teacher_version_change_redistils_from_the_new_teacher(harness, project,
     assert effective["teacher"]["path"] == "models:/distill-teacher@champion"
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert lock["teacher"]["params"][".distill/params.yaml"]["teacher"]["path"] == "models:/distill-teacher@champion"
-    assert lock["train_student"]["params"][".distill/params.yaml"]["student"]["warm_start"] == overrides[1]
+    assert lock["train_student"]["params"][".distill/params.yaml"]["student"]["warm_start"] == \
+        "models:/distill-student@champion"
     comparison = result["comparison"]
     for key in ("gold_test.champion_accuracy", "gold_test.challenger_accuracy",
                 "shifted.champion_accuracy", "shifted.challenger_accuracy", "shifted.teacher_accuracy"):
