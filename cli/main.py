@@ -202,7 +202,7 @@ def _registry_call(fn):
     """Run a registry action; a refused promotion or an unknown version becomes one red line, exit 2."""
     import mlflow
 
-    from tasks.registry import PromotionError
+    from tasks.aliases import PromotionError
 
     try:
         return fn()
@@ -219,7 +219,7 @@ def promote_cmd(version: Annotated[str, typer.Argument(help="The student version
     (promoted_by=cli, the reason and the user)."""
     import getpass
 
-    from tasks.registry import move_champion, set_tags
+    from tasks.aliases import move_champion, set_tags
 
     _, client, name = _registry(params, set_)
     moved = _registry_call(lambda: move_champion(client, name, version, "cli", reason))
@@ -235,7 +235,7 @@ def promote_cmd(version: Annotated[str, typer.Argument(help="The student version
 def rollback(reason: Annotated[str, typer.Option(help="Why; written to the displaced version's tags.")] = "",
              params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Give the champion alias back to the previous champion; the displaced one is tagged rolled_back."""
-    from tasks.registry import roll_back
+    from tasks.aliases import roll_back
 
     _, client, name = _registry(params, set_)
     back = _registry_call(lambda: roll_back(client, name, reason))

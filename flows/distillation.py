@@ -21,7 +21,7 @@ from distill.gates import GateReport, decide_promotion, label_accuracy
 from distill.io import read_json
 from distill.models import MODEL_CARD, is_model_uri, read_card
 from monitoring.production import labelled_holdout, log_root
-from tasks import dvc, registry
+from tasks import dvc, registry, scoring
 from flows.lock import project_lock
 from flows.promotion import promote_student
 
@@ -144,9 +144,9 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     # student may not fall behind the champion on the shifted data it was re-distilled for.
     holdouts = {"shifted": labelled_holdout(log_root(cfg.monitor.log_path, project_dir))}
     holdouts = {name: frame for name, frame in holdouts.items() if len(frame)}
-    champion = registry.score_champion(cfg, path["prepared"], project_dir, holdouts)  # same sets, same run
+    champion = scoring.score_champion(cfg, path["prepared"], project_dir, holdouts)  # same sets, same run
     challenger_slices = label_accuracy(gold, student_pred) | (
-        registry.score_student_holdouts(cfg, path["student"], holdouts) if champion else {})
+        scoring.score_student_holdouts(cfg, path["student"], holdouts) if champion else {})
     decision = decide_promotion(teacher_gate, metrics, audit["passed"], audit["reasons"], cfg.promote,
                                 champion=champion, challenger_slices=challenger_slices)
 

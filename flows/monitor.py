@@ -81,37 +81,13 @@ def embed_task(texts: list[str], cache_dir: str) -> np.ndarray:
     return cached_embeddings(texts, Path(cache_dir))
 
 
-@task(name="read teacher lineage", **registry.NETWORK)
-def teacher_lineage(cfg: PipelineConfig, project_dir: str, student_version: str) -> dict:
-    """The teacher alias's version and fingerprint, the champion's lineage tags and its distillation-time
-    disagreement with its teacher (from its MLflow run)."""
-    from mlflow import MlflowClient
-
-    registry.configure(cfg.tracking, project_dir)
-    client = MlflowClient()
-    student = client.get_model_version(cfg.promote.student_model, student_version)
-    try:
-        teacher = client.get_model_version_by_alias(cfg.promote.teacher_model, "champion")
-    except Exception:  # no teacher alias: nothing to compare
-        teacher = None
-    baseline = None
-    if student.run_id:
-        agreement = client.get_run(student.run_id).data.metrics.get("eval.student.agreement_with_teacher")
-        baseline = None if agreement is None else 1.0 - float(agreement)
-    return {"teacher_version": str(teacher.version) if teacher else None,
-            "teacher_fingerprint": teacher.tags.get("fingerprint") if teacher else None,
-            "student_tags": dict(student.tags), "baseline_disagreement": baseline}
-
-
 @task(name="canary check", **registry.NETWORK)
 def canary_task(cfg: PipelineConfig, project_dir: str, student, teacher_version: str) -> tuple[float, int]:
     """Teacher vs student disagreement on the fixed canary set."""
-    import mlflow
-
     canary = ensure_canary(Path(project_dir, cfg.monitor.canary_path),
                            read_split(Path(project_dir, "data/prepared"), "gold_test"), cfg.monitor.canary_size,
                            cfg.seed)
-    teacher = mlflow.pyfunc.load_model(f"models:/{cfg.promote.teacher_model}/{teacher_version}")
+    teacher = registry.load_version(cfg, teacher_version, project_dir, name=cfg.promote.teacher_model)
     texts = canary[["text"]]
     return disagreement(teacher.predict(texts)["label"].tolist(), student.predict(texts)["label"].tolist()), len(canary)
 
@@ -204,7 +180,7 @@ def check_windows(cfg: PipelineConfig, project_dir: str, model, reference: pd.Da
 
 def teacher_check(cfg: PipelineConfig, project_dir: str, model, version: str) -> tuple[TeacherShift, dict]:
     """Version/fingerprint comparison, then the canary when the teacher is reachable."""
-    lineage = teacher_lineage(cfg, project_dir, version)
+    lineage = registry.teacher_lineage(cfg, project_dir, version)
     canary, size = None, 0
     if lineage["teacher_version"] is not None:
         canary, size = canary_task(cfg, project_dir, model, lineage["teacher_version"])

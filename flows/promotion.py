@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Literal
+from functools import partial
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -18,7 +18,9 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from distill.config import PipelineConfig
-from tasks import registry
+from tasks import aliases, registry
+from tasks.serving import serving_check
+from tasks.registry import Kind
 
 
 class ReviewDecision(RunInput):
@@ -29,15 +31,13 @@ class ReviewDecision(RunInput):
     comment: str = Field("", description="Why; written to the version's review_comment tag.")
 
 
-Kind = Literal["student", "lm"]
 
 
 def _registry_ops(cfg: PipelineConfig, kind: Kind) -> tuple[str, Callable, Callable]:
     """The registered model's name, its tagging and its promotion function, for a classifier student or
     an LM student (both share the aliases, the promotion lock and this review)."""
-    if kind == "lm":
-        return cfg.lm.promote.model_name, registry.tag_lm_version, registry.promote_lm
-    return cfg.promote.student_model, registry.tag_version, registry.promote
+    return (registry.model_name(cfg, kind), partial(registry.tag_version, kind=kind),
+            partial(registry.promote, kind=kind))
 
 
 @flow(name="distill_promotion", log_prints=True)
@@ -112,20 +112,12 @@ def check_serving(cfg: PipelineConfig, version: str, text: str, project_dir: str
     """The new champion must load by its registry URI in a fresh process and answer; else roll back."""
     logger = get_run_logger()
     try:
-        result = registry.serving_check(cfg, text, project_dir)
-    except registry.PromotionError as exc:
+        result = serving_check(cfg, text, project_dir)
+    except aliases.PromotionError as exc:
         logger.error("serving check failed, rolling back: %s", exc)
         registry.tag_version(cfg, version, {"serving_check": "failed"}, project_dir=project_dir)
-        registry.configure(cfg.tracking, project_dir)
-        from mlflow import MlflowClient
-
-        client, name = MlflowClient(), cfg.promote.student_model
-        try:
-            back = registry.roll_back(client, name, reason=f"serving check failed: {exc}")
-        except registry.PromotionError:  # a first champion: no champion beats one that cannot serve
-            client.delete_registered_model_alias(name, "champion")
-            back = None
-        return {"ok": False, "error": str(exc)[-500:], "rolled_back_to": back and back["version"]}
+        back = registry.withdraw_champion(cfg, f"serving check failed: {exc}", project_dir)
+        return {"ok": False, "error": str(exc)[-500:], "rolled_back_to": back}
     registry.tag_version(cfg, version, {"serving_check": f"ok: {text[:60]!r} -> {result['label']}"},
                          project_dir=project_dir)
     logger.info("serving check: %s answered %r with %s (%.2f) in a fresh process, %.1f s", result["uri"], text,

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 
 from distill.config import PipelineConfig, load_config, merge_overrides, read_run_overrides, run_config
 from distill.data import read_labels, read_split
@@ -23,40 +22,7 @@ from flows.distillation import distil
 from monitoring import alerts
 from monitoring.alerts import REPORTS, incidents_dir
 from monitoring.production import labelled_holdout, log_root
-from tasks import registry
-
-@task(name="score on slices", **registry.NETWORK)
-def score_versions(cfg: PipelineConfig, project_dir: str, versions: dict[str, str],
-                   slices: dict[str, pd.DataFrame]) -> dict:
-    """Accuracy of each named registry version on each labelled slice (text, label)."""
-    import mlflow
-
-    registry.configure(cfg.tracking, project_dir)
-    out: dict = {}
-    for name, version in versions.items():
-        model = mlflow.pyfunc.load_model(f"models:/{cfg.promote.student_model}/{version}")
-        for slice_name, frame in slices.items():
-            if len(frame):
-                predicted = model.predict(frame[["text"]])["label"].astype(str).to_numpy()
-                out[f"{slice_name}.{name}_accuracy"] = float((predicted == frame["label"].astype(str).to_numpy()).mean())
-        out[f"{name}_version"] = version
-    out.update({f"{s}.size": len(f) for s, f in slices.items()})
-    return out
-
-
-@task(name="score the teacher on slices")
-def score_teacher(teacher_dir: Path, slices: dict[str, pd.DataFrame]) -> dict:
-    """The teacher's accuracy on each labelled slice: the ceiling a re-distilled student aims at."""
-    from distill.models import load_classifier, predict_logits
-
-    teacher = load_classifier(teacher_dir)
-    out = {}
-    for slice_name, frame in slices.items():
-        if len(frame):
-            predicted = np.asarray(teacher.labels)[predict_logits(teacher, frame["text"].tolist()).argmax(axis=1)]
-            out[f"{slice_name}.teacher_accuracy"] = float((predicted == frame["label"].astype(str).to_numpy()).mean())
-    return out
-
+from tasks import registry, scoring
 
 def shifted_holdout(cfg: PipelineConfig, project_dir: str) -> pd.DataFrame:
     """The held-out part of every drifted window, with the ground truth that has arrived."""
@@ -99,10 +65,10 @@ def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: 
         # slice is where re-distillation can help, so it is scored on its own as well.
         slices = {"gold_test": read_split(prepared, "gold_test")[["text", "label"]], "shifted": shifted,
                   "shifted_known": shifted[shifted["label"].isin(read_labels(prepared))]}
-        comparison = score_versions(cfg, project_dir, {"champion": before, "challenger": summary["student_version"]},
+        comparison = scoring.score_versions(cfg, project_dir, {"champion": before, "challenger": summary["student_version"]},
                                     slices)
-        comparison.update(score_teacher(Path(project_dir, "models/teacher"), slices))
-        log_comparison(cfg, project_dir, summary["run_id"], summary["student_version"], comparison)
+        comparison.update(scoring.score_teacher(cfg, Path(project_dir, "models/teacher"), slices))
+        registry.log_comparison(cfg, project_dir, summary["run_id"], summary["student_version"], comparison)
         summary["comparison"] = comparison
         logger.info("former champion v%s vs re-distilled v%s: %s", before, summary["student_version"], comparison)
     if incident:
@@ -113,16 +79,3 @@ def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: 
     write_json(Path(project_dir, REPORTS, f"redistill-{incident or reason}.json"),
                {k: v for k, v in summary.items() if k != "metrics"})
     return summary
-
-
-@task(name="log comparison", **registry.NETWORK)
-def log_comparison(cfg: PipelineConfig, project_dir: str, run_id: str, version: str, comparison: dict) -> None:
-    """The champion-vs-challenger figures as metrics of the pipeline run and tags of the new version."""
-    from mlflow import MlflowClient
-
-    registry.configure(cfg.tracking, project_dir)
-    client = MlflowClient()
-    for key, value in comparison.items():
-        if isinstance(value, float):
-            client.log_metric(run_id, f"monitor.{key}", value)
-            client.set_model_version_tag(cfg.promote.student_model, version, f"monitor.{key}", f"{value:.4f}")

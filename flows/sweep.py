@@ -5,7 +5,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import mlflow
 from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 
@@ -28,26 +27,6 @@ def train_point(project_dir: str, point: GridPoint, epochs: int | None) -> Point
                                       imported_dir=Path(project_dir, IMPORTED_STUDENT),  # as the pipeline trains
                                       shape_file=Path(project_dir, STUDENT_SHAPE))
     return PointResult(point.kd_temperature, point.alpha, result.best_val_accuracy, result.steps, result.seconds)
-
-
-def log_sweep(cfg, results: list[PointResult], chosen: PointResult, project_dir: str) -> str:
-    """One MLflow run for the sweep with a nested run per grid point; returns the parent run id."""
-    experiment_id = registry.configure(cfg.tracking, project_dir)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="sweep") as parent:
-        mlflow.set_tags({"distill.kind": "sweep", "git_commit": registry.git_commit(project_dir),
-                         "method": "+".join(t.name for t in cfg.train.losses)})
-        mlflow.log_params({"chosen_kd_temperature": chosen.kd_temperature, "chosen_alpha": chosen.alpha,
-                           "temperatures": cfg.sweep.temperatures, "alphas": cfg.sweep.alphas,
-                           "epochs": cfg.sweep.epochs or cfg.train.epochs})
-        mlflow.log_metric("chosen_val_accuracy", chosen.val_accuracy)
-        mlflow.log_table({key: [r.to_dict()[key] for r in results] for key in results[0].to_dict()},
-                         artifact_file="sweep_grid.json")
-        for r in results:
-            with mlflow.start_run(experiment_id=experiment_id, nested=True,
-                                  run_name=f"T={r.kd_temperature} alpha={r.alpha}"):
-                mlflow.log_params({"kd_temperature": r.kd_temperature, "alpha": r.alpha})
-                mlflow.log_metrics({"val_accuracy": r.val_accuracy, "steps": r.steps, "seconds": r.seconds})
-        return parent.info.run_id
 
 
 def print_grid(results: list[PointResult], chosen: PointResult) -> None:
@@ -93,7 +72,7 @@ def distill_sweep(project_dir: str = ".", apply: bool = False, overrides: list[s
         wait(futures)
         results += [f.result() for f in futures]
     chosen = choose(results)
-    run_id = log_sweep(cfg, results, chosen, project_dir)
+    run_id = registry.log_sweep(cfg, results, chosen, project_dir)
     print_grid(results, chosen)
     applied = write_overrides(params, GridPoint(chosen.kd_temperature, chosen.alpha).overrides()) if apply else False
     print(f"chosen on gold_val: T={chosen.kd_temperature:g}, alpha={chosen.alpha:g} "

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import subprocess
-import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
 import pandas as pd
@@ -26,9 +20,12 @@ from prefect import task
 
 from distill.config import PipelineConfig, TrackingConfig
 from distill.io import read_json
+from distill.sweep import PointResult
+from tasks.aliases import PromotionError, alias_version, move_champion, roll_back, set_tags
 from tasks.retry import retry_on_transient
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_classifier.py")
+Kind = Literal["student", "lm"]  # the classifier student (promote.student_model) or the LM student
 REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0", "pandas==2.3.3"]
 NETWORK = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_on_transient}
 
@@ -55,6 +52,11 @@ def configure(cfg: TrackingConfig, project_dir: str = ".") -> str:
         return mlflow.create_experiment(cfg.experiment, artifact_location=artifacts)
     except mlflow.exceptions.MlflowException:  # created concurrently by another run
         return mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+
+
+def model_name(cfg: PipelineConfig, kind: Kind = "student") -> str:
+    """The registered model a kind of student goes to."""
+    return cfg.lm.promote.model_name if kind == "lm" else cfg.promote.student_model
 
 
 def git_commit(project_dir: str = ".") -> str:
@@ -143,191 +145,67 @@ def record_run(cfg: PipelineConfig, run_name: str, params: dict[str, Any], metri
 
 @task(name="log pipeline run", **NETWORK)
 def log_run(cfg: PipelineConfig, metrics: dict, tags: dict[str, str], artifacts: list[str],
-            project_dir: str = ".") -> str:
-    """One MLflow run per pipeline run: config, metrics, reports, lineage tags; returns the run id."""
+            project_dir: str = ".", kind: Kind = "student") -> str:
+    """One MLflow run per pipeline run: config (the ``lm`` section for an LM run), metrics, reports,
+    lineage tags; returns the run id."""
+    if kind == "lm":
+        params = flatten("lm", cfg.lm.model_dump(mode="json")) | {"seed": cfg.seed}
+        return record_run(cfg, "distill-lm-pipeline", params, metrics, {**tags, "task": "lm"}, artifacts, project_dir)
     return record_run(cfg, "distill-pipeline", flatten("", cfg.model_dump()), metrics, tags, artifacts, project_dir)
 
 
 @task(name="register student", **NETWORK)
 def register_student(cfg: PipelineConfig, run_id: str, student_dir: str, card: dict, tags: dict[str, str],
-                     description: str, project_dir: str = ".") -> tuple[str, bool]:
-    """Register the student under alias ``challenger``; returns (version, newly_registered)."""
+                     description: str, project_dir: str = ".", kind: Kind = "student") -> tuple[str, bool]:
+    """Register the student (once per weights fingerprint) under alias ``challenger``; returns
+    (version, newly_registered)."""
     configure(cfg.tracking, project_dir)
-    name = cfg.promote.student_model
+    name = model_name(cfg, kind)
     existing = find_version(name, card["fingerprint"])
     if existing is not None:
         return str(existing.version), False
+    log_model = log_causal_lm if kind == "lm" else log_classifier
     with mlflow.start_run(run_id=run_id):
-        version = log_classifier(Path(student_dir), name, {**tags, "fingerprint": card["fingerprint"]},
-                                 description)
+        version = log_model(Path(student_dir), name, {**tags, "fingerprint": card["fingerprint"]}, description)
     MlflowClient().set_registered_model_alias(name, "challenger", version)
     return version, True
 
 
-TRANSIENT = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")  # e.g. SQLite busy
-LOCK_STALE_S = 600  # a promotion takes seconds; a lock this old was left by a crashed process
-
-
-class PromotionError(RuntimeError):
-    """A promotion or rollback could not be carried out; the message says what to do."""
-
-
-def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
-    """The version an alias points to, or None."""
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
-
-
-@contextmanager
-def promotion_lock(client: MlflowClient, name: str, timeout_s: float = 120) -> Iterator[None]:
-    """Hold ``<name>-promotion-lock`` while aliases move.
-
-    MLflow aliases are unique per model, but "read champion, set previous, set champion" is
-    three calls; two promotions interleaving them would lose track of who displaced whom.
-    Creating a registered model is atomic in every MLflow store (names are unique), so the
-    registry itself is the mutex, shared by flows, the CLI and other machines.
-    """
-    lock, holder = f"{name}-promotion-lock", f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            client.create_registered_model(lock, tags={"holder": holder, "since": str(time.time())},
-                                           description=f"Held while {name}'s aliases move; deleted after.")
-            break
-        except mlflow.exceptions.MlflowException as exc:
-            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", *TRANSIENT):
-                raise
-            if _lock_holder(client, lock) == holder:  # our create went through; a retried request said "exists"
-                break
-        _break_stale_lock(client, lock)
-        if time.monotonic() > deadline:
-            raise PromotionError(f"registered model {lock!r} is held by another promotion for over {timeout_s:.0f} s; "
-                                 f"if none is running, delete that registered model and retry")
-        time.sleep(0.2 + random.random() * 0.3)
-    try:
-        yield
-    finally:
-        try:
-            if _lock_holder(client, lock) == holder:
-                client.delete_registered_model(lock)
-        except mlflow.exceptions.MlflowException:
-            pass  # broken as stale by someone else
-
-
-def _lock_holder(client: MlflowClient, lock: str) -> str | None:
-    try:
-        return client.get_registered_model(lock).tags.get("holder")
-    except mlflow.exceptions.MlflowException:
-        return None
-
-
-def _break_stale_lock(client: MlflowClient, lock: str) -> None:
-    try:
-        since = float(client.get_registered_model(lock).tags.get("since", "0"))
-    except mlflow.exceptions.MlflowException:
-        return  # released meanwhile
-    if time.time() - since > LOCK_STALE_S:
-        try:
-            client.delete_registered_model(lock)
-        except mlflow.exceptions.MlflowException:
-            pass
-
-
-def move_champion(client: MlflowClient, name: str, version: str, promoted_by: str, reason: str = "") -> dict:
-    """Point ``champion`` at ``version`` under the promotion lock; the former champion becomes ``previous``.
-
-    The aliases are re-read after they are set: what this call reports displacing is what the
-    registry says, and the new champion carries it in its ``displaced`` tag (rollback follows
-    that chain). Returns ``{"version", "displaced", "changed"}``.
-    """
-    client.get_model_version(name, version)  # fails with the registry's message when it does not exist
-    with promotion_lock(client, name):
-        former = _alias(client, name, "champion")
-        if former == version:
-            return {"version": version, "displaced": None, "changed": False}
-        if former is not None:
-            client.set_registered_model_alias(name, "previous", former)
-        client.set_registered_model_alias(name, "champion", version)
-        now, previous = _alias(client, name, "champion"), _alias(client, name, "previous")
-        if now != version or previous != former:
-            raise PromotionError(f"{name}: after promoting v{version} the registry says champion=v{now}, "
-                                 f"previous=v{previous}; an alias was moved outside distill (the MLflow UI?). "
-                                 f"Check `distill registry` and set the aliases by hand")
-        stamp = {"promoted_by": promoted_by, "promoted_at": _utc_now(), "displaced": former or "none"}
-        if reason:
-            stamp["promotion_reason"] = reason[:5000]
-        set_tags(client, name, version, stamp)
-        if former is not None:
-            set_tags(client, name, former, {"displaced_by": version})
-    return {"version": version, "displaced": former, "changed": True}
-
-
-def roll_back(client: MlflowClient, name: str, reason: str = "") -> dict:
-    """``champion`` back to ``previous``; the displaced champion is tagged ``rolled_back``.
-
-    ``previous`` then points at what the restored version had itself displaced, so repeated
-    rollbacks walk back the promotion history. Returns ``{"version", "rolled_back", "previous"}``.
-    """
-    with promotion_lock(client, name):
-        current, target = _alias(client, name, "champion"), _alias(client, name, "previous")
-        if target is None or current is None:
-            raise PromotionError(f"{name}: nothing to roll back to (champion v{current}, no 'previous' alias); "
-                                 f"promote a version with `distill promote VERSION` instead")
-        client.set_registered_model_alias(name, "champion", target)
-        set_tags(client, name, current, {"rolled_back": "true", "rolled_back_at": _utc_now(),
-                                         **({"rollback_reason": reason[:5000]} if reason else {})})
-        set_tags(client, name, target, {"promoted_by": "rollback", "promoted_at": _utc_now()})
-        earlier = client.get_model_version(name, target).tags.get("displaced", "none")
-        if earlier not in ("none", current, target) and _exists(client, name, earlier):
-            client.set_registered_model_alias(name, "previous", earlier)
-        else:
-            client.delete_registered_model_alias(name, "previous")
-            earlier = None
-    return {"version": target, "rolled_back": current, "previous": earlier}
-
-
-def _exists(client: MlflowClient, name: str, version: str) -> bool:
-    try:
-        client.get_model_version(name, version)
-        return True
-    except mlflow.exceptions.MlflowException:
-        return False
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def set_tags(client: MlflowClient, name: str, version: str, tags: dict[str, Any]) -> None:
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
-
-
 @task(name="promote", **NETWORK)
 def promote(cfg: PipelineConfig, version: str, project_dir: str = ".", promoted_by: str = "flow",
-            reason: str = "") -> dict:
-    """Make ``version`` the champion (see ``move_champion``)."""
+            reason: str = "", kind: Kind = "student") -> dict:
+    """Make ``version`` the champion (see ``tasks.aliases.move_champion``)."""
     configure(cfg.tracking, project_dir)
-    return move_champion(MlflowClient(), cfg.promote.student_model, version, promoted_by, reason)
+    return move_champion(MlflowClient(), model_name(cfg, kind), version, promoted_by, reason)
+
+
+def withdraw_champion(cfg: PipelineConfig, reason: str, project_dir: str = ".") -> str | None:
+    """Roll the student's champion back to ``previous``; with no previous, take the alias away (no
+    champion beats one that cannot serve). Returns the restored version, or None."""
+    configure(cfg.tracking, project_dir)
+    client, name = MlflowClient(), cfg.promote.student_model
+    try:
+        return roll_back(client, name, reason=reason)["version"]
+    except PromotionError:
+        client.delete_registered_model_alias(name, "champion")
+        return None
 
 
 @task(name="tag version", **NETWORK)
 def tag_version(cfg: PipelineConfig, version: str, tags: dict[str, Any], description: str | None = None,
-                project_dir: str = ".") -> None:
+                project_dir: str = ".", kind: Kind = "student") -> None:
     """Write tags (and the model card, when given) on a student version."""
     configure(cfg.tracking, project_dir)
-    client, name = MlflowClient(), cfg.promote.student_model
+    client, name = MlflowClient(), model_name(cfg, kind)
     set_tags(client, name, version, tags)
     if description is not None:
         client.update_model_version(name, version, description=description)
 
 
-def champion_version(cfg: PipelineConfig, project_dir: str = ".") -> str | None:
+def champion_version(cfg: PipelineConfig, project_dir: str = ".", kind: Kind = "student") -> str | None:
     """The version the ``champion`` alias points to, or None."""
     configure(cfg.tracking, project_dir)
-    return _alias(MlflowClient(), cfg.promote.student_model, "champion")
+    return alias_version(MlflowClient(), model_name(cfg, kind), "champion")
 
 
 def version_overrides(cfg: PipelineConfig, version: str, project_dir: str = ".") -> list[str]:
@@ -337,89 +215,24 @@ def version_overrides(cfg: PipelineConfig, version: str, project_dir: str = ".")
     return json.loads(raw) if raw else []
 
 
-def holdout_slices(clf, holdouts: dict[str, pd.DataFrame], cfg: PipelineConfig,
-                   max_length: int) -> dict[str, dict[str, float]]:
-    """Accuracy of a classifier on each labelled hold-out (``text``, ``label``), as gate slices
-    ``holdout=<name>``: the re-distillation's shifted traffic is gated like a label slice."""
-    import numpy as np
-
-    from distill.models import predict_logits
-
-    out = {}
-    for name, frame in holdouts.items():
-        if len(frame):
-            logits = predict_logits(clf, frame["text"].astype(str).tolist(), cfg.evaluate.batch_size, max_length)
-            predicted = np.asarray(clf.labels)[logits.argmax(axis=1)]
-            out[f"holdout={name}"] = {"accuracy": float((predicted == frame["label"].astype(str).to_numpy()).mean()),
-                                      "n": len(frame)}
-    return out
-
-
-@task(name="score student on hold-outs")
-def score_student_holdouts(cfg: PipelineConfig, student_dir: str, holdouts: dict[str, pd.DataFrame]) -> dict:
-    """The new student's ``holdout_slices``."""
-    from distill.lengths import model_length
-    from distill.models import load_classifier, read_card
-
-    if not holdouts:
-        return {}
-    return holdout_slices(load_classifier(Path(student_dir)), holdouts, cfg, model_length(read_card(Path(student_dir))))
-
-
-@task(name="score champion", **NETWORK)
-def score_champion(cfg: PipelineConfig, prepared: str, project_dir: str = ".",
-                   holdouts: dict[str, pd.DataFrame] | None = None) -> dict | None:
-    """The current champion scored now on this run's gold test set: ``{"version", "accuracy", "slices",
-    "predicted"}``; None when there is no champion yet. ``holdouts`` (name → labelled frame) add
-    ``holdout=<name>`` slices."""
-    import tempfile
-
-    from distill.data import read_split
-    from distill.gates import label_accuracy
-    from distill.lengths import model_length
-    from distill.models import load_classifier, predict_logits, read_card
-
-    version = champion_version(cfg, project_dir)
-    if version is None:
-        return None
-    test = read_split(Path(prepared), "gold_test")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = fetch_model_folder(f"models:/{cfg.promote.student_model}/{version}", Path(tmp) / "champion")
-        clf, length = load_classifier(folder), model_length(read_card(folder))
-        logits = predict_logits(clf, test["text"].tolist(), cfg.evaluate.batch_size, length)
-        extra = holdout_slices(clf, holdouts or {}, cfg, length)
-    predicted = [clf.labels[i] for i in logits.argmax(axis=1)]
-    gold = test["label"].astype(str).tolist()
-    return {"version": version, "accuracy": sum(g == p for g, p in zip(gold, predicted)) / max(len(gold), 1),
-            "slices": label_accuracy(gold, predicted) | extra}
-
-
-SMOKE = """
-import json, sys, time
-import mlflow, pandas as pd
-start = time.perf_counter()
-model = mlflow.pyfunc.load_model(sys.argv[1])
-out = model.predict(pd.DataFrame({"text": [sys.argv[2]]}))
-print(json.dumps({"label": str(out["label"].iloc[0]), "score": float(out["score"].iloc[0]),
-                  "seconds": round(time.perf_counter() - start, 2)}))
-"""
-
-
-@task(name="serving check", **NETWORK)
-def serving_check(cfg: PipelineConfig, text: str, project_dir: str = ".", alias: str = "champion") -> dict:
-    """Load ``models:/<student>@<alias>`` in a fresh interpreter, as a server would, and classify ``text``."""
-    import json
-    import sys
-
-    configure(cfg.tracking, project_dir)
-    uri = f"models:/{cfg.promote.student_model}@{alias}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(cfg.tracking, project_dir)}
-    proc = subprocess.run([sys.executable, "-c", SMOKE, uri, text], env=env, capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode != 0:
-        raise PromotionError(f"{uri} did not load or answer in a fresh process:\n{proc.stderr.strip()[-2000:]}")
-    return {"uri": uri, "version": _alias(MlflowClient(), cfg.promote.student_model, alias),
-            **json.loads(proc.stdout.strip().splitlines()[-1])}
+def log_sweep(cfg: PipelineConfig, results: list[PointResult], chosen: PointResult, project_dir: str) -> str:
+    """One MLflow run for the sweep with a nested run per grid point; returns the parent run id."""
+    experiment_id = configure(cfg.tracking, project_dir)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="sweep") as parent:
+        mlflow.set_tags({"distill.kind": "sweep", "git_commit": git_commit(project_dir),
+                         "method": "+".join(t.name for t in cfg.train.losses)})
+        mlflow.log_params({"chosen_kd_temperature": chosen.kd_temperature, "chosen_alpha": chosen.alpha,
+                           "temperatures": cfg.sweep.temperatures, "alphas": cfg.sweep.alphas,
+                           "epochs": cfg.sweep.epochs or cfg.train.epochs})
+        mlflow.log_metric("chosen_val_accuracy", chosen.val_accuracy)
+        mlflow.log_table({key: [r.to_dict()[key] for r in results] for key in results[0].to_dict()},
+                         artifact_file="sweep_grid.json")
+        for r in results:
+            with mlflow.start_run(experiment_id=experiment_id, nested=True,
+                                  run_name=f"T={r.kd_temperature} alpha={r.alpha}"):
+                mlflow.log_params({"kd_temperature": r.kd_temperature, "alpha": r.alpha})
+                mlflow.log_metrics({"val_accuracy": r.val_accuracy, "steps": r.steps, "seconds": r.seconds})
+        return parent.info.run_id
 
 
 def version_rows(client: MlflowClient, name: str) -> list[dict]:
@@ -485,6 +298,43 @@ def load_champion(cfg: PipelineConfig, project_dir: str = "."):
     return mlflow.pyfunc.load_model(f"models:/{cfg.promote.student_model}@champion")
 
 
+def load_version(cfg: PipelineConfig, version: str, project_dir: str = ".", name: str | None = None):
+    """A registered version (of the student, or of the model ``name``) as a pyfunc model."""
+    configure(cfg.tracking, project_dir)
+    return mlflow.pyfunc.load_model(f"models:/{name or cfg.promote.student_model}/{version}")
+
+
+@task(name="read teacher lineage", **NETWORK)
+def teacher_lineage(cfg: PipelineConfig, project_dir: str, student_version: str) -> dict:
+    """The teacher alias's version and fingerprint, the champion's lineage tags and its distillation-time
+    disagreement with its teacher (from its MLflow run)."""
+    configure(cfg.tracking, project_dir)
+    client = MlflowClient()
+    student = client.get_model_version(cfg.promote.student_model, student_version)
+    try:
+        teacher = client.get_model_version_by_alias(cfg.promote.teacher_model, "champion")
+    except mlflow.exceptions.MlflowException:  # no teacher alias: nothing to compare
+        teacher = None
+    baseline = None
+    if student.run_id:
+        agreement = client.get_run(student.run_id).data.metrics.get("eval.student.agreement_with_teacher")
+        baseline = None if agreement is None else 1.0 - float(agreement)
+    return {"teacher_version": str(teacher.version) if teacher else None,
+            "teacher_fingerprint": teacher.tags.get("fingerprint") if teacher else None,
+            "student_tags": dict(student.tags), "baseline_disagreement": baseline}
+
+
+@task(name="log comparison", **NETWORK)
+def log_comparison(cfg: PipelineConfig, project_dir: str, run_id: str, version: str, comparison: dict) -> None:
+    """The champion-vs-challenger figures as metrics of the pipeline run and tags of the new version."""
+    configure(cfg.tracking, project_dir)
+    client = MlflowClient()
+    for key, value in comparison.items():
+        if isinstance(value, float):
+            client.log_metric(run_id, f"monitor.{key}", value)
+            client.set_model_version_tag(cfg.promote.student_model, version, f"monitor.{key}", f"{value:.4f}")
+
+
 # ---- LM students (flows/lm.py): the same registry, aliases and promotion lock, another model name ----
 
 PYFUNC_LM_CODE = Path(__file__).with_name("pyfunc_lm.py")
@@ -512,51 +362,3 @@ def log_causal_lm(model_dir: Path, model_name: str, tags: dict[str, str], descri
     set_tags(client, model_name, version, tags)
     client.update_model_version(model_name, version, description=description)
     return version
-
-
-@task(name="log LM pipeline run", **NETWORK)
-def log_lm_run(cfg: PipelineConfig, metrics: dict, tags: dict[str, str], artifacts: list[str],
-               project_dir: str = ".") -> str:
-    """One MLflow run per LM pipeline run: the lm config, the evaluation figures, reports, lineage; its id."""
-    params = flatten("lm", cfg.lm.model_dump(mode="json")) | {"seed": cfg.seed}
-    return record_run(cfg, "distill-lm-pipeline", params, metrics, {**tags, "task": "lm"}, artifacts, project_dir)
-
-
-@task(name="register LM student", **NETWORK)
-def register_lm_student(cfg: PipelineConfig, run_id: str, student_dir: str, card: dict, tags: dict[str, str],
-                        description: str, project_dir: str = ".") -> tuple[str, bool]:
-    """Register the LM student (once per weights fingerprint) under alias ``challenger``; (version, new)."""
-    configure(cfg.tracking, project_dir)
-    name = cfg.lm.promote.model_name
-    existing = find_version(name, card["fingerprint"])
-    if existing is not None:
-        return str(existing.version), False
-    with mlflow.start_run(run_id=run_id):
-        version = log_causal_lm(Path(student_dir), name, {**tags, "fingerprint": card["fingerprint"]}, description)
-    MlflowClient().set_registered_model_alias(name, "challenger", version)
-    return version, True
-
-
-@task(name="tag LM version", **NETWORK)
-def tag_lm_version(cfg: PipelineConfig, version: str, tags: dict[str, Any], description: str | None = None,
-                   project_dir: str = ".") -> None:
-    """Write tags (and the model card, when given) on an LM student version."""
-    configure(cfg.tracking, project_dir)
-    client = MlflowClient()
-    set_tags(client, cfg.lm.promote.model_name, version, tags)
-    if description is not None:
-        client.update_model_version(cfg.lm.promote.model_name, version, description=description)
-
-
-@task(name="promote LM student", **NETWORK)
-def promote_lm(cfg: PipelineConfig, version: str, project_dir: str = ".", promoted_by: str = "flow",
-               reason: str = "") -> dict:
-    """Make LM student ``version`` the champion (see ``move_champion``)."""
-    configure(cfg.tracking, project_dir)
-    return move_champion(MlflowClient(), cfg.lm.promote.model_name, version, promoted_by, reason)
-
-
-def lm_champion_version(cfg: PipelineConfig, project_dir: str = ".") -> str | None:
-    """The LM student version the ``champion`` alias points to, or None."""
-    configure(cfg.tracking, project_dir)
-    return _alias(MlflowClient(), cfg.lm.promote.model_name, "champion")

@@ -25,7 +25,7 @@ def stand_in(name: str, alpha: float, result: dict):
 
         from distill.config import run_config, write_run_overrides
         from distill.io import read_json, write_json
-        from tasks import registry
+        from tasks import aliases
 
         result["start"] = time.time()
         write_run_overrides(project_dir, overrides or [])
@@ -42,7 +42,7 @@ def stand_in(name: str, alpha: float, result: dict):
         client = MlflowClient()
         version = client.create_model_version(MODEL, source=str(Path(project_dir, "models/student").resolve())).version
         result["version"] = str(version)
-        result["promotion"] = registry.move_champion(client, MODEL, str(version), promoted_by=name)
+        result["promotion"] = aliases.move_champion(client, MODEL, str(version), promoted_by=name)
         result["end"] = time.time()
         return {"completed": True}
 

@@ -21,7 +21,7 @@ from distill.config import LMConfig, PipelineConfig, TrackingConfig
 from distill.lm import teacher
 from distill.models import ModelError
 from flows import lm as lm_flow
-from tasks import registry
+from tasks import lm_teacher, registry
 from tasks.retry import is_transient
 from tests.conftest import make_examples
 from tests.lm_tiny import save_tiny_lm, tiny_tokenizer
@@ -91,7 +91,7 @@ def config(uri: str, tracking: TrackingConfig) -> PipelineConfig:
 
 def fetch(uri: str, tracking: TrackingConfig, dest: Path) -> dict:
     """The flow's fetch task, without Prefect."""
-    return lm_flow.fetch_lm_teacher.fn(config(uri, tracking), str(dest), str(dest.parent))
+    return lm_teacher.fetch_lm_teacher.fn(config(uri, tracking), str(dest), str(dest.parent))
 
 
 def greedy(lm: teacher.CausalLM, text: str = "turn on the kitchen lights") -> torch.Tensor:

@@ -23,7 +23,8 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from distill.config import PipelineConfig, PromoteConfig, TrackingConfig
-from tasks import registry
+from tasks import aliases as alias_tasks
+from tasks import registry, scoring
 
 PASSED = {"passed": True, "reasons": ["every gate passed (test)"]}
 FAILED = {"passed": False, "reasons": ["student keeps 50.0% of the teacher's accuracy (< 90%)"]}
@@ -92,26 +93,26 @@ def test_promotion_moves_aliases_and_rollback_walks_the_history_back(logged):
     name = "history"
     v1, v2, v3 = register(logged, name, 3)
     client = MlflowClient()
-    assert registry.move_champion(client, name, v1, "test")["displaced"] is None
+    assert alias_tasks.move_champion(client, name, v1, "test")["displaced"] is None
     assert aliases(name) == {"champion": v1, "challenger": v3}
-    registry.move_champion(client, name, v2, "test")
-    moved = registry.move_champion(client, name, v3, "test", reason="better")
+    alias_tasks.move_champion(client, name, v2, "test")
+    moved = alias_tasks.move_champion(client, name, v3, "test", reason="better")
     assert moved == {"version": v3, "displaced": v2, "changed": True}
     assert aliases(name) == {"champion": v3, "previous": v2, "challenger": v3}
     assert tags(name, v3)["displaced"] == v2 and tags(name, v2)["displaced_by"] == v3
     assert tags(name, v3)["promotion_reason"] == "better"
-    assert registry.move_champion(client, name, v3, "test")["changed"] is False
+    assert alias_tasks.move_champion(client, name, v3, "test")["changed"] is False
 
-    back = registry.roll_back(client, name, reason="regression in prod")
+    back = alias_tasks.roll_back(client, name, reason="regression in prod")
     assert back == {"version": v2, "rolled_back": v3, "previous": v1}
     assert aliases(name)["champion"] == v2 and aliases(name)["previous"] == v1
     assert tags(name, v3)["rolled_back"] == "true"
-    registry.roll_back(client, name)
+    alias_tasks.roll_back(client, name)
     assert aliases(name)["champion"] == v1 and "previous" not in aliases(name)
-    with pytest.raises(registry.PromotionError, match="nothing to roll back to"):
-        registry.roll_back(client, name)
+    with pytest.raises(alias_tasks.PromotionError, match="nothing to roll back to"):
+        alias_tasks.roll_back(client, name)
     with pytest.raises(mlflow.exceptions.MlflowException):
-        registry.move_champion(client, name, "99", "test")
+        alias_tasks.move_champion(client, name, "99", "test")
     assert aliases(name)["champion"] == v1
 
 
@@ -120,13 +121,13 @@ def test_concurrent_promotions_leave_one_champion_and_a_consistent_history(logge
     champion back to the first one holds every version exactly once and ``previous`` is its first link."""
     name = "race"
     versions = register(logged, name, 6)
-    registry.move_champion(MlflowClient(), name, versions[0], "test")
+    alias_tasks.move_champion(MlflowClient(), name, versions[0], "test")
     barrier, errors = threading.Barrier(5), []
 
     def promote(version: str) -> None:
         try:
             barrier.wait()
-            registry.move_champion(MlflowClient(), name, version, "race")
+            alias_tasks.move_champion(MlflowClient(), name, version, "race")
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
@@ -154,7 +155,7 @@ def test_gate_failure_never_moves_the_champion(logged, harness):
 
     name = "gates"
     v1, v2 = register(logged, name, 2)
-    registry.move_champion(MlflowClient(), name, v1, "test")
+    alias_tasks.move_champion(MlflowClient(), name, v1, "test")
     for mode in ("auto", "review"):
         outcome = promote_student(config(name, mode=mode), v2, FAILED, smoke_text="turn on the lights")
         assert outcome == {"promoted": False, "outcome": "blocked by gates"}
@@ -168,7 +169,7 @@ def test_auto_promotion_then_serving_check_in_a_fresh_process(logged, harness):
 
     name = "auto"
     v1, v2 = register(logged, name, 2)
-    registry.move_champion(MlflowClient(), name, v1, "test")
+    alias_tasks.move_champion(MlflowClient(), name, v1, "test")
     outcome = promote_student(config(name), v2, PASSED, smoke_text="turn on the kitchen lights")
     assert outcome["promoted"] and outcome["displaced"] == v1
     assert aliases(name)["champion"] == v2 and aliases(name)["previous"] == v1
@@ -219,7 +220,7 @@ def review(name: str, version: str, answer: dict | None, timeout_s: int = 120, k
 def test_review_approval_promotes_and_records_the_reviewer(logged, harness):
     name = "review-approve"
     v1, v2 = register(logged, name, 2)
-    registry.move_champion(MlflowClient(), name, v1, "test")
+    alias_tasks.move_champion(MlflowClient(), name, v1, "test")
     outcome = review(name, v2, {"approve": True, "comment": "card reads well, slices fine"})
     assert outcome["promoted"] is True
     assert aliases(name)["champion"] == v2 and aliases(name)["previous"] == v1
@@ -231,7 +232,7 @@ def test_review_approval_promotes_and_records_the_reviewer(logged, harness):
 def test_an_lm_student_goes_through_the_same_review(logged, harness):
     name = "review-lm"
     v1, v2 = register(logged, name, 2)
-    registry.move_champion(MlflowClient(), name, v1, "test")
+    alias_tasks.move_champion(MlflowClient(), name, v1, "test")
     rejected = review(name, v2, {"approve": False, "comment": "answers ramble"}, kind="lm")
     assert rejected == {"promoted": False, "outcome": "review rejected"}
     assert aliases(name)["champion"] == v1 and tags(name, v2)["review_comment"] == "answers ramble"
@@ -246,7 +247,7 @@ def test_an_lm_student_goes_through_the_same_review(logged, harness):
 def test_review_rejection_or_timeout_leaves_the_champion(logged, harness, answer, verdict):
     name = f"review-{verdict}"
     v1, v2 = register(logged, name, 2)
-    registry.move_champion(MlflowClient(), name, v1, "test")
+    alias_tasks.move_champion(MlflowClient(), name, v1, "test")
     outcome = review(name, v2, answer, timeout_s=2 if answer is None else 120)
     assert outcome == {"promoted": False, "outcome": f"review {verdict}"}
     assert aliases(name)["champion"] == v1
@@ -290,23 +291,20 @@ def test_champion_is_scored_on_this_runs_test_set(logged, tiny_cfg, tiny_teacher
     name = "scored"
     cfg = tiny_cfg.model_copy(update={"promote": PromoteConfig(student_model=name),
                                       "tracking": TrackingConfig(experiment="registry-tests")})
-    assert registry.score_champion.fn(cfg, str(tmp_path)) is None  # no champion yet: nothing to compare
+    assert scoring.score_champion.fn(cfg, str(tmp_path)) is None  # no champion yet: nothing to compare
     (v1,) = register(logged, name, 1)
-    registry.move_champion(MlflowClient(), name, v1, "test")
+    alias_tasks.move_champion(MlflowClient(), name, v1, "test")
     data.run(cfg, tmp_path / "prepared")
     test = data.read_split(tmp_path / "prepared", "gold_test")
     holdout = test.iloc[:7][["text", "label"]]
-    scored = registry.score_champion.fn(cfg, str(tmp_path / "prepared"), holdouts={"shifted": holdout})
+    scored = scoring.score_champion.fn(cfg, str(tmp_path / "prepared"), holdouts={"shifted": holdout})
     assert scored["version"] == v1 and 0 <= scored["accuracy"] <= 1
     labels = {f"label={label}" for label in test["label"].unique()}
     assert set(scored["slices"]) == labels | {"holdout=shifted"}
     assert sum(scored["slices"][name]["n"] for name in labels) == len(test)
     # the hold-out is scored like the test set: its accuracy is the matching label slices' on those rows
     assert scored["slices"]["holdout=shifted"]["n"] == 7
-    from distill.lengths import model_length
-    from distill.models import load_classifier, read_card
-    clf_scores = registry.holdout_slices(load_classifier(tiny_teacher), {"shifted": holdout}, cfg,
-                                         model_length(read_card(tiny_teacher)))
+    clf_scores = scoring.holdout_slices(scoring.folder_predict(cfg, tiny_teacher), {"shifted": holdout})
     assert clf_scores["holdout=shifted"] == scored["slices"]["holdout=shifted"]
 
 
@@ -316,7 +314,7 @@ def test_mlflow_models_serve_answers_http_for_the_champion(logged, server, tmp_p
 
     name = "served"
     (v1,) = register(logged, name, 1)
-    registry.move_champion(MlflowClient(), name, v1, "test")
+    alias_tasks.move_champion(MlflowClient(), name, v1, "test")
     port, log = free_port(), tmp_path / "serve.log"
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
