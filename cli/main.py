@@ -20,6 +20,7 @@ from rich.console import Console
 
 from distill import stages
 from distill.config import PipelineConfig
+from distill.layout import LAYOUT
 from distill.stages import ParamsOpt, SetOpt, _config, _stage, console
 
 LIFECYCLE = "Lifecycle"
@@ -275,7 +276,7 @@ def registry_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -
 
 
 @app.command("fetch-teacher", rich_help_panel=REGISTRY)
-def fetch_teacher(uri: str, out: Path = Path("models/imported_teacher"), params: ParamsOpt = Path("params.yaml")) -> None:
+def fetch_teacher(uri: str, out: Path = LAYOUT.imported_teacher, params: ParamsOpt = Path("params.yaml")) -> None:
     """Download an MLflow-registered model (models:/name@alias) for a stage: a teacher, or a student to warm-start from."""
     from tasks.registry import fetch_model_folder
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 
-from distill.config import RUN_OVERRIDES, RUN_PARAMS, ConfigError, PipelineConfig, load_config
+from distill.config import ConfigError, PipelineConfig, load_config
+from distill.layout import LAYOUT
 
 if TYPE_CHECKING:
     from distill.label import LabelEngine
@@ -74,8 +75,9 @@ def _stage(fn):
 @app.command("config")
 def config_cmd(params: ParamsOpt = Path("params.yaml"),
                overrides: Annotated[Path, typer.Option(help="The current run's overrides (written by the flows).")]
-               = RUN_OVERRIDES,
-               out: Annotated[Path, typer.Option(help="The effective params file every stage reads.")] = RUN_PARAMS) -> None:
+               = LAYOUT.run_overrides,
+               out: Annotated[Path, typer.Option(help="The effective params file every stage reads.")]
+               = LAYOUT.run_params) -> None:
     """Write params.yaml plus the current run's overrides, every key present (what every stage reads)."""
     from distill.config import write_run_params
 
@@ -84,9 +86,8 @@ def config_cmd(params: ParamsOpt = Path("params.yaml"),
 
 
 @app.command()
-def prepare(out: Annotated[Path, typer.Option(help="Output folder.")] = Path("data/prepared"),
-            incoming: Annotated[Path, typer.Option(help="New traffic to add to the transfer set.")] = Path(
-                "data/incoming"),
+def prepare(out: Annotated[Path, typer.Option(help="Output folder.")] = LAYOUT.prepared,
+            incoming: Annotated[Path, typer.Option(help="New traffic to add to the transfer set.")] = LAYOUT.incoming,
             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Build, split and validate the data set."""
     from distill import data
@@ -104,11 +105,11 @@ def prepare(out: Annotated[Path, typer.Option(help="Output folder.")] = Path("da
 
 
 @app.command()
-def teacher(prepared: Prepared = Path("data/prepared"), out: Path = Path("models/teacher"),
+def teacher(prepared: Prepared = LAYOUT.prepared, out: Path = LAYOUT.teacher,
             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
             teacher_path: Annotated[Optional[Path], typer.Option(help="Overrides teacher.path.")] = None,
-            imported: Annotated[Path, typer.Option(help="Where MLflow teachers are fetched to.")] = Path(
-                "models/imported_teacher")) -> None:
+            imported: Annotated[Path, typer.Option(help="Where MLflow teachers are fetched to.")]
+            = LAYOUT.imported_teacher) -> None:
     """Bootstrap or import the teacher."""
     from distill import teacher as stage
 
@@ -116,8 +117,8 @@ def teacher(prepared: Prepared = Path("data/prepared"), out: Path = Path("models
 
 
 @app.command("validate-teacher")
-def validate_teacher(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
-                     out: Path = Path("reports/teacher"), params: ParamsOpt = Path("params.yaml"),
+def validate_teacher(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
+                     out: Path = LAYOUT.teacher_report, params: ParamsOpt = Path("params.yaml"),
                      set_: SetOpt = None) -> None:
     """Score the teacher on the gold test set and apply the teacher gate.
 
@@ -136,8 +137,8 @@ def validate_teacher(prepared: Prepared = Path("data/prepared"), teacher: Teache
 def label_command(engines: Mapping[str, LabelEngine]) -> Callable[..., None]:
     """The ``label`` stage command, with the labelling engines (beyond ``local``) its caller hands in."""
 
-    def label(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
-              out: Path = Path("data/teacher_outputs/logits.parquet"), params: ParamsOpt = Path("params.yaml"),
+    def label(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
+              out: Path = LAYOUT.outputs, params: ParamsOpt = Path("params.yaml"),
               set_: SetOpt = None,
               gate: Annotated[Optional[Path], typer.Option(
                   help="The teacher gate's verdict (gate.json); a failed gate stops the labelling.")] = None) -> None:
@@ -159,8 +160,8 @@ app.command("label")(label_command({}))
 
 
 @app.command()
-def assistant(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
-              outputs: Path = Path("data/teacher_outputs/logits.parquet"), out: Path = Path("models/assistant"),
+def assistant(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
+              outputs: Path = LAYOUT.outputs, out: Path = LAYOUT.assistant,
               params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Distil the teacher assistant and label the distillation set with it (a no-op card when disabled)."""
     from distill import students
@@ -170,12 +171,12 @@ def assistant(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = 
 
 
 @app.command("train-student")
-def train_student(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
-                  outputs: Path = Path("data/teacher_outputs/logits.parquet"), out: Path = Path("models/student"),
+def train_student(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
+                  outputs: Path = LAYOUT.outputs, out: Path = LAYOUT.student,
                   assistant: Annotated[Optional[Path], typer.Option(
                       help="Assistant folder; when it holds an enabled assistant, it teaches the student.")] = None,
                   imported: Annotated[Path, typer.Option(
-                      help="Where an MLflow student.warm_start is fetched to.")] = Path("models/imported_student"),
+                      help="Where an MLflow student.warm_start is fetched to.")] = LAYOUT.imported_student,
                   shape: ShapeOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Distil the student from the cached teacher (or assistant) outputs."""
     from distill import students
@@ -185,11 +186,11 @@ def train_student(prepared: Prepared = Path("data/prepared"), teacher: TeacherDi
 
 
 @app.command("size-student")
-def size_student(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
-                 outputs: Path = Path("data/teacher_outputs/logits.parquet"),
-                 out: Path = Path("models/student_shape.json"),
+def size_student(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
+                 outputs: Path = LAYOUT.outputs,
+                 out: Path = LAYOUT.student_shape,
                  imported: Annotated[Path, typer.Option(
-                     help="Where an MLflow student.warm_start is fetched to.")] = Path("models/imported_student"),
+                     help="Where an MLflow student.warm_start is fetched to.")] = LAYOUT.imported_student,
                  params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Choose the student's shape for the deployment budget (size section)."""
     from distill import sizing
@@ -199,8 +200,8 @@ def size_student(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir
 
 
 @app.command("train-baseline")
-def train_baseline(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
-                   out: Path = Path("models/baseline"), shape: ShapeOpt = None, params: ParamsOpt = Path("params.yaml"),
+def train_baseline(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
+                   out: Path = LAYOUT.baseline, shape: ShapeOpt = None, params: ParamsOpt = Path("params.yaml"),
                    set_: SetOpt = None) -> None:
     """Train the undistilled baseline student on gold labels only."""
     from distill import students
@@ -209,9 +210,9 @@ def train_baseline(prepared: Prepared = Path("data/prepared"), teacher: TeacherD
 
 
 @app.command()
-def evaluate(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = Path("models/teacher"),
-             student: Path = Path("models/student"), baseline: Path = Path("models/baseline"),
-             out: Path = Path("reports/evaluate"), params: ParamsOpt = Path("params.yaml"),
+def evaluate(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
+             student: Path = LAYOUT.student, baseline: Path = LAYOUT.baseline,
+             out: Path = LAYOUT.evaluate, params: ParamsOpt = Path("params.yaml"),
              set_: SetOpt = None) -> None:
     """Compare teacher, INT8 teacher, student, INT8 student and baseline on one harness."""
     from distill import evaluate as stage
@@ -221,7 +222,7 @@ def evaluate(prepared: Prepared = Path("data/prepared"), teacher: TeacherDir = P
 
 
 @app.command()
-def audit(predictions: Path = Path("reports/evaluate/predictions.parquet"), out: Path = Path("reports/audit"),
+def audit(predictions: Path = LAYOUT.predictions, out: Path = LAYOUT.audit,
           teacher: Annotated[Optional[Path], typer.Option(help="Teacher folder (counterfactual/robustness tests).")] = None,
           student: Annotated[Optional[Path], typer.Option(help="Student folder (counterfactual/robustness tests).")] = None,
           baseline: Annotated[Optional[Path], typer.Option(help="Baseline folder, compared when given.")] = None,
@@ -246,9 +247,9 @@ def _lm_teacher_dir(cfg: PipelineConfig, teacher: Path) -> Path:
 
 
 @app.command("lm-teacher")
-def lm_teacher(out: Annotated[Path, typer.Option(help="Folder of the converted teacher.")] = Path("models/lm_teacher"),
+def lm_teacher(out: Annotated[Path, typer.Option(help="Folder of the converted teacher.")] = LAYOUT.lm_teacher,
                imported: Annotated[Path, typer.Option(help="Where an MLflow teacher (lm.teacher_path: models:/...) "
-                                                           "is fetched to.")] = Path("models/lm_imported_teacher"),
+                                                           "is fetched to.")] = LAYOUT.lm_imported_teacher,
                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """The LM teacher: the packaged SmolLM2 GGUF converted, an MLflow teacher copied in, or a folder named."""
     from distill.lm import teacher as stage
@@ -257,8 +258,8 @@ def lm_teacher(out: Annotated[Path, typer.Option(help="Folder of the converted t
 
 
 @app.command("lm-prompts")
-def lm_prompts(prepared: Prepared = Path("data/prepared"),
-               out: Annotated[Path, typer.Option(help="Prompt set (Parquet).")] = Path("data/lm/prompts.parquet"),
+def lm_prompts(prepared: Prepared = LAYOUT.prepared,
+               out: Annotated[Path, typer.Option(help="Prompt set (Parquet).")] = LAYOUT.lm_prompts,
                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Build the LM prompt set (train / held-out) from the prepared splits."""
     from distill.lm import prompts
@@ -267,9 +268,9 @@ def lm_prompts(prepared: Prepared = Path("data/prepared"),
 
 
 @app.command("lm-generate")
-def lm_generate(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = Path("data/lm/prompts.parquet"),
-                teacher: LMTeacherDir = Path("models/lm_teacher"),
-                out: Annotated[Path, typer.Option(help="Completions (Parquet).")] = Path("data/lm/completions.parquet"),
+def lm_generate(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = LAYOUT.lm_prompts,
+                teacher: LMTeacherDir = LAYOUT.lm_teacher,
+                out: Annotated[Path, typer.Option(help="Completions (Parquet).")] = LAYOUT.lm_completions,
                 params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Generate the teacher's completions once (resumable; recorded sampling settings)."""
     from distill.lm import generate
@@ -282,10 +283,9 @@ def lm_generate(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = Pat
 
 
 @app.command("lm-topk")
-def lm_topk(completions: Annotated[Path, typer.Option(help="Teacher completions.")] = Path(
-                "data/lm/completions.parquet"),
-            teacher: LMTeacherDir = Path("models/lm_teacher"),
-            out: Annotated[Path, typer.Option(help="Top-k cache (Parquet).")] = Path("data/lm/topk.parquet"),
+def lm_topk(completions: Annotated[Path, typer.Option(help="Teacher completions.")] = LAYOUT.lm_completions,
+            teacher: LMTeacherDir = LAYOUT.lm_teacher,
+            out: Annotated[Path, typer.Option(help="Top-k cache (Parquet).")] = LAYOUT.lm_topk,
             metrics: Annotated[Optional[Path], typer.Option(help="Cache figures JSON.")] = None,
             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Cache the teacher's top-k next-token log-probabilities; print bytes/token and kept mass."""
@@ -299,12 +299,11 @@ def lm_topk(completions: Annotated[Path, typer.Option(help="Teacher completions.
 
 
 @app.command("lm-train")
-def lm_train(completions: Annotated[Path, typer.Option(help="Teacher completions.")] = Path(
-                 "data/lm/completions.parquet"),
-             topk_cache: Annotated[Optional[Path], typer.Option("--topk", help="Top-k cache (token mode).")] = Path(
-                 "data/lm/topk.parquet"),
-             teacher: LMTeacherDir = Path("models/lm_teacher"),
-             out: Annotated[Path, typer.Option(help="Student folder.")] = Path("models/lm_student"),
+def lm_train(completions: Annotated[Path, typer.Option(help="Teacher completions.")] = LAYOUT.lm_completions,
+             topk_cache: Annotated[Optional[Path], typer.Option("--topk", help="Top-k cache (token mode).")]
+             = LAYOUT.lm_topk,
+             teacher: LMTeacherDir = LAYOUT.lm_teacher,
+             out: Annotated[Path, typer.Option(help="Student folder.")] = LAYOUT.lm_student,
              metrics: Annotated[Optional[Path], typer.Option(help="Training figures JSON.")] = None,
              params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Train the LM student (lm.train.mode: sequence, token or online)."""
@@ -320,9 +319,9 @@ def lm_train(completions: Annotated[Path, typer.Option(help="Teacher completions
 
 
 @app.command("lm-baseline")
-def lm_baseline(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = Path("data/lm/prompts.parquet"),
-                teacher: LMTeacherDir = Path("models/lm_teacher"),
-                out: Annotated[Path, typer.Option(help="Baseline folder.")] = Path("models/lm_baseline"),
+def lm_baseline(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = LAYOUT.lm_prompts,
+                teacher: LMTeacherDir = LAYOUT.lm_teacher,
+                out: Annotated[Path, typer.Option(help="Baseline folder.")] = LAYOUT.lm_baseline,
                 metrics: Annotated[Optional[Path], typer.Option(help="Training figures JSON.")] = None,
                 params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Train the undistilled LM baseline: the student's shape and budget, on the reference answers only."""
@@ -339,12 +338,12 @@ def lm_baseline(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = Pat
 
 @app.command("lm-evaluate")
 def lm_evaluate(completions: Annotated[Path, typer.Option(help="Teacher completions (held-out rows are used).")]
-                = Path("data/lm/completions.parquet"),
-                teacher: LMTeacherDir = Path("models/lm_teacher"),
-                student: Annotated[Path, typer.Option(help="Distilled LM student folder.")] = Path("models/lm_student"),
-                baseline: Annotated[Path, typer.Option(help="Undistilled LM baseline folder.")] = Path(
-                    "models/lm_baseline"),
-                out: Annotated[Path, typer.Option(help="Report folder (metrics.json, report.md).")] = Path("reports/lm"),
+                = LAYOUT.lm_completions,
+                teacher: LMTeacherDir = LAYOUT.lm_teacher,
+                student: Annotated[Path, typer.Option(help="Distilled LM student folder.")] = LAYOUT.lm_student,
+                baseline: Annotated[Path, typer.Option(help="Undistilled LM baseline folder.")] = LAYOUT.lm_baseline,
+                out: Annotated[Path, typer.Option(help="Report folder (metrics.json, report.md).")]
+                = LAYOUT.lm_evaluate,
                 params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Evaluate teacher, distilled student and baseline on the held-out prompts; print the table."""
     from distill.lm import evaluate

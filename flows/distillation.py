@@ -19,25 +19,13 @@ from distill.config import PipelineConfig, write_run_overrides
 from distill import model_card
 from distill.gates import GateReport, decide_promotion, label_accuracy
 from distill.io import read_json
+from distill.layout import LAYOUT
 from distill.models import MODEL_CARD, is_model_uri, read_card
 from monitoring.production import labelled_holdout, log_root
 from tasks import dvc, registry, scoring
 from flows.lock import project_lock
 from flows.promotion import promote_student
 
-IMPORTED_TEACHER = "models/imported_teacher"
-IMPORTED_STUDENT = "models/imported_student"  # student.warm_start fetched from the registry
-STUDENT_SHAPE = "models/student_shape.json"  # the size_student stage's choice
-PATHS = {
-    "prepared": "data/prepared",
-    "teacher": "models/teacher",
-    "teacher_report": "reports/teacher",
-    "outputs": "data/teacher_outputs/logits.parquet",
-    "student": "models/student",
-    "baseline": "models/baseline",
-    "evaluate": "reports/evaluate",
-    "audit": "reports/audit",
-}
 
 
 def same_model(a: Path, b: Path) -> bool:
@@ -52,7 +40,7 @@ def same_model(a: Path, b: Path) -> bool:
 def validate_teacher(project_dir: str) -> GateReport:
     """Run the teacher gate stage and read its verdict (gate.json; a failed gate is a result, not an error)."""
     dvc.repro.fn("validate_teacher", project_dir)
-    gate = read_json(Path(project_dir, PATHS["teacher_report"], "gate.json"))
+    gate = read_json(LAYOUT.under(project_dir).gate)
     return GateReport(gate["passed"], gate["reasons"])
 
 
@@ -113,49 +101,49 @@ def distil(project_dir: str, overrides: list[str] | None = None, reason: str = "
 def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     logger = get_run_logger()
     cfg: PipelineConfig = write_run_overrides(project_dir, overrides or [])
-    path = {key: str(Path(project_dir, value)) for key, value in PATHS.items()}
+    at = LAYOUT.under(project_dir)
 
     runs = [dvc.repro("config", project_dir), dvc.repro("prepare", project_dir)]
     new_teacher = is_model_uri(cfg.teacher.path) and registry.fetch_model(
-        cfg, cfg.teacher.path, str(Path(project_dir, IMPORTED_TEACHER)), project_dir)
+        cfg, cfg.teacher.path, str(at.imported_teacher), project_dir)
     runs.append(dvc.repro("teacher", project_dir, force=new_teacher))
-    teacher_card = read_card(Path(path["teacher"]))
+    teacher_card = read_card(at.teacher)
     teacher_gate = validate_teacher(project_dir)
     if not teacher_gate.passed:
         logger.error("teacher gate failed: %s", "; ".join(teacher_gate.reasons))
         return {"completed": False, "teacher_gate": teacher_gate.to_dict(),
-                "report": str(Path(path["teacher_report"], "gate.json"))}
+                "report": str(at.gate)}
     # Only a teacher that passed its gate is registered (and becomes the teacher champion).
-    teacher_version = registry.register_teacher(cfg, path["teacher"], teacher_card, project_dir)
+    teacher_version = registry.register_teacher(cfg, str(at.teacher), teacher_card, project_dir)
 
     runs.append(dvc.repro("label", project_dir))
     dvc.push(project_dir)
     new_start = is_model_uri(cfg.student.warm_start) and registry.fetch_model(
-        cfg, cfg.student.warm_start, str(Path(project_dir, IMPORTED_STUDENT)), project_dir)
-    if new_start and same_model(Path(project_dir, IMPORTED_STUDENT), Path(path["student"])):
+        cfg, cfg.student.warm_start, str(at.imported_student), project_dir)
+    if new_start and same_model(at.imported_student, at.student):
         new_start = False  # the alias moved to this folder's own student (it was promoted): nothing to redo
     runs += [dvc.repro(stage, project_dir, force=new_start and stage in ("size_student", "train_student"))
              for stage in ("assistant", "size_student", "train_student", "train_baseline", "evaluate", "audit")]
-    metrics = read_json(Path(path["evaluate"], "metrics.json"))
-    audit = read_json(Path(path["audit"], "audit.json"))
-    predictions = pd.read_parquet(Path(path["evaluate"], "predictions.parquet"))
+    metrics = read_json(Path(at.evaluate, "metrics.json"))
+    audit = read_json(Path(at.audit, "audit.json"))
+    predictions = pd.read_parquet(at.predictions)
     gold, student_pred = predictions["label"].astype(str).tolist(), predictions["student"].astype(str).tolist()
     # Traffic held out of drifted windows (with ground truth) is gated like a label slice: a re-distilled
     # student may not fall behind the champion on the shifted data it was re-distilled for.
     holdouts = {"shifted": labelled_holdout(log_root(cfg.monitor.log_path, project_dir))}
     holdouts = {name: frame for name, frame in holdouts.items() if len(frame)}
-    champion = scoring.score_champion(cfg, path["prepared"], project_dir, holdouts)  # same sets, same run
+    champion = scoring.score_champion(cfg, str(at.prepared), project_dir, holdouts)  # same sets, same run
     challenger_slices = label_accuracy(gold, student_pred) | (
-        scoring.score_student_holdouts(cfg, path["student"], holdouts) if champion else {})
+        scoring.score_student_holdouts(cfg, str(at.student), holdouts) if champion else {})
     decision = decide_promotion(teacher_gate, metrics, audit["passed"], audit["reasons"], cfg.promote,
                                 champion=champion, challenger_slices=challenger_slices)
 
     hashes = dvc.lock_hashes(project_dir)
-    student_card = read_card(Path(path["student"]))
+    student_card = read_card(at.student)
     params = cfg.model_dump(mode="json")
     lineage = {"teacher_model": cfg.promote.teacher_model, "teacher_fingerprint": teacher_card["fingerprint"],
-               "teacher_version": teacher_version, "teacher_outputs_md5": hashes.get(PATHS["outputs"], ""),
-               "prepared_md5": hashes.get(PATHS["prepared"], ""), "method": student_card.get("method", ""),
+               "teacher_version": teacher_version, "teacher_outputs_md5": hashes.get(str(LAYOUT.outputs), ""),
+               "prepared_md5": hashes.get(str(LAYOUT.prepared), ""), "method": student_card.get("method", ""),
                "git_commit": registry.git_commit(project_dir), "params_sha256": model_card.params_hash(params),
                "reason": reason, "overrides": json.dumps(overrides or []),
                "teacher_gate": verdict(teacher_gate.passed), "audit": verdict(audit["passed"]),
@@ -164,25 +152,25 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
                "eval.teacher_share": f"{metrics['student']['accuracy'] / max(metrics['teacher']['accuracy'], 1e-9):.4f}",
                "eval.latency_p50_ms": f"{metrics['student']['latency_p50_ms']:.2f}",
                "champion_at_decision": champion["version"] if champion else "none"}
-    shape_file = Path(project_dir, STUDENT_SHAPE)
+    shape_file = at.student_shape
     if shape_file.is_file():
         lineage["student_shape"] = read_json(shape_file)["reason"][:500]
     if student_card.get("losses"):
         lineage["losses"] = str(student_card["losses"])[:5000]
-    reports = {"evaluation report": str(Path(path["evaluate"], "report.html")),
-               "audit report": str(Path(path["audit"], "audit.html")),
+    reports = {"evaluation report": str(Path(at.evaluate, "report.html")),
+               "audit report": str(Path(at.audit, "audit.html")),
                "data contracts (GE)": str(Path(project_dir, "gx/uncommitted/data_docs/local_site/index.html"))}
-    artifacts = [path["evaluate"], path["audit"], path["teacher_report"], str(shape_file),
-                 str(Path(path["prepared"], "report.json"))]
+    artifacts = [str(at.evaluate), str(at.audit), str(at.teacher_report), str(shape_file),
+                 str(Path(at.prepared, "report.json"))]
     run_id = registry.log_run(cfg, {"eval": metrics}, lineage, artifacts, project_dir)
-    version, fresh = registry.register_student(cfg, run_id, path["student"], student_card, lineage,
+    version, fresh = registry.register_student(cfg, run_id, str(at.student), student_card, lineage,
                                                "Student distilled by distill; the model card follows.", project_dir)
     card = model_card.render(
         name=cfg.promote.student_model, version=version, student_card=student_card,
         teacher={"name": cfg.promote.teacher_model, "version": teacher_version,
                  "fingerprint": teacher_card["fingerprint"], "source": teacher_card.get("source")},
         lineage=lineage, params=params, metrics=metrics, audit=audit, decision=decision.to_dict(),
-        champion=champion, confused=read_json(Path(path["evaluate"], "details.json"))["confused_pairs"]["student"][:5])
+        champion=champion, confused=read_json(Path(at.evaluate, "details.json"))["confused_pairs"]["student"][:5])
     registry.tag_version(cfg, version, lineage, description=card, project_dir=project_dir)
     outcome = promote_student(cfg, version, decision.to_dict(), project_dir=project_dir,
                               smoke_text=gold_text(predictions))

@@ -23,6 +23,7 @@ from distill import model_card
 from distill.config import PipelineConfig, write_run_overrides
 from distill.gates import decide_lm_promotion
 from distill.io import read_json
+from distill.layout import LAYOUT
 from distill.lm.teacher import describe_source
 from distill.models import SOURCE_FILE, is_model_uri, read_card
 from flows.lock import project_lock
@@ -31,16 +32,7 @@ from tasks import dvc, registry
 from tasks.lm_teacher import fetch_lm_teacher
 
 STAGES = ("prepare", "lm_teacher", "lm_prompts", "lm_generate", "lm_topk", "lm_train", "lm_baseline", "lm_evaluate")
-IMPORTED_TEACHER = "models/lm_imported_teacher"  # where an MLflow teacher is fetched (distill lm-teacher --imported)
-PATHS = {
-    "teacher": "models/lm_teacher",
-    "prompts": "data/lm/prompts.parquet",
-    "completions": "data/lm/completions.parquet",
-    "topk": "data/lm/topk.parquet",
-    "student": "models/lm_student",
-    "baseline": "models/lm_baseline",
-    "evaluate": "reports/lm",
-}
+
 
 
 def teacher_lineage(cfg: PipelineConfig, teacher_dir: Path) -> dict[str, str]:
@@ -91,29 +83,30 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
     """The body of ``distill_lm_pipeline``, run under the project lock."""
     logger = get_run_logger()
     cfg: PipelineConfig = write_run_overrides(project_dir, overrides or [])
-    path = {key: str(Path(project_dir, value)) for key, value in PATHS.items()}
+    at = LAYOUT.under(project_dir)
 
     runs = [dvc.repro("config", project_dir), dvc.repro("prepare", project_dir)]
     new_teacher = False
     if is_model_uri(cfg.lm.teacher_path):
-        source = Path(project_dir, IMPORTED_TEACHER, SOURCE_FILE)
+        source = Path(at.lm_imported_teacher, SOURCE_FILE)
         before = read_json(source) if source.is_file() else {}
-        after = fetch_lm_teacher(cfg, str(Path(project_dir, IMPORTED_TEACHER)), project_dir)
+        after = fetch_lm_teacher(cfg, str(at.lm_imported_teacher), project_dir)
         # The alias moved (or the URI changed): DVC cannot see that, its params are the same string.
         new_teacher = [before.get(k) for k in ("uri", "version", "model_uuid")] != [
             after.get(k) for k in ("uri", "version", "model_uuid")]
     runs.append(dvc.repro("lm_teacher", project_dir, force=new_teacher))
     runs += [dvc.repro(stage, project_dir) for stage in STAGES[2:]]
     dvc.push(project_dir)
-    metrics = read_json(Path(path["evaluate"], "metrics.json"))
+    metrics = read_json(Path(at.lm_evaluate, "metrics.json"))
     decision = decide_lm_promotion(metrics, cfg.lm.promote)
 
     hashes = dvc.lock_hashes(project_dir)
-    card = read_card(Path(path["student"]))
+    card = read_card(at.lm_student)
     lineage = {"task": "lm", "teacher_fingerprint": card.get("teacher_fingerprint", ""),
-               **teacher_lineage(cfg, Path(path["teacher"])),
-               "completions_md5": hashes.get(PATHS["completions"], ""), "topk_md5": hashes.get(PATHS["topk"], ""),
-               "prompts_md5": hashes.get(PATHS["prompts"], ""), "completions_hash": card.get("completions_hash", ""),
+               **teacher_lineage(cfg, at.lm_teacher),
+               "completions_md5": hashes.get(str(LAYOUT.lm_completions), ""),
+               "topk_md5": hashes.get(str(LAYOUT.lm_topk), ""), "prompts_md5": hashes.get(str(LAYOUT.lm_prompts), ""),
+               "completions_hash": card.get("completions_hash", ""),
                "topk_hash": str(card.get("topk_hash") or ""), "mode": card.get("mode", ""),
                "loss": card.get("loss", ""), "git_commit": registry.git_commit(project_dir),
                "params_sha256": model_card.params_hash(cfg.model_dump(mode="json")), "reason": reason,
@@ -122,10 +115,10 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
     lineage |= {f"eval.{key}": f"{value:.4f}" for key, value in metrics["student"].items()
                 if key in ("perplexity", "kl_from_teacher", "top1_agreement", "greedy_prefix_agreement",
                            "task_exact", "unsafe_rate", "ms_per_token") and value is not None}
-    run_id = registry.log_run(cfg, {"lm_eval": metrics}, lineage, [path["evaluate"]], project_dir, kind="lm")
+    run_id = registry.log_run(cfg, {"lm_eval": metrics}, lineage, [str(at.lm_evaluate)], project_dir, kind="lm")
     description = (f"LM student distilled by distill ({card.get('mode')} mode) from teacher "
                    f"{lineage['teacher_fingerprint'][:16]}.\n\n" + "\n".join(f"- {r}" for r in decision.reasons))
-    version, fresh = registry.register_student(cfg, run_id, path["student"], card, lineage, description,
+    version, fresh = registry.register_student(cfg, run_id, str(at.lm_student), card, lineage, description,
                                                project_dir, kind="lm")
     registry.tag_version(cfg, version, {"promotion_gate": lineage["promotion_gate"],
                                         "gate_reasons": lineage["gate_reasons"], "run_id_latest": run_id},
@@ -139,7 +132,7 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
 
     create_markdown_artifact(key="distill-lm-summary", markdown=markdown_table(metrics)
                              + f"\n\nLM student version {version}: {outcome}.")
-    report = str(Path(path["evaluate"], "report.md"))
+    report = str(Path(at.lm_evaluate, "report.md"))
     print_lm_summary({"metrics": metrics}, decision.to_dict(), version, promoted, report)
     return {"completed": True, "run_id": run_id, "student_version": version, "newly_registered": fresh,
             "promoted": promoted, "promotion": outcome, "decision": decision.to_dict(), "metrics": metrics,

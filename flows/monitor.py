@@ -16,93 +16,20 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
+from prefect import flow, get_run_logger
 
 from distill.config import PipelineConfig, run_config
 from distill.data import read_split
 from distill.io import write_json
+from distill.layout import LAYOUT
 from monitoring import alerts
 from monitoring.alerts import REPORTS, incidents_dir
-from monitoring.drift import DriftResult, detect_drift
-from monitoring.production import assign_windows, log_root, logged_ids, read_log, text_sha256
-from monitoring.serve import Predictor
-from monitoring.teacher_shift import TeacherShift, check_teacher_shift, disagreement, ensure_canary
+from monitoring.production import assign_windows, log_root, read_log
+from monitoring.teacher_shift import TeacherShift, check_teacher_shift
 from tasks import registry
+from tasks.monitor import DRIFT_EVENT, TEACHER_EVENT, alert, canary_task, drift_task, embed_task, serve_simulated
 from flows.redistill import run_redistillation
-
-DRIFT_EVENT = "distill.drift.detected"
-TEACHER_EVENT = "distill.teacher.changed"
-
-
-@task(name="serve simulated traffic", cache_policy=NO_CACHE)  # the served model (a TorchScript trace) cannot be hashed
-def serve_simulated(cfg: PipelineConfig, project_dir: str, model, version: str) -> int:
-    """Replay the prepared production split through the champion, once per request; the ground truth
-    follows as feedback. Timestamps put window k at the k-th of the last n periods."""
-    production = read_split(Path(project_dir, "data/prepared"), "production")
-    production = production.assign(request_id=[f"sim-{r}-{text_sha256(str(t))[:8]}"
-                                               for r, t in zip(production["request_id"], production["text"])])
-    root = log_root(cfg.monitor.log_path, project_dir)
-    new = production[~production["request_id"].isin(logged_ids(root))]
-    if new.empty:
-        return 0
-    period = pd.Timedelta(cfg.monitor.window)
-    start = pd.Timestamp.now(tz="UTC").floor(period) - period * int(production["window"].nunique())
-    predictor = Predictor(model, version, root, cfg.monitor.log_text, source="simulated")
-    for number, window in new.groupby("window", sort=True):
-        offsets = np.arange(len(window)) * (period / max(len(window), 1))
-        predictor.predict(window["text"].astype(str).tolist(), window["request_id"].tolist(),
-                          [start + period * int(number) + o for o in offsets])
-        truth = window[window["true_label"].notna()]
-        if len(truth):
-            predictor.feedback(truth["request_id"].tolist(), truth["true_label"].astype(str).tolist())
-    return len(new)
-
-
-@task(name="detect drift")
-def drift_task(reference: pd.DataFrame, current: pd.DataFrame, report_path: str, cfg: PipelineConfig, title: str,
-               reference_embeddings: np.ndarray | None, current_embeddings: np.ndarray | None,
-               workspace: str | None = None) -> DriftResult:
-    """One Evidently comparison of a window against the reference (added to the Evidently workspace if given)."""
-    return detect_drift(reference, current, report_path=Path(report_path), drift_share=cfg.monitor.drift_share,
-                        title=title, reference_embeddings=reference_embeddings,
-                        current_embeddings=current_embeddings, min_labelled=cfg.monitor.min_labelled,
-                        workspace=Path(workspace) if workspace else None)
-
-
-@task(name="embed texts")
-def embed_task(texts: list[str], cache_dir: str) -> np.ndarray:
-    """MiniLM sentence embeddings (cached by content)."""
-    from monitoring.embeddings import cached_embeddings
-
-    return cached_embeddings(texts, Path(cache_dir))
-
-
-@task(name="canary check", **registry.NETWORK)
-def canary_task(cfg: PipelineConfig, project_dir: str, student, teacher_version: str) -> tuple[float, int]:
-    """Teacher vs student disagreement on the fixed canary set."""
-    canary = ensure_canary(Path(project_dir, cfg.monitor.canary_path),
-                           read_split(Path(project_dir, "data/prepared"), "gold_test"), cfg.monitor.canary_size,
-                           cfg.seed)
-    teacher = registry.load_version(cfg, teacher_version, project_dir, name=cfg.promote.teacher_model)
-    texts = canary[["text"]]
-    return disagreement(teacher.predict(texts)["label"].tolist(), student.predict(texts)["label"].tolist()), len(canary)
-
-
-@task(name="alert")
-def alert(event: str, cfg: PipelineConfig, payload: dict) -> dict:
-    """Emit the Prefect event (the redistill deployment's trigger) and send the optional notification."""
-    logger = get_run_logger()
-    emitted = emit_event(event=event, resource={"prefect.resource.id": f"distill.model.{cfg.promote.student_model}",
-                                                "prefect.resource.name": cfg.promote.student_model},
-                         payload=payload)
-    lines = [f"{k}: {v}" for k, v in payload.items() if k not in ("windows_detail",)]
-    sent = alerts.notify(cfg.monitor.notify_url_env, f"[distill] {event}", "\n".join(lines))
-    logger.warning("ALERT %s (incident %s): %s", event, payload.get("incident"), "; ".join(lines))
-    return {"event": event, "event_id": str(emitted.id) if emitted else None, "notified": sent}
 
 
 def window_key(texts: pd.Series, ids: pd.Series, number: int) -> str:
@@ -114,7 +41,7 @@ def window_key(texts: pd.Series, ids: pd.Series, number: int) -> str:
 def keep_for_redistillation(project_dir: str, cfg: PipelineConfig, windows: list[tuple[str, pd.DataFrame]]) -> list[str]:
     """Save drifted windows' texts under data/incoming, less a hold-out share kept under the log's
     holdout/ to score the re-distilled student on the shifted slice; return the keys that were new."""
-    incoming = Path(project_dir, "data/incoming")
+    incoming = LAYOUT.under(project_dir).incoming
     holdout_dir = log_root(cfg.monitor.log_path, project_dir) / "holdout"
     new = []
     for key, window in windows:
@@ -134,7 +61,7 @@ def keep_for_redistillation(project_dir: str, cfg: PipelineConfig, windows: list
 def reference_frame(model, project_dir: str) -> pd.DataFrame:
     """The distillation inputs (gold_train + transfer, less the edited copies of training texts, which no
     user sent) with the champion's predictions on them."""
-    prepared = Path(project_dir, "data/prepared")
+    prepared = LAYOUT.under(project_dir).prepared
     transfer = read_split(prepared, "transfer")
     if "augmented" in transfer.columns:
         transfer = transfer[~transfer["augmented"].fillna(False).astype(bool)]

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from distill.config import PipelineConfig, load_config, merge_overrides, read_run_overrides, run_config
 from distill.data import read_labels, read_split
 from distill.io import write_json
+from distill.layout import LAYOUT
 from flows.distillation import distil
 from monitoring import alerts
 from monitoring.alerts import REPORTS, incidents_dir
@@ -59,15 +60,15 @@ def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: 
     logger.info("re-distilling with overrides %s", overrides or "none")
     summary = distil(project_dir, overrides, reason)
     if summary.get("completed") and before is not None:
-        prepared = Path(project_dir, "data/prepared")
+        prepared = LAYOUT.under(project_dir).prepared
         shifted = shifted_holdout(cfg, project_dir)
         # Rows of intents outside the label set are wrong for every model; the known-label part of the
         # slice is where re-distillation can help, so it is scored on its own as well.
         slices = {"gold_test": read_split(prepared, "gold_test")[["text", "label"]], "shifted": shifted,
                   "shifted_known": shifted[shifted["label"].isin(read_labels(prepared))]}
-        comparison = scoring.score_versions(cfg, project_dir, {"champion": before, "challenger": summary["student_version"]},
-                                    slices)
-        comparison.update(scoring.score_teacher(cfg, Path(project_dir, "models/teacher"), slices))
+        versions = {"champion": before, "challenger": summary["student_version"]}
+        comparison = scoring.score_versions(cfg, project_dir, versions, slices)
+        comparison.update(scoring.score_teacher(cfg, LAYOUT.under(project_dir).teacher, slices))
         registry.log_comparison(cfg, project_dir, summary["run_id"], summary["student_version"], comparison)
         summary["comparison"] = comparison
         logger.info("former champion v%s vs re-distilled v%s: %s", before, summary["student_version"], comparison)

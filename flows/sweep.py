@@ -11,7 +11,8 @@ from prefect.futures import wait
 from distill import students
 from distill.config import load_config, read_run_overrides, write_overrides, write_run_overrides
 from distill.sweep import GridPoint, PointResult, choose, grid
-from flows.distillation import IMPORTED_STUDENT, PATHS, STUDENT_SHAPE, validate_teacher
+from distill.layout import LAYOUT
+from flows.distillation import validate_teacher
 from tasks import dvc, registry
 
 
@@ -20,12 +21,12 @@ def train_point(project_dir: str, point: GridPoint, epochs: int | None) -> Point
     """Train one student with this point's temperature and alpha into a scratch folder; keep its figures."""
     extra = [f"train.epochs={epochs}"] if epochs else []
     cfg = load_config(Path(project_dir, "params.yaml"), read_run_overrides(project_dir) + point.overrides() + extra)
-    path = {key: Path(project_dir, value) for key, value in PATHS.items()}
+    at = LAYOUT.under(project_dir)
     with tempfile.TemporaryDirectory(prefix="distill-sweep-") as scratch:
-        result = students.run_student(cfg, path["prepared"], path["teacher"], path["outputs"],
-                                      Path(scratch, "student"), assistant_dir=Path(project_dir, "models/assistant"),
-                                      imported_dir=Path(project_dir, IMPORTED_STUDENT),  # as the pipeline trains
-                                      shape_file=Path(project_dir, STUDENT_SHAPE))
+        result = students.run_student(cfg, at.prepared, at.teacher, at.outputs, Path(scratch, "student"),
+                                      assistant_dir=at.assistant,  # as the pipeline trains
+                                      imported_dir=at.imported_student,
+                                      shape_file=at.student_shape)
     return PointResult(point.kd_temperature, point.alpha, result.best_val_accuracy, result.steps, result.seconds)
 
 

@@ -64,10 +64,10 @@ def test_cold_run_goes_through_the_whole_lifecycle(harness, project, user_params
 
 @pytest.fixture
 def events(monkeypatch):
-    import flows.monitor
+    import tasks.monitor
 
     seen: list[dict] = []
-    monkeypatch.setattr(flows.monitor, "emit_event", lambda **kw: seen.append(kw))
+    monkeypatch.setattr(tasks.monitor, "emit_event", lambda **kw: seen.append(kw))
     return seen
 
 
