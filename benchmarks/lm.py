@@ -1,5 +1,7 @@
 """LLM distillation end to end on the default prompts: cache size and kept mass, students vs the teacher.
 
+A benchmark script, long because it runs the whole study in one command; it reimplements nothing.
+
     python benchmarks/lm.py --quick                                    # tiny sizes, a couple of minutes
     python benchmarks/lm.py --train-size 128 --heldout-size 32 --max-new-tokens 20 \\
         --layers 4 --width 256 --epochs 6 --out reports/lm_benchmark.json

@@ -2,6 +2,10 @@
 
 Each stage reads its own section; the flow passes the whole ``PipelineConfig``.
 Bad values fail at load time with the dotted key in the message.
+
+One long file on purpose: the typed config is the single source of every key, its default and
+its description (params.yaml's defaults test, the error messages and the docs read it here);
+spreading the sections over modules would scatter that source.
 """
 
 from __future__ import annotations

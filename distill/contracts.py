@@ -1,5 +1,8 @@
 """Data contracts: Great Expectations suites checked at the pipeline's hand-offs.
 
+Every suite and the runner live in this one (long) module on purpose: the committed GX context is
+regenerated from it, so the contracts have one source.
+
 The suites, validation definitions and checkpoints live in a committed GX file
 context (``gx/`` at the repository root). Run results and the HTML data docs go
 to ``gx/uncommitted/`` (git-ignored). Regenerate the committed part with::

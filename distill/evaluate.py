@@ -1,5 +1,7 @@
 """The evaluate stage: one harness for teacher, INT8 teacher, student, INT8 student and baseline.
 
+One long module on purpose: the harness is the point, every candidate goes through the same code.
+
 Every candidate goes through the same code path: predictions on the gold test set, task metrics
 (per class too), calibration, agreement with the teacher, cost (latency, throughput, memory, size)
 and the failure cases. Outputs, all under the stage's folder:

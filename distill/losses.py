@@ -4,6 +4,9 @@ The trainer runs the forward passes and hands logits, hidden states, attention
 maps or embeddings here, so cached teacher outputs and a live teacher share one
 code path. Every function returns a scalar tensor.
 
+One long file on purpose: every loss term side by side (each a short pure function), with the
+table that maps the names in ``train.losses`` to them, so a reader compares the terms in one place.
+
 Three families:
 
 - response-based: divergences between softened output distributions (or raw

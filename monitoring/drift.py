@@ -3,6 +3,7 @@
 Every Evidently import lives in this module (and only inside :func:`detect_drift`, so importing
 the module is cheap): Evidently's API changes between releases, callers only see the plain
 :class:`DriftResult`.
+That is why the module is long: everything that touches Evidently stays behind this one door.
 
 What is monitored
 -----------------

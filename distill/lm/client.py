@@ -1,5 +1,7 @@
 """A black-box LLM teacher behind an OpenAI-compatible chat-completions endpoint.
 
+The cache, the retries and the budget are one client's concerns, kept in this one module.
+
 Every answer is cached on disk under the hash of what decides it (model name, messages, sampling
 parameters), so no request is ever paid twice: a cached answer comes back without any HTTP call,
 and a run stopped by its budget or by an error resumes where it stopped. Requests run on at most

@@ -1,5 +1,7 @@
 """Evaluation of causal-LM candidates (teacher, distilled student, undistilled student) on one harness.
 
+One long module on purpose: the harness is the point, every candidate goes through the same functions.
+
 Every candidate goes through the same functions, on the same held-out (prompt, completion) pairs of
 teacher text and the same prompts:
 

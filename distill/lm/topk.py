@@ -1,5 +1,8 @@
 """The teacher's most likely next tokens over each completion, in a compact ragged cache (format 3).
 
+The writer, the reader and the checks of the format live in this one (long) file on purpose: the
+byte layout below must be written and read by the same code.
+
 Per completion position (the teacher reads prompt + completion once, teacher-forced) the cache keeps
 a prefix of the teacher's next tokens, most likely first, and the leftover probability mass of every
 other token. How long each prefix is comes from one byte budget for the whole file
