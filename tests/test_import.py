@@ -106,3 +106,28 @@ def test_importing_the_stage_commands_loads_no_orchestration_or_tracking_library
             "print(','.join(bad)); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, f"imported at import time: {proc.stdout} {proc.stderr[-500:]}"
+
+
+def test_flows_and_tasks_never_read_dvcs_printed_text():
+    """Whether a stage ran comes from DVC's Python API, never from matching what `dvc repro` prints."""
+    phrases = ("didn't change", "skipping", "Running stage", "is cached", "git add")
+    offences = []
+    for package in ("flows", "tasks"):
+        for path in sources(package):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                        any(phrase in node.value for phrase in phrases):
+                    offences.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value[:60]!r}")
+    assert not offences, "\n".join(offences)
+
+
+def test_a_long_module_says_why_it_is_one_file():
+    long = []
+    for package in (*PACKAGES, "benchmarks"):
+        for path in sources(package):
+            lines = path.read_text().count("\n")
+            doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+            if lines > 420 and not any(word in doc for word in ("on purpose", "why the module is long", "one module",
+                                                                   "long because")):
+                long.append(f"{path.relative_to(ROOT)}: {lines} lines")
+    assert not long, "split these, or give the reason in the docstring:\n" + "\n".join(long)
