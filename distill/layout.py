@@ -39,6 +39,7 @@ class Layout:
     lm_student: Path = Path("models/lm_student")
     lm_baseline: Path = Path("models/lm_baseline")
     lm_evaluate: Path = Path("reports/lm")
+    results: Path = Path("reports/stages")    # every stage's result (JSON), the flows' typed way back
 
     @property
     def gate(self) -> Path:
@@ -48,6 +49,10 @@ class Layout:
     def predictions(self) -> Path:
         return self.evaluate / "predictions.parquet"
 
+    def result(self, stage: str) -> Path:
+        """Where the stage ``stage`` (dvc.yaml's name) writes its result."""
+        return self.results / f"{stage}.json"
+
     def under(self, project_dir: str | Path) -> Layout:
         """The same layout inside ``project_dir``."""
         return Layout(**{f.name: Path(project_dir, getattr(self, f.name)) for f in fields(self)})
@@ -55,7 +60,7 @@ class Layout:
 
 LAYOUT = Layout()
 
-# What each stage of dvc.yaml writes (its first out), by stage name.
+# What each stage of dvc.yaml writes (besides its result file), by stage name.
 STAGE_OUTS = {"config": LAYOUT.run_params, "prepare": LAYOUT.prepared, "teacher": LAYOUT.teacher,
               "validate_teacher": LAYOUT.teacher_report, "label": LAYOUT.outputs, "assistant": LAYOUT.assistant,
               "size_student": LAYOUT.student_shape, "train_student": LAYOUT.student, "train_baseline": LAYOUT.baseline,

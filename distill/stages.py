@@ -32,6 +32,8 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a v
 Prepared = Annotated[Path, typer.Option(help="Folder of prepared splits.")]
 ShapeOpt = Annotated[Optional[Path], typer.Option(help="The size_student stage's chosen shape (JSON).")]
 TeacherDir = Annotated[Path, typer.Option("--teacher", help="Teacher model folder.")]
+ResultOpt = Annotated[Optional[Path], typer.Option("--result", help="Write the stage's result here (JSON): what the "
+                                                                    "flows read back (dvc.yaml declares it).")]
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -53,14 +55,20 @@ def _config(params: Path, overrides: list[str] | None) -> PipelineConfig:
     return load_config(params, overrides or [])
 
 
-def _finish(result, metrics_path: Path | None = None) -> None:
-    """Print a stage result and write it as the stage's metrics JSON."""
+def _finish(result, metrics_path: Path | None = None, result_file: Path | None = None, show: bool = True) -> None:
+    """Print a stage's result; write it as the stage's metrics JSON and as its result file (the typed
+    way back to the flows, declared in dvc.yaml)."""
+    import json
+
     from distill.io import write_json
 
-    payload = asdict(result) if is_dataclass(result) else result
+    payload = json.loads(json.dumps(asdict(result) if is_dataclass(result) else result, default=str))
     if metrics_path:
         write_json(metrics_path, payload)
-    console.print_json(data=payload, default=str)
+    if result_file:
+        write_json(result_file, payload)
+    if show:
+        console.print_json(data=payload)
 
 
 def _stage(fn):
@@ -88,12 +96,12 @@ def config_cmd(params: ParamsOpt = Path("params.yaml"),
 @app.command()
 def prepare(out: Annotated[Path, typer.Option(help="Output folder.")] = LAYOUT.prepared,
             incoming: Annotated[Path, typer.Option(help="New traffic to add to the transfer set.")] = LAYOUT.incoming,
-            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Build, split and validate the data set."""
     from distill import data
 
     result = _stage(lambda: data.run(_config(params, set_), out, incoming))
-    _finish(result)
+    _finish(result, result_file=result_file)
     report = result.report
     console.print(f"prepare: {report.rows_read} rows read, {report.labelled} labelled and {report.unlabelled} "
                   f"unlabelled distinct texts; labels used: {report.gold}; " + ", ".join(
@@ -106,20 +114,21 @@ def prepare(out: Annotated[Path, typer.Option(help="Output folder.")] = LAYOUT.p
 
 @app.command()
 def teacher(prepared: Prepared = LAYOUT.prepared, out: Path = LAYOUT.teacher,
-            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None,
             teacher_path: Annotated[Optional[Path], typer.Option(help="Overrides teacher.path.")] = None,
             imported: Annotated[Path, typer.Option(help="Where MLflow teachers are fetched to.")]
             = LAYOUT.imported_teacher) -> None:
     """Bootstrap or import the teacher."""
     from distill import teacher as stage
 
-    _finish(_stage(lambda: stage.run(_config(params, set_), prepared, out, teacher_path, imported)))
+    _finish(_stage(lambda: stage.run(_config(params, set_), prepared, out, teacher_path, imported)),
+            result_file=result_file)
 
 
 @app.command("validate-teacher")
 def validate_teacher(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
                      out: Path = LAYOUT.teacher_report, params: ParamsOpt = Path("params.yaml"),
-                     set_: SetOpt = None) -> None:
+                     set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Score the teacher on the gold test set and apply the teacher gate.
 
     A failed gate is a result, not an error: it is written to gate.json (which the flows read) and
@@ -128,7 +137,7 @@ def validate_teacher(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir =
     from distill import teacher as stage
 
     gate = _stage(lambda: stage.validate(_config(params, set_), prepared, teacher, out))
-    _finish(gate)
+    _finish(gate, result_file=result_file)
     if not gate.passed:
         console.print("[bold red]teacher gate failed[/]: " + "; ".join(gate.reasons)
                       + f". Report: {out / 'gate.json'}")
@@ -139,7 +148,7 @@ def label_command(engines: Mapping[str, LabelEngine]) -> Callable[..., None]:
 
     def label(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
               out: Path = LAYOUT.outputs, params: ParamsOpt = Path("params.yaml"),
-              set_: SetOpt = None,
+              set_: SetOpt = None, result_file: ResultOpt = None,
               gate: Annotated[Optional[Path], typer.Option(
                   help="The teacher gate's verdict (gate.json); a failed gate stops the labelling.")] = None) -> None:
         """Label the distillation inputs with the teacher (once per teacher and input snapshot)."""
@@ -151,7 +160,7 @@ def label_command(engines: Mapping[str, LabelEngine]) -> Callable[..., None]:
                 require_passed_gate(gate, teacher)
             return stage.run(_config(params, set_), prepared, teacher, out, engines)
 
-        _finish(_stage(body))
+        _finish(_stage(body), result_file=result_file)
 
     return label
 
@@ -162,12 +171,12 @@ app.command("label")(label_command({}))
 @app.command()
 def assistant(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
               outputs: Path = LAYOUT.outputs, out: Path = LAYOUT.assistant,
-              params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+              params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Distil the teacher assistant and label the distillation set with it (a no-op card when disabled)."""
     from distill import students
 
     result = _stage(lambda: students.run_assistant(_config(params, set_), prepared, teacher, outputs, out))
-    _finish(result if result is not None else {"assistant": "disabled"})
+    _finish(result if result is not None else {"assistant": "disabled"}, result_file=result_file)
 
 
 @app.command("train-student")
@@ -177,12 +186,14 @@ def train_student(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LA
                       help="Assistant folder; when it holds an enabled assistant, it teaches the student.")] = None,
                   imported: Annotated[Path, typer.Option(
                       help="Where an MLflow student.warm_start is fetched to.")] = LAYOUT.imported_student,
-                  shape: ShapeOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+                  shape: ShapeOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+                  result_file: ResultOpt = None) -> None:
     """Distil the student from the cached teacher (or assistant) outputs."""
     from distill import students
 
     _finish(_stage(lambda: students.run_student(_config(params, set_), prepared, teacher, outputs, out,
-                                                assistant_dir=assistant, imported_dir=imported, shape_file=shape)))
+                                                assistant_dir=assistant, imported_dir=imported, shape_file=shape)),
+            result_file=result_file)
 
 
 @app.command("size-student")
@@ -191,34 +202,36 @@ def size_student(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAY
                  out: Path = LAYOUT.student_shape,
                  imported: Annotated[Path, typer.Option(
                      help="Where an MLflow student.warm_start is fetched to.")] = LAYOUT.imported_student,
-                 params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+                 params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Choose the student's shape for the deployment budget (size section)."""
     from distill import sizing
 
     result = _stage(lambda: sizing.run(_config(params, set_), prepared, teacher, outputs, out, imported))
+    _finish(result, result_file=result_file, show=False)
     console.print(f"student shape {result.shape}: {result.reason}")
 
 
 @app.command("train-baseline")
 def train_baseline(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
                    out: Path = LAYOUT.baseline, shape: ShapeOpt = None, params: ParamsOpt = Path("params.yaml"),
-                   set_: SetOpt = None) -> None:
+                   set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Train the undistilled baseline student on gold labels only."""
     from distill import students
 
-    _finish(_stage(lambda: students.run_baseline(_config(params, set_), prepared, teacher, out, shape_file=shape)))
+    _finish(_stage(lambda: students.run_baseline(_config(params, set_), prepared, teacher, out, shape_file=shape)),
+            result_file=result_file)
 
 
 @app.command()
 def evaluate(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
              student: Path = LAYOUT.student, baseline: Path = LAYOUT.baseline,
              out: Path = LAYOUT.evaluate, params: ParamsOpt = Path("params.yaml"),
-             set_: SetOpt = None) -> None:
+             set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Compare teacher, INT8 teacher, student, INT8 student and baseline on one harness."""
     from distill import evaluate as stage
 
     result = _stage(lambda: stage.run(_config(params, set_), prepared, teacher, student, baseline, out))
-    _finish(result.metrics)
+    _finish(result.metrics, result_file=result_file)
 
 
 @app.command()
@@ -226,12 +239,12 @@ def audit(predictions: Path = LAYOUT.predictions, out: Path = LAYOUT.audit,
           teacher: Annotated[Optional[Path], typer.Option(help="Teacher folder (counterfactual/robustness tests).")] = None,
           student: Annotated[Optional[Path], typer.Option(help="Student folder (counterfactual/robustness tests).")] = None,
           baseline: Annotated[Optional[Path], typer.Option(help="Baseline folder, compared when given.")] = None,
-          params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+          params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Audit the student for inherited bias and robustness, slice by slice, against the teacher."""
     from distill import audit as stage
 
     report = _stage(lambda: stage.run(_config(params, set_), predictions, out, teacher, student, baseline))
-    _finish({"passed": report.passed, "reasons": report.reasons})
+    _finish({"passed": report.passed, "reasons": report.reasons}, result_file=result_file)
 
 
 # ---- LLM distillation stages (dvc.yaml: lm_teacher, lm_prompts, lm_generate, lm_topk, lm_train) ----
@@ -250,28 +263,28 @@ def _lm_teacher_dir(cfg: PipelineConfig, teacher: Path) -> Path:
 def lm_teacher(out: Annotated[Path, typer.Option(help="Folder of the converted teacher.")] = LAYOUT.lm_teacher,
                imported: Annotated[Path, typer.Option(help="Where an MLflow teacher (lm.teacher_path: models:/...) "
                                                            "is fetched to.")] = LAYOUT.lm_imported_teacher,
-               params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+               params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """The LM teacher: the packaged SmolLM2 GGUF converted, an MLflow teacher copied in, or a folder named."""
     from distill.lm import teacher as stage
 
-    _finish(_stage(lambda: stage.run(_config(params, set_), out, imported)))
+    _finish(_stage(lambda: stage.run(_config(params, set_), out, imported)), result_file=result_file)
 
 
 @app.command("lm-prompts")
 def lm_prompts(prepared: Prepared = LAYOUT.prepared,
                out: Annotated[Path, typer.Option(help="Prompt set (Parquet).")] = LAYOUT.lm_prompts,
-               params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+               params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Build the LM prompt set (train / held-out) from the prepared splits."""
     from distill.lm import prompts
 
-    _finish(_stage(lambda: prompts.run(_config(params, set_), prepared, out)))
+    _finish(_stage(lambda: prompts.run(_config(params, set_), prepared, out)), result_file=result_file)
 
 
 @app.command("lm-generate")
 def lm_generate(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = LAYOUT.lm_prompts,
                 teacher: LMTeacherDir = LAYOUT.lm_teacher,
                 out: Annotated[Path, typer.Option(help="Completions (Parquet).")] = LAYOUT.lm_completions,
-                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Generate the teacher's completions once (resumable; recorded sampling settings)."""
     from distill.lm import generate
 
@@ -279,7 +292,7 @@ def lm_generate(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = LAY
         cfg = _config(params, set_)
         return generate.run(cfg, prompts, _lm_teacher_dir(cfg, teacher), out)
 
-    _finish(_stage(body))
+    _finish(_stage(body), result_file=result_file)
 
 
 @app.command("lm-topk")
@@ -287,7 +300,7 @@ def lm_topk(completions: Annotated[Path, typer.Option(help="Teacher completions.
             teacher: LMTeacherDir = LAYOUT.lm_teacher,
             out: Annotated[Path, typer.Option(help="Top-k cache (Parquet).")] = LAYOUT.lm_topk,
             metrics: Annotated[Optional[Path], typer.Option(help="Cache figures JSON.")] = None,
-            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Cache the teacher's top-k next-token log-probabilities; print bytes/token and kept mass."""
     from distill.lm import topk
 
@@ -295,7 +308,7 @@ def lm_topk(completions: Annotated[Path, typer.Option(help="Teacher completions.
         cfg = _config(params, set_)
         return topk.run(cfg, completions, _lm_teacher_dir(cfg, teacher), out)
 
-    _finish(_stage(body), metrics)
+    _finish(_stage(body), metrics, result_file=result_file)
 
 
 @app.command("lm-train")
@@ -305,7 +318,7 @@ def lm_train(completions: Annotated[Path, typer.Option(help="Teacher completions
              teacher: LMTeacherDir = LAYOUT.lm_teacher,
              out: Annotated[Path, typer.Option(help="Student folder.")] = LAYOUT.lm_student,
              metrics: Annotated[Optional[Path], typer.Option(help="Training figures JSON.")] = None,
-             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Train the LM student (lm.train.mode: sequence, token or online)."""
     from distill.lm import train
 
@@ -315,7 +328,7 @@ def lm_train(completions: Annotated[Path, typer.Option(help="Teacher completions
 
     result = _stage(body)
     result.history = []  # per-step losses stay out of the metrics file
-    _finish(result, metrics)
+    _finish(result, metrics, result_file=result_file)
 
 
 @app.command("lm-baseline")
@@ -323,7 +336,7 @@ def lm_baseline(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = LAY
                 teacher: LMTeacherDir = LAYOUT.lm_teacher,
                 out: Annotated[Path, typer.Option(help="Baseline folder.")] = LAYOUT.lm_baseline,
                 metrics: Annotated[Optional[Path], typer.Option(help="Training figures JSON.")] = None,
-                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Train the undistilled LM baseline: the student's shape and budget, on the reference answers only."""
     from distill.lm import train
 
@@ -333,7 +346,7 @@ def lm_baseline(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = LAY
 
     result = _stage(body)
     result.history = []
-    _finish(result, metrics)
+    _finish(result, metrics, result_file=result_file)
 
 
 @app.command("lm-evaluate")
@@ -344,7 +357,7 @@ def lm_evaluate(completions: Annotated[Path, typer.Option(help="Teacher completi
                 baseline: Annotated[Path, typer.Option(help="Undistilled LM baseline folder.")] = LAYOUT.lm_baseline,
                 out: Annotated[Path, typer.Option(help="Report folder (metrics.json, report.md).")]
                 = LAYOUT.lm_evaluate,
-                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
     """Evaluate teacher, distilled student and baseline on the held-out prompts; print the table."""
     from distill.lm import evaluate
 
@@ -353,6 +366,7 @@ def lm_evaluate(completions: Annotated[Path, typer.Option(help="Teacher completi
         return evaluate.run(cfg, completions, _lm_teacher_dir(cfg, teacher), student, baseline, out)
 
     result = _stage(body)
+    _finish(result, result_file=result_file, show=False)
     evaluate.print_lm_table(result, Console(), title="LM evaluation (held-out prompts)")
     console.print(f"report: {out / 'report.md'}; figures: {out / 'metrics.json'}")
 

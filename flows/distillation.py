@@ -38,9 +38,9 @@ def same_model(a: Path, b: Path) -> bool:
 
 @task(name="validate teacher")
 def validate_teacher(project_dir: str) -> GateReport:
-    """Run the teacher gate stage and read its verdict (gate.json; a failed gate is a result, not an error)."""
-    dvc.repro.fn("validate_teacher", project_dir)
-    gate = read_json(LAYOUT.under(project_dir).gate)
+    """Run the teacher gate stage and read its verdict, its typed result (a failed gate is a result, not
+    an error)."""
+    gate = dvc.repro.fn("validate_teacher", project_dir).result
     return GateReport(gate["passed"], gate["reasons"])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import yaml
 from prefect import get_run_logger, task
 
+from distill.layout import LAYOUT
 from tasks.retry import retry_on_transient
 
 
@@ -24,6 +26,7 @@ class StageRun:
     stage: str
     skipped: bool
     output: str
+    result: dict | None = None  # what the stage's run() returned, from its result file (reports/stages/)
 
 
 def _env() -> dict[str, str]:
@@ -87,7 +90,8 @@ def repro(stage: str, project_dir: str = ".", force: bool = False) -> StageRun:
         tail = "\n".join(line for line in lines[-25:] if "%|" not in line)
         raise StageFailed(f"stage {stage!r} failed (dvc repro {stage}):\n{tail}")
     logger.info("stage %s %s", stage, "ran" if runs else "unchanged, skipped")
-    return StageRun(stage, not runs, output)
+    result_file = LAYOUT.under(project_dir).result(stage)
+    return StageRun(stage, not runs, output, json.loads(result_file.read_text()) if result_file.is_file() else None)
 
 
 @task(name="dvc push", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_transient)

@@ -56,3 +56,22 @@ def test_label_refuses_a_verdict_about_another_teacher(tmp_path, tiny_teacher):
     result = runner.invoke(app, ["label", "--gate", str(gate), "--teacher", str(tiny_teacher), "--prepared",
                                  str(tmp_path / "prepared"), "--out", str(tmp_path / "logits.parquet")])
     assert result.exit_code == 2 and "judged another teacher" in " ".join(result.output.split())
+
+
+def test_a_stage_writes_its_result_where_the_flow_reads_it(tmp_path, tiny_csv):
+    import json
+
+    import yaml
+
+    from distill.data import read_split
+    from tests.conftest import tiny_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(tiny_csv)))
+    out, result_file = tmp_path / "prepared", tmp_path / "stages/prepare.json"
+    result = runner.invoke(app, ["prepare", "--params", str(params), "--out", str(out), "--incoming",
+                                 str(tmp_path / "incoming"), "--result", str(result_file)])
+    assert result.exit_code == 0, result.output
+    written = json.loads(result_file.read_text())
+    assert written["sizes"]["gold_test"] == len(read_split(out, "gold_test")) > 0
+    assert written["report"]["rows_read"] > 0

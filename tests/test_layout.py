@@ -21,6 +21,15 @@ def test_every_stage_writes_where_the_layout_says():
         assert f" {path}" in " ".join(stages[name]["cmd"].split()), f"dvc.yaml stage {name} is not given {path}"
 
 
+def test_every_stage_declares_the_result_file_it_writes():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        if name == "config":
+            continue
+        assert str(LAYOUT.result(name)) in outs(stage), name
+        assert f"--result {LAYOUT.result(name)}" in " ".join(stage["cmd"].split()), name
+
+
 def test_every_stage_reads_the_runs_params_and_dvc_tracks_them():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
