@@ -27,7 +27,6 @@ from flows.lock import project_lock
 from flows.promotion import promote_student
 
 
-
 def same_model(a: Path, b: Path) -> bool:
     """Whether two model folders hold the same weights (their cards' fingerprints match)."""
     if not (a / MODEL_CARD).is_file() or not (b / MODEL_CARD).is_file():
