@@ -18,7 +18,7 @@ from distill.gates import label_accuracy
 from distill.lengths import model_length
 from distill.models import load_classifier, read_card
 from distill.slices import Predict, classifier_predict, slice_accuracy
-from tasks.registry import NETWORK, champion_version, configure, fetch_model_folder, load_version
+from tasks.registry import NETWORK, champion_version, fetch_model_folder, load_version
 
 
 def holdout_slices(predict: Predict, holdouts: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
@@ -62,10 +62,9 @@ def score_versions(cfg: PipelineConfig, project_dir: str, versions: dict[str, st
                    slices: dict[str, pd.DataFrame]) -> dict:
     """Accuracy of each named registry version on each labelled slice: ``{"<slice>.<name>_accuracy"}``,
     the versions and the slice sizes."""
-    configure(cfg.tracking, project_dir)
     out: dict = {}
     for name, version in versions.items():
-        model = load_version(cfg, version)
+        model = load_version(cfg, version, project_dir)
         scores = slice_accuracy(lambda texts: model.predict(pd.DataFrame({"text": texts}))["label"].astype(str),
                                 slices)
         out |= {f"{slice_name}.{name}_accuracy": s["accuracy"] for slice_name, s in scores.items()}
