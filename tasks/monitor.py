@@ -69,7 +69,7 @@ def embed_task(texts: list[str], cache_dir: str) -> np.ndarray:
     return cached_embeddings(texts, Path(cache_dir))
 
 
-@task(name="canary check", **registry.NETWORK)
+@task(name="canary check", cache_policy=NO_CACHE, **registry.NETWORK)  # the champion model cannot be hashed
 def canary_task(cfg: PipelineConfig, project_dir: str, student, teacher_version: str) -> tuple[float, int]:
     """Teacher vs student disagreement on the fixed canary set."""
     canary = ensure_canary(Path(project_dir, cfg.monitor.canary_path),
