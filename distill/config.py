@@ -25,7 +25,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No setting is infinite or NaN: `.inf` as a weight decay or a temperature trains a NaN model.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -828,15 +829,31 @@ def config_from_dict(params: dict[str, Any], source: str = "params") -> Pipeline
         raise ConfigError(f"{source}: invalid configuration: " + "; ".join(problems)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one of them")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> PipelineConfig:
     """Load ``params.yaml`` (a missing file means all defaults) and apply overrides."""
     path = Path(path)
     params: dict[str, Any] = {}
     if path.exists():
         try:
-            params = yaml.safe_load(path.read_text()) or {}
+            params = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if not isinstance(params, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return config_from_dict(apply_overrides(params, overrides or []), source=str(path))

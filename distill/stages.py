@@ -43,9 +43,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from distill.lm.prompts import LMDataError
     from distill.models import ModelError
     from distill.objective import ObjectiveError
+    from distill.trainer import TrainingError
 
     return (ConfigError, DataError, ModelError, ContractError, TeacherOutputError, ObjectiveError, LMDataError,
-            FileNotFoundError)
+            TrainingError, FileNotFoundError)
 
 
 def _config(params: Path, overrides: list[str] | None) -> PipelineConfig:

@@ -31,6 +31,10 @@ IGNORE = -100
 log = logging.getLogger("distill")
 
 
+class TrainingError(RuntimeError):
+    """Training went wrong in a way the settings can fix (the message says which); nothing is written."""
+
+
 @dataclass
 class TrainData:
     """Texts with gold label ids (IGNORE where unknown), optional cached teacher logits (N, K),
@@ -351,9 +355,13 @@ def _check(run: _Run, val: TrainData, loss: torch.Tensor, parts: dict,
            on_log: Callable[[int, dict], None] | None) -> float:
     """Validate, log, keep the best weights, count a check without progress; returns the accuracy."""
     state = run.state
+    record = {"loss": _mean(loss, run.world), **{f"loss_{k}": _mean(v, run.world) for k, v in parts.items()}}
+    if not all(math.isfinite(value) for value in record.values()):
+        raise TrainingError(f"the training loss is not finite at step {state.step} ({record}): the weights "
+                            f"diverged. Lower train.learning_rate (now {run.settings.learning_rate:g}), check "
+                            f"train.kd_temperature and the loss weights, or the teacher outputs (dvc repro label)")
     accuracy = validate(run.clf, val, run.settings, run.device)
-    record = {"loss": _mean(loss, run.world), **{f"loss_{k}": _mean(v, run.world) for k, v in parts.items()},
-              "val_accuracy": accuracy}
+    record["val_accuracy"] = accuracy
     state.history.append({"step": state.step, **record})
     if on_log and is_primary():
         on_log(state.step, record)

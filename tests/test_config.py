@@ -105,3 +105,10 @@ def test_a_later_override_replaces_an_earlier_one_for_its_key():
 
     assert merge_overrides(["a.b=1", "c.d=2"], ["a.b=3"]) == ["c.d=2", "a.b=3"]
     assert merge_overrides([], ["x.y=1"]) == ["x.y=1"]
+
+
+def test_a_section_given_twice_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  alpha: 0.5\nseed: 3\ntrain:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: key 'train' appears twice \(lines 1 and 4\)"):
+        load_config(path)

@@ -231,3 +231,31 @@ def test_the_runs_figures_survive_a_tracking_server_that_is_down_for_a_while(har
     finally:
         done.set()
         thread.join(60)
+
+
+def test_a_diverging_loss_stops_training_with_the_settings_to_change(tmp_path):
+    """Non-finite teacher outputs (or a runaway learning rate) make the loss NaN: training stops at the
+    first check and says what to change, instead of ending with NaN weights and exit 0."""
+    import numpy as np
+
+    from distill.trainer import TrainData, TrainingError, TrainSettings, train
+    from tests.ddp_train import tiny_classifier
+    from tests.conftest import make_examples
+
+    clf = tiny_classifier()
+    frame = make_examples(per_label=8, seed=1)
+    ids = np.array([clf.labels.index(v) for v in frame["label"]])
+    logits = np.full((len(frame), len(clf.labels)), np.nan, dtype=np.float32)
+    settings = TrainSettings(max_steps=8, batch_size=8, learning_rate=3e-3, eval_every=2, kd_temperature=2.0,
+                             alpha=0.5, device="cpu")
+    with pytest.raises(TrainingError, match=r"not finite at step 2.*train.learning_rate"):
+        train(clf, TrainData(frame["text"].tolist(), ids, logits), TrainData(frame["text"].tolist()[:8], ids[:8]),
+              settings)
+
+
+def test_an_infinite_setting_is_refused_at_load():
+    from distill.config import ConfigError, load_config
+
+    for key in ("train.weight_decay", "train.kd_temperature", "teacher.learning_rate"):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ": Input should be a finite number"):
+            load_config(Path("/nonexistent/params.yaml"), [f"{key}=.inf"])
