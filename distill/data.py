@@ -12,6 +12,7 @@ Splits written to the prepared folder:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from distill.augment import augment_texts
 from distill.config import DataConfig, PipelineConfig
 from distill.io import atomic_dir, write_json
 
+log = logging.getLogger("distill")
+
 SPLITS = ("gold_train", "gold_val", "gold_test", "transfer", "production")
 USER_SPLIT_NAMES = {
     "train": "gold_train", "training": "gold_train",
@@ -30,8 +33,11 @@ USER_SPLIT_NAMES = {
     "test": "gold_test",
 }
 BUILTIN_TRANSFER_SIZE = 3000  # the built-in intent scenario's unlabelled pool (data.transfer_size: null)
-READERS = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True),
-           ".json": pd.read_json, ".parquet": pd.read_parquet}
+# Labels (and texts) are read as the file holds them: a CSV cell is a string ("None", "NA" and
+# "001" stay labels, an empty cell is a missing label), and JSON values are not type-guessed.
+READERS = {".csv": lambda p: pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""]),
+           ".jsonl": lambda p: pd.read_json(p, lines=True, dtype=False),
+           ".json": lambda p: pd.read_json(p, dtype=False), ".parquet": pd.read_parquet}
 
 
 class DataError(ValueError):
@@ -134,6 +140,7 @@ def check_labels(frame: pd.DataFrame, path: Path) -> None:
         raise DataError(f"{path}: no row has a label; the gold set needs labelled examples "
                         "(check data.label_column)")
     classes = sorted(labelled["label"].unique())
+    warn_near_duplicate_labels(classes, path)
     if len(classes) == 1:
         raise DataError(f"{path}: every labelled row has the label {classes[0]!r}; a classifier needs at least "
                         "two labels (check data.label_column)")
@@ -145,6 +152,16 @@ def check_labels(frame: pd.DataFrame, path: Path) -> None:
         found = sorted(labelled.loc[labelled["text"] == text, "label"].unique())
         raise DataError(f"{path}: {len(clashes)} texts carry conflicting labels, e.g. data rows {rows} "
                         f"(counting from 1) hold {str(text)[:60]!r} as {found}; keep one label per text")
+
+
+def warn_near_duplicate_labels(classes: list[str], path: Path) -> None:
+    """Labels that differ only in case or surrounding spaces are kept apart, with a warning."""
+    groups: dict[str, list[str]] = {}
+    for label in classes:
+        groups.setdefault(str(label).strip().casefold(), []).append(str(label))
+    for variants in (v for v in groups.values() if len(v) > 1):
+        log.warning("%s: labels %s differ only in case or spaces; they are kept as %d separate classes (fix the "
+                    "file if they are one)", path, variants, len(variants))
 
 
 def check_label_counts(labelled: pd.DataFrame, source: str) -> None:

@@ -251,3 +251,25 @@ def test_a_file_of_fifty_rows_still_gets_every_split_and_says_what_it_did(tmp_pa
     for name in ("gold_train", "gold_val", "gold_test"):
         assert set(data.read_split(tmp_path / "out", name)["label"]) == {"yes", "no"}
     assert result.report.augmented == 70 and sizes["transfer"] == 70
+
+
+def test_labels_are_read_as_the_file_writes_them(tmp_path, caplog):
+    """'None' and 'NA' are labels, '001' and '010' stay apart, an empty cell is a missing label, and
+    labels that differ only in spaces or case are kept apart with a warning."""
+    import logging
+
+    from distill.config import DataConfig
+    from distill.data import load_examples
+
+    rows = ["text,label"] + [f"{kind} {i},{label}" for i in range(5)
+                             for kind, label in (("lights on", "None"), ("lights off", "NA"), ("timer", "001"),
+                                                 ("alarm", "010"), ("stop", "timer "), ("cancel", "timer"))]
+    path = tmp_path / "labels.csv"
+    path.write_text("\n".join(rows + ["what time is it,"]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="distill"):
+        frame = load_examples(DataConfig(path=str(path)))
+    counts = frame["label"].value_counts(dropna=False).to_dict()
+    assert {k: v for k, v in counts.items() if isinstance(k, str)} == {
+        "None": 5, "NA": 5, "001": 5, "010": 5, "timer ": 5, "timer": 5}
+    assert frame["label"].isna().sum() == 1
+    assert "labels ['timer', 'timer '] differ only in case or spaces" in caplog.text
