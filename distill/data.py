@@ -7,6 +7,9 @@ Splits written to the prepared folder:
 - ``production``: simulated production traffic in windows; the last
   ``shifted_windows`` windows are domain-shifted. Ground truth is kept in
   ``true_label`` (it "arrives later"); ``label`` stays empty.
+
+One module on purpose: one stage (read, check, split, write), whose split rules read best side by
+side.
 """
 
 from __future__ import annotations
