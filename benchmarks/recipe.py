@@ -25,22 +25,26 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+OTHERS = ("baseline", "kl+hidden_cosine")
 
 
-def methods(project: Path, out: Path, *args: str) -> dict:
-    """One benchmarks/methods.py call on ``project``; its JSON (reused when ``out`` exists)."""
-    if not out.is_file():
+def methods(project: Path, out: Path, *args: str, done) -> dict:
+    """One benchmarks/methods.py call on ``project``; its JSON. A finished call (``done(json)`` holds) is
+    reused; an interrupted one resumes, keeping the runs it finished."""
+    if not (out.is_file() and done(json.loads(out.read_text()))):
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         subprocess.run([sys.executable, str(ROOT / "benchmarks/methods.py"), "--project", str(project), "--seeds", "1",
-                        "--out", str(out), *args], check=True, env=env, stdout=subprocess.DEVNULL)
+                        "--out", str(out), "--resume", *args], check=True, env=env, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
 def study(name: str, project: Path, work: Path, temperatures: list[float], alphas: list[float]) -> dict:
     """Every recipe's test (and validation) accuracy on one project, and the baseline's."""
     grid = methods(project, work / f"{name}-grid.json", "--sweep",
-                   "--set", f"sweep.temperatures={temperatures}", "--set", f"sweep.alphas={alphas}")
-    others = methods(project, work / f"{name}-others.json", "--methods", "baseline", "kl+hidden_cosine")
+                   "--set", f"sweep.temperatures={temperatures}", "--set", f"sweep.alphas={alphas}",
+                   done=lambda result: "chosen" in result)
+    others = methods(project, work / f"{name}-others.json", "--methods", *OTHERS,
+                     done=lambda result: set(OTHERS) <= {run["method"] for run in result.get("runs", [])})
     runs = {f"kl T={p['kd_temperature']:g} a={p['alpha']:g}": p for p in grid["sweep"]}
     runs |= {row["method"]: row for row in others["runs"]}
     return {"baseline": runs.pop("baseline")["accuracy"], "chosen_on_val": grid["chosen"],
