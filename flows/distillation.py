@@ -164,13 +164,19 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     run_id = registry.log_run(cfg, {"eval": metrics}, lineage, artifacts, project_dir)
     version, fresh = registry.register_student(cfg, run_id, str(at.student), student_card, lineage,
                                                "Student distilled by distill; the model card follows.", project_dir)
-    card = model_card.render(
-        name=cfg.promote.student_model, version=version, student_card=student_card,
-        teacher={"name": cfg.promote.teacher_model, "version": teacher_version,
-                 "fingerprint": teacher_card["fingerprint"], "source": teacher_card.get("source")},
-        lineage=lineage, params=params, metrics=metrics, audit=audit, decision=decision.to_dict(),
-        champion=champion, confused=read_json(Path(at.evaluate, "details.json"))["confused_pairs"]["student"][:5])
-    registry.tag_version(cfg, version, lineage, description=card, project_dir=project_dir)
+    if fresh:
+        card = model_card.render(
+            name=cfg.promote.student_model, version=version, student_card=student_card,
+            teacher={"name": cfg.promote.teacher_model, "version": teacher_version,
+                     "fingerprint": teacher_card["fingerprint"], "source": teacher_card.get("source")},
+            lineage=lineage, params=params, metrics=metrics, audit=audit, decision=decision.to_dict(),
+            champion=champion, confused=read_json(Path(at.evaluate, "details.json"))["confused_pairs"]["student"][:5])
+        registry.tag_version(cfg, version, lineage, description=card, project_dir=project_dir)
+    else:
+        # An earlier run registered these very weights: its card and lineage stay as they were (a reviewer
+        # reads how the version was made); this run is only noted.
+        registry.tag_version(cfg, version, {"reproduced_by_run": run_id, "reproduced_reason": reason},
+                             project_dir=project_dir)
     outcome = promote_student(cfg, version, decision.to_dict(), project_dir=project_dir,
                               smoke_text=gold_text(predictions))
     promoted = outcome["promoted"]

@@ -159,6 +159,9 @@ def test_warm_run_skips_labelling_and_training(harness, project, user_params):
         summary["skipped_stages"])
     assert summary["newly_registered"] is False
     assert summary["monitor"]["new_incidents"] == [], "an incident already re-distilled must not trigger again"
+    # the same weights, registered by the teacher-triggered re-distillation: its lineage is not overwritten
+    tags = registry(project).get_model_version("distill-student", summary["student_version"]).tags
+    assert tags["reason"] == "teacher" and tags["reproduced_by_run"] == summary["run_id"]
     assert (project / "params.yaml").read_bytes() == user_params
 
 
