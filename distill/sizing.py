@@ -90,7 +90,6 @@ def time_candidates(cfg: PipelineConfig, teacher_dir: Path, teacher: Classifier,
 
 def score_shape(cfg: PipelineConfig, shape: dict[str, int], teacher: Classifier, data, val) -> float:
     """Validation accuracy after ``size.steps`` distillation steps of a fresh student of ``shape``."""
-
     steps = cfg.size.steps
     settings = replace(settings_for(cfg, len(data), distilled=True), max_steps=steps, patience=10**6,
                        eval_every=steps)

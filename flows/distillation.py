@@ -15,7 +15,6 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from distill.config import PipelineConfig, write_run_overrides
 from distill import model_card
 from distill.gates import GateReport, decide_promotion, label_accuracy
 from distill.io import read_json
@@ -99,10 +98,8 @@ def distil(project_dir: str, overrides: list[str] | None = None, reason: str = "
 
 def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     logger = get_run_logger()
-    cfg: PipelineConfig = write_run_overrides(project_dir, overrides or [])
+    cfg, runs = dvc.start_run(project_dir, overrides or [])
     at = LAYOUT.under(project_dir)
-
-    runs = [dvc.repro("config", project_dir), dvc.repro("prepare", project_dir)]
     new_teacher = is_model_uri(cfg.teacher.path) and registry.fetch_model(
         cfg, cfg.teacher.path, str(at.imported_teacher), project_dir)
     runs.append(dvc.repro("teacher", project_dir, force=new_teacher))

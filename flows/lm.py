@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from distill import model_card
-from distill.config import PipelineConfig, write_run_overrides
+from distill.config import PipelineConfig
 from distill.gates import decide_lm_promotion
 from distill.io import read_json
 from distill.layout import LAYOUT
@@ -82,10 +82,8 @@ def distill_lm_pipeline(project_dir: str = ".", overrides: list[str] | None = No
 def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     """The body of ``distill_lm_pipeline``, run under the project lock."""
     logger = get_run_logger()
-    cfg: PipelineConfig = write_run_overrides(project_dir, overrides or [])
+    cfg, runs = dvc.start_run(project_dir, overrides or [])
     at = LAYOUT.under(project_dir)
-
-    runs = [dvc.repro("config", project_dir), dvc.repro("prepare", project_dir)]
     new_teacher = False
     if is_model_uri(cfg.lm.teacher_path):
         source = Path(at.lm_imported_teacher, SOURCE_FILE)

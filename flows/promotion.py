@@ -31,8 +31,6 @@ class ReviewDecision(RunInput):
     comment: str = Field("", description="Why; written to the version's review_comment tag.")
 
 
-
-
 def _registry_ops(cfg: PipelineConfig, kind: Kind) -> tuple[str, Callable, Callable]:
     """The registered model's name, its tagging and its promotion function, for a classifier student or
     an LM student (both share the aliases, the promotion lock and this review)."""

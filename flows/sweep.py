@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 
 from distill import students
-from distill.config import load_config, read_run_overrides, write_overrides, write_run_overrides
+from distill.config import load_config, read_run_overrides, write_overrides
 from distill.sweep import GridPoint, PointResult, choose, grid
 from distill.layout import LAYOUT
 from flows.distillation import validate_teacher
@@ -56,9 +56,8 @@ def distill_sweep(project_dir: str = ".", apply: bool = False, overrides: list[s
     """
     logger = get_run_logger()
     params = Path(project_dir, "params.yaml")
-    cfg = write_run_overrides(project_dir, overrides or [])
-    for stage in ("config", "prepare", "teacher"):
-        dvc.repro(stage, project_dir)
+    cfg, _ = dvc.start_run(project_dir, overrides or [])
+    dvc.repro("teacher", project_dir)
     gate = validate_teacher(project_dir)
     if not gate.passed:
         raise RuntimeError("teacher gate failed, nothing to sweep: " + "; ".join(gate.reasons))

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from prefect import get_run_logger, task
 
+from distill.config import PipelineConfig, write_run_overrides
 from distill.layout import LAYOUT
 from tasks.retry import retry_on_transient
 
@@ -92,6 +93,14 @@ def repro(stage: str, project_dir: str = ".", force: bool = False) -> StageRun:
     logger.info("stage %s %s", stage, "ran" if runs else "unchanged, skipped")
     result_file = LAYOUT.under(project_dir).result(stage)
     return StageRun(stage, not runs, output, json.loads(result_file.read_text()) if result_file.is_file() else None)
+
+
+def start_run(project_dir: str, overrides: list[str]) -> tuple[PipelineConfig, list[StageRun]]:
+    """The first steps of every flow run: record the run's overrides (params.yaml is not written), then
+    run the ``config`` stage (params.yaml + overrides -> the params file every stage reads) and
+    ``prepare``. Returns the run's configuration and the two stage runs."""
+    cfg = write_run_overrides(project_dir, overrides)
+    return cfg, [repro("config", project_dir), repro("prepare", project_dir)]
 
 
 @task(name="dvc push", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_transient)
