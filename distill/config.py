@@ -119,12 +119,18 @@ class TeacherConfig(_Section):
         description="Hugging Face model folder or MLflow model URI (models:/name@alias). "
         "None fine-tunes the packaged all-MiniLM-L6-v2 on the gold training set.",
     )
-    epochs: int = Field(10, ge=1, description="Bootstrap fine-tuning epochs (at most max_steps steps).")
+    epochs: int = Field(10, ge=1, description="Bootstrap fine-tuning epochs (within max_tokens and max_steps).")
+    max_tokens: int | None = Field(
+        1_200_000, ge=1,
+        description="Budget of the bootstrap fine-tuning, in tokens read: optimizer steps x batch_size x the "
+        "padded batch length, estimated from the training texts' measured token lengths. Compute follows tokens, "
+        "so short texts get more passes than long ones for the same time: about 2,000 tokens/s on a 2-core CPU, "
+        "so the default is about 10 minutes there. null: no token budget.",
+    )
     max_steps: int | None = Field(
-        300, ge=1,
-        description="Budget of the bootstrap fine-tuning, in optimizer steps (about 1 s each for short texts on a "
-        "2-core CPU, 2.5 s at 64 tokens); a large training set is seen for fewer than `epochs` passes. "
-        "null: `epochs` passes whatever their cost.",
+        None, ge=1,
+        description="A hard cap on the bootstrap fine-tuning's optimizer steps, on top of max_tokens. "
+        "null: no cap.",
     )
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(3e-4, gt=0, lt=1)
@@ -142,7 +148,16 @@ class TeacherConfig(_Section):
         "64 tokens here, about twice that at 128).",
     )
     min_accuracy: float = Field(0.8, ge=0, le=1, description="Teacher gate: gold test accuracy.")
-    min_macro_f1: float = Field(0.75, ge=0, le=1, description="Teacher gate: gold test macro-F1.")
+    min_macro_f1: float = Field(
+        0.75, ge=0, le=1,
+        description="Teacher gate: gold test macro-F1, over the labels with at least min_label_support test "
+        "examples.")
+    min_label_support: int = Field(
+        5, ge=1,
+        description="Fewest gold test examples for a label to count in the gate's macro-F1: a label with 1-4 "
+        "test examples has an F1 of 0, 0.5 or 1 by chance. The labels left out, and their share of the test "
+        "rows, are named in the gate report. When no label has this many, every label counts.",
+    )
 
 
 class LabelConfig(_Section):

@@ -28,6 +28,13 @@ def check_teacher(metrics: dict[str, float], cfg: TeacherConfig) -> GateReport:
         ok = metrics[key] >= floor
         passed &= ok
         reasons.append(f"teacher {key} {metrics[key]:.3f} {'>=' if ok else '<'} minimum {floor:.3f}")
+    if metrics.get("labels_too_few"):
+        few = metrics["labels_too_few"]
+        reasons.append(f"macro_f1 counts the {metrics['labels_judged']} labels with at least "
+                       f"{metrics['min_label_support']} test examples; {len(few)} with fewer "
+                       f"({metrics['too_few_rows_share']:.1%} of the test rows) are too few to judge: "
+                       + ", ".join(few[:10]) + (", ..." if len(few) > 10 else "")
+                       + f" (macro-F1 over every label: {metrics['macro_f1_all_labels']:.3f})")
     if not passed:
         reasons.append(teacher_advice(metrics))
     return GateReport(passed, reasons)
@@ -40,7 +47,7 @@ def teacher_advice(metrics: dict) -> str:
         trained = f"fine-tuned on {metrics['train_size']}" if metrics.get("train_size") else "fine-tuned"
         return (f"the bootstrapped teacher was {trained} and {sizes}: give it more labelled data (data.gold: all "
                 "uses every labelled row; data.gold_per_label in per_label mode; a `split` column), a larger budget "
-                "(teacher.max_steps, teacher.epochs), or your own fine-tuned model (teacher.path); or lower "
+                "(teacher.max_tokens, teacher.epochs), or your own fine-tuned model (teacher.path); or lower "
                 "teacher.min_accuracy / teacher.min_macro_f1")
     return (f"the given teacher (teacher.path) was {sizes}: check that it was trained for this task and label set, "
             "or lower teacher.min_accuracy / teacher.min_macro_f1")

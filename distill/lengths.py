@@ -54,6 +54,18 @@ def token_lengths(tokenizer, texts: list[str], seed: int = 0) -> tuple[np.ndarra
     return np.array([len(ids) for ids in encoded], dtype=np.int64), unknown
 
 
+def padded_batch_length(lengths: np.ndarray, max_length: int, batch_size: int, seed: int = 0,
+                        draws: int = 256) -> float:
+    """Mean padded length of a shuffled training batch: dynamic padding pads each batch to its longest
+    text (cut at ``max_length``). Estimated over ``draws`` seeded random batches of the measured lengths."""
+    if not len(lengths):
+        return float(max_length)
+    cut = np.minimum(lengths, max_length)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(cut), size=(draws, min(batch_size, len(cut))))
+    return float(cut[picks].max(axis=1).mean())
+
+
 def choose_length(lengths: np.ndarray, quantile: float, cap: int, floor: int = 32) -> int:
     """The ``quantile`` of the token lengths, rounded up to a multiple of 8, within [floor, cap]."""
     if not len(lengths):

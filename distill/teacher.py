@@ -53,18 +53,33 @@ def bootstrap(cfg: PipelineConfig, clf: Classifier, prepared: Path) -> TrainResu
     """Fine-tune ``clf`` (the packaged all-MiniLM-L6-v2 with a new head) on the gold training set."""
     train_set, val_set = gold_data(prepared, "gold_train", clf.labels), gold_data(prepared, "gold_val", clf.labels)
     t = cfg.teacher
-    max_steps = steps_for(len(train_set), t.batch_size, t.epochs)
-    if t.max_steps is not None and max_steps > t.max_steps:
-        print(f"teacher fine-tuning: {t.epochs} epochs of {len(train_set)} texts would take {max_steps} steps; "
-              f"stopping at teacher.max_steps={t.max_steps} ({t.max_steps * t.batch_size / len(train_set):.1f} "
-              "passes)", flush=True)
-        max_steps = t.max_steps
+    max_steps = budget_steps(cfg, clf, train_set.texts)
     # Validation about five times over the budget (once per epoch on a small gold set); the best weights are kept.
     eval_every = max(1, min(steps_for(len(train_set), t.batch_size, 1), -(-max_steps // 5)))
     settings = TrainSettings(
         max_steps=max_steps, batch_size=t.batch_size, learning_rate=t.learning_rate, max_length=t.max_length,
         patience=10**6, eval_every=eval_every, device=cfg.train.device, seed=cfg.seed)
     return train(clf, train_set, val_set, settings, progress="teacher fine-tuning")
+
+
+def budget_steps(cfg: PipelineConfig, clf: Classifier, texts: list[str]) -> int:
+    """Optimizer steps of the bootstrap: ``teacher.epochs`` passes over ``texts``, within ``teacher.max_tokens``
+    (tokens read, from the texts' measured lengths and dynamic padding) and ``teacher.max_steps``; the terminal
+    says which bound holds."""
+    t = cfg.teacher
+    steps = steps_for(len(texts), t.batch_size, t.epochs)
+    bound = f"{t.epochs} epochs of {len(texts)} texts"
+    if t.max_tokens is not None:
+        found, _ = lengths.token_lengths(clf.tokenizer, texts, cfg.seed)
+        padded = lengths.padded_batch_length(found, t.max_length or lengths.FALLBACK_LENGTH, t.batch_size, cfg.seed)
+        affordable = max(1, int(t.max_tokens // (t.batch_size * padded)))
+        if affordable < steps:
+            steps, bound = affordable, (f"teacher.max_tokens={t.max_tokens:,} at ~{padded:.0f} padded tokens per "
+                                        f"text ({affordable * t.batch_size / len(texts):.1f} passes)")
+    if t.max_steps is not None and t.max_steps < steps:
+        steps, bound = t.max_steps, f"teacher.max_steps={t.max_steps}"
+    print(f"teacher fine-tuning: {steps} steps ({bound})", flush=True)
+    return steps
 
 
 def measure_lengths(cfg: PipelineConfig, clf: Classifier, prepared: Path) -> LengthProfile:
@@ -134,7 +149,7 @@ def fingerprint_of(folder: Path) -> str:
 
 def validate(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_dir: Path) -> GateReport:
     """Score the teacher on the gold test set and apply the teacher gate; write both."""
-    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.metrics import accuracy_score
 
     cfg = with_teacher_lengths(cfg, teacher_dir)
     clf = load_classifier(teacher_dir)
@@ -143,14 +158,36 @@ def validate(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_dir: Pa
                           progress="validating teacher").argmax(axis=1)
     card = read_card(teacher_dir)
     metrics = {"accuracy": float(accuracy_score(test.labels, pred)),
-               "macro_f1": float(f1_score(test.labels, pred, average="macro", zero_division=0)),
+               **judged_macro_f1(test.labels, pred, clf.labels, cfg.teacher.min_label_support),
                "test_size": len(test), "train_size": card.get("train_size"),
                "bootstrapped": str(card.get("source", "")).startswith("bootstrap:")}
     gate = check_teacher(metrics, cfg.teacher)
     with atomic_dir(out_dir) as tmp:
-        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "metrics.json", {k: v for k, v in metrics.items() if not isinstance(v, list)})  # DVC metrics
         write_json(tmp / "gate.json", {**gate.to_dict(), "fingerprint": fingerprint_of(teacher_dir)})
     return gate
+
+
+def judged_macro_f1(gold: np.ndarray, pred: np.ndarray, labels: list[str], min_support: int) -> dict:
+    """Macro-F1 over the labels with at least ``min_support`` gold examples (every label when none has).
+
+    Returns ``macro_f1`` (the judged one), ``macro_f1_all_labels``, ``labels_judged`` and the labels
+    left out with ``too_few_rows_share``, their share of the rows.
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    ids = np.arange(len(labels))
+    _, _, f1, support = precision_recall_fscore_support(gold, pred, labels=ids, zero_division=0)
+    present = support > 0
+    judged = support >= min_support
+    if not judged.any():
+        judged = present
+    small = present & ~judged
+    return {"macro_f1": float(f1[judged].mean()) if judged.any() else 0.0,
+            "macro_f1_all_labels": float(f1[present].mean()) if present.any() else 0.0,
+            "labels_judged": int(judged.sum()), "min_label_support": min_support,
+            "labels_too_few": [labels[i] for i in ids[small]],
+            "too_few_rows_share": float(support[small].sum() / max(support.sum(), 1))}
 
 
 def require_passed_gate(gate_file: Path, teacher_dir: Path) -> None:

@@ -25,6 +25,27 @@ def test_a_failed_teacher_gate_says_what_it_was_judged_on_and_what_to_change():
     assert len(check_teacher({"accuracy": 0.9, "macro_f1": 0.9, "test_size": 400}, cfg).reasons) == 2
 
 
+def test_the_gate_macro_f1_leaves_out_labels_too_small_to_judge_and_names_them():
+    import numpy as np
+
+    from distill.teacher import judged_macro_f1
+
+    labels = ["big", "mid", "rare", "absent"]
+    gold = np.array([0] * 10 + [1] * 6 + [2] * 2)
+    pred = np.array([0] * 10 + [1] * 6 + [0] * 2)  # both rare examples wrong
+    found = judged_macro_f1(gold, pred, labels, min_support=5)
+    assert found["labels_judged"] == 2 and found["labels_too_few"] == ["rare"]
+    assert found["macro_f1"] == 1.0 - (1 - 2 * (10 / 12) / (1 + 10 / 12)) / 2  # big's F1 suffers the rare misses
+    assert found["macro_f1_all_labels"] < found["macro_f1"] and found["too_few_rows_share"] == 2 / 18
+    everyone = judged_macro_f1(gold, pred, labels, min_support=50)  # none has 50: every present label counts
+    assert everyone["labels_judged"] == 3 and everyone["labels_too_few"] == []
+    assert everyone["macro_f1"] == everyone["macro_f1_all_labels"]
+
+    gate = check_teacher({"accuracy": 0.9, **found}, TeacherConfig(min_accuracy=0.8, min_macro_f1=0.75))
+    assert gate.passed and any("1 with fewer (11.1% of the test rows) are too few to judge: rare" in r
+                               for r in gate.reasons)
+
+
 def test_promotion_needs_every_gate():
     ok = GateReport(True, [])
     cfg = PromoteConfig(min_teacher_share=0.9)

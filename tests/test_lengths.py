@@ -28,6 +28,33 @@ def test_profile_measures_with_the_tokenizer_and_reports_the_share_cut():
     assert not fixed.chosen and fixed.max_length == 16 and fixed.truncated_share == 0.1
 
 
+def test_padded_batch_length_is_the_mean_longest_text_of_a_batch_cut_at_max_length():
+    assert lengths.padded_batch_length(np.full(100, 12), 64, 32) == 12.0
+    mixed = np.array([10] * 99 + [500])
+    one_long = lengths.padded_batch_length(mixed, 64, 32, seed=1)
+    assert 10 < one_long < 64 / 2  # about a third of the batches hold the long text, cut at 64
+    assert lengths.padded_batch_length(mixed, 64, 32, seed=1) == one_long  # seeded: the same budget every run
+    assert lengths.padded_batch_length(np.array([], dtype=int), 48, 32) == 48.0
+
+
+def test_the_teacher_budget_in_tokens_gives_short_texts_more_steps_than_long_ones(capsys):
+    from transformers import AutoTokenizer
+
+    from distill.models import Classifier
+
+    clf = Classifier(None, AutoTokenizer.from_pretrained(packaged_encoder_path()), ["a"])
+    base = {"epochs": 100, "batch_size": 8, "max_length": 64, "max_tokens": 8 * 64 * 10}
+    short, long_ = ["turn it on"] * 80, [" ".join(["word"] * 100)] * 80
+    cfg = config_from_dict({"teacher": base})
+    assert teacher.budget_steps(cfg, clf, long_) == 10  # every batch padded to 64 tokens
+    assert teacher.budget_steps(cfg, clf, short) == 8 * 64 * 10 // (8 * 5)  # 5 tokens with [CLS] and [SEP]
+    assert "teacher.max_tokens=5,120" in capsys.readouterr().out
+    capped = config_from_dict({"teacher": {**base, "max_steps": 3}})
+    assert teacher.budget_steps(capped, clf, short) == 3 and "teacher.max_steps=3" in capsys.readouterr().out
+    epochs = config_from_dict({"teacher": {**base, "epochs": 2, "max_tokens": None}})
+    assert teacher.budget_steps(epochs, clf, short) == 20 and "2 epochs of 80 texts" in capsys.readouterr().out
+
+
 def test_null_lengths_are_filled_from_the_teacher_card_and_set_ones_win():
     card = {"length": {"max_length": 96}}
     cfg = lengths.with_lengths(config_from_dict({}), card)
