@@ -147,6 +147,14 @@ class TeacherConfig(_Section):
         description="Largest max_length chosen from the data (CPU cost grows with it: ~2.5 s per teacher step at "
         "64 tokens here, about twice that at 128).",
     )
+    cut: Literal["head", "head_tail"] = Field(
+        "head_tail",
+        description="How a text longer than max_length is cut: head keeps its first tokens; head_tail keeps "
+        "the first head_share of them and the rest from its end (a subject and a conclusion, a question and a "
+        "signature). Texts that fit are never touched. Recorded in every model's card; students, the served "
+        "model and the monitor read as their teacher did.",
+    )
+    head_share: float = Field(0.5, ge=0, le=1, description="head_tail: the share of max_length kept from the start.")
     min_accuracy: float = Field(0.8, ge=0, le=1, description="Teacher gate: gold test accuracy.")
     min_macro_f1: float = Field(
         0.75, ge=0, le=1,

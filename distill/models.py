@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import weakref
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from distill.config import StudentConfig
+from distill.cut import card_cut, cut_of, cut_texts, set_cut
 from distill.io import hash_files, read_json, write_json
 
 MODEL_CARD = "distill.json"  # written beside the weights: what the folder holds
@@ -90,6 +93,7 @@ def load_classifier(folder: Path, labels: list[str] | None = None) -> Classifier
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise ModelError(f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings only "
                          f"{model.get_input_embeddings().num_embeddings}; the tokenizer belongs to another model")
+    set_cut(tokenizer, card_cut(read_json(folder / MODEL_CARD) if (folder / MODEL_CARD).is_file() else {}))
     return Classifier(model.eval(), tokenizer, found)
 
 
@@ -222,7 +226,9 @@ def build_student(teacher: Classifier, cfg: StudentConfig, seed: int, texts: lis
             raise ModelError(f"student.path {folder}: not a Hugging Face model folder (no config.json)")
         model = AutoModelForSequenceClassification.from_pretrained(
             folder, **head, ignore_mismatched_sizes=True, use_safetensors=True, trust_remote_code=False)
-        return Classifier(model, AutoTokenizer.from_pretrained(folder, trust_remote_code=False), labels)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        set_cut(tokenizer, cut_of(teacher.tokenizer))  # the student reads what its teacher read
+        return Classifier(model, tokenizer, labels)
 
     t_config = teacher.model.config
     teacher_shape = shape_of(t_config)
@@ -239,6 +245,7 @@ def build_student(teacher: Classifier, cfg: StudentConfig, seed: int, texts: lis
     tokenizer = teacher.tokenizer
     if cfg.vocab_size:
         tokenizer = reduced_tokenizer(teacher.tokenizer, texts or [], cfg.vocab_size)
+        set_cut(tokenizer, cut_of(teacher.tokenizer))
         config.vocab_size = len(tokenizer)
     model = AutoModelForSequenceClassification.from_config(config)
 
@@ -314,8 +321,11 @@ def save_classifier(clf: Classifier, folder: Path, card: dict) -> str:
     clf.model.save_pretrained(folder, safe_serialization=True)
     clf.tokenizer.save_pretrained(folder)
     fingerprint = hash_files(folder, ("*.safetensors", "config.json", "tokenizer.json"))
+    cut = cut_of(clf.tokenizer)
+    if cut["how"] != "head":  # how the model reads a long text is part of what it is (heads keep their old prints)
+        fingerprint = hashlib.sha256(f"{fingerprint}\0{json.dumps(cut, sort_keys=True)}".encode()).hexdigest()
     write_json(folder / MODEL_CARD, {**card, "fingerprint": fingerprint, "labels": clf.labels,
-                                     "parameters": clf.num_parameters})
+                                     "parameters": clf.num_parameters, "cut": cut})
     return fingerprint
 
 
@@ -328,12 +338,14 @@ def read_card(folder: Path) -> dict:
 
 
 def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-    """Tokenize one batch with dynamic padding to its longest member.
+    """Tokenize one batch with dynamic padding to its longest member, long texts cut as the tokenizer's
+    model reads them (``distill.cut``: its head, or head + tail).
 
     A single text (a batch-1 request) goes straight to the fast tokenizer's Rust backend when the
     tokenizer has one: the same tensors without the Python padding and conversion machinery, which
     costs a small model as much as a third of its request.
     """
+    texts = cut_texts(tokenizer, list(texts), max_length, cut_of(tokenizer))
     if len(texts) == 1:
         single = _single_text_encoder(tokenizer, max_length, texts[0])
         if single is not None:

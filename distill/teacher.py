@@ -16,6 +16,7 @@ import torch
 from distill import data as data_stage
 from distill import lengths
 from distill.config import PipelineConfig
+from distill.cut import set_cut
 from distill.gates import GateReport, check_teacher
 from distill.io import atomic_dir, read_json, write_json
 from distill.lengths import LengthProfile, with_lengths, with_teacher_lengths
@@ -95,8 +96,9 @@ def measure_lengths(cfg: PipelineConfig, clf: Classifier, prepared: Path) -> Len
     found = lengths.profile(clf.tokenizer, texts, cfg, limit)
     how = (f"the {found.quantile:.0%} quantile, capped at {cfg.teacher.max_length_cap}" if found.chosen
            else "teacher.max_length")
+    cut = "their head and tail are kept" if cfg.teacher.cut == "head_tail" else "their head is kept"
     print(f"input length: {found.max_length} tokens ({how}); token lengths p50 {found.p50}, p90 {found.p90}, "
-          f"p99 {found.p99}; {found.truncated_share:.1%} of the texts are cut", flush=True)
+          f"p99 {found.p99}; {found.truncated_share:.1%} of the texts are cut ({cut}: teacher.cut)", flush=True)
     if found.unknown_share > UNKNOWN_REFUSED:
         raise ModelError(f"{found.unknown_share:.0%} of the text tokens are unknown to the teacher's tokenizer "
                          "([UNK]): the texts are in a language or script it does not cover. Give a teacher for "
@@ -126,6 +128,7 @@ def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path |
         if given is None:
             torch.manual_seed(cfg.seed)  # the new classification head's initial weights
             clf = init_from_encoder(packaged_encoder_path(), labels)
+            set_cut(clf.tokenizer, {"how": cfg.teacher.cut, "head_share": cfg.teacher.head_share})
             length = measure_lengths(cfg, clf, prepared)
             trained = bootstrap(with_lengths(cfg, {"length": length.to_dict()}), clf, prepared)
             source, boot, val_accuracy = f"bootstrap:{packaged_encoder_path().name} (all-MiniLM-L6-v2)", True, \
@@ -136,6 +139,7 @@ def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path |
                 raise ModelError(f"teacher.path {given}: folder not found")
             source = cfg.teacher.path if teacher_path is None and cfg.teacher.path else str(given)
             clf, val_accuracy, boot, extra = load_classifier(Path(given), labels), None, False, {}
+            set_cut(clf.tokenizer, {"how": cfg.teacher.cut, "head_share": cfg.teacher.head_share})
             length = measure_lengths(cfg, clf, prepared)
         fingerprint = save_classifier(clf, tmp, {"role": "teacher", "source": source, "length": length.to_dict(),
                                                  **extra})

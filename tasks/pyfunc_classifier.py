@@ -22,22 +22,37 @@ class TextClassifier(PythonModel):
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.max_length = self._evaluated_length(folder)
+        self.cut = self._card(folder).get("cut") or {"how": "head"}
         self.torch = torch
         self.model = self._serving_model()
 
     @staticmethod
-    def _evaluated_length(folder) -> int:
-        """The input length the model was evaluated with (its distill card), so serving cuts texts alike.
-
-        The same rule as distill.lengths.model_length, written here because a served model may run
-        where distill is not installed."""
+    def _card(folder) -> dict:
         import json
         from pathlib import Path
 
         card = Path(folder) / "distill.json"
-        meta = json.loads(card.read_text()) if card.is_file() else {}
+        return json.loads(card.read_text()) if card.is_file() else {}
+
+    @classmethod
+    def _evaluated_length(cls, folder) -> int:
+        """The input length the model was evaluated with (its distill card), so serving cuts texts alike.
+
+        The same rule as distill.lengths.model_length, written here because a served model may run
+        where distill is not installed."""
+        meta = cls._card(folder)
         return int((meta.get("length") or {}).get("max_length") or (meta.get("train") or {}).get("max_length")
                    or 128)
+
+    def _cut(self, texts: list) -> list:
+        """Long texts cut as the model was trained to read them (its card's ``cut``: head, or head + tail)."""
+        if self.cut.get("how", "head") == "head":
+            return texts
+        try:
+            from distill.cut import cut_texts
+        except ImportError:
+            from cut import cut_texts  # shipped beside this file (log_model's code_paths)
+        return cut_texts(self.tokenizer, texts, self.max_length, self.cut)
 
     def _serving_model(self):
         """The TorchScript trace the evaluation timed (checked against the eager model), or the eager model
@@ -56,7 +71,7 @@ class TextClassifier(PythonModel):
         return trace_classifier(Classifier(self.model, self.tokenizer, self.labels), samples, self.max_length).model
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        texts = model_input["text"].astype(str).tolist()
+        texts = self._cut(model_input["text"].astype(str).tolist())
         rows = []
         with self.torch.inference_mode():
             for start in range(0, len(texts), 64):

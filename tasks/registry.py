@@ -25,6 +25,7 @@ from tasks.aliases import PromotionError, alias_version, move_champion, roll_bac
 from tasks.retry import retry_on_transient
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_classifier.py")
+CUT_CODE = Path(__file__).resolve().parents[1] / "distill" / "cut.py"  # shipped with the model: no distill needed
 Kind = Literal["student", "lm"]  # the classifier student (promote.student_model) or the LM student
 REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0", "pandas==2.3.3"]
 NETWORK = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_on_transient}
@@ -88,7 +89,7 @@ def log_classifier(model_dir: Path, model_name: str, tags: dict[str, str], descr
 
     example = pd.DataFrame({"text": [example_text]})
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=str(PYFUNC_CODE), artifacts={"model": str(model_dir)},
+        name="model", python_model=str(PYFUNC_CODE), artifacts={"model": str(model_dir)}, code_paths=[str(CUT_CODE)],
         signature=signature(list(read_card(model_dir)["labels"])), input_example=example,
         pip_requirements=REQUIREMENTS, registered_model_name=model_name)
     version = str(info.registered_model_version)

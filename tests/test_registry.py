@@ -338,3 +338,42 @@ def test_mlflow_models_serve_answers_http_for_the_champion(logged, server, tmp_p
     assert len(predictions) == 2
     assert {p["label"] for p in predictions} <= {"lights_off", "lights_on", "timer", "weather"}
     assert all(0 < p["score"] <= 1 for p in predictions)
+
+
+def test_a_served_model_cuts_long_texts_as_it_was_trained_even_where_distill_is_not_installed(
+        server, tiny_teacher, tmp_path):
+    import json
+
+    import numpy as np
+
+    from distill.cut import set_cut
+    from distill.models import load_classifier, predict_logits, save_classifier
+
+    import torch
+
+    clf = load_classifier(tiny_teacher)
+    with torch.no_grad():
+        clf.model.classifier.weight.mul_(1000)  # the random tiny model's logits then tell inputs apart
+    set_cut(clf.tokenizer, {"how": "head_tail", "head_share": 0.5})
+    folder = tmp_path / "head-tail"
+    save_classifier(clf, folder, {"role": "student", "source": "test", "train": {"max_length": 18}})
+    with mlflow.start_run(experiment_id=registry.configure(config("cut-model").tracking)):
+        version = registry.log_classifier(folder, "cut-model", {"fingerprint": "f-cut"}, "cut")
+    uri = f"models:/cut-model/{version}"
+    text = " ".join(str(i) for i in range(100, 300))
+    logits = predict_logits(load_classifier(folder), [text], 8, 18)
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    head = load_classifier(folder)
+    set_cut(head.tokenizer, {"how": "head"})
+    assert not np.allclose(predict_logits(head, [text], 8, 18), logits, atol=1e-2)  # the cut changes the answer
+    columns = [f"p_{label}" for label in clf.labels]
+    served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": [text]}))
+    np.testing.assert_allclose(served[columns].to_numpy(), expected, atol=1e-5)
+    # Where distill cannot be imported, the model's own copy of distill/cut.py (code_paths) cuts alike.
+    script = ("import sys, json; sys.modules['distill'] = None\n"
+              "import mlflow, pandas as pd\n"
+              f"out = mlflow.pyfunc.load_model({uri!r}).predict(pd.DataFrame({{'text': [{text!r}]}}))\n"
+              f"print(json.dumps(out[{columns!r}].to_numpy().tolist()))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.array(json.loads(done.stdout.strip().splitlines()[-1])), expected, atol=1e-5)

@@ -20,10 +20,15 @@ def staged(tiny_cfg, tiny_teacher, tmp_path):
     return tiny_cfg, prepared, teacher_dir, result
 
 
-def test_imported_teacher_keeps_its_weights_and_gets_a_fingerprint(staged, tiny_teacher):
-    _, _, teacher_dir, result = staged
-    assert not result.bootstrapped
-    assert result.fingerprint == read_card(teacher_dir)["fingerprint"] == read_card(tiny_teacher)["fingerprint"]
+def test_imported_teacher_keeps_its_weights_and_gets_a_fingerprint(staged, tiny_teacher, tmp_path):
+    cfg, prepared, teacher_dir, result = staged
+    assert not result.bootstrapped and read_card(teacher_dir)["cut"]["how"] == cfg.teacher.cut == "head_tail"
+    assert result.fingerprint == read_card(teacher_dir)["fingerprint"] != read_card(tiny_teacher)["fingerprint"]
+    assert (teacher_dir / "model.safetensors").read_bytes() == (tiny_teacher / "model.safetensors").read_bytes()
+    # Read as the folder was (its head), it is the same teacher, with the same fingerprint.
+    head = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"cut": "head"})})
+    again = teacher.run(head, prepared, tmp_path / "head", teacher_path=tiny_teacher)
+    assert again.fingerprint == read_card(tiny_teacher)["fingerprint"]
 
 
 def test_missing_teacher_folder_is_named(tiny_cfg, tmp_path):
