@@ -22,6 +22,7 @@ from distill import label as label_stage
 from distill.checkpoint import checkpoint_dir_for
 from distill.checkpoint import clear as clear_checkpoints
 from distill.config import PipelineConfig, StudentConfig
+from distill.cut import cut_of, set_cut
 from distill.io import atomic_dir, read_json, write_json
 from distill.lengths import with_teacher_lengths
 from distill.models import (MODEL_CARD, Classifier, ModelError, build_student, load_classifier, pick_device,
@@ -111,6 +112,7 @@ def fit(cfg: PipelineConfig, shape: StudentConfig, arch_source: Classifier, sign
     """
     if warm_start is not None:
         student = warm_start_student(warm_start, arch_source, shape)
+        set_cut(student.tokenizer, cut_of(arch_source.tokenizer))  # it reads long texts as today's teacher does
         settings = replace(settings, validate_start=True, patience=settings.max_steps + 1)
     else:
         student = build_student(arch_source, shape, cfg.seed, texts=vocab_texts or data.texts)
