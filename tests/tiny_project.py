@@ -9,7 +9,6 @@ from pathlib import Path
 import yaml
 
 from distill.config import config_from_dict
-from tests.conftest import tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +28,8 @@ def tiny_project(root: Path, **sections: dict) -> Path:
 
     ``sections`` update the tiny params section by section (``data={"transfer_size": 200}``).
     """
+    from tests.conftest import tiny_params  # here: importing the conftest sets the test environment
+
     copy_project_files(root, skip=("benchmarks/", "tests/"))
     params = tiny_params(None)
     params["data"].update(text_column="text", label_column="label", gold_per_label=8, transfer_size=120,
