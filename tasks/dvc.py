@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,68 @@ def changed(stage: str, project_dir: str = ".") -> bool:
         return bool(repo.status(targets=[f"{Path(project_dir, 'dvc.yaml').resolve()}:{stage}"]))
 
 
+KEEP = Path(".dvc/tmp/distill-kept")  # a stage's outputs as they were before its run (DVC ignores .dvc/tmp)
+
+
+def stage_outs(stage: str, project_dir: str = ".") -> list[Path]:
+    """The outputs ``dvc.yaml`` declares for ``stage`` (cached or not), relative to the project."""
+    stages = (yaml.safe_load((Path(project_dir) / "dvc.yaml").read_text()) or {}).get("stages", {})
+    return [Path(next(iter(out)) if isinstance(out, dict) else out) for out in stages.get(stage, {}).get("outs", [])]
+
+
+def _link_copy(source: Path, dest: Path) -> None:
+    """``source`` (a file or folder) at ``dest`` as hard links: no data copied, and the copy survives DVC
+    deleting ``source``. Copies where links are refused."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(src, dst, follow_symlinks=False)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, dest, symlinks=True, copy_function=link)
+    else:
+        link(str(source), str(dest))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def outputs_kept(stage: str, project_dir: str = "."):
+    """Put ``stage``'s outputs back as they were if the block fails.
+
+    ``dvc repro`` deletes a stage's outputs before its command runs, so a stage that then refuses a
+    parameter (or crashes) would cost the last good outputs; reports that DVC does not cache could
+    not even be checked out again. The outputs are kept as hard links under ``.dvc/tmp`` for the
+    length of the run and moved back on failure; dvc.lock, which a failed run does not touch,
+    still describes them.
+    """
+    root = Path(project_dir)
+    keep = root / KEEP / stage
+    _remove(keep)
+    kept = []
+    for out in stage_outs(stage, project_dir):
+        if (root / out).exists():
+            _link_copy(root / out, keep / out)
+            kept.append(out)
+    try:
+        yield
+    except BaseException:
+        for out in kept:
+            _remove(root / out)
+            (root / out).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(keep / out, root / out)
+        raise
+    finally:
+        _remove(keep)
+
+
 @task(name="dvc repro", task_run_name="dvc repro {stage}")
 def repro(stage: str, project_dir: str = ".", force: bool = False) -> StageRun:
     """`dvc repro <stage>`: DVC runs the stage only when its deps or params changed (or when forced).
@@ -85,11 +149,13 @@ def repro(stage: str, project_dir: str = ".", force: bool = False) -> StageRun:
     """
     logger = get_run_logger()
     runs = force or changed(stage, project_dir)
-    code, output = dvc_streamed(["repro", "--single-item", *(["--force"] if force else []), stage], project_dir)
-    if code != 0:
-        lines = [line.split("\r")[-1] for line in output.splitlines()]
-        tail = "\n".join(line for line in lines[-25:] if "%|" not in line)
-        raise StageFailed(f"stage {stage!r} failed (dvc repro {stage}):\n{tail}")
+    with outputs_kept(stage, project_dir) if runs else nullcontext():
+        code, output = dvc_streamed(["repro", "--single-item", *(["--force"] if force else []), stage], project_dir)
+        if code != 0:
+            lines = [line.split("\r")[-1] for line in output.splitlines()]
+            tail = "\n".join(line for line in lines[-25:] if "%|" not in line)
+            raise StageFailed(f"stage {stage!r} failed (dvc repro {stage}); its previous outputs are "
+                              f"kept:\n{tail}")
     logger.info("stage %s %s", stage, "ran" if runs else "unchanged, skipped")
     result_file = LAYOUT.under(project_dir).result(stage)
     return StageRun(stage, not runs, output, json.loads(result_file.read_text()) if result_file.is_file() else None)

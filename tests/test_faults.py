@@ -259,3 +259,47 @@ def test_an_infinite_setting_is_refused_at_load():
     for key in ("train.weight_decay", "train.kd_temperature", "teacher.learning_rate"):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ": Input should be a finite number"):
             load_config(Path("/nonexistent/params.yaml"), [f"{key}=.inf"])
+
+
+STAGE = """\
+import json, pathlib, sys, yaml
+params = yaml.safe_load(open("params.yaml"))
+out = pathlib.Path("out")
+out.mkdir()
+(out / "weights.bin").write_bytes(bytes(range(256)) * params["size"])
+if params["refuse"]:
+    sys.exit("refused: size must be small")
+pathlib.Path("report.json").write_text(json.dumps({"size": params["size"]}))
+"""
+
+
+def test_a_stage_that_fails_under_dvc_leaves_its_previous_outputs_byte_identical(harness, tmp_path):
+    from prefect import flow
+
+    from tasks.dvc import KEEP, StageFailed, repro
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "stage.py").write_text(STAGE)
+    (project / "params.yaml").write_text("size: 1\nrefuse: false\n")
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"make": {
+        "cmd": f"{sys.executable} stage.py", "deps": ["stage.py"], "params": ["size", "refuse"],
+        "outs": ["out", {"report.json": {"cache": False}}]}}}))
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(command, cwd=project, check=True)
+
+    @flow
+    def make() -> None:
+        repro("make", str(project))
+
+    make()
+    before = {p: p.read_bytes() for p in (project / "out/weights.bin", project / "report.json")}
+    lock = (project / "dvc.lock").read_bytes()
+    (project / "params.yaml").write_text("size: 2\nrefuse: true\n")  # a value the stage refuses
+    with pytest.raises(StageFailed, match="refused: size must be small"):
+        make()
+    assert {p: p.read_bytes() for p in before} == before  # the cached folder and the uncached report
+    assert (project / "dvc.lock").read_bytes() == lock and not (project / KEEP / "make").exists()
+    (project / "params.yaml").write_text("size: 1\nrefuse: false\n")
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True)
+    assert "up to date" in status.stdout  # DVC sees the outputs its lock describes
