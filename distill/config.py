@@ -866,10 +866,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> PipelineConfig:
-    """Load ``params.yaml`` (a missing file means all defaults) and apply overrides."""
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None,
+                missing_ok: bool = False) -> PipelineConfig:
+    """Load ``params.yaml`` and apply overrides. A missing file is refused (a typo in ``--params`` would
+    otherwise run on every default); ``missing_ok`` reads it as all defaults."""
     path = Path(path)
     params: dict[str, Any] = {}
+    if not path.exists() and not missing_ok:
+        raise ConfigError(f"{path}: params file not found; run in the project folder (where params.yaml is) or "
+                          "give the file with --params")
     if path.exists():
         try:
             params = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
@@ -962,7 +967,7 @@ def write_overrides(path: str | Path, overrides: list[str]) -> bool:
     path = Path(path)
     if not overrides:
         return False
-    load_config(path, overrides)  # refuse bad values before touching the file
+    load_config(path, overrides, missing_ok=True)  # refuse bad values before touching the file
     rt = YAML()
     doc = rt.load(path.read_text()) if path.exists() else {}
     before = yaml.safe_dump(yaml.safe_load(path.read_text()) if path.exists() else {})

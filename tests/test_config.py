@@ -25,9 +25,16 @@ def test_out_of_range_value_is_named(tmp_path):
         load_config(tmp_path / "params.yaml")
 
 
+def test_a_missing_params_file_is_refused_by_name_not_read_as_defaults(tmp_path):
+    with pytest.raises(ConfigError, match=r"parms\.yaml: params file not found; .* --params"):
+        load_config(tmp_path / "parms.yaml")
+    assert load_config(tmp_path / "parms.yaml", missing_ok=True) == PipelineConfig()
+
+
 def test_heads_must_divide_width():
     with pytest.raises(ConfigError, match="multiple of num_heads"):
-        load_config(Path("/nonexistent/params.yaml"), ["student.hidden_size=100", "student.num_heads=3"])
+        load_config(Path("/nonexistent/params.yaml"), ["student.hidden_size=100", "student.num_heads=3"],
+                    missing_ok=True)
 
 
 def test_override_sets_nested_values_with_yaml_types():
