@@ -24,6 +24,21 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
+def url_without_credentials(url: str, instead: str) -> str:
+    """``url`` when it carries no user name or password; else a refusal that says where secrets go.
+
+    A setting is written to params.yaml, the run's parameters, the tracking server and the logs, so a
+    password in it would be everywhere. The message never repeats the URL.
+    """
+    from urllib.parse import urlsplit
+
+    if "@" in (urlsplit(url).netloc or ""):
+        raise ValueError(f"holds a user name or password (user:...@host); secrets do not belong in params, "
+                         f"which are written to params files, run parameters and logs: give the URL without "
+                         f"them and {instead}")
+    return url
+
+
 class _Section(BaseModel):
     # No setting is infinite or NaN: `.inf` as a weight decay or a temperature trains a NaN model.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -569,9 +584,16 @@ class TrackingConfig(_Section):
     tracking_uri: str = Field(
         "sqlite:///mlflow.db",
         description="sqlite:///file.db (relative to the project) or http://host:port of an mlflow server; "
-        "MLFLOW_TRACKING_URI overrides it.",
+        "MLFLOW_TRACKING_URI overrides it. Credentials go in MLFLOW_TRACKING_USERNAME / "
+        "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), never in the URI.",
     )
     experiment: str = Field("distill")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        return url_without_credentials(
+            value, "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
 
 
 LM_DIVERGENCES = ("forward_kl", "reverse_kl", "js", "gjsd", "skew_kl", "skew_reverse_kl", "tvd")
@@ -705,6 +727,11 @@ class ChatClientConfig(_Section):
                        description="Model name sent with each request; part of the cache key.")
     api_key_env: str | None = Field("OPENAI_API_KEY",
                                     description="Environment variable holding the API key; None sends no key.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        return url_without_credentials(value, "put the key in the environment variable that api_key_env names")
     cache_dir: str = Field("data/lm_responses", description="Folder of the content-addressed response cache.")
     system_prompt: str | None = Field(None, description="System message put before each string prompt.")
     sampling_temperature: float = Field(0.0, ge=0, le=2, description="0 asks for greedy decoding.")

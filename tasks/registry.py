@@ -12,6 +12,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
 import pandas as pd
@@ -32,8 +33,19 @@ NETWORK = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": r
 
 
 def tracking_uri(cfg: TrackingConfig, project_dir: str = ".") -> str:
-    """MLFLOW_TRACKING_URI, else the config's; relative SQLite paths are under the project."""
+    """MLFLOW_TRACKING_URI, else the config's; relative SQLite paths are under the project.
+
+    Credentials in MLFLOW_TRACKING_URI (http://user:password@host) move to MLflow's own
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, so that the URI MLflow prints ("View run
+    at ...") and records carries none. The config's URI is refused with credentials (distill.config).
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password or ""))
+        uri = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        os.environ["MLFLOW_TRACKING_URI"] = uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         uri = prefix + str((Path(project_dir) / uri[len(prefix):]).resolve())

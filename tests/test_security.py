@@ -106,3 +106,38 @@ def test_a_planted_secret_appears_in_no_output(tiny_cfg, tiny_teacher, tmp_path,
     captured = capfd.readouterr()
     for stream in (captured.out, captured.err, caplog.text):
         assert SECRET not in stream and NOTIFY_SECRET not in stream
+
+
+def test_credentials_never_ride_in_a_url_setting_and_leave_the_environment_uri(mlflow_server_uri, tmp_path,
+                                                                                 monkeypatch, capfd):
+    import json
+    import os
+
+    import pytest
+    from mlflow import MlflowClient
+
+    from distill.config import ConfigError, PipelineConfig, TrackingConfig, load_config
+    from tasks import registry
+
+    password = "PASSWORD-planted-91c2"
+    for key, where in (("tracking.tracking_uri", "MLFLOW_TRACKING_USERNAME"), ("lm.api.base_url", "api_key_env")):
+        extra = ["lm.api.model=teacher"] if key.startswith("lm") else []
+        with pytest.raises(ConfigError, match=rf"{key}: .*user name or password.*{where}") as refused:
+            load_config(tmp_path / "none.yaml", [*extra, f"{key}=http://me:{password}@127.0.0.1:5000"],
+                        missing_ok=True)
+        assert password not in str(refused.value)
+
+    # A password in MLFLOW_TRACKING_URI moves to MLflow's own variables before MLflow prints or records the URI.
+    host = mlflow_server_uri.split("://", 1)[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://me:{password}@{host}")
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    capfd.readouterr()
+    cfg = PipelineConfig(tracking=TrackingConfig(experiment="credentials"))
+    run_id = registry.log_run.fn(cfg, {"student": {"accuracy": 0.9}}, {"stage": "security-test"}, [], str(tmp_path))
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == password and os.environ["MLFLOW_TRACKING_USERNAME"] == "me"
+    assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_server_uri
+    captured = capfd.readouterr()
+    assert "View run" in captured.out + captured.err and password not in captured.out + captured.err
+    run = MlflowClient().get_run(run_id)
+    assert password not in json.dumps(run.data.params) + json.dumps(run.data.tags)
