@@ -118,6 +118,13 @@ class DataConfig(_Section):
                              "0.9 so that rows are left to train on")
         return self
 
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> "DataConfig":
+        if self.text_column == self.label_column:
+            raise ValueError(f"text_column and label_column are both {self.text_column!r}; name the column "
+                             "that holds the labels in label_column")
+        return self
+
     @field_validator("gold_fractions")
     @classmethod
     def _fractions_sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -825,7 +832,7 @@ class LMConfig(_Section):
 class PipelineConfig(_Section):
     """Every tunable value of the pipeline; the sections mirror params.yaml."""
 
-    seed: int = 13
+    seed: int = Field(13, ge=0, le=2**32 - 1, description="Seed of every random choice (numpy, torch, the splits).")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)

@@ -77,8 +77,11 @@ def load_examples(cfg: DataConfig) -> pd.DataFrame:
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
+    check_not_binary(path)
     if path.suffix.lower() == ".jsonl":
         check_jsonl(path)
+    elif path.suffix.lower() == ".csv":
+        check_csv_header(path)
     try:
         frame = reader(path)
     except UnicodeDecodeError as exc:
@@ -100,10 +103,62 @@ def load_examples(cfg: DataConfig) -> pd.DataFrame:
     if "split" in frame.columns:
         keep["split"] = "split"
     out = frame[list(keep) + cfg.slice_columns].rename(columns=keep)
-    out["text"] = out["text"].astype("string")
+    check_text_values(out["text"], path, cfg.text_column)
+    texts = out["text"].astype("string")
+    # A text of only spaces or invisible characters is an empty text (refused by the raw contract).
+    out["text"] = texts.mask((texts.str.replace(BLANK, "", regex=True) == "").fillna(False), "")
+    # Every text, labelled or not (the raw contract sees the labelled ones; unlabelled ones feed the
+    # transfer set and the simulated production traffic).
+    long_ = (texts.str.len() > cfg.max_text_chars).fillna(False).to_numpy()
+    if long_.any():
+        row = int(np.flatnonzero(long_)[0])
+        raise DataError(f"{path}: {int(long_.sum())} texts are longer than data.max_text_chars "
+                        f"({cfg.max_text_chars:,} characters), the first at data row {row + 1} "
+                        f"({len(texts.iloc[row]):,}); shorten or drop them, or raise data.max_text_chars")
     out["label"] = as_label_strings(out["label"])
     check_labels(out, path)
     return out
+
+
+BLANK = r"[\s\u200b\u200c\u200d\u2060\ufeff]+"  # whitespace and the zero-width characters
+MAGIC = {b"PK\x03\x04": "a zip archive (an .xlsx or .docx workbook is one)", b"\x1f\x8b": "gzip-compressed",
+         b"\xd0\xcf\x11\xe0": "an old Office (.xls) file", b"%PDF": "a PDF"}
+
+
+def check_not_binary(path: Path) -> None:
+    """Refuse a binary file named like text (an Excel workbook saved as .csv), saying what it is."""
+    if path.suffix.lower() == ".parquet":
+        return
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    for magic, what in MAGIC.items():
+        if head.startswith(magic):
+            raise DataError(f"{path}: the file is {what}, not {path.suffix} text; export it as a UTF-8 "
+                            f"{path.suffix} file (or decompress it) and point data.path at that")
+
+
+def check_csv_header(path: Path) -> None:
+    """Refuse a CSV header that names a column twice (pandas would rename the second one silently)."""
+    import csv
+
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
+    seen: dict[str, int] = {}
+    for position, name in enumerate(header, start=1):
+        if name in seen:
+            raise DataError(f"{path}: the header names column {name!r} twice (columns {seen[name]} and "
+                            f"{position}); rename one of them")
+        seen[name] = position
+
+
+def check_text_values(texts: pd.Series, path: Path, column: str) -> None:
+    """Refuse a text column that holds lists, mappings or arrays (a Parquet list or struct column)."""
+    nested = texts.map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray)))
+    if nested.any():
+        row = int(np.flatnonzero(nested.to_numpy())[0])
+        kind = type(texts.iloc[row]).__name__
+        raise DataError(f"{path}: column {column!r} (data.text_column) holds {kind} values, not text (first at "
+                        f"data row {row + 1}); give a column of strings")
 
 
 def check_jsonl(path: Path) -> None:

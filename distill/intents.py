@@ -67,7 +67,12 @@ def load_templates(language: str) -> tuple[list[Template], object]:
 
     raw = get_intents(language)
     if raw is None:
-        raise ValueError(f"home-assistant-intents has no sentences for language {language!r}")
+        from home_assistant_intents import get_languages
+
+        from distill.data import DataError
+
+        raise DataError(f"data.language {language!r}: home-assistant-intents has no sentences for it; use one of "
+                        f"{', '.join(get_languages())}, or give your own file (data.path)")
     intents = Intents.from_dict(raw)
     templates = []
     for name, intent in sorted(intents.intents.items()):

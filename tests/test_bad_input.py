@@ -65,6 +65,70 @@ def test_wrong_encoding_says_save_as_utf8(tmp_path, good_output):
     assert "save the file as UTF-8" in message
 
 
+@pytest.mark.parametrize(("content", "what"), [(b"PK\x03\x04" + bytes(60), "a zip archive"),
+                                               (None, "gzip-compressed")])
+def test_a_binary_file_named_csv_says_what_it_is(tmp_path, good_output, content, what):
+    import gzip
+
+    path = tmp_path / "tickets.csv"
+    path.write_bytes(content or gzip.compress(examples().to_csv(index=False).encode()))
+    message = refused(path, good_output, match=f"tickets.csv: the file is {what}")
+    assert "export it as a UTF-8 .csv file" in message and "iconv" not in message
+
+
+def test_a_column_named_twice_in_the_header_is_refused(tmp_path, good_output):
+    path = tmp_path / "twice.csv"
+    frame = examples()
+    frame["again"] = frame["utterance"].str.upper()
+    path.write_text(frame.to_csv(index=False).replace("again", "utterance", 1))
+    refused(path, good_output, match=r"twice.csv: the header names column 'utterance' twice \(columns 1 and 3\)")
+
+
+def test_a_list_typed_text_column_is_not_stringified(tmp_path, good_output):
+    path = tmp_path / "tokens.parquet"
+    frame = examples()
+    frame["utterance"] = frame["utterance"].str.split()
+    frame.to_parquet(path)
+    refused(path, good_output, match=r"tokens.parquet: column 'utterance' \(data.text_column\) holds ndarray "
+                                     r"values, not text \(first at data row 1\)")
+
+
+@pytest.mark.parametrize("blank", ["   ", "\u200b", " \u200b\t"])
+def test_whitespace_and_zero_width_texts_are_empty_texts(tmp_path, good_output, blank):
+    path = tmp_path / "blank.parquet"
+    frame = examples()
+    frame.loc[5, "utterance"] = blank
+    frame.to_parquet(path)
+    assert "text" in refused(path, good_output, error=ContractError, match="raw_examples")
+
+
+def test_an_overlong_unlabelled_text_is_refused_before_it_reaches_any_split(tmp_path, good_output):
+    path = tmp_path / "long.csv"
+    frame = pd.concat([examples(), pd.DataFrame({"utterance": ["x" * 150_000], "intent": [""]})],
+                      ignore_index=True)
+    frame.to_csv(path, index=False)
+    refused(path, good_output, match=r"long.csv: 1 texts are longer than data.max_text_chars \(100,000 "
+                                     rf"characters\), the first at data row {len(frame)} \(150,000\)")
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("data.label_column=utterance", "text_column and label_column are both 'utterance'"),
+    ("seed=-1", "seed: Input should be greater than or equal to 0"),
+    ("seed=1e23", "seed: Input should be"),
+])
+def test_settings_that_used_to_end_in_a_traceback_are_refused_by_key(tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(tmp_path / "none.yaml", ["data.text_column=utterance", override], missing_ok=True)
+
+
+def test_an_unknown_intent_language_lists_the_ones_there_are(tmp_path):
+    cfg = config_from_dict({"data": {"language": "xx"}})
+    with pytest.raises(data.DataError, match=r"data.language 'xx': home-assistant-intents has no sentences "
+                                             r"for it; use one of .*\ben\b.*data.path"):
+        data.run(cfg, tmp_path / "prepared")
+    assert not (tmp_path / "prepared").exists()
+
+
 def test_malformed_jsonl_line_is_named(tmp_path, good_output):
     path = tmp_path / "broken.jsonl"
     lines = [json.dumps({"utterance": t, "intent": l}) for t, l in examples().itertuples(index=False)]
@@ -108,8 +172,8 @@ def test_one_megabyte_text_fails_the_contract_naming_the_limit(tmp_path, good_ou
     frame = examples()
     frame.loc[5, "utterance"] = "turn on the lights " * 55_000  # ~1 MB
     frame.to_parquet(path)
-    message = refused(path, good_output, error=ContractError, match="raw_examples")
-    assert "100000" in message and "text" in message
+    refused(path, good_output, match=r"huge.parquet: 1 texts are longer than data.max_text_chars \(100,000 "
+                                     r"characters\), the first at data row 6 \(1,045,000\); .*raise data.max_text_chars")
 
 
 def test_integer_labels_with_gaps_keep_their_names(tmp_path):
