@@ -37,7 +37,8 @@ from distill.data import read_split  # noqa: E402
 from distill.io import atomic_file  # noqa: E402
 from distill.lengths import with_teacher_lengths  # noqa: E402
 from distill.students import read_shape  # noqa: E402
-from distill.models import build_student, encode, load_classifier, predict_logits, read_card, save_classifier  # noqa: E402
+from distill.models import encode, load_classifier, predict_logits, read_card, save_classifier  # noqa: E402
+from distill.student_init import build_student  # noqa: E402
 from distill.teacher import label_ids  # noqa: E402
 from distill.trainer import steps_for  # noqa: E402
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from distill.config import PipelineConfig, SizeConfig
 from distill.io import atomic_file
 from distill.lengths import with_teacher_lengths
-from distill.models import Classifier, build_student, load_classifier, read_card, resolve_fetched, shape_of
+from distill.models import Classifier, load_classifier, read_card, resolve_fetched
+from distill.student_init import build_student, shape_of
 from distill.students import as_student, distillation_set, fit, settings_for
 
 SHAPE_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")

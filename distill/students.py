@@ -25,9 +25,10 @@ from distill.config import PipelineConfig, StudentConfig
 from distill.cut import cut_of, set_cut
 from distill.io import atomic_dir, read_json, write_json
 from distill.lengths import with_teacher_lengths
-from distill.models import (MODEL_CARD, Classifier, ModelError, build_student, load_classifier, pick_device,
-                            predict_logits, read_card, resolve_fetched, save_classifier, warm_start_student)
+from distill.models import (MODEL_CARD, Classifier, ModelError, load_classifier, pick_device, predict_logits,
+                            read_card, resolve_fetched, save_classifier)
 from distill.objective import ModelShape, Objective, capacity_warning
+from distill.student_init import build_student, warm_start_student
 from distill.teacher import gold_data, label_ids
 from distill.trainer import TrainData, TrainResult, TrainSettings, steps_for, train
 

@@ -286,6 +286,31 @@ def test_truncated_teacher_weights(tiny_cfg, prepared, tiny_teacher, tmp_path):
     refused_teacher(tiny_cfg, prepared, folder, r"the weights or tokenizer cannot be loaded", tmp_path)
 
 
+def test_flipped_bytes_in_a_distill_folder_are_refused_by_its_fingerprint(tiny_cfg, prepared, tiny_teacher,
+                                                                          tmp_path):
+    import shutil
+
+    folder = tmp_path / "flipped"
+    shutil.copytree(tiny_teacher, folder)
+    weights = folder / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-100] ^= 0xFF  # inside a tensor: safetensors still loads it
+    weights.write_bytes(bytes(raw))
+    refused_teacher(tiny_cfg, prepared, folder, r"flipped: its weights, config or tokenizer differ from what distill "
+                    r"wrote .* damaged or was edited", tmp_path)
+
+
+def test_an_encoder_without_a_classification_head_is_not_a_teacher(tiny_cfg, prepared, tiny_teacher, tmp_path):
+    from distill.models import load_classifier
+
+    folder = tmp_path / "encoder"
+    source = load_classifier(tiny_teacher)
+    source.model.bert.save_pretrained(folder)  # the encoder alone, as a sentence-embedding model ships
+    source.tokenizer.save_pretrained(folder)
+    refused_teacher(tiny_cfg, prepared, folder, r"encoder: 2 weights are missing from the folder and would start "
+                    r"random \(classifier.bias, classifier.weight\): it has no trained classification head", tmp_path)
+
+
 def test_tokenizer_of_another_model_is_a_vocabulary_mismatch(tiny_cfg, prepared, tiny_teacher, tmp_path):
     import shutil
 

@@ -9,7 +9,7 @@ import torch
 from distill.config import LMStudentConfig
 from distill.io import atomic_dir, hash_files, write_json
 from distill.lm.teacher import CausalLM, load_causal_lm, tokenizer_fingerprint
-from distill.models import MODEL_CARD, ModelError, _quiet_transformers
+from distill.models import MODEL_CARD, ModelError, quiet_transformers
 
 
 class TokenizerMismatchError(ModelError):
@@ -20,7 +20,7 @@ def build_lm_student(cfg: LMStudentConfig, tokenizer, seed: int) -> CausalLM:
     """A fresh Llama-style causal LM with the shape of ``cfg`` on ``tokenizer``'s vocabulary (tied embeddings)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    _quiet_transformers()
+    quiet_transformers()
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,

