@@ -195,20 +195,30 @@ def _registry(params: Path, set_: list[str] | None):
     from tasks import registry
 
     cfg = _stage(lambda: _config(params, set_))
-    registry.configure(cfg.tracking, str(params.parent))
+    _registry_call(lambda: registry.configure(cfg.tracking, str(params.parent)))
     return cfg, MlflowClient(), cfg.promote.student_model
 
 
 def _registry_call(fn):
-    """Run a registry action; a refused promotion or an unknown version becomes one red line, exit 2."""
+    """Run a registry action; a refused promotion, an unknown model or version, or an unreachable tracking
+    server becomes one red line, exit 2. A person waits at the terminal: MLflow retries an unreachable server
+    twice here, not its default seven times (about four minutes)."""
+    import os
+
     import mlflow
+    from rich.markup import escape
 
     from tasks.aliases import PromotionError
 
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     try:
         return fn()
-    except (PromotionError, mlflow.exceptions.MlflowException) as exc:
-        console.print(f"[bold red]error:[/] {getattr(exc, 'message', None) or exc}")
+    except (PromotionError, mlflow.exceptions.MlflowException, FileNotFoundError) as exc:
+        message = str(getattr(exc, "message", None) or exc)
+        if "Max retries exceeded" in message:
+            message += ("; is the tracking server up? (tracking.tracking_uri in params.yaml, or "
+                        "MLFLOW_TRACKING_URI)")
+        console.print(f"[bold red]error:[/] {escape(message)}")
         raise typer.Exit(2) from None
 
 
@@ -281,7 +291,7 @@ def fetch_teacher(uri: str, out: Path = LAYOUT.imported_teacher, params: ParamsO
     from tasks.registry import fetch_model_folder
 
     cfg = _stage(lambda: _config(params, None))
-    console.print(f"fetched {uri} to {fetch_model_folder(uri, out, '.', cfg.tracking)}")
+    console.print(f"fetched {uri} to {_registry_call(lambda: fetch_model_folder(uri, out, '.', cfg.tracking))}")
 
 
 for command in stages.app.registered_commands:
