@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,11 +26,71 @@ def is_primary() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+class OutputBusy(RuntimeError):
+    """Another process is writing the same output."""
+
+
+@contextlib.contextmanager
+def output_lock(target: Path) -> Iterator[None]:
+    """Hold the machine-wide lock of one output for the block, or refuse at once if another process holds it.
+
+    Two commands writing the same folder would otherwise both succeed and the last writer would win
+    silently (``dvc repro`` refuses the second run with its own lock; a stage command run by hand did
+    not). The lock lives in the system temp folder, keyed by the output's absolute path, so the
+    project gets no stray files; the kernel releases it when the process dies.
+    """
+    import fcntl
+
+    key = hashlib.sha256(str(Path(target).resolve()).encode()).hexdigest()[:24]
+    folder = Path(tempfile.gettempdir()) / "distill-locks"
+    folder.mkdir(exist_ok=True)
+    with open(folder / f"{key}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise OutputBusy(f"{target}: another distill command ({holder}) is writing it; wait for it to finish "
+                             "or stop it, then run again") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _stale_temporaries(target: Path) -> list[Path]:
+    """The temporary siblings a killed writer of ``target`` left behind (``atomic_dir``'s names)."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(old|[a-z0-9_]{{8}})$")
+    return [p for p in target.parent.iterdir() if pattern.match(p.name)] if target.parent.is_dir() else []
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``target`` whole."""
+    """Yield a temporary sibling folder; on success it replaces ``target`` whole.
+
+    The writer holds ``target``'s ``output_lock`` throughout, and first removes the temporaries that a
+    killed writer left (no live writer can own them while the lock is held).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(target) if is_primary() else contextlib.nullcontext():
+        if is_primary():
+            for stale in _stale_temporaries(target):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+        with _atomic_dir(target) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_dir(target: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
@@ -102,3 +163,19 @@ def hash_texts(texts: list[str]) -> str:
         digest.update(text.encode())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to stop this process when its parent dies (Linux; elsewhere nothing).
+
+    A stage command run by ``dvc repro``, or a labelling worker, would otherwise outlive a killed
+    parent and keep writing an output while a rerun starts.
+    """
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from distill import contracts
 from distill import data as data_stage
 from distill.config import ConfigError, PipelineConfig
-from distill.io import atomic_file, hash_texts
+from distill.io import atomic_file, die_with_parent, hash_texts
 from distill.lengths import with_teacher_lengths
 from distill.models import load_classifier, pick_device, predict_logits, read_card
 
@@ -193,7 +193,8 @@ def label_texts(teacher_dir: Path, labels: list[str], texts: list[str], batch_si
     plan = batch_plan(texts, batch_size)
     shards = shard_ranges(len(plan), workers)
     threads = max(1, torch.get_num_threads() // len(shards))
-    with ProcessPoolExecutor(len(shards), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(len(shards), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=die_with_parent) as pool:
         futures = [pool.submit(label_shard, str(teacher_dir), labels, batches, max_length, device, threads)
                    for batches in shard_batches(texts, plan, shards)]
         return merge_shards(plan, shards, [f.result() for f in futures], len(texts), len(labels))

@@ -39,6 +39,7 @@ ResultOpt = Annotated[Optional[Path], typer.Option("--result", help="Write the s
 def _user_errors() -> tuple[type[Exception], ...]:
     from distill.contracts import ContractError
     from distill.data import DataError
+    from distill.io import OutputBusy
     from distill.label import TeacherOutputError
     from distill.lm.prompts import LMDataError
     from distill.models import ModelError
@@ -46,10 +47,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from distill.trainer import TrainingError
 
     return (ConfigError, DataError, ModelError, ContractError, TeacherOutputError, ObjectiveError, LMDataError,
-            TrainingError, FileNotFoundError)
+            TrainingError, FileNotFoundError, OutputBusy)
 
 
 def _config(params: Path, overrides: list[str] | None) -> PipelineConfig:
+    from distill.io import die_with_parent
+
+    die_with_parent()  # a stage command stops with the `dvc repro` (or shell) that started it
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "mlflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

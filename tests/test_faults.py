@@ -303,3 +303,58 @@ def test_a_stage_that_fails_under_dvc_leaves_its_previous_outputs_byte_identical
     (project / "params.yaml").write_text("size: 1\nrefuse: false\n")
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True)
     assert "up to date" in status.stdout  # DVC sees the outputs its lock describes
+
+
+def test_two_writers_of_one_output_the_second_is_refused_and_a_killed_ones_leftovers_are_cleaned(tmp_path):
+    from distill.io import OutputBusy
+
+    target = tmp_path / "models" / "student"
+    (tmp_path / "models").mkdir()
+    left = [tmp_path / "models" / ".student.ab12cd_9", tmp_path / "models" / ".student.old"]
+    for stale in left:  # what a writer killed mid-write leaves
+        stale.mkdir()
+        (stale / "model.safetensors").write_bytes(b"half")
+    keep = tmp_path / "models" / ".student_shape.json.x1y2z3w4"  # another output's temporary: not ours
+    keep.write_text("{}")
+    with atomic_dir(target) as tmp:
+        assert not any(p.exists() for p in left) and keep.exists()
+        (tmp / "weights").write_text("first")
+        # A second writer in another process is refused at once, naming the output and the holder.
+        script = (f"from distill.io import atomic_dir\n"
+                  f"with atomic_dir({str(target)!r}) as t:\n    (t / 'weights').write_text('second')\n")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode != 0 and "OutputBusy" in done.stderr
+        assert f"student: another distill command (pid {os.getpid()}) is writing it" in done.stderr
+    assert (target / "weights").read_text() == "first"
+    with pytest.raises(OutputBusy), atomic_dir(target), atomic_dir(target):
+        pass  # the lock is per output, held for the whole write
+
+
+def test_a_stage_command_dies_with_the_process_that_started_it(tmp_path):
+    """`dvc repro` killed: its `distill` child used to live on, writing an output while a rerun started."""
+    marker = tmp_path / "child.pid"
+    (tmp_path / "child.py").write_text(
+        "import os, sys, time\nfrom distill.io import die_with_parent\ndie_with_parent()\n"
+        "open(sys.argv[1], 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    (tmp_path / "parent.py").write_text(
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]])\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py"), str(tmp_path / "child.py"), str(marker)],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(marker.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its killed parent")
