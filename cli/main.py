@@ -231,8 +231,10 @@ def promote_cmd(version: Annotated[str, typer.Argument(help="The student version
     import getpass
 
     from tasks.aliases import move_champion, set_tags
+    from tasks.registry import check_model_code
 
-    _, client, name = _registry(params, set_)
+    cfg, client, name = _registry(params, set_)
+    _registry_call(lambda: check_model_code(f"models:/{name}/{version}", cfg.promote.trust_model_code))
     moved = _registry_call(lambda: move_champion(client, name, version, "cli", reason))
     _registry_call(lambda: set_tags(client, name, version, {"promoted_by_user": getpass.getuser()}))
     if not moved["changed"]:

@@ -524,6 +524,11 @@ class PromoteConfig(_Section):
         True, description="After promotion, load the champion by its registry URI in a fresh process and "
         "send it a request."
     )
+    trust_model_code: bool = Field(
+        False, description="Load (serve, monitor, check, promote) registered models whose code is not this "
+        "distill's own pyfunc, e.g. one registered outside distill or by another distill version. Loading an "
+        "MLflow pyfunc runs its code: review it first."
+    )
 
 
 class MonitorConfig(_Section):

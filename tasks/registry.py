@@ -26,6 +26,7 @@ from tasks.aliases import PromotionError, alias_version, move_champion, roll_bac
 from tasks.retry import retry_on_transient
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_classifier.py")
+PYFUNC_LM_CODE = Path(__file__).with_name("pyfunc_lm.py")
 CUT_CODE = Path(__file__).resolve().parents[1] / "distill" / "cut.py"  # shipped with the model: no distill needed
 Kind = Literal["student", "lm"]  # the classifier student (promote.student_model) or the LM student
 REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0", "pandas==2.3.3"]
@@ -304,17 +305,53 @@ def fetch_model(cfg: PipelineConfig, uri: str, dest: str, project_dir: str = "."
     return read_json(source)["model_uuid"] != before
 
 
+class UntrustedModel(PromotionError):
+    """A registered model whose code distill did not write; loading it would run that code."""
+
+
+def check_model_code(uri: str, trust: bool = False) -> None:
+    """Refuse ``uri`` unless it is a models-from-code pyfunc whose code is byte-identical to distill's own
+    (``pyfunc_classifier.py`` or ``pyfunc_lm.py``). Reads the MLmodel file and the code file only: nothing of
+    the model runs. ``trust`` (``promote.trust_model_code``) lets any model through."""
+    import hashlib
+    import tempfile
+
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    if trust:
+        return
+    pyfunc = (mlflow.models.get_model_info(uri).flavors or {}).get("python_function") or {}
+    code = Path(pyfunc.get("model_code_path") or "").name
+    ours = {PYFUNC_CODE.name: PYFUNC_CODE, PYFUNC_LM_CODE.name: PYFUNC_LM_CODE}.get(code)
+    why = None
+    if pyfunc.get("loader_module") != "mlflow.pyfunc.loaders.code_model" or ours is None:
+        why = "it is not a distill pyfunc (" + (f"its code is {code}" if code else "a pickled Python model") + ")"
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            found = Path(ModelsArtifactRepository(uri).download_artifacts(code, dst_path=tmp))
+            if hashlib.sha256(found.read_bytes()).digest() != hashlib.sha256(ours.read_bytes()).digest():
+                why = f"its {code} differs from this distill's (registered outside distill, or by another version)"
+    if why:
+        raise UntrustedModel(f"{uri}: {why}; loading it would run its code. Register models with `distill run`, "
+                             "or, once you have reviewed its code, set promote.trust_model_code: true")
+
+
 @task(name="load champion", **NETWORK)
 def load_champion(cfg: PipelineConfig, project_dir: str = "."):
-    """The champion student as a pyfunc model, through its registry URI."""
+    """The champion student as a pyfunc model, through its registry URI (``check_model_code`` first)."""
     configure(cfg.tracking, project_dir)
-    return mlflow.pyfunc.load_model(f"models:/{cfg.promote.student_model}@champion")
+    uri = f"models:/{cfg.promote.student_model}@champion"
+    check_model_code(uri, cfg.promote.trust_model_code)
+    return mlflow.pyfunc.load_model(uri)
 
 
 def load_version(cfg: PipelineConfig, version: str, project_dir: str = ".", name: str | None = None):
-    """A registered version (of the student, or of the model ``name``) as a pyfunc model."""
+    """A registered version (of the student, or of the model ``name``) as a pyfunc model
+    (``check_model_code`` first)."""
     configure(cfg.tracking, project_dir)
-    return mlflow.pyfunc.load_model(f"models:/{name or cfg.promote.student_model}/{version}")
+    uri = f"models:/{name or cfg.promote.student_model}/{version}"
+    check_model_code(uri, cfg.promote.trust_model_code)
+    return mlflow.pyfunc.load_model(uri)
 
 
 @task(name="read teacher lineage", **NETWORK)
@@ -350,7 +387,6 @@ def log_comparison(cfg: PipelineConfig, project_dir: str, run_id: str, version: 
 
 # ---- LM students (flows/lm.py): the same registry, aliases and promotion lock, another model name ----
 
-PYFUNC_LM_CODE = Path(__file__).with_name("pyfunc_lm.py")
 
 
 def lm_signature():

@@ -12,7 +12,7 @@ from prefect import task
 
 from distill.config import PipelineConfig
 from tasks.aliases import PromotionError, alias_version
-from tasks.registry import NETWORK, configure, tracking_uri
+from tasks.registry import NETWORK, check_model_code, configure, tracking_uri
 
 SMOKE = """
 import json, sys, time
@@ -30,6 +30,7 @@ def serving_check(cfg: PipelineConfig, text: str, project_dir: str = ".", alias:
     """Load ``models:/<student>@<alias>`` in a fresh interpreter, as a server would, and classify ``text``."""
     configure(cfg.tracking, project_dir)
     uri = f"models:/{cfg.promote.student_model}@{alias}"
+    check_model_code(uri, cfg.promote.trust_model_code)
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(cfg.tracking, project_dir)}
     proc = subprocess.run([sys.executable, "-c", SMOKE, uri, text], env=env, capture_output=True, text=True,
                           timeout=600)

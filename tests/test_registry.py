@@ -377,3 +377,41 @@ def test_a_served_model_cuts_long_texts_as_it_was_trained_even_where_distill_is_
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_allclose(np.array(json.loads(done.stdout.strip().splitlines()[-1])), expected, atol=1e-5)
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    """A pyfunc registered outside distill (pickled)."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_models_distill_did_not_register_are_refused_before_any_of_their_code_runs(logged, tiny_teacher, tmp_path):
+    from tasks.registry import UntrustedModel, check_model_code
+
+    with mlflow.start_run(experiment_id=registry.configure(config("foreign").tracking)):
+        pickled = mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name="foreign")
+        edited = tmp_path / "pyfunc_classifier.py"
+        edited.write_text(registry.PYFUNC_CODE.read_text() + "\nprint('not the code distill wrote')\n")
+        other = mlflow.pyfunc.log_model(name="model", python_model=str(edited), artifacts={"model": str(tiny_teacher)},
+                                        registered_model_name="foreign")
+    check_model_code("models:/fixture-model/1")  # what distill registered passes
+    with pytest.raises(UntrustedModel, match=r"foreign/\d+: it is not a distill pyfunc \(a pickled Python model\); "
+                                             r"loading it would run its code.*promote.trust_model_code: true"):
+        check_model_code(f"models:/foreign/{pickled.registered_model_version}")
+    with pytest.raises(UntrustedModel, match=r"its pyfunc_classifier.py differs from this distill's"):
+        check_model_code(f"models:/foreign/{other.registered_model_version}")
+    check_model_code(f"models:/foreign/{other.registered_model_version}", trust=True)
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"promote": {"student_model": "foreign"},
+                                      "tracking": {"experiment": "registry-tests"}}))
+    from cli.main import app as cli_app
+
+    result = CliRunner().invoke(cli_app, ["promote", str(pickled.registered_model_version), "--reason", "try",
+                                          "--params", str(params)])
+    assert result.exit_code == 2 and "not a distill pyfunc" in " ".join(result.output.split())
+    assert "champion" not in MlflowClient().get_registered_model("foreign").aliases
+    with pytest.raises(UntrustedModel):
+        registry.load_version(PipelineConfig(promote=PromoteConfig(student_model="foreign")),
+                              str(pickled.registered_model_version))
