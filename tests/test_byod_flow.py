@@ -100,8 +100,11 @@ def test_a_labelled_file_and_a_roberta_teacher_run_with_default_settings(harness
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     client = MlflowClient()
+    # The user's teacher, read with the run's cut (head + tail): its card says so, and its fingerprint says it.
+    imported = read_card(project / "models/teacher")
+    assert imported["cut"]["how"] == "head_tail" and imported["fingerprint"] != read_card(teacher)["fingerprint"]
     assert client.get_model_version_by_alias("distill-teacher", "champion").tags["fingerprint"] == \
-        read_card(teacher)["fingerprint"]
+        imported["fingerprint"]
     metrics = summary["metrics"]
     assert metrics["teacher"]["accuracy"] > 0.9, "the RoBERTa teacher, read through its own tokenizer"
     assert metrics["student"]["accuracy"] > 0.6 and metrics["student"]["agreement_with_teacher"] > 0.6
