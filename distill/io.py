@@ -79,7 +79,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(target) if is_primary() else contextlib.nullcontext():
-        if is_primary():
+        # Under torchrun the other ranks write (and drop) temporaries of the same name at the same time.
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             for stale in _stale_temporaries(target):
                 if stale.is_dir():
                     shutil.rmtree(stale, ignore_errors=True)
