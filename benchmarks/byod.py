@@ -98,9 +98,11 @@ def figures(project: Path) -> dict:
 
 
 def kd_lift(project: Path, seeds: int, out: Path) -> dict:
-    """Distilled student vs undistilled baseline over ``seeds`` seeds on the run's teacher outputs."""
+    """Distilled student vs undistilled baseline over ``seeds`` seeds on the run's teacher outputs (the
+    trainings already in ``out`` are kept: an interrupted comparison resumes)."""
     subprocess.run([sys.executable, str(ROOT / "benchmarks/methods.py"), "--project", str(project), "--methods",
-                    "kl", "baseline", "--seeds", str(seeds), "--out", str(out)], check=True, env=environment(),
+                    "kl", "baseline", "--seeds", str(seeds), "--out", str(out), "--resume"], check=True,
+                   env=environment(),
                    stdout=subprocess.DEVNULL)
     rows = {row["method"]: row for row in json.loads(out.read_text())["summary"]}
     return {"seeds": seeds, "kl_mean": rows["kl"]["accuracy_mean"], "kl_std": rows["kl"]["accuracy_std"],
