@@ -453,8 +453,11 @@ def run(cfg: PipelineConfig, out_dir: Path, incoming_dir: Path | None = None) ->
     """
     data_cfg = cfg.data
     if data_cfg.path is None:
-        from distill.intents import build_intent_examples
+        from distill.intents import build_intent_examples, languages
 
+        if data_cfg.language not in languages():
+            raise DataError(f"data.language {data_cfg.language!r}: home-assistant-intents has no sentences for it; "
+                            f"use one of {', '.join(languages())}, or give your own file (data.path)")
         examples, shifted_pool = build_intent_examples(data_cfg.language, cfg.seed)
         source = f"home-assistant-intents ({data_cfg.language})"
     else:

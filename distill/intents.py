@@ -60,6 +60,13 @@ class Template:
     rules: dict
 
 
+def languages() -> list[str]:
+    """The languages home-assistant-intents has sentences for."""
+    from home_assistant_intents import get_languages
+
+    return list(get_languages())
+
+
 def load_templates(language: str) -> tuple[list[Template], object]:
     """Parse the packaged intent file of ``language`` into templates."""
     from hassil.intents import Intents
@@ -67,12 +74,7 @@ def load_templates(language: str) -> tuple[list[Template], object]:
 
     raw = get_intents(language)
     if raw is None:
-        from home_assistant_intents import get_languages
-
-        from distill.data import DataError
-
-        raise DataError(f"data.language {language!r}: home-assistant-intents has no sentences for it; use one of "
-                        f"{', '.join(get_languages())}, or give your own file (data.path)")
+        raise ValueError(f"home-assistant-intents has no sentences for language {language!r}")
     intents = Intents.from_dict(raw)
     templates = []
     for name, intent in sorted(intents.intents.items()):
