@@ -165,6 +165,33 @@ def test_warm_run_skips_labelling_and_training(harness, project, user_params):
     assert (project / "params.yaml").read_bytes() == user_params
 
 
+def test_a_setting_a_stage_refuses_leaves_every_previous_output_byte_identical(harness, project):
+    """`dvc repro` deletes a stage's outputs before its command runs; the flow puts them back when it fails."""
+    import torch
+
+    from flows.pipeline import distill_pipeline
+    from tasks.dvc import StageFailed
+
+    if torch.cuda.is_available():
+        pytest.skip("train.device=cuda is a valid setting on a machine with a GPU")
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(project)): p.read_bytes()
+                for folder in ("models/student", "models/baseline", "reports/evaluate", "reports/audit")
+                for p in sorted((project / folder).rglob("*")) if p.is_file()} | {
+            name: (project / name).read_bytes() for name in ("models/student_shape.json",
+                                                            "reports/stages/train_student.json")}
+
+    before = snapshot()
+    assert any(name.startswith("models/student/") for name in before)
+    with pytest.raises(StageFailed, match="no CUDA device is visible"):
+        distill_pipeline(project_dir=str(project), monitor=False, overrides=[
+            "teacher.path=models:/distill-teacher@champion", "student.warm_start=models:/distill-student@champion",
+            "train.device=cuda"])
+    assert snapshot() == before
+    assert not (project / ".dvc/tmp/distill-kept").exists() or not any((project / ".dvc/tmp/distill-kept").iterdir())
+
+
 def test_sweep_trains_every_grid_point_and_applies_the_best_on_validation(harness, project):
     from distill.config import load_config, write_overrides
     from flows.sweep import distill_sweep
