@@ -203,7 +203,7 @@ def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tens
     tokenizer has one: the same tensors without the Python padding and conversion machinery, which
     costs a small model as much as a third of its request.
     """
-    texts = cut_texts(tokenizer, list(texts), max_length, cut_of(tokenizer))
+    texts = cut_texts(tokenizer, texts, max_length, cut_of(tokenizer))
     if len(texts) == 1:
         single = _single_text_encoder(tokenizer, max_length, texts[0])
         if single is not None:

@@ -313,7 +313,6 @@ def check_model_code(uri: str, trust: bool = False) -> None:
     """Refuse ``uri`` unless it is a models-from-code pyfunc whose code is byte-identical to distill's own
     (``pyfunc_classifier.py`` or ``pyfunc_lm.py``). Reads the MLmodel file and the code file only: nothing of
     the model runs. ``trust`` (``promote.trust_model_code``) lets any model through."""
-    import hashlib
     import tempfile
 
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
@@ -329,7 +328,7 @@ def check_model_code(uri: str, trust: bool = False) -> None:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             found = Path(ModelsArtifactRepository(uri).download_artifacts(code, dst_path=tmp))
-            if hashlib.sha256(found.read_bytes()).digest() != hashlib.sha256(ours.read_bytes()).digest():
+            if found.read_bytes() != ours.read_bytes():
                 why = f"its {code} differs from this distill's (registered outside distill, or by another version)"
     if why:
         raise UntrustedModel(f"{uri}: {why}; loading it would run its code. Register models with `distill run`, "
