@@ -34,6 +34,7 @@ class LengthProfile:
     p99: int
     truncated_share: float  # texts longer than max_length
     unknown_share: float = 0.0  # tokens the tokenizer does not know ([UNK])
+    padded_batch: float = 0.0   # mean padded length of a shuffled teacher batch: what a text costs to train on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +83,8 @@ def profile(tokenizer, texts: list[str], cfg: PipelineConfig, model_limit: int |
     length = t.max_length if t.max_length is not None else choose_length(lengths, t.length_quantile, cap)
     pct = (lambda q: int(np.quantile(lengths, q))) if len(lengths) else (lambda q: 0)
     return LengthProfile(length, t.max_length is None, t.length_quantile, len(lengths), pct(0.5), pct(0.9),
-                         pct(0.99), float(np.mean(lengths > length)) if len(lengths) else 0.0, unknown)
+                         pct(0.99), float(np.mean(lengths > length)) if len(lengths) else 0.0, unknown,
+                         padded_batch_length(lengths, length, t.batch_size, cfg.seed))
 
 
 def with_lengths(cfg: PipelineConfig, teacher_card: dict) -> PipelineConfig:

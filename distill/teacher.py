@@ -50,11 +50,12 @@ def gold_data(prepared: Path, split: str, labels: list[str]) -> TrainData:
 UNKNOWN_WARNED, UNKNOWN_REFUSED = 0.05, 0.5  # shares of [UNK] tokens in the texts
 
 
-def bootstrap(cfg: PipelineConfig, clf: Classifier, prepared: Path) -> TrainResult:
-    """Fine-tune ``clf`` (the packaged all-MiniLM-L6-v2 with a new head) on the gold training set."""
+def bootstrap(cfg: PipelineConfig, clf: Classifier, prepared: Path, length: LengthProfile) -> TrainResult:
+    """Fine-tune ``clf`` (the packaged all-MiniLM-L6-v2 with a new head) on the gold training set, within the
+    budget that ``length`` (the measured texts) sets."""
     train_set, val_set = gold_data(prepared, "gold_train", clf.labels), gold_data(prepared, "gold_val", clf.labels)
     t = cfg.teacher
-    max_steps = budget_steps(cfg, clf, train_set.texts)
+    max_steps = budget_steps(cfg, len(train_set), length.padded_batch)
     # Validation about five times over the budget (once per epoch on a small gold set); the best weights are kept.
     eval_every = max(1, min(steps_for(len(train_set), t.batch_size, 1), -(-max_steps // 5)))
     settings = TrainSettings(
@@ -63,20 +64,19 @@ def bootstrap(cfg: PipelineConfig, clf: Classifier, prepared: Path) -> TrainResu
     return train(clf, train_set, val_set, settings, progress="teacher fine-tuning")
 
 
-def budget_steps(cfg: PipelineConfig, clf: Classifier, texts: list[str]) -> int:
-    """Optimizer steps of the bootstrap: ``teacher.epochs`` passes over ``texts``, within ``teacher.max_tokens``
-    (tokens read, from the texts' measured lengths and dynamic padding) and ``teacher.max_steps``; the terminal
-    says which bound holds."""
+def budget_steps(cfg: PipelineConfig, n_texts: int, padded: float) -> int:
+    """Optimizer steps of the bootstrap: ``teacher.epochs`` passes over ``n_texts``, within ``teacher.max_tokens``
+    (tokens read, at ``padded`` tokens per text: ``LengthProfile.padded_batch``) and ``teacher.max_steps``; the
+    terminal says which bound holds."""
     t = cfg.teacher
-    steps = steps_for(len(texts), t.batch_size, t.epochs)
-    bound = f"{t.epochs} epochs of {len(texts)} texts"
+    steps = steps_for(n_texts, t.batch_size, t.epochs)
+    bound = f"{t.epochs} epochs of {n_texts} texts"
     if t.max_tokens is not None:
-        found, _ = lengths.token_lengths(clf.tokenizer, texts, cfg.seed)
-        padded = lengths.padded_batch_length(found, t.max_length or lengths.FALLBACK_LENGTH, t.batch_size, cfg.seed)
+        padded = max(padded, 1.0)
         affordable = max(1, int(t.max_tokens // (t.batch_size * padded)))
         if affordable < steps:
             steps, bound = affordable, (f"teacher.max_tokens={t.max_tokens:,} at ~{padded:.0f} padded tokens per "
-                                        f"text ({affordable * t.batch_size / len(texts):.1f} passes)")
+                                        f"text ({affordable * t.batch_size / n_texts:.1f} passes)")
     if t.max_steps is not None and t.max_steps < steps:
         steps, bound = t.max_steps, f"teacher.max_steps={t.max_steps}"
     print(f"teacher fine-tuning: {steps} steps ({bound})", flush=True)
@@ -130,7 +130,7 @@ def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path |
             clf = init_from_encoder(packaged_encoder_path(), labels)
             set_cut(clf.tokenizer, {"how": cfg.teacher.cut, "head_share": cfg.teacher.head_share})
             length = measure_lengths(cfg, clf, prepared)
-            trained = bootstrap(with_lengths(cfg, {"length": length.to_dict()}), clf, prepared)
+            trained = bootstrap(with_lengths(cfg, {"length": length.to_dict()}), clf, prepared, length)
             source, boot, val_accuracy = f"bootstrap:{packaged_encoder_path().name} (all-MiniLM-L6-v2)", True, \
                 trained.best_val_accuracy
             extra = {"train_size": len(data_stage.read_split(prepared, "gold_train")), "steps": trained.steps}

@@ -40,19 +40,21 @@ def test_padded_batch_length_is_the_mean_longest_text_of_a_batch_cut_at_max_leng
 def test_the_teacher_budget_in_tokens_gives_short_texts_more_steps_than_long_ones(capsys):
     from transformers import AutoTokenizer
 
-    from distill.models import Classifier
-
-    clf = Classifier(None, AutoTokenizer.from_pretrained(packaged_encoder_path()), ["a"])
+    tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_path())
     base = {"epochs": 100, "batch_size": 8, "max_length": 64, "max_tokens": 8 * 64 * 10}
     short, long_ = ["turn it on"] * 80, [" ".join(["word"] * 100)] * 80
+
+    def steps(cfg, texts):  # the budget from the lengths the teacher stage measured
+        return teacher.budget_steps(cfg, len(texts), lengths.profile(tokenizer, texts, cfg).padded_batch)
+
     cfg = config_from_dict({"teacher": base})
-    assert teacher.budget_steps(cfg, clf, long_) == 10  # every batch padded to 64 tokens
-    assert teacher.budget_steps(cfg, clf, short) == 8 * 64 * 10 // (8 * 5)  # 5 tokens with [CLS] and [SEP]
+    assert steps(cfg, long_) == 10  # every batch padded to 64 tokens
+    assert steps(cfg, short) == 8 * 64 * 10 // (8 * 5)  # 5 tokens with [CLS] and [SEP]
     assert "teacher.max_tokens=5,120" in capsys.readouterr().out
     capped = config_from_dict({"teacher": {**base, "max_steps": 3}})
-    assert teacher.budget_steps(capped, clf, short) == 3 and "teacher.max_steps=3" in capsys.readouterr().out
+    assert steps(capped, short) == 3 and "teacher.max_steps=3" in capsys.readouterr().out
     epochs = config_from_dict({"teacher": {**base, "epochs": 2, "max_tokens": None}})
-    assert teacher.budget_steps(epochs, clf, short) == 20 and "2 epochs of 80 texts" in capsys.readouterr().out
+    assert steps(epochs, short) == 20 and "2 epochs of 80 texts" in capsys.readouterr().out
 
 
 def test_null_lengths_are_filled_from_the_teacher_card_and_set_ones_win():
