@@ -286,10 +286,22 @@ class SizeConfig(_Section):
                                "than the fp32 teacher.")
     min_speedup_int8: float = Field(3.0, ge=0, description="... and this many times faster than the INT8 teacher.")
     max_size_mb: float | None = Field(None, gt=0, description="Largest fp32 weights of the student; null: no limit.")
+    vocab_sizes: list[int] = Field(
+        default_factory=lambda: [16000, 8000, 4000],
+        description="Smaller vocabularies for the memory budget: a candidate fast enough but over `max_size_mb` "
+        "is tried again with the largest of these that fits (trained on the distillation texts).")
     steps: int = Field(200, ge=1, description="Distillation steps each fitting candidate trains before it is "
                        "scored on the validation set.")
     tolerance: float = Field(0.005, ge=0, le=1, description="Of candidates this close in validation accuracy, "
                              "the faster is chosen.")
+
+    @field_validator("vocab_sizes")
+    @classmethod
+    def _vocabularies(cls, value: list[int]) -> list[int]:
+        if any(size < 100 for size in value):
+            raise ValueError("a vocabulary needs room for the special tokens and the alphabet: give sizes >= 100, "
+                             "e.g. [8000, 4000]")
+        return value
 
     @field_validator("candidates")
     @classmethod

@@ -16,7 +16,7 @@ SHAPES = [sizing.candidate_shape(2, 128), sizing.candidate_shape(3, 192), sizing
 
 def test_candidate_shapes_have_heads_of_width_64_and_a_wide_feed_forward():
     assert sizing.candidate_shape(3, 192) == {"num_layers": 3, "hidden_size": 192, "num_heads": 3,
-                                              "intermediate_size": 768}
+                                              "intermediate_size": 768, "vocab_size": None}
     assert sizing.candidate_shape(2, 64)["num_heads"] == 2
 
 
@@ -38,6 +38,19 @@ def test_the_most_accurate_fitting_shape_wins_and_near_ties_go_to_the_faster():
     assert sizing.choose(scores, tolerance=0.0).num_layers == 4
     none_fit = sizing.judge(SizeConfig(min_speedup=100), SHAPES, LATENCY, [1, 2, 3])
     assert sizing.choose(none_fit, 0.005).num_layers == 2              # nothing fits: the fastest
+
+
+def test_a_shape_over_the_memory_budget_alone_is_tried_with_the_largest_vocabulary_that_fits():
+    cfg = SizeConfig(min_speedup=8, min_speedup_int8=3, max_size_mb=10, vocab_sizes=[16000, 8000, 4000])
+    # 2 x 128 with 30,522 tokens: 4.4 M weights (17.6 MB), of which 3.9 M are the word embeddings
+    latency = {**LATENCY, "shape1": {"latency_p50_ms": 1.1}}
+    scores = sizing.judge(cfg, SHAPES, latency, [4_400_000, 6_000_000, 10_000_000])
+    assert [(s.fits, s.slow) for s in scores] == [(False, False), (False, True), (False, True)]
+    smaller = sizing.smaller_vocabularies(cfg, scores, 30522)
+    # 16,000 leaves 4.4 M - 14,522 x 128 = 2.54 M (10.2 MB, over); 8,000 leaves 1.52 M (6.1 MB)
+    assert smaller == [SHAPES[0] | {"vocab_size": 8000}]
+    assert sizing.smaller_vocabularies(cfg.model_copy(update={"max_size_mb": 2}), scores, 30522) == []  # none fits
+    assert sizing.smaller_vocabularies(cfg.model_copy(update={"max_size_mb": None}), scores, 30522) == []
 
 
 @pytest.fixture
@@ -83,3 +96,21 @@ def test_search_off_keeps_the_configured_shape(labelled, tmp_path):
     result = sizing.run(cfg, prepared, teacher_dir, outputs, tmp_path / "shape.json")
     assert not result.searched and result.shape["num_layers"] == cfg.student.num_layers
     assert result.shape["hidden_size"] == cfg.student.hidden_size
+
+
+def test_the_memory_budget_chooses_a_smaller_vocabulary_that_the_student_then_trains_with(labelled, tmp_path):
+    prepared, teacher_dir, outputs = labelled
+    # 1 x 32 with the teacher's 30,522 tokens is ~4 MB, almost all word embeddings; 1 MB leaves room
+    # for a few thousand tokens; 2 x 32 misses the speed target, so it is not retried
+    cfg = sized_cfg(min_speedup=0, min_speedup_int8=0, max_size_mb=1.0, vocab_sizes=[16000, 4000, 500],
+                    candidates=[[1, 32]])
+    out = tmp_path / "shape.json"
+    result = sizing.run(cfg, prepared, teacher_dir, outputs, out)
+    first, retried = result.candidates
+    assert first.vocab_size is None and not first.fits and first.misses[0].endswith("> 1 MB")
+    assert retried.vocab_size == 4000 and retried.fits and retried.size_mb <= 1.0
+    assert result.budget_met and result.shape["vocab_size"] == 4000 and "vocabulary 4,000" in result.reason
+    students.run_student(cfg, prepared, teacher_dir, outputs, tmp_path / "student", shape_file=out)
+    trained = load_classifier(tmp_path / "student")
+    assert len(trained.tokenizer) <= 4000 and trained.model.config.vocab_size == len(trained.tokenizer)
+    assert 4 * trained.num_parameters / 1e6 <= 1.0
