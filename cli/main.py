@@ -58,7 +58,11 @@ def run(project_dir: ProjectOpt = Path("."), set_: SetOpt = None,
     configure_local_runtime()
     from flows.pipeline import distill_pipeline
 
-    summary = distill_pipeline(project_dir=str(project_dir), overrides=set_ or [], monitor=monitor)
+    from flows.outcome import summary_of
+
+    # The flow run ends Failed when a gate stopped it; the exit code is 1 only when it did not complete.
+    summary = summary_of(distill_pipeline(project_dir=str(project_dir), overrides=set_ or [], monitor=monitor,
+                                          return_state=True))
     sys.exit(0 if summary.get("completed") else 1)
 
 
@@ -184,7 +188,9 @@ def run_lm(project_dir: ProjectOpt = Path("."), set_: SetOpt = None) -> None:
     configure_local_runtime()
     from flows.lm import distill_lm_pipeline
 
-    summary = distill_lm_pipeline(project_dir=str(project_dir), overrides=set_ or [])
+    from flows.outcome import summary_of
+
+    summary = summary_of(distill_lm_pipeline(project_dir=str(project_dir), overrides=set_ or [], return_state=True))
     sys.exit(0 if summary.get("completed") else 1)
 
 

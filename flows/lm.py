@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import State
 
 from distill import model_card
 from distill.config import PipelineConfig
@@ -27,6 +28,7 @@ from distill.layout import LAYOUT
 from distill.lm.teacher import describe_source
 from distill.models import SOURCE_FILE, is_model_uri, read_card
 from flows.lock import project_lock
+from flows.outcome import end
 from flows.promotion import promote_student
 from tasks import dvc, registry
 from tasks.lm_teacher import fetch_lm_teacher
@@ -65,7 +67,8 @@ def print_lm_summary(result: dict, decision: dict, version: str, promoted: bool,
 
 
 @flow(name="distill_lm_pipeline", log_prints=True)
-def distill_lm_pipeline(project_dir: str = ".", overrides: list[str] | None = None, reason: str = "manual") -> dict:
+def distill_lm_pipeline(project_dir: str = ".", overrides: list[str] | None = None,
+                        reason: str = "manual") -> dict | State:
     """LLM distillation on params.yaml's ``lm`` section plus ``overrides`` (this run's only).
 
     Shares the project lock with distill_pipeline: one run at a time per project folder.
@@ -74,9 +77,11 @@ def distill_lm_pipeline(project_dir: str = ".", overrides: list[str] | None = No
         project_dir: the DVC project holding params.yaml and dvc.yaml.
         overrides: ``section.key=value`` items, e.g. ``lm.train.mode=sequence``.
         reason: why this run started; recorded as a tag.
+
+    Returns the run's summary; inside a Failed state when the gates blocked the LM student (flows/outcome.py).
     """
     with project_lock(project_dir):
-        return run_lm_pipeline(project_dir, overrides, reason)
+        return end(run_lm_pipeline(project_dir, overrides, reason))
 
 
 def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) -> dict:

@@ -29,6 +29,7 @@ from monitoring.production import assign_windows, log_root, read_log
 from monitoring.teacher_shift import TeacherShift, check_teacher_shift
 from tasks import registry
 from tasks.monitor import DRIFT_EVENT, TEACHER_EVENT, alert, canary_task, drift_task, embed_task, serve_simulated
+from flows.outcome import summary_of
 from flows.redistill import run_redistillation
 
 
@@ -145,8 +146,10 @@ def drift_monitor(project_dir: str = ".", redistill: bool = True) -> dict:
     write_json(Path(project_dir, REPORTS, "summary.json"), summary)
     if incident and redistill and not in_deployment():
         logger.info("starting re-distillation for incident %s", incident["incident"])
-        summary["redistillation"] = run_redistillation(project_dir=project_dir, reason=incident["reason"],
-                                                       incident=incident["incident"], figures=incident)
+        # its own flow run ends Failed when a gate blocks the new student; this pass did its job either way
+        summary["redistillation"] = summary_of(run_redistillation(
+            project_dir=project_dir, reason=incident["reason"], incident=incident["incident"], figures=incident,
+            return_state=True))
         write_json(Path(project_dir, REPORTS, "summary.json"), summary)
     return summary
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import State
 
 from distill.config import run_config
 from flows.distillation import distil
 from flows.lock import project_lock
 from flows.monitor import drift_monitor
+from flows.outcome import end
 
 
 @flow(name="distill_pipeline", log_prints=True)
 def distill_pipeline(project_dir: str = ".", overrides: list[str] | None = None, monitor: bool = True,
-                     reason: str = "manual") -> dict:
+                     reason: str = "manual") -> dict | State:
     """The whole lifecycle on params.yaml plus ``overrides`` (this run's only: params.yaml is not written).
 
     One run at a time per project folder: a second run waits for the first (flows/lock.py), so
@@ -24,10 +26,12 @@ def distill_pipeline(project_dir: str = ".", overrides: list[str] | None = None,
         monitor: end with a drift-monitoring pass over the production stream (which re-distils on
             drift when ``monitor.redistill`` is set).
         reason: why this run started (manual, drift, schedule); recorded as a tag.
+
+    Returns the run's summary; inside a Failed state when a gate stopped the run (flows/outcome.py).
     """
     with project_lock(project_dir):
         summary = distil(project_dir, overrides, reason)
         if monitor and summary["completed"]:
             cfg = run_config(project_dir)
             summary["monitor"] = drift_monitor(project_dir=project_dir, redistill=cfg.monitor.redistill)
-        return summary
+        return end(summary)

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger
+from prefect.states import State
 
 from distill.config import PipelineConfig, load_config, merge_overrides, read_run_overrides, run_config
 from distill.data import read_labels, read_split
 from distill.io import write_json
 from distill.layout import LAYOUT
 from flows.distillation import distil
+from flows.outcome import end
 from monitoring import alerts
 from monitoring.alerts import REPORTS, incidents_dir
 from monitoring.production import labelled_holdout, log_root
@@ -32,7 +34,7 @@ def shifted_holdout(cfg: PipelineConfig, project_dir: str) -> pd.DataFrame:
 
 @flow(name="redistill", log_prints=True)
 def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: str = "",
-                       figures: dict | None = None) -> dict:
+                       figures: dict | None = None) -> dict | State:
     """Re-distil after an incident: the pipeline (traffic kept in data/incoming joins the transfer set and is
     labelled by the current teacher; with ``monitor.warm_start`` the student continues from the champion;
     the normal gates decide promotion), then the former champion and the new student on gold_test and on
@@ -42,6 +44,8 @@ def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: 
         reason: drift, teacher or schedule (from the event's payload).
         incident: the incident this run resolves.
         figures: the event's payload, kept with the outcome.
+
+    Returns the summary; inside a Failed state when a gate stopped the new student (flows/outcome.py).
     """
     logger = get_run_logger()
     cfg = run_config(project_dir)
@@ -79,4 +83,4 @@ def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: 
     summary.update(reason=reason, incident=incident, figures=figures or {})
     write_json(Path(project_dir, REPORTS, f"redistill-{incident or reason}.json"),
                {k: v for k, v in summary.items() if k != "metrics"})
-    return summary
+    return end(summary)

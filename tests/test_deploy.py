@@ -32,7 +32,7 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # The pipeline run that makes the first champion, as `python -c` in the project folder.
 CHAMPION = ("from flows.pipeline import distill_pipeline; "
-            "assert distill_pipeline(project_dir='.', monitor=False)['completed']")
+            "assert distill_pipeline(project_dir='.', monitor=False, return_state=True).is_completed()")
 
 
 def free_port() -> int:

@@ -214,6 +214,7 @@ def test_sweep_trains_every_grid_point_and_applies_the_best_on_validation(harnes
 
 
 def test_failed_teacher_gate_stops_before_distillation(harness, project):
+    from flows.outcome import summary_of
     from flows.pipeline import distill_pipeline
 
     client = registry(project)
@@ -225,8 +226,11 @@ def test_failed_teacher_gate_stops_before_distillation(harness, project):
     teachers = len(client.search_model_versions("name = 'distill-teacher'"))
     # A new bootstrapped teacher (one epoch; params.yaml's teacher.path is null) that fails its gate: it
     # is never registered, and the champion stays put.
-    summary = distill_pipeline(project_dir=str(project), monitor=False,
-                               overrides=["teacher.min_accuracy=1.0", "teacher.epochs=1"])
+    state = distill_pipeline(project_dir=str(project), monitor=False,
+                             overrides=["teacher.min_accuracy=1.0", "teacher.epochs=1"], return_state=True)
+    # the flow run ends Failed, its message naming the gate (Prefect automations on failure fire)
+    assert state.is_failed() and state.message.startswith("teacher gate failed: ")
+    summary = summary_of(state)
     assert summary["completed"] is False
     assert not summary["teacher_gate"]["passed"]
     assert any("fine-tuned on" in r and "teacher.path" in r for r in summary["teacher_gate"]["reasons"])

@@ -61,8 +61,9 @@ def client(project: Path):
 
 def test_lm_flow_registers_the_student_and_promotes_only_through_the_gate(harness, project):
     from flows.lm import distill_lm_pipeline
+    from flows.outcome import summary_of
 
-    first = distill_lm_pipeline(project_dir=str(project))
+    first = distill_lm_pipeline(project_dir=str(project))  # a Failed state would raise here
     assert first["completed"] and first["decision"]["passed"], first["decision"]["reasons"]
     assert set(first["metrics"]) == {"teacher", "student", "baseline"}
     assert (project / "reports/lm/metrics.json").is_file() and (project / "reports/lm/report.md").is_file()
@@ -77,8 +78,11 @@ def test_lm_flow_registers_the_student_and_promotes_only_through_the_gate(harnes
     assert "lm_eval.student.perplexity" in run.data.metrics and run.data.tags["task"] == "lm"
 
     # Another student (another learning rate) and a gate that cannot pass: registered, not promoted.
-    second = distill_lm_pipeline(project_dir=str(project), overrides=[
-        "lm.train.learning_rate=0.005", "lm.promote.max_perplexity=1.0"])
+    state = distill_lm_pipeline(project_dir=str(project), overrides=[
+        "lm.train.learning_rate=0.005", "lm.promote.max_perplexity=1.0"], return_state=True)
+    # the flow run ends Failed (automations fire) and names the gate; the summary is its data
+    assert state.is_failed() and "blocked by its gates" in state.message and "perplexity" in state.message
+    second = summary_of(state)
     assert second["completed"] and not second["decision"]["passed"]
     assert {"prepare", "lm_teacher", "lm_prompts", "lm_generate", "lm_topk"} <= set(second["skipped_stages"])
     assert second["newly_registered"] and second["student_version"] != first["student_version"]

@@ -1,0 +1,49 @@
+"""How a flow run ends: Failed with the summary as its data when a gate stopped it, the summary otherwise."""
+
+import pytest
+from prefect.states import Completed, Failed
+
+from flows.outcome import MAX_MESSAGE, end, gate_failures, summary_of
+
+PROMOTED = {"completed": True, "student_version": "3", "promoted": True,
+            "promotion": {"promoted": True, "outcome": "promoted"}, "decision": {"passed": True, "reasons": []}}
+
+
+def test_a_promoted_or_reviewed_run_is_returned_as_it_is():
+    assert end(PROMOTED) is PROMOTED
+    rejected = {**PROMOTED, "promoted": False, "promotion": {"promoted": False, "outcome": "review rejected"}}
+    assert gate_failures(rejected) == []  # a reviewer's no is a decision, not a failure
+
+
+def test_a_failed_teacher_gate_ends_the_run_failed_with_its_reasons_and_the_summary():
+    summary = {"completed": False, "teacher_gate": {"passed": False, "reasons": ["accuracy 0.61 < 0.8 on 40 test rows"]}}
+    state = end(summary)
+    assert state.is_failed() and state.message == "teacher gate failed: accuracy 0.61 < 0.8 on 40 test rows"
+    assert summary_of(state) == summary
+
+
+def test_a_blocked_student_and_a_rolled_back_promotion_each_name_the_gate():
+    blocked = {**PROMOTED, "promoted": False, "promotion": {"promoted": False, "outcome": "blocked by gates"},
+               "decision": {"passed": False, "reasons": ["audit failed: 0.15 below the teacher on 'positive'"]}}
+    assert gate_failures(blocked) == ["student v3 blocked by its gates: audit failed: 0.15 below the teacher on "
+                                      "'positive'"]
+    lm = {**blocked, "promotion": "blocked by gates"}  # the LM flow's summary holds the outcome itself
+    assert gate_failures(lm) == gate_failures(blocked)
+    rolled_back = {**PROMOTED, "promotion": {"promoted": False, "outcome": "promoted",
+                                             "serving": {"ok": False, "error": "no answer", "rolled_back_to": "2"}}}
+    assert gate_failures(rolled_back) == ["student v3 failed its serving check and was rolled back to v2: no answer"]
+
+
+def test_a_long_message_is_cut_but_the_summary_keeps_everything():
+    reasons = [f"label {i} below the teacher" for i in range(200)]
+    summary = {"completed": False, "teacher_gate": {"passed": False, "reasons": reasons}}
+    state = end(summary)
+    assert len(state.message) == MAX_MESSAGE and state.message.endswith("…")
+    assert summary_of(state)["teacher_gate"]["reasons"] == reasons
+
+
+def test_summary_of_passes_a_plain_summary_and_raises_what_a_crashed_run_raised():
+    assert summary_of(PROMOTED) is PROMOTED
+    assert summary_of(Completed(data=PROMOTED)) == PROMOTED
+    with pytest.raises(ValueError, match="boom"):
+        summary_of(Failed(data=ValueError("boom")))
