@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,22 +50,79 @@ def dvc(args: list[str], project_dir: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def _tee(source, sink, keep: list[str]) -> None:
-    """Copy a child's stream to ours as it comes (progress bars stay live) and keep a copy."""
+class RunLogLines:
+    """A stage's output, line by line, to a logger (the flow run's log, which the Prefect UI shows).
+
+    A complete line is logged once. A progress bar redraws its line with carriage returns: its
+    latest state is logged at most every ``every`` seconds while it runs, and its final state when
+    it ends, so a run page shows a long training moving without thousands of redraws.
+    """
+
+    def __init__(self, log: Callable[[str], None], every: float = 20.0, clock: Callable[[], float] = time.monotonic):
+        self.log, self.every, self.clock = log, every, clock
+        self.pending = ""
+        self.last_redraw = clock()
+
+    def feed(self, text: str) -> None:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self._emit(line)
+        if "\r" in self.pending and self.clock() - self.last_redraw >= self.every:
+            drawn, _, drawing = self.pending.rpartition("\r")  # the last redraw may still be coming
+            redraws = [part for part in drawn.split("\r") if part.strip()]
+            if redraws:
+                self.last_redraw = self.clock()
+                self.log(redraws[-1].rstrip())
+                self.pending = "\r" + drawing
+
+    def close(self) -> None:
+        self._emit(self.pending)
+        self.pending = ""
+
+    def _emit(self, line: str) -> None:
+        parts = [part for part in line.split("\r") if part.strip()]
+        if parts:
+            self.log(parts[-1].rstrip())
+
+
+def api_only(logger) -> Callable[[str], None]:
+    """``logger``'s run (its ``extra``: the flow and task run ids), logging to the Prefect API only: the
+    terminal already shows a stage's output as it comes, and must not show it twice."""
+    sink = logging.getLogger("distill.stage_output")
+    if not sink.handlers:
+        from prefect.logging.handlers import APILogHandler
+
+        sink.addHandler(APILogHandler())
+        sink.setLevel(logging.INFO)
+        sink.propagate = False
+    return logging.LoggerAdapter(sink, getattr(logger, "extra", None) or {}).info
+
+
+def _tee(source, sink, keep: list[str], lines: RunLogLines | None = None) -> None:
+    """Copy a child's stream to ours as it comes (progress bars stay live), keep a copy, and hand it to
+    ``lines`` (the run's log)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for chunk in iter(lambda: source.read1(4096), b""):
         sink.buffer.write(chunk)
         sink.flush()
-        keep.append(chunk.decode(errors="replace"))
+        text = decoder.decode(chunk)
+        keep.append(text)
+        if lines is not None:
+            lines.feed(text)
+    if lines is not None:
+        lines.close()
 
 
-def dvc_streamed(args: list[str], project_dir: str) -> tuple[int, str]:
-    """Run one dvc command with its output shown live; return (exit code, output)."""
+def dvc_streamed(args: list[str], project_dir: str, log: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """Run one dvc command with its output shown live (and, with ``log``, line by line to it); return
+    (exit code, output)."""
     proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out: list[str] = []
     err: list[str] = []
-    threads = [threading.Thread(target=_tee, args=(proc.stdout, sys.stdout, out)),
-               threading.Thread(target=_tee, args=(proc.stderr, sys.stderr, err))]
+    forward = (lambda: RunLogLines(log)) if log is not None else (lambda: None)
+    threads = [threading.Thread(target=_tee, args=(proc.stdout, sys.stdout, out, forward())),
+               threading.Thread(target=_tee, args=(proc.stderr, sys.stderr, err, forward()))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -144,13 +205,15 @@ def outputs_kept(stage: str, project_dir: str = "."):
 def repro(stage: str, project_dir: str = ".", force: bool = False) -> StageRun:
     """`dvc repro <stage>`: DVC runs the stage only when its deps or params changed (or when forced).
 
-    DVC's and the stage's output stream through as they come. Whether the stage ran comes from DVC's
-    status (its Python API), never from its printed text.
+    DVC's and the stage's output stream through as they come, to the terminal and to the task run's
+    log (the Prefect UI's run page). Whether the stage ran comes from DVC's status (its Python API),
+    never from its printed text.
     """
     logger = get_run_logger()
     runs = force or changed(stage, project_dir)
     with outputs_kept(stage, project_dir) if runs else nullcontext():
-        code, output = dvc_streamed(["repro", "--single-item", *(["--force"] if force else []), stage], project_dir)
+        code, output = dvc_streamed(["repro", "--single-item", *(["--force"] if force else []), stage], project_dir,
+                                    log=api_only(logger))
         if code != 0:
             lines = [line.split("\r")[-1] for line in output.splitlines()]
             tail = "\n".join(line for line in lines[-25:] if "%|" not in line)
