@@ -17,6 +17,7 @@ from distill.cut import card_cut, cut_of, cut_texts, set_cut
 from distill.io import hash_files, read_json, write_json
 
 MODEL_CARD = "distill.json"  # written beside the weights: what the folder holds
+HISTORY = "history.csv"  # the training curve of a model distill trained: one row per validation check
 HEADS = ("classifier", "score", "pre_classifier", "classification_head")  # sequence-classification heads
 
 
@@ -175,9 +176,15 @@ def model_fingerprint(folder: Path, cut: dict) -> str:
     return fingerprint
 
 
-def save_classifier(clf: Classifier, folder: Path, card: dict) -> str:
-    """Save weights (safetensors), tokenizer and a card; return the content fingerprint."""
+def save_classifier(clf: Classifier, folder: Path, card: dict, history: list[dict] | None = None) -> str:
+    """Save weights (safetensors), tokenizer, a card and the training ``history`` (``HISTORY``: step, losses,
+    learning rate, validation accuracy; dvc.yaml plots it, the flow logs it to MLflow); return the content
+    fingerprint."""
     folder = Path(folder)
+    if history:
+        import pandas as pd
+
+        pd.DataFrame(history).to_csv(folder / HISTORY, index=False, float_format="%.6g")
     clf.model.save_pretrained(folder, safe_serialization=True)
     clf.tokenizer.save_pretrained(folder)
     cut = cut_of(clf.tokenizer)
@@ -185,6 +192,16 @@ def save_classifier(clf: Classifier, folder: Path, card: dict) -> str:
     write_json(folder / MODEL_CARD, {**card, "fingerprint": fingerprint, "labels": clf.labels,
                                      "parameters": clf.num_parameters, "cut": cut})
     return fingerprint
+
+
+def read_history(folder: Path) -> list[dict]:
+    """The training curve saved with a model (empty for a model distill did not train)."""
+    path = Path(folder) / HISTORY
+    if not path.is_file():
+        return []
+    import pandas as pd
+
+    return pd.read_csv(path).to_dict("records")
 
 
 def read_card(folder: Path) -> dict:

@@ -172,7 +172,7 @@ def run_assistant(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, output
     with atomic_dir(out_dir) as tmp:
         fingerprint = save_classifier(assistant, tmp, _card(cfg, cfg.assistant, "assistant", result, {
             "enabled": True, "teacher_fingerprint": teacher_card["fingerprint"], "input_hash": meta["input_hash"],
-            "method": method_name(cfg), "capacity_warning": warning}))
+            "method": method_name(cfg), "capacity_warning": warning}), result.history)
         label_stage.write_outputs(tmp / ASSISTANT_OUTPUTS, texts, logits, {
             "teacher_fingerprint": fingerprint, "teacher_source": "assistant", "input_hash": meta["input_hash"],
             "labels": labels, "splits": list(label_stage.INPUT_SPLITS)})
@@ -223,7 +223,7 @@ def run_student(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, outputs:
                               **(read_json(source) if source.is_file() else {}),
                               "start_val_accuracy": result.history[0]["val_accuracy"] if result.history else None}
     with atomic_dir(out_dir) as tmp:
-        fingerprint = save_classifier(student, tmp, _card(cfg, cfg.student, "student", result, card))
+        fingerprint = save_classifier(student, tmp, _card(cfg, cfg.student, "student", result, card), result.history)
     clear_checkpoints(settings.checkpoint_dir)
     return StudentResult(out_dir, "student", fingerprint, student.num_parameters, result.steps,
                          result.best_val_accuracy, result.seconds, result.stopped_early, warning)
@@ -242,7 +242,7 @@ def run_baseline(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_dir
                              settings, "baseline", on_log, vocab_texts=inputs)
     with atomic_dir(out_dir) as tmp:
         fingerprint = save_classifier(student, tmp, _card(cfg, cfg.student, "baseline", result,
-                                                          {"method": "cross_entropy"}))
+                                                          {"method": "cross_entropy"}), result.history)
     clear_checkpoints(settings.checkpoint_dir)
     return StudentResult(out_dir, "baseline", fingerprint, student.num_parameters, result.steps,
                          result.best_val_accuracy, result.seconds, result.stopped_early)

@@ -134,15 +134,16 @@ def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path |
             source, boot, val_accuracy = f"bootstrap:{packaged_encoder_path().name} (all-MiniLM-L6-v2)", True, \
                 trained.best_val_accuracy
             extra = {"train_size": len(data_stage.read_split(prepared, "gold_train")), "steps": trained.steps}
+            history = trained.history
         else:
             if not Path(given).is_dir():
                 raise ModelError(f"teacher.path {given}: folder not found")
             source = cfg.teacher.path if teacher_path is None and cfg.teacher.path else str(given)
-            clf, val_accuracy, boot, extra = load_classifier(Path(given), labels), None, False, {}
+            clf, val_accuracy, boot, extra, history = load_classifier(Path(given), labels), None, False, {}, None
             set_cut(clf.tokenizer, {"how": cfg.teacher.cut, "head_share": cfg.teacher.head_share})
             length = measure_lengths(cfg, clf, prepared)
         fingerprint = save_classifier(clf, tmp, {"role": "teacher", "source": source, "length": length.to_dict(),
-                                                 **extra})
+                                                 **extra}, history)
     return TeacherResult(out_dir, fingerprint, source, boot, clf.num_parameters, val_accuracy)
 
 

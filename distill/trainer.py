@@ -355,7 +355,8 @@ def _check(run: _Run, val: TrainData, loss: torch.Tensor, parts: dict,
            on_log: Callable[[int, dict], None] | None) -> float:
     """Validate, log, keep the best weights, count a check without progress; returns the accuracy."""
     state = run.state
-    record = {"loss": _mean(loss, run.world), **{f"loss_{k}": _mean(v, run.world) for k, v in parts.items()}}
+    record = {"loss": _mean(loss, run.world), **{f"loss_{k}": _mean(v, run.world) for k, v in parts.items()},
+              "learning_rate": run.scheduler.get_last_lr()[0]}
     if not all(math.isfinite(value) for value in record.values()):
         raise TrainingError(f"the training loss is not finite at step {state.step} ({record}): the weights "
                             f"diverged. Lower train.learning_rate (now {run.settings.learning_rate:g}), check "

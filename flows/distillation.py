@@ -19,7 +19,7 @@ from distill import model_card
 from distill.gates import GateReport, decide_promotion, label_accuracy
 from distill.io import read_json
 from distill.layout import LAYOUT
-from distill.models import MODEL_CARD, is_model_uri, read_card
+from distill.models import MODEL_CARD, is_model_uri, read_card, read_history
 from monitoring.production import labelled_holdout, log_root
 from tasks import dvc, registry, scoring
 from flows.lock import project_lock
@@ -81,6 +81,19 @@ def gold_text(predictions: pd.DataFrame) -> str | None:
     """A gold test text the student gets right: the serving check's request."""
     right = predictions[predictions["label"] == predictions["student"]]
     return str((right if len(right) else predictions)["text"].iloc[0]) if len(predictions) else None
+
+
+def run_name(reason: str, student_card: dict, metrics: dict) -> str:
+    """What a run made, for the MLflow runs table: ``drift: kl T=4 a=0.7 2x128 -> 0.962 (98.1% of teacher)``."""
+    shape = student_card.get("student") or {}
+    size = f"{shape.get('num_layers')}x{shape.get('hidden_size')}" if shape.get("num_layers") else "student"
+    if shape.get("vocab_size"):
+        size += f" v{shape['vocab_size'] // 1000}k"
+    recipe = student_card.get("method") or "kd"
+    if student_card.get("kd_temperature") is not None:
+        recipe += f" T={student_card['kd_temperature']:g} a={student_card['alpha']:g}"
+    accuracy, teacher = metrics["student"]["accuracy"], metrics["teacher"]["accuracy"]
+    return f"{reason}: {recipe} {size} -> {accuracy:.3f} ({accuracy / max(teacher, 1e-9):.1%} of teacher)"
 
 
 def distil(project_dir: str, overrides: list[str] | None = None, reason: str = "manual") -> dict:
@@ -158,7 +171,10 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
                "data contracts (GE)": str(Path(project_dir, "gx/uncommitted/data_docs/local_site/index.html"))}
     artifacts = [str(at.evaluate), str(at.audit), str(at.teacher_report), str(shape_file),
                  str(Path(at.prepared, "report.json"))]
-    run_id = registry.log_run(cfg, {"eval": metrics}, lineage, artifacts, project_dir)
+    curves = {name: read_history(folder) for name, folder in
+              (("teacher", at.teacher), ("student", at.student), ("baseline", at.baseline))}
+    run_id = registry.log_run(cfg, {"eval": metrics}, lineage, artifacts, project_dir, curves=curves,
+                              run_name=run_name(reason, student_card, metrics))
     version, fresh = registry.register_student(cfg, run_id, str(at.student), student_card, lineage,
                                                "Student distilled by distill; the model card follows.", project_dir)
     if fresh:

@@ -7,8 +7,10 @@ Aliases, not the deprecated stages: ``challenger`` on registration,
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +19,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from prefect import task
 
 from distill.config import PipelineConfig, TrackingConfig
@@ -140,14 +143,26 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+def curve_metrics(curves: dict[str, list[dict]], timestamp_ms: int) -> list[Metric]:
+    """Training curves as MLflow metrics with steps: ``<model>/<field>`` (``student/val_accuracy``,
+    ``teacher/loss``, ``baseline/learning_rate``), which the MLflow UI charts per model."""
+    return [Metric(f"{model}/{key}", float(value), timestamp_ms, int(row["step"]))
+            for model, rows in curves.items() for row in rows for key, value in row.items()
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)]
+
+
 def record_run(cfg: PipelineConfig, run_name: str, params: dict[str, Any], metrics: dict, tags: dict[str, str],
-               artifacts: list[str], project_dir: str = ".") -> str:
-    """One MLflow run: params, the numeric leaves of ``metrics``, tags (plus the git commit), report files."""
+               artifacts: list[str], project_dir: str = ".", curves: dict[str, list[dict]] | None = None) -> str:
+    """One MLflow run: params, the numeric leaves of ``metrics``, the training ``curves`` (per model, one
+    row per validation check), tags (plus the git commit), report files."""
     experiment_id = configure(cfg.tracking, project_dir)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.log_metrics({k: float(v) for k, v in flatten("", metrics).items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        steps = curve_metrics(curves or {}, int(time.time() * 1000))
+        for start in range(0, len(steps), 1000):  # MLflow takes at most 1000 metrics per batch
+            MlflowClient().log_batch(run.info.run_id, metrics=steps[start:start + 1000])
         mlflow.set_tags({**tags, "git_commit": git_commit(project_dir)})
         for path in artifacts:
             if Path(path).is_dir():
@@ -159,13 +174,17 @@ def record_run(cfg: PipelineConfig, run_name: str, params: dict[str, Any], metri
 
 @task(name="log pipeline run", **NETWORK)
 def log_run(cfg: PipelineConfig, metrics: dict, tags: dict[str, str], artifacts: list[str],
-            project_dir: str = ".", kind: Kind = "student") -> str:
-    """One MLflow run per pipeline run: config (the ``lm`` section for an LM run), metrics, reports,
-    lineage tags; returns the run id."""
+            project_dir: str = ".", kind: Kind = "student", curves: dict[str, list[dict]] | None = None,
+            run_name: str | None = None) -> str:
+    """One MLflow run per pipeline run: config (the ``lm`` section for an LM run), metrics, training curves,
+    reports, lineage tags; returns the run id. ``run_name`` says what the run made (the runs table's
+    first column)."""
     if kind == "lm":
         params = flatten("lm", cfg.lm.model_dump(mode="json")) | {"seed": cfg.seed}
-        return record_run(cfg, "distill-lm-pipeline", params, metrics, {**tags, "task": "lm"}, artifacts, project_dir)
-    return record_run(cfg, "distill-pipeline", flatten("", cfg.model_dump()), metrics, tags, artifacts, project_dir)
+        return record_run(cfg, run_name or "distill-lm-pipeline", params, metrics, {**tags, "task": "lm"}, artifacts,
+                          project_dir)
+    return record_run(cfg, run_name or "distill-pipeline", flatten("", cfg.model_dump()), metrics, tags, artifacts,
+                      project_dir, curves)
 
 
 @task(name="register student", **NETWORK)

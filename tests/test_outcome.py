@@ -47,3 +47,13 @@ def test_summary_of_passes_a_plain_summary_and_raises_what_a_crashed_run_raised(
     assert summary_of(Completed(data=PROMOTED)) == PROMOTED
     with pytest.raises(ValueError, match="boom"):
         summary_of(Failed(data=ValueError("boom")))
+
+
+def test_a_runs_name_says_what_it_made():
+    from flows.distillation import run_name
+
+    card = {"student": {"num_layers": 2, "hidden_size": 128, "vocab_size": 8000}, "method": "kl",
+            "kd_temperature": 4.0, "alpha": 0.7}
+    metrics = {"student": {"accuracy": 0.9621}, "teacher": {"accuracy": 0.981}}
+    assert run_name("drift", card, metrics) == "drift: kl T=4 a=0.7 2x128 v8k -> 0.962 (98.1% of teacher)"
+    assert run_name("manual", {}, metrics).startswith("manual: kd student -> 0.962")

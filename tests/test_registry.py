@@ -415,3 +415,23 @@ def test_models_distill_did_not_register_are_refused_before_any_of_their_code_ru
     with pytest.raises(UntrustedModel):
         registry.load_version(PipelineConfig(promote=PromoteConfig(student_model="foreign")),
                               str(pickled.registered_model_version))
+
+
+def test_the_runs_training_curves_are_metrics_with_steps_per_model(server, tmp_path):
+    from distill.models import read_history
+
+    cfg = config("curves-model")
+    curves = {"student": [{"step": 50, "loss": 1.2, "loss_kl": 0.8, "learning_rate": 5e-4, "val_accuracy": 0.41},
+                          {"step": 100, "loss": 0.7, "loss_kl": 0.5, "learning_rate": 4e-4, "val_accuracy": 0.66}],
+              "baseline": [{"step": 50, "loss": 1.5, "loss_kl": float("nan"), "learning_rate": 5e-4,
+                            "val_accuracy": 0.38}],
+              "teacher": []}
+    run_id = registry.log_run(cfg, {"eval": {"student": {"accuracy": 0.7}}}, {"reason": "test"}, [], str(tmp_path),
+                              curves=curves)
+    client = MlflowClient()
+    history = client.get_metric_history(run_id, "student/val_accuracy")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(50, 0.41), (100, 0.66)]
+    assert [m.value for m in client.get_metric_history(run_id, "student/learning_rate")] == [5e-4, 4e-4]
+    assert client.get_metric_history(run_id, "baseline/loss_kl") == []  # a term the baseline has not: no point
+    assert client.get_run(run_id).data.metrics["eval.student.accuracy"] == 0.7
+    assert read_history(tmp_path) == []  # a model distill did not train has no curve

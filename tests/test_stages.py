@@ -122,6 +122,14 @@ def test_students_train_evaluate_and_audit(staged, tmp_path):
     baseline = students.run_baseline(cfg, prepared, teacher_dir, tmp_path / "baseline")
     assert student.steps == baseline.steps, "the baseline gets the student's step budget"
     assert logged and all(0 <= m["val_accuracy"] <= 1 for _, m in logged)
+    # the curve is saved with each model: every check's step, losses, learning rate, validation accuracy
+    from distill.models import read_history
+
+    curve = read_history(tmp_path / "student")
+    assert [row["step"] for row in curve] == [step for step, _ in logged]
+    assert [row["val_accuracy"] for row in curve] == pytest.approx([m["val_accuracy"] for _, m in logged])
+    assert all(row["learning_rate"] > 0 and row["loss_kl"] >= 0 for row in curve)
+    assert "loss_kl" not in read_history(tmp_path / "baseline")[0]
     assert read_card(tmp_path / "student")["teacher_fingerprint"] == read_card(teacher_dir)["fingerprint"]
 
     result = evaluate.run(cfg, prepared, teacher_dir, tmp_path / "student", tmp_path / "baseline", tmp_path / "eval")
