@@ -22,6 +22,7 @@ from distill.io import write_json
 from distill.layout import LAYOUT
 from flows.distillation import distil
 from flows.outcome import end
+from flows.settings import RunSettings, run_overrides
 from monitoring import alerts
 from monitoring.alerts import REPORTS, incidents_dir
 from monitoring.production import labelled_holdout, log_root
@@ -34,7 +35,8 @@ def shifted_holdout(cfg: PipelineConfig, project_dir: str) -> pd.DataFrame:
 
 @flow(name="redistill", log_prints=True)
 def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: str = "",
-                       figures: dict | None = None) -> dict | State:
+                       figures: dict | None = None, settings: RunSettings | None = None,
+                       overrides: list[str] | None = None) -> dict | State:
     """Re-distil after an incident: the pipeline (traffic kept in data/incoming joins the transfer set and is
     labelled by the current teacher; with ``monitor.warm_start`` the student continues from the champion;
     the normal gates decide promotion), then the former champion and the new student on gold_test and on
@@ -44,6 +46,9 @@ def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: 
         reason: drift, teacher or schedule (from the event's payload).
         incident: the incident this run resolves.
         figures: the event's payload, kept with the outcome.
+        settings: changes for this re-distillation on top of the champion's settings (a field left empty
+            keeps them).
+        overrides: advanced: any other key as ``section.key=value`` items; they win over ``settings``.
 
     Returns the summary; inside a Failed state when a gate stopped the new student (flows/outcome.py).
     """
@@ -52,8 +57,10 @@ def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: 
     before = registry.champion_version(cfg, project_dir)
     # The champion is re-distilled with the settings it was built with (its run's overrides, say a
     # data.path given with `distill run --set`), never with state written into params.yaml.
-    overrides = (registry.version_overrides(cfg, before, project_dir) if before is not None
-                 else read_run_overrides(project_dir))
+    built_with = (registry.version_overrides(cfg, before, project_dir) if before is not None
+                  else read_run_overrides(project_dir))
+    # what the user asked of this run comes last: it wins over the champion's settings
+    overrides = merge_overrides(built_with, run_overrides(settings, overrides))
     cfg = load_config(Path(project_dir, "params.yaml"), overrides)
     if reason == "teacher" and not cfg.teacher.path:
         # The registry's champion teacher moved away from the bootstrapped one: distil from it from now on.

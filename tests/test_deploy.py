@@ -158,8 +158,14 @@ def test_drift_event_triggers_redistillation_through_the_deployment(stack):
     assert pipeline["work_pool_name"] == "distill-process"
     gpu = call("GET", f"{api}/deployments/{deployment_id(api, 'distill_pipeline', 'pipeline-gpu')}").json()
     assert gpu["work_pool_name"] == "distill-gpu" and gpu["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
+    assert pipeline["tags"] == ["distill", "pipeline"] and "gpu" in gpu["tags"]
+    # the form of the pipeline deployment: typed settings with descriptions, free overrides beside them
+    settings = pipeline["parameter_openapi_schema"]["definitions"]["RunSettings"]["properties"]
+    assert settings["data_path"]["description"] and "review" in str(settings["promote_mode"])
     automations = call("POST", f"{api}/automations/filter", json={}).json()
-    assert any("redistill" in a["name"] for a in automations), [a["name"] for a in automations]
+    named = {a["name"]: a for a in automations}
+    assert "re-distil on drift or teacher change" in named, list(named)
+    assert "incident" in named["re-distil on drift or teacher change"]["description"]
 
     assert finished(champion, 900, logs / "champion.log") == 0, (logs / "champion.log").read_text()[-4000:]
 

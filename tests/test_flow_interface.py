@@ -1,4 +1,4 @@
-"""How a flow run ends: Failed with the summary as its data when a gate stopped it, the summary otherwise."""
+"""What a flow run takes and how it ends: typed settings, Failed when a gate stopped it, a name that says what it made."""
 
 import pytest
 from prefect.states import Completed, Failed
@@ -57,3 +57,38 @@ def test_a_runs_name_says_what_it_made():
     metrics = {"student": {"accuracy": 0.9621}, "teacher": {"accuracy": 0.981}}
     assert run_name("drift", card, metrics) == "drift: kl T=4 a=0.7 2x128 v8k -> 0.962 (98.1% of teacher)"
     assert run_name("manual", {}, metrics).startswith("manual: kd student -> 0.962")
+
+
+def test_the_typed_settings_become_overrides_and_the_free_ones_win():
+    from distill.config import load_config
+    from flows.settings import RunSettings, run_overrides
+
+    settings = RunSettings(data_path="data/raw/tickets: 2026.csv", text_column="body", label_column="queue",
+                           teacher_path="models:/distill-teacher@champion", min_speedup_int8=2.0,
+                           student_shape="as configured", kd_temperature=2.0, promote_mode="review")
+    overrides = run_overrides(settings.model_dump(), ["train.kd_temperature=8", "train.epochs=3"])
+    assert overrides.count("train.kd_temperature=8") == 1 and not any("=2.0" in o and "kd_" in o for o in overrides)
+    cfg = load_config("params.yaml", overrides)
+    assert (cfg.data.path, cfg.data.text_column, cfg.data.label_column) == ("data/raw/tickets: 2026.csv", "body", "queue")
+    assert cfg.teacher.path == "models:/distill-teacher@champion" and cfg.size.min_speedup_int8 == 2.0
+    assert cfg.size.search is False and cfg.train.kd_temperature == 8 and cfg.train.epochs == 3
+    assert cfg.promote.mode == "review" and cfg.train.alpha == load_config("params.yaml").train.alpha  # unset: kept
+    assert run_overrides(None, None) == [] and RunSettings().to_overrides() == []
+    with pytest.raises(ValueError, match="alpha"):
+        RunSettings(alpha=1.5)
+
+
+def test_the_deployment_form_shows_the_typed_settings_with_descriptions_and_dropdowns():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pipeline import distill_pipeline
+    from flows.redistill import run_redistillation
+
+    schema = parameter_schema(distill_pipeline).model_dump_for_openapi()
+    fields = schema["definitions"]["RunSettings"]["properties"]
+    assert {"data_path", "teacher_path", "min_speedup", "kd_temperature", "alpha", "promote_mode"} <= set(fields)
+    assert all(field.get("description") for field in fields.values())
+    enum = next(option for option in fields["promote_mode"]["anyOf"] if "enum" in option)
+    assert enum["enum"] == ["auto", "review"]
+    assert "settings" in schema["properties"] and "overrides" in schema["properties"]
+    assert {"settings", "overrides"} <= set(parameter_schema(run_redistillation).model_dump_for_openapi()["properties"])
