@@ -14,7 +14,7 @@ from flows.settings import RunSettings, run_overrides
 
 
 @flow(name="distill_pipeline", log_prints=True)
-def distill_pipeline(project_dir: str = ".", settings: RunSettings | None = None, overrides: list[str] | None = None,
+def distill_pipeline(project_dir: str = ".", settings: RunSettings = RunSettings(), overrides: list[str] | None = None,
                      monitor: bool = True, reason: str = "manual") -> dict | State:
     """The whole lifecycle on params.yaml plus ``overrides`` (this run's only: params.yaml is not written).
 

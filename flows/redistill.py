@@ -35,7 +35,7 @@ def shifted_holdout(cfg: PipelineConfig, project_dir: str) -> pd.DataFrame:
 
 @flow(name="redistill", log_prints=True)
 def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: str = "",
-                       figures: dict | None = None, settings: RunSettings | None = None,
+                       figures: dict | None = None, settings: RunSettings = RunSettings(),
                        overrides: list[str] | None = None) -> dict | State:
     """Re-distil after an incident: the pipeline (traffic kept in data/incoming joins the transfer set and is
     labelled by the current teacher; with ``monitor.warm_start`` the student continues from the champion;

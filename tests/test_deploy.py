@@ -185,11 +185,64 @@ def test_drift_event_triggers_redistillation_through_the_deployment(stack):
     assert run["parameters"]["incident"] == summary["incident"]["incident"]
     assert run["parameters"]["figures"]["windows"] == [2]
     done = wait_for(api, run["id"], 900, logs)
-    assert done["state"]["type"] == "COMPLETED", (logs / "worker.log").read_text()[-4000:]
     result = yaml.safe_load(next((project / "reports/monitor").glob("redistill-drift-*.json")).read_text())
     assert result["completed"] and "shifted.size" in result["comparison"]
+    # Completed, or Failed when the gates blocked the new student (so automations on failure fire)
+    from flows.outcome import gate_failures
+
+    assert done["state"]["type"] == ("FAILED" if gate_failures(result) else "COMPLETED"), \
+        (logs / "worker.log").read_text()[-4000:]
 
     again = wait_for(api, run_deployment(api, "drift_monitor", "drift-monitor", {}), 600, logs)
     assert again["state"]["type"] == "COMPLETED"
     time.sleep(10)  # an event would have started a run by now
     assert len(runs_of(api, redistill)) == 1, "one re-distillation per incident"
+
+
+def test_the_prefect_ui_shows_the_typed_form_and_the_stages_logs(stack):
+    """In Chromium (Debian's package) against the server: the deployment's run form shows the typed settings
+    and sends only what the user filled in; a pipeline run's page shows its stages' output."""
+    import shutil
+
+    from flows.settings import RunSettings
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (Debian: apt install chromium; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    api, project, logs, champion = stack
+    ui = api.removesuffix("/api")
+    assert finished(champion, 900, logs / "champion.log") == 0, (logs / "champion.log").read_text()[-4000:]
+    (pipeline_run,) = [run for run in call("POST", f"{api}/flow_runs/filter", json={}).json()
+                       if run["deployment_id"] is None and run["name"] and run["parameters"].get("monitor") is False]
+    # the GPU deployment: its pool has no worker here, so the run the form creates waits and is deleted after
+    gpu = deployment_id(api, "distill_pipeline", "pipeline-gpu")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 2400})
+        page.goto(f"{ui}/deployments/deployment/{gpu}/run", wait_until="networkidle")
+
+        def field(title: str):
+            return page.locator(f"div.schema-form-property:has(> .p-label__header "
+                                f".schema-form-property__label:text-is('{title} (Optional)'))")
+
+        for name, schema in RunSettings.model_json_schema()["properties"].items():
+            assert field(schema["title"]).count() == 1, f"{name}: no field titled {schema['title']!r} in the form"
+            assert schema["description"][:40] in field(schema["title"]).inner_text()
+        assert field("Promotion").locator(".p-select").count() == 1  # a dropdown, not free text
+        field("Data file").locator("textarea, input").first.fill("data/raw/tickets.csv")
+        field("Temperature (T)").locator("input").fill("2")
+        page.get_by_role("button", name="Submit").click()
+        page.wait_for_url("**/deployments/deployment/**?tab=Runs", timeout=30_000)
+
+        (created,) = runs_of(api, gpu)
+        assert RunSettings.model_validate(created["parameters"]["settings"]).to_overrides() == [
+            'data.path="data/raw/tickets.csv"', "train.kd_temperature=2.0"]
+        call("DELETE", f"{api}/flow_runs/{created['id']}")
+
+        page.goto(f"{ui}/runs/flow-run/{pipeline_run['id']}", wait_until="networkidle")
+        # the stages' own output, not only Prefect's task states
+        page.get_by_text("Running stage 'prepare'", exact=False).first.wait_for(timeout=30_000)
+        page.get_by_text("rows read", exact=False).first.wait_for(timeout=30_000)
+        browser.close()

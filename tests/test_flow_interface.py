@@ -88,7 +88,8 @@ def test_the_deployment_form_shows_the_typed_settings_with_descriptions_and_drop
     fields = schema["definitions"]["RunSettings"]["properties"]
     assert {"data_path", "teacher_path", "min_speedup", "kd_temperature", "alpha", "promote_mode"} <= set(fields)
     assert all(field.get("description") for field in fields.values())
-    enum = next(option for option in fields["promote_mode"]["anyOf"] if "enum" in option)
-    assert enum["enum"] == ["auto", "review"]
+    # plain inputs in the form (a dropdown, a number box), not a choice between a type and None
+    assert fields["promote_mode"]["enum"] == ["params.yaml", "auto", "review"] and fields["alpha"]["type"] == "number"
+    assert all("anyOf" not in field for field in fields.values())
     assert "settings" in schema["properties"] and "overrides" in schema["properties"]
     assert {"settings", "overrides"} <= set(parameter_schema(run_redistillation).model_dump_for_openapi()["properties"])
