@@ -44,3 +44,19 @@ def test_under_a_project_every_path_moves_and_the_derived_ones_follow(tmp_path):
     at = LAYOUT.under(tmp_path)
     assert at.teacher == tmp_path / "models/teacher" and at.gate == tmp_path / "reports/teacher/gate.json"
     assert at.predictions == tmp_path / "reports/evaluate/predictions.parquet"
+
+
+def test_the_metrics_and_plot_files_are_kept_in_git_and_the_rest_of_the_reports_is_not():
+    """`dvc metrics diff` and `dvc exp show` read metrics from git: a git-ignored metrics file compares nothing."""
+    import subprocess
+
+    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    tracked = list(dvc_yaml["metrics"]) + [path for plot in dvc_yaml["plots"] if isinstance(plot, dict)
+                                           for spec in plot.values() for path in spec["y"]
+                                           if path.startswith("reports/")]
+    ignored = ["reports/evaluate/predictions.parquet", "reports/evaluate/report.html", "reports/audit/audit.json",
+               "reports/stages/evaluate.json", "reports/evaluate/per_class.json"]
+    check = subprocess.run(["git", "check-ignore", "--no-index", *tracked, *ignored], cwd=ROOT, capture_output=True,
+                           text=True)
+    assert sorted(check.stdout.split()) == sorted(ignored)
+    assert "reports/evaluate/per_class.json" not in dvc_yaml["metrics"]
