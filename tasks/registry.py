@@ -56,17 +56,26 @@ def tracking_uri(cfg: TrackingConfig, project_dir: str = ".") -> str:
     return uri
 
 
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development",
+                   "mlflow.note.content": "distill: one run per pipeline run (teacher, student, baseline, evaluation, "
+                                          "audit); the students are registered as distill-student."}
+
+
 def configure(cfg: TrackingConfig, project_dir: str = ".") -> str:
     """Point MLflow at the tracking store and make sure the experiment exists; return its id."""
     mlflow.set_tracking_uri(tracking_uri(cfg, project_dir))
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
+        if "mlflow.experimentKind" not in experiment.tags:  # made before distill set it, or by hand
+            MlflowClient().set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind",
+                                              EXPERIMENT_TAGS["mlflow.experimentKind"])
         return experiment.experiment_id
     # A local store keeps artifacts beside the project; a tracking server chooses (and serves) its own.
     remote = mlflow.get_tracking_uri().startswith(("http://", "https://", "databricks"))
     artifacts = None if remote else (Path(project_dir) / "mlartifacts").resolve().as_uri()
     try:
-        return mlflow.create_experiment(cfg.experiment, artifact_location=artifacts)
+        # The MLflow UI opens an experiment of this kind on its training runs, not on the GenAI overview
+        return mlflow.create_experiment(cfg.experiment, artifact_location=artifacts, tags=EXPERIMENT_TAGS)
     except mlflow.exceptions.MlflowException:  # created concurrently by another run
         return mlflow.get_experiment_by_name(cfg.experiment).experiment_id
 
@@ -98,6 +107,17 @@ def signature(labels: list[str]):
     return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs))
 
 
+def logged_name(model_name: str, tags: dict[str, str]) -> str:
+    """The logged model's name in MLflow's Models tab: the registered name and the weights' fingerprint."""
+    fingerprint = str(tags.get("fingerprint", ""))[:12]
+    return f"{model_name}-{fingerprint}" if fingerprint else model_name
+
+
+def tidy(value: float) -> float:
+    """Six significant digits: what a figure means, not float noise (the MLflow UI shows every digit)."""
+    return float(f"{value:.6g}")
+
+
 def log_classifier(model_dir: Path, model_name: str, tags: dict[str, str], description: str,
                    example_text: str = "turn on the kitchen light") -> str:
     """Log a model folder as a pyfunc in the active run and register it; return the version."""
@@ -105,7 +125,8 @@ def log_classifier(model_dir: Path, model_name: str, tags: dict[str, str], descr
 
     example = pd.DataFrame({"text": [example_text]})
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=str(PYFUNC_CODE), artifacts={"model": str(model_dir)}, code_paths=[str(CUT_CODE)],
+        name=logged_name(model_name, tags), python_model=str(PYFUNC_CODE), artifacts={"model": str(model_dir)},
+        code_paths=[str(CUT_CODE)],
         signature=signature(list(read_card(model_dir)["labels"])), input_example=example,
         pip_requirements=REQUIREMENTS, registered_model_name=model_name)
     version = str(info.registered_model_version)
@@ -146,7 +167,7 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 def curve_metrics(curves: dict[str, list[dict]], timestamp_ms: int) -> list[Metric]:
     """Training curves as MLflow metrics with steps: ``<model>/<field>`` (``student/val_accuracy``,
     ``teacher/loss``, ``baseline/learning_rate``), which the MLflow UI charts per model."""
-    return [Metric(f"{model}/{key}", float(value), timestamp_ms, int(row["step"]))
+    return [Metric(f"{model}/{key}", tidy(value), timestamp_ms, int(row["step"]))
             for model, rows in curves.items() for row in rows for key, value in row.items()
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)]
 
@@ -158,7 +179,7 @@ def record_run(cfg: PipelineConfig, run_name: str, params: dict[str, Any], metri
     experiment_id = configure(cfg.tracking, project_dir)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.log_metrics({k: float(v) for k, v in flatten("", metrics).items()
+        mlflow.log_metrics({k: tidy(v) for k, v in flatten("", metrics).items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
         steps = curve_metrics(curves or {}, int(time.time() * 1000))
         for start in range(0, len(steps), 1000):  # MLflow takes at most 1000 metrics per batch
@@ -422,7 +443,7 @@ def log_causal_lm(model_dir: Path, model_name: str, tags: dict[str, str], descri
     if not any(Path(model_dir).glob("*.safetensors")) or any(Path(model_dir).glob("*.bin")):
         raise PromotionError(f"{model_dir}: an LM is registered from safetensors weights only")
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=str(PYFUNC_LM_CODE), artifacts={"model": str(model_dir)},
+        name=logged_name(model_name, tags), python_model=str(PYFUNC_LM_CODE), artifacts={"model": str(model_dir)},
         signature=lm_signature(), pip_requirements=REQUIREMENTS, registered_model_name=model_name)
     version = str(info.registered_model_version)
     client = MlflowClient()

@@ -82,6 +82,11 @@ def test_registered_student_has_a_signature_an_example_and_predicts_by_alias(log
     assert info.signature.outputs.input_names()[:2] == ["label", "score"]
     assert {"p_lights_on", "p_timer"} <= set(info.signature.outputs.input_names())
     assert info.saved_input_example_info is not None
+    client = MlflowClient()
+    # the version's source is its MLflow 3 logged model, named for the registered name and the fingerprint
+    source = client.get_model_version("fixture-model", "1").source
+    assert source.startswith("models:/m-")
+    assert client.get_logged_model(source.removeprefix("models:/")).name == "fixture-model-f0"
     register(logged, "loads-by-alias", 1)
     model = mlflow.pyfunc.load_model("models:/loads-by-alias@challenger")
     out = model.predict(pd.DataFrame({"text": ["turn on the kitchen lights", "weather in oslo"]}))
@@ -421,7 +426,8 @@ def test_the_runs_training_curves_are_metrics_with_steps_per_model(server, tmp_p
     from distill.models import read_history
 
     cfg = config("curves-model")
-    curves = {"student": [{"step": 50, "loss": 1.2, "loss_kl": 0.8, "learning_rate": 5e-4, "val_accuracy": 0.41},
+    curves = {"student": [{"step": 50, "loss": 1.2345678912, "loss_kl": 0.8, "learning_rate": 5e-4,
+                           "val_accuracy": 0.41},
                           {"step": 100, "loss": 0.7, "loss_kl": 0.5, "learning_rate": 4e-4, "val_accuracy": 0.66}],
               "baseline": [{"step": 50, "loss": 1.5, "loss_kl": float("nan"), "learning_rate": 5e-4,
                             "val_accuracy": 0.38}],
@@ -432,6 +438,9 @@ def test_the_runs_training_curves_are_metrics_with_steps_per_model(server, tmp_p
     history = client.get_metric_history(run_id, "student/val_accuracy")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(50, 0.41), (100, 0.66)]
     assert [m.value for m in client.get_metric_history(run_id, "student/learning_rate")] == [5e-4, 4e-4]
+    assert client.get_metric_history(run_id, "student/loss")[0].value == 1.23457  # six digits, not float noise
     assert client.get_metric_history(run_id, "baseline/loss_kl") == []  # a term the baseline has not: no point
     assert client.get_run(run_id).data.metrics["eval.student.accuracy"] == 0.7
+    experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on its runs in the UI
     assert read_history(tmp_path) == []  # a model distill did not train has no curve
