@@ -72,7 +72,7 @@ def reference_frame(model, project_dir: str) -> pd.DataFrame:
 
 
 def check_windows(cfg: PipelineConfig, project_dir: str, model, reference: pd.DataFrame,
-                  champion_accuracy: float | None) -> list[dict]:
+                  champion_accuracy: float | None, version: str | None = None) -> list[dict]:
     """Drift (and quality) of every recent window of the log; one HTML + JSON report per window."""
     log = read_log(log_root(cfg.monitor.log_path, project_dir))
     if log.empty:
@@ -90,15 +90,23 @@ def check_windows(cfg: PipelineConfig, project_dir: str, model, reference: pd.Da
             continue
         has_text = bool(window["text"].notna().any())
         vectors = embed_task(window["text"].astype(str).tolist(), cache) if ref_vectors is not None and has_text else None
+        key = window_key(window["text"], window["request_id"], number)
+        # in the Evidently UI: dated by the window, named by its traffic and the champion that served it,
+        # added once however many monitor passes read it
+        snapshot = {"timestamp": pd.Timestamp(start).to_pydatetime(),
+                    "tags": [f"window-{number:04d}", f"champion-v{version}"],
+                    "metadata": {"key": f"{key}:v{version}", "window": str(number), "window_start": str(start),
+                                 "requests": str(len(window)), "champion_version": str(version)}}
         result = drift_task(reference, window, str(reports / f"window-{number:04d}.html"), cfg,
                             f"Window {number} ({pd.Timestamp(start):%Y-%m-%d %H:%M} UTC) vs distillation inputs",
                             ref_vectors if vectors is not None else None, vectors,
-                            str(Path(project_dir, cfg.monitor.workspace)) if cfg.monitor.workspace else None)
+                            str(Path(project_dir, cfg.monitor.workspace)) if cfg.monitor.workspace else None,
+                            snapshot)
         quality = result.quality
         quality_alert = bool(quality and champion_accuracy is not None
                              and champion_accuracy - quality["accuracy"] > cfg.monitor.max_accuracy_drop)
         row = {"window": number, "start": str(pd.Timestamp(start)), "requests": len(window),
-               "key": window_key(window["text"], window["request_id"], number), "drift": result.drift_detected,
+               "key": key, "drift": result.drift_detected,
                "quality_alert": quality_alert, **{k: v for k, v in result.to_dict().items() if k != "drift_detected"},
                "report": str(result.report_html), "_frame": window}
         write_json(reports / f"window-{number:04d}.json", {k: v for k, v in row.items() if k != "_frame"})
@@ -132,7 +140,7 @@ def drift_monitor(project_dir: str = ".", redistill: bool = True) -> dict:
     served = serve_simulated(cfg, project_dir, model, version) if cfg.monitor.simulate else 0
     shift, lineage = teacher_check(cfg, project_dir, model, version)
     champion_accuracy = _float(lineage["student_tags"].get("eval.accuracy"))  # gold test, at distillation
-    rows = check_windows(cfg, project_dir, model, reference_frame(model, project_dir), champion_accuracy)
+    rows = check_windows(cfg, project_dir, model, reference_frame(model, project_dir), champion_accuracy, version)
     if rows:
         table = pd.DataFrame([{k: r[k] for k in ("window", "requests", "drift", "drifted_share", "quality_alert")}
                               for r in rows])

@@ -58,6 +58,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -469,15 +470,49 @@ def _quality_html(quality: dict | None) -> str:
             f"macro-F1 {quality['macro_f1']:.3f}.</p>")
 
 
-def add_to_workspace(folder: Path, project: str, snapshot: Any) -> None:
-    """Add a report snapshot to the named project of a local Evidently workspace (created on first use)."""
+DASHBOARD_COLUMNS = (*DESCRIPTOR_COLUMNS, CONFIDENCE_COLUMN, EMBEDDING_COLUMN, PREDICTION_COLUMN)
+
+
+def dashboard_panels() -> list:
+    """The project's dashboard: the share of drifted columns per window, the latest count, and every monitored
+    column's drift score (p-value or distance, as the column's test gives) per window."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import counter_panel, line_plot_panel
+
+    return [
+        counter_panel("Drifted columns, latest window", [PanelMetric(legend="count", metric="DriftedColumnsCount",
+                                                                     metric_labels={"value_type": "count"})],
+                      description="Columns whose drift test fired in the most recent window", size="half"),
+        line_plot_panel("Share of drifted columns per window", [PanelMetric(
+            legend="share", metric="DriftedColumnsCount", metric_labels={"value_type": "share"})],
+            description="A window is flagged when this reaches monitor.drift_share", size="half"),
+        line_plot_panel("Drift score per column", [
+            PanelMetric(legend=column, metric="ValueDrift", metric_labels={"column": column})
+            for column in DASHBOARD_COLUMNS],
+            description="Per column: the test's p-value (KS, chi-squared: drift below 0.05) or its distance "
+                        "(embedding_distance: Wasserstein)"),
+    ]
+
+
+def add_to_workspace(folder: Path, project: str, snapshot: Any, key: str | None = None) -> bool:
+    """Add a report snapshot to the named project of a local Evidently workspace (created on first use, with
+    its dashboard). A snapshot whose ``key`` (its metadata) is already there is not added twice: a
+    monitor pass re-reads windows it has seen. Returns whether it was added."""
     from evidently.ui.workspace import Workspace
 
     workspace = Workspace.create(str(folder))
     found = workspace.search_project(project)
     target = found[0] if found else workspace.create_project(project, description="distill: production "
                                                              "windows against the distillation inputs")
+    dashboard = workspace.get_dashboard(target.id)
+    if not dashboard.panels:
+        for panel in dashboard_panels():
+            target.dashboard.add_panel(panel)
+    if key is not None and any((run := workspace.get_run(target.id, snapshot_id)) is not None
+                               and run.metadata.get("key") == key for snapshot_id in workspace.list_runs(target.id)):
+        return False
     workspace.add_run(target.id, snapshot)
+    return True
 
 
 def detect_drift(
@@ -492,6 +527,9 @@ def detect_drift(
     min_labelled: int = 30,
     workspace: Path | None = None,
     project: str = "distill drift",
+    timestamp: datetime | None = None,
+    tags: list[str] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> DriftResult:
     """reference/current have columns `text` (str) and `prediction` (str class label) and optionally
     `confidence` (float, the top-class probability) and, for current, `true_label`. Builds text
@@ -505,7 +543,9 @@ def detect_drift(
     ``confidence`` is monitored only when both frames have it; the text columns only when the window
     has texts.  Missing predictions become the label ``"<missing>"``.  See the module docstring for the
     tests used.  Given ``workspace`` (a folder), the snapshot is also added to the Evidently project
-    ``project`` in that local workspace, for browsing with ``evidently ui --workspace <folder>``.
+    ``project`` in that local workspace, for browsing with ``evidently ui --workspace <folder>``,
+    dated ``timestamp`` (the window's start: the dashboard's time axis) with ``tags`` and ``metadata``; a
+    snapshot whose ``metadata["key"]`` is already in the project is not added again.
     """
     _check_frame(reference, "reference")
     _check_frame(current, "current")
@@ -557,7 +597,7 @@ def detect_drift(
         snapshot = report.run(
             current_data=Dataset.from_pandas(cur_frame, data_definition=definition),
             reference_data=Dataset.from_pandas(ref_frame, data_definition=definition),
-            name=title,
+            name=title, timestamp=timestamp, tags=list(tags or []), metadata=dict(metadata or {}),
         )
         payload = snapshot.dict()
         # Snapshot.save_html silently writes nothing when given a Path; render the string ourselves.
@@ -569,7 +609,7 @@ def detect_drift(
     quality = window_quality(current, min_labelled)
     _write_atomically(report_path, _with_title(page, title, _quality_html(quality)))
     if workspace is not None:
-        add_to_workspace(Path(workspace), project, snapshot)
+        add_to_workspace(Path(workspace), project, snapshot, (metadata or {}).get("key"))
 
     return DriftResult(
         drift_detected=bool(share >= float(drift_share)),

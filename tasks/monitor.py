@@ -53,12 +53,13 @@ def serve_simulated(cfg: PipelineConfig, project_dir: str, model, version: str) 
 @task(name="detect drift")
 def drift_task(reference: pd.DataFrame, current: pd.DataFrame, report_path: str, cfg: PipelineConfig, title: str,
                reference_embeddings: np.ndarray | None, current_embeddings: np.ndarray | None,
-               workspace: str | None = None) -> DriftResult:
-    """One Evidently comparison of a window against the reference (added to the Evidently workspace if given)."""
+               workspace: str | None = None, snapshot: dict | None = None) -> DriftResult:
+    """One Evidently comparison of a window against the reference (added to the Evidently workspace if given,
+    with ``snapshot``'s timestamp, tags and metadata)."""
     return detect_drift(reference, current, report_path=Path(report_path), drift_share=cfg.monitor.drift_share,
                         title=title, reference_embeddings=reference_embeddings,
                         current_embeddings=current_embeddings, min_labelled=cfg.monitor.min_labelled,
-                        workspace=Path(workspace) if workspace else None)
+                        workspace=Path(workspace) if workspace else None, **(snapshot or {}))
 
 
 @task(name="embed texts")

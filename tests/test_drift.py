@@ -365,12 +365,26 @@ def test_packaged_minilm_embeddings_separate_shifted_text():
 def test_reports_collect_in_an_evidently_workspace(reference, windows, tmp_path):
     from evidently.ui.workspace import Workspace
 
+    from datetime import datetime, timezone
+
     folder = tmp_path / "workspace"
-    for name in ("in_domain_11", "shifted_a"):
-        detect_drift(reference, windows[name], report_path=tmp_path / f"{name}.html", title=name,
-                     workspace=folder, project="drift")
+    starts = {"in_domain_11": datetime(2026, 12, 1, 10, tzinfo=timezone.utc),
+              "shifted_a": datetime(2026, 12, 1, 11, tzinfo=timezone.utc)}
+    for _ in range(2):  # a second monitor pass reads the same windows again
+        for name in ("in_domain_11", "shifted_a"):
+            detect_drift(reference, windows[name], report_path=tmp_path / f"{name}.html", title=name,
+                         workspace=folder, project="drift", timestamp=starts[name], tags=[name, "champion-v3"],
+                         metadata={"key": f"{name}:v3", "window": name})
     workspace = Workspace(str(folder))
     projects = workspace.search_project("drift")
     assert len(projects) == 1  # the second report joined the project the first created
-    runs = workspace.list_runs(projects[0].id)
-    assert len(runs) == 2
+    runs = [workspace.get_run(projects[0].id, run) for run in workspace.list_runs(projects[0].id)]
+    assert len(runs) == 2  # once per window, not once per pass
+    by_window = {run.metadata["window"]: run for run in runs}
+    assert by_window["shifted_a"].timestamp.replace(tzinfo=None) == datetime(2026, 12, 1, 11)  # dated by the window
+    assert by_window["shifted_a"].tags == ["shifted_a", "champion-v3"]
+    # the project opens on a dashboard of panels, not "This dashboard is currently empty"
+    panels = workspace.get_dashboard(projects[0].id).panels
+    assert [panel.title for panel in panels] == ["Drifted columns, latest window", "Share of drifted columns per window",
+                                                 "Drift score per column"]
+    assert {value.metric_labels["column"] for value in panels[2].values} >= {"confidence", "prediction", "oov_share"}
