@@ -5,49 +5,23 @@ builds masks and output objects, and each step costs microseconds that a 2-layer
 amortise. A TorchScript trace records the tensor operations once and replays them without the
 Python, so small models gain most. The trace is checked against the eager model on a padded batch
 of inputs of several lengths before it is used; if the outputs differ, the eager model is kept.
+The tracing itself is ``distill.traced`` (torch only), which the served pyfunc ships and runs too.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
-from typing import Literal, NamedTuple
+from typing import Literal
 
-import torch
 from torch import nn
 
 from distill.models import Classifier, encode
+from distill.traced import TracedClassifier, TracedOutput, trace_model
+
+__all__ = ["Runtime", "TracedClassifier", "TracedOutput", "eager_model", "trace_classifier", "with_runtime"]
 
 Runtime = Literal["eager", "torchscript"]
 log = logging.getLogger(__name__)
-
-
-class TracedClassifier(nn.Module):
-    """A traced sequence classifier called like the Hugging Face one: ``model(**encoded).logits``."""
-
-    def __init__(self, traced: torch.jit.ScriptModule, input_names: list[str], eager: nn.Module):
-        super().__init__()
-        self.traced = traced
-        self.input_names = input_names
-        self._names = frozenset(input_names)
-        self.config = eager.config
-        self._eager = [eager]  # kept out of the module tree: its weights are already inside the trace
-
-    @property
-    def eager(self) -> nn.Module:
-        return self._eager[0]
-
-    def forward(self, **inputs: torch.Tensor) -> "TracedOutput":
-        if not inputs.keys() <= self._names:
-            raise TypeError(f"the trace takes {self.input_names}, not {sorted(set(inputs) - self._names)}")
-        out = self.traced(**inputs)
-        return TracedOutput(out["logits"] if isinstance(out, dict) else out[0])
-
-
-class TracedOutput(NamedTuple):
-    """What a traced classifier returns: ``.logits`` like the Hugging Face output (without its per-call cost)."""
-
-    logits: torch.Tensor
 
 
 def trace_classifier(clf: Classifier, texts: list[str], max_length: int, atol: float = 1e-4) -> Classifier:
@@ -57,24 +31,12 @@ def trace_classifier(clf: Classifier, texts: list[str], max_length: int, atol: f
         texts: sample inputs; the first traces, a padded batch of up to 16 checks the trace.
         atol: largest logit difference from the eager model that is accepted.
     """
-    model = clf.model.to("cpu").eval()
-    example = dict(encode(clf.tokenizer, texts[:1], max_length))
-    check = dict(encode(clf.tokenizer, texts[:16], max_length))
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings about shape checks the trace fixes in place
-            traced = torch.jit.trace(model, example_kwarg_inputs=example, strict=False, check_trace=False)
-            traced = torch.jit.freeze(traced)
-            wrapped = TracedClassifier(traced, list(example), model)
-            diff = (wrapped(**check).logits - model(**check).logits).abs().max().item()
-    except (RuntimeError, TypeError, ValueError) as exc:
-        log.warning("TorchScript trace failed (%s); keeping the eager model", exc)
+    traced, why = trace_model(clf.model, dict(encode(clf.tokenizer, texts[:1], max_length)),
+                              dict(encode(clf.tokenizer, texts[:16], max_length)), atol)
+    if traced is None:
+        log.warning("%s", why)
         return clf
-    if not diff <= atol:
-        log.warning("TorchScript trace differs from the eager model by %.2g (> %.0g); keeping the eager model",
-                    diff, atol)
-        return clf
-    return Classifier(wrapped, clf.tokenizer, clf.labels)
+    return Classifier(traced, clf.tokenizer, clf.labels)
 
 
 def with_runtime(clf: Classifier, runtime: Runtime, texts: list[str], max_length: int) -> Classifier:

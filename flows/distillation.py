@@ -21,7 +21,7 @@ from distill.io import read_json
 from distill.layout import LAYOUT
 from distill.models import MODEL_CARD, is_model_uri, read_card, read_history
 from monitoring.production import labelled_holdout, log_root
-from tasks import dvc, registry, scoring
+from tasks import dvc, registry, scoring, tracking
 from flows.lock import project_lock
 from flows.promotion import promote_student
 
@@ -173,7 +173,7 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
                  str(Path(at.prepared, "report.json"))]
     curves = {name: read_history(folder) for name, folder in
               (("teacher", at.teacher), ("student", at.student), ("baseline", at.baseline))}
-    run_id = registry.log_run(cfg, {"eval": metrics}, lineage, artifacts, project_dir, curves=curves,
+    run_id = tracking.log_run(cfg, {"eval": metrics}, lineage, artifacts, project_dir, curves=curves,
                               run_name=run_name(reason, student_card, metrics))
     version, fresh = registry.register_student(cfg, run_id, str(at.student), student_card, lineage,
                                                "Student distilled by distill; the model card follows.", project_dir)

@@ -30,7 +30,7 @@ from distill.models import SOURCE_FILE, is_model_uri, read_card
 from flows.lock import project_lock
 from flows.outcome import end
 from flows.promotion import promote_student
-from tasks import dvc, registry
+from tasks import dvc, registry, tracking
 from tasks.lm_teacher import fetch_lm_teacher
 
 STAGES = ("prepare", "lm_teacher", "lm_prompts", "lm_generate", "lm_topk", "lm_train", "lm_baseline", "lm_evaluate")
@@ -118,7 +118,7 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
     lineage |= {f"eval.{key}": f"{value:.4f}" for key, value in metrics["student"].items()
                 if key in ("perplexity", "kl_from_teacher", "top1_agreement", "greedy_prefix_agreement",
                            "task_exact", "unsafe_rate", "ms_per_token") and value is not None}
-    run_id = registry.log_run(cfg, {"lm_eval": metrics}, lineage, [str(at.lm_evaluate)], project_dir, kind="lm")
+    run_id = tracking.log_run(cfg, {"lm_eval": metrics}, lineage, [str(at.lm_evaluate)], project_dir, kind="lm")
     description = (f"LM student distilled by distill ({card.get('mode')} mode) from teacher "
                    f"{lineage['teacher_fingerprint'][:16]}.\n\n" + "\n".join(f"- {r}" for r in decision.reasons))
     version, fresh = registry.register_student(cfg, run_id, str(at.lm_student), card, lineage, description,

@@ -26,7 +26,7 @@ from flows.settings import RunSettings, run_overrides
 from monitoring import alerts
 from monitoring.alerts import REPORTS, incidents_dir
 from monitoring.production import labelled_holdout, log_root
-from tasks import registry, scoring
+from tasks import registry, scoring, tracking
 
 def shifted_holdout(cfg: PipelineConfig, project_dir: str) -> pd.DataFrame:
     """The held-out part of every drifted window, with the ground truth that has arrived."""
@@ -80,7 +80,7 @@ def run_redistillation(project_dir: str = ".", reason: str = "drift", incident: 
         versions = {"champion": before, "challenger": summary["student_version"]}
         comparison = scoring.score_versions(cfg, project_dir, versions, slices)
         comparison.update(scoring.score_teacher(cfg, LAYOUT.under(project_dir).teacher, slices))
-        registry.log_comparison(cfg, project_dir, summary["run_id"], summary["student_version"], comparison)
+        tracking.log_comparison(cfg, project_dir, summary["run_id"], summary["student_version"], comparison)
         summary["comparison"] = comparison
         logger.info("former champion v%s vs re-distilled v%s: %s", before, summary["student_version"], comparison)
     if incident:

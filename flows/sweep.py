@@ -13,7 +13,7 @@ from distill.config import load_config, read_run_overrides, write_overrides
 from distill.sweep import GridPoint, PointResult, choose, grid
 from distill.layout import LAYOUT
 from flows.distillation import validate_teacher
-from tasks import dvc, registry
+from tasks import dvc, tracking
 
 
 @task(name="sweep point", task_run_name="T={point.kd_temperature} alpha={point.alpha}")
@@ -72,7 +72,7 @@ def distill_sweep(project_dir: str = ".", apply: bool = False, overrides: list[s
         wait(futures)
         results += [f.result() for f in futures]
     chosen = choose(results)
-    run_id = registry.log_sweep(cfg, results, chosen, project_dir)
+    run_id = tracking.log_sweep(cfg, results, chosen, project_dir)
     print_grid(results, chosen)
     applied = write_overrides(params, GridPoint(chosen.kd_temperature, chosen.alpha).overrides()) if apply else False
     print(f"chosen on gold_val: T={chosen.kd_temperature:g}, alpha={chosen.alpha:g} "

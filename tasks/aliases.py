@@ -159,8 +159,3 @@ def _utc_now() -> str:
 def set_tags(client: MlflowClient, name: str, version: str, tags: dict[str, Any]) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
-
-
-def set_tags(client: MlflowClient, name: str, version: str, tags: dict[str, Any]) -> None:
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))

@@ -54,30 +54,40 @@ class TextClassifier(PythonModel):
             from cut import cut_texts  # shipped beside this file (log_model's code_paths)
         return cut_texts(self.tokenizer, texts, self.max_length, self.cut)
 
+    def _encode(self, texts: list) -> dict:
+        """One batch as the evaluation encodes it: cut as the card says, padded to its longest text."""
+        return dict(self.tokenizer(self._cut(texts), padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors="pt"))
+
     def _serving_model(self):
-        """The TorchScript trace the evaluation timed (checked against the eager model), or the eager model
-        (DISTILL_RUNTIME=eager, distill not importable, or a trace that differs)."""
+        """The TorchScript trace the evaluation timed (checked against the eager model; ``self.runtime`` says
+        which), or the eager model (DISTILL_RUNTIME=eager, or a trace that fails or differs). The tracing is
+        distill's own (distill/traced.py, shipped beside this file), so it serves alike without distill."""
+        import logging
         import os
 
+        self.runtime = "eager"
         if os.environ.get("DISTILL_RUNTIME", "torchscript") == "eager":
             return self.model
         try:
-            from distill.models import Classifier
-            from distill.runtime import trace_classifier
+            from distill.traced import trace_model
         except ImportError:
-            return self.model
+            from traced import trace_model  # shipped beside this file (log_model's code_paths)
         samples = ["turn on the lights in the kitchen", "what is the weather like tomorrow in the city",
                    "hi", "set a timer for ten minutes and remind me to check the oven please"]
-        return trace_classifier(Classifier(self.model, self.tokenizer, self.labels), samples, self.max_length).model
+        traced, why = trace_model(self.model, self._encode(samples[:1]), self._encode(samples))
+        if traced is None:
+            logging.getLogger(__name__).warning("%s", why)
+            return self.model
+        self.runtime = "torchscript"
+        return traced
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        texts = self._cut(model_input["text"].astype(str).tolist())
+        texts = model_input["text"].astype(str).tolist()
         rows = []
         with self.torch.inference_mode():
             for start in range(0, len(texts), 64):
-                batch = self.tokenizer(texts[start:start + 64], padding=True, truncation=True, max_length=self.max_length,
-                                       return_tensors="pt")
-                rows.append(self.model(**batch).logits.softmax(dim=-1))
+                rows.append(self.model(**self._encode(texts[start:start + 64])).logits.softmax(dim=-1))
         probs = self.torch.cat(rows).numpy() if rows else self.torch.zeros((0, len(self.labels))).numpy()
         out = pd.DataFrame(probs, columns=[f"p_{label}" for label in self.labels])
         out.insert(0, "score", probs.max(axis=1) if len(probs) else [])

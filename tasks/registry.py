@@ -7,10 +7,8 @@ Aliases, not the deprecated stages: ``challenger`` on registration,
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -19,18 +17,18 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 from prefect import task
 
 from distill.config import PipelineConfig, TrackingConfig
 from distill.io import read_json
-from distill.sweep import PointResult
 from tasks.aliases import PromotionError, alias_version, move_champion, roll_back, set_tags
 from tasks.retry import retry_on_transient
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_classifier.py")
 PYFUNC_LM_CODE = Path(__file__).with_name("pyfunc_lm.py")
-CUT_CODE = Path(__file__).resolve().parents[1] / "distill" / "cut.py"  # shipped with the model: no distill needed
+# shipped with the model beside its pyfunc: it cuts and traces as the evaluation did, with or without distill
+CUT_CODE = Path(__file__).resolve().parents[1] / "distill" / "cut.py"
+TRACED_CODE = Path(__file__).resolve().parents[1] / "distill" / "traced.py"
 Kind = Literal["student", "lm"]  # the classifier student (promote.student_model) or the LM student
 REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0", "pandas==2.3.3"]
 NETWORK = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_on_transient}
@@ -113,11 +111,6 @@ def logged_name(model_name: str, tags: dict[str, str]) -> str:
     return f"{model_name}-{fingerprint}" if fingerprint else model_name
 
 
-def tidy(value: float) -> float:
-    """Six significant digits: what a figure means, not float noise (the MLflow UI shows every digit)."""
-    return float(f"{value:.6g}")
-
-
 def log_classifier(model_dir: Path, model_name: str, tags: dict[str, str], description: str,
                    example_text: str = "turn on the kitchen light") -> str:
     """Log a model folder as a pyfunc in the active run and register it; return the version."""
@@ -126,7 +119,7 @@ def log_classifier(model_dir: Path, model_name: str, tags: dict[str, str], descr
     example = pd.DataFrame({"text": [example_text]})
     info = mlflow.pyfunc.log_model(
         name=logged_name(model_name, tags), python_model=str(PYFUNC_CODE), artifacts={"model": str(model_dir)},
-        code_paths=[str(CUT_CODE)],
+        code_paths=[str(CUT_CODE), str(TRACED_CODE)],
         signature=signature(list(read_card(model_dir)["labels"])), input_example=example,
         pip_requirements=REQUIREMENTS, registered_model_name=model_name)
     version = str(info.registered_model_version)
@@ -152,60 +145,6 @@ def register_teacher(cfg: PipelineConfig, teacher_dir: str, card: dict, project_
                                  f"Teacher from {card.get('source')}; fingerprint {card['fingerprint']}.")
     MlflowClient().set_registered_model_alias(name, "champion", version)
     return version
-
-
-def flatten(prefix: str, value: Any) -> dict[str, Any]:
-    """{'train': {'alpha': 0.7}} -> {'train.alpha': 0.7}."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, inner in value.items():
-            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), inner))
-        return out
-    return {prefix: value}
-
-
-def curve_metrics(curves: dict[str, list[dict]], timestamp_ms: int) -> list[Metric]:
-    """Training curves as MLflow metrics with steps: ``<model>/<field>`` (``student/val_accuracy``,
-    ``teacher/loss``, ``baseline/learning_rate``), which the MLflow UI charts per model."""
-    return [Metric(f"{model}/{key}", tidy(value), timestamp_ms, int(row["step"]))
-            for model, rows in curves.items() for row in rows for key, value in row.items()
-            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)]
-
-
-def record_run(cfg: PipelineConfig, run_name: str, params: dict[str, Any], metrics: dict, tags: dict[str, str],
-               artifacts: list[str], project_dir: str = ".", curves: dict[str, list[dict]] | None = None) -> str:
-    """One MLflow run: params, the numeric leaves of ``metrics``, the training ``curves`` (per model, one
-    row per validation check), tags (plus the git commit), report files."""
-    experiment_id = configure(cfg.tracking, project_dir)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.log_metrics({k: tidy(v) for k, v in flatten("", metrics).items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        steps = curve_metrics(curves or {}, int(time.time() * 1000))
-        for start in range(0, len(steps), 1000):  # MLflow takes at most 1000 metrics per batch
-            MlflowClient().log_batch(run.info.run_id, metrics=steps[start:start + 1000])
-        mlflow.set_tags({**tags, "git_commit": git_commit(project_dir)})
-        for path in artifacts:
-            if Path(path).is_dir():
-                mlflow.log_artifacts(path, artifact_path=Path(path).name)
-            elif Path(path).is_file():
-                mlflow.log_artifact(path)
-        return run.info.run_id
-
-
-@task(name="log pipeline run", **NETWORK)
-def log_run(cfg: PipelineConfig, metrics: dict, tags: dict[str, str], artifacts: list[str],
-            project_dir: str = ".", kind: Kind = "student", curves: dict[str, list[dict]] | None = None,
-            run_name: str | None = None) -> str:
-    """One MLflow run per pipeline run: config (the ``lm`` section for an LM run), metrics, training curves,
-    reports, lineage tags; returns the run id. ``run_name`` says what the run made (the runs table's
-    first column)."""
-    if kind == "lm":
-        params = flatten("lm", cfg.lm.model_dump(mode="json")) | {"seed": cfg.seed}
-        return record_run(cfg, run_name or "distill-lm-pipeline", params, metrics, {**tags, "task": "lm"}, artifacts,
-                          project_dir)
-    return record_run(cfg, run_name or "distill-pipeline", flatten("", cfg.model_dump()), metrics, tags, artifacts,
-                      project_dir, curves)
 
 
 @task(name="register student", **NETWORK)
@@ -267,26 +206,6 @@ def version_overrides(cfg: PipelineConfig, version: str, project_dir: str = ".")
     configure(cfg.tracking, project_dir)
     raw = MlflowClient().get_model_version(cfg.promote.student_model, version).tags.get("overrides")
     return json.loads(raw) if raw else []
-
-
-def log_sweep(cfg: PipelineConfig, results: list[PointResult], chosen: PointResult, project_dir: str) -> str:
-    """One MLflow run for the sweep with a nested run per grid point; returns the parent run id."""
-    experiment_id = configure(cfg.tracking, project_dir)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="sweep") as parent:
-        mlflow.set_tags({"distill.kind": "sweep", "git_commit": git_commit(project_dir),
-                         "method": "+".join(t.name for t in cfg.train.losses)})
-        mlflow.log_params({"chosen_kd_temperature": chosen.kd_temperature, "chosen_alpha": chosen.alpha,
-                           "temperatures": cfg.sweep.temperatures, "alphas": cfg.sweep.alphas,
-                           "epochs": cfg.sweep.epochs or cfg.train.epochs})
-        mlflow.log_metric("chosen_val_accuracy", chosen.val_accuracy)
-        mlflow.log_table({key: [r.to_dict()[key] for r in results] for key in results[0].to_dict()},
-                         artifact_file="sweep_grid.json")
-        for r in results:
-            with mlflow.start_run(experiment_id=experiment_id, nested=True,
-                                  run_name=f"T={r.kd_temperature} alpha={r.alpha}"):
-                mlflow.log_params({"kd_temperature": r.kd_temperature, "alpha": r.alpha})
-                mlflow.log_metrics({"val_accuracy": r.val_accuracy, "steps": r.steps, "seconds": r.seconds})
-        return parent.info.run_id
 
 
 def version_rows(client: MlflowClient, name: str) -> list[dict]:
@@ -411,17 +330,6 @@ def teacher_lineage(cfg: PipelineConfig, project_dir: str, student_version: str)
     return {"teacher_version": str(teacher.version) if teacher else None,
             "teacher_fingerprint": teacher.tags.get("fingerprint") if teacher else None,
             "student_tags": dict(student.tags), "baseline_disagreement": baseline}
-
-
-@task(name="log comparison", **NETWORK)
-def log_comparison(cfg: PipelineConfig, project_dir: str, run_id: str, version: str, comparison: dict) -> None:
-    """The champion-vs-challenger figures as metrics of the pipeline run and tags of the new version."""
-    configure(cfg.tracking, project_dir)
-    client = MlflowClient()
-    for key, value in comparison.items():
-        if isinstance(value, float):
-            client.log_metric(run_id, f"monitor.{key}", value)
-            client.set_model_version_tag(cfg.promote.student_model, version, f"monitor.{key}", f"{value:.4f}")
 
 
 # ---- LM students (flows/lm.py): the same registry, aliases and promotion lock, another model name ----

@@ -227,7 +227,11 @@ def test_the_prefect_ui_shows_the_typed_form_and_the_stages_logs(stack):
             return page.locator(f"div.schema-form-property:has(> .p-label__header "
                                 f".schema-form-property__label:text-is('{title} (Optional)'))")
 
-        field("Data file").wait_for(timeout=60_000)  # the form renders after the deployment's schema loads
+        try:
+            field("Data file").wait_for(timeout=60_000)  # the form renders after the deployment's schema loads
+        except Exception:
+            page.screenshot(path=str(logs / "form.png"), full_page=True)
+            pytest.fail(f"no 'Data file' field in the run form ({logs / 'form.png'}):\n" + page.inner_text("body")[:3000])
         for name, schema in RunSettings.model_json_schema()["properties"].items():
             assert field(schema["title"]).count() == 1, f"{name}: no field titled {schema['title']!r} in the form"
             assert schema["description"][:40] in field(schema["title"]).inner_text()

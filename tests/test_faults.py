@@ -198,7 +198,7 @@ def test_the_runs_figures_survive_a_tracking_server_that_is_down_for_a_while(har
     from mlflow import MlflowClient
 
     from distill.config import PipelineConfig, TrackingConfig
-    from tasks import registry
+    from tasks import registry, tracking
     from tests.mlflow_server import free_port, mlflow_server
 
     port = free_port()
@@ -221,7 +221,7 @@ def test_the_runs_figures_survive_a_tracking_server_that_is_down_for_a_while(har
     thread = threading.Thread(target=server_comes_back, daemon=True)
     thread.start()
     try:
-        task = registry.log_run.with_options(retries=24, retry_delay_seconds=5)  # the server takes ~10-60 s to start
+        task = tracking.log_run.with_options(retries=24, retry_delay_seconds=5)  # the server takes ~10-60 s to start
         run_id = task(cfg, {"eval": {"student": {"accuracy": 0.93}}}, {"reason": "outage"}, [], str(tmp_path))
         # The first attempt met no server (it starts only after that attempt began): the run arrived later.
         assert attempts[0] is False and len(attempts) >= 2, attempts

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from distill.config import PipelineConfig, PromoteConfig, TrackingConfig
 from distill.models import read_card
-from tasks import registry
+from tasks import registry, tracking
 from tests.mlflow_server import mlflow_server, postgres, postgres_bin
 
 
@@ -47,7 +47,7 @@ def test_registration_and_promotion_on_a_postgres_backed_server(server, tiny_tea
 
     teacher_version = registry.register_teacher.fn(cfg, str(tiny_teacher), card)
     assert registry.register_teacher.fn(cfg, str(tiny_teacher), card) == teacher_version  # once per fingerprint
-    run_id = registry.log_run.fn(cfg, {"eval": {"student": {"accuracy": 0.75}}}, {"reason": "test"}, [])
+    run_id = tracking.log_run.fn(cfg, {"eval": {"student": {"accuracy": 0.75}}}, {"reason": "test"}, [])
     # The tiny teacher stands in for a student: registration only reads the folder and its card.
     version, fresh = registry.register_student.fn(cfg, run_id, str(tiny_teacher), card, {"reason": "test"},
                                                   "student card")

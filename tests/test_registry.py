@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from distill.config import PipelineConfig, PromoteConfig, TrackingConfig
 from tasks import aliases as alias_tasks
-from tasks import registry, scoring
+from tasks import registry, scoring, tracking
 
 PASSED = {"passed": True, "reasons": ["every gate passed (test)"]}
 FAILED = {"passed": False, "reasons": ["student keeps 50.0% of the teacher's accuracy (< 90%)"]}
@@ -374,14 +374,18 @@ def test_a_served_model_cuts_long_texts_as_it_was_trained_even_where_distill_is_
     columns = [f"p_{label}" for label in clf.labels]
     served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": [text]}))
     np.testing.assert_allclose(served[columns].to_numpy(), expected, atol=1e-5)
-    # Where distill cannot be imported, the model's own copy of distill/cut.py (code_paths) cuts alike.
+    # Where distill cannot be imported, the model's own copies of distill/cut.py and distill/traced.py
+    # (code_paths) cut and trace alike: it serves the TorchScript path the evaluation timed.
     script = ("import sys, json; sys.modules['distill'] = None\n"
               "import mlflow, pandas as pd\n"
-              f"out = mlflow.pyfunc.load_model({uri!r}).predict(pd.DataFrame({{'text': [{text!r}]}}))\n"
-              f"print(json.dumps(out[{columns!r}].to_numpy().tolist()))")
+              f"model = mlflow.pyfunc.load_model({uri!r})\n"
+              f"out = model.predict(pd.DataFrame({{'text': [{text!r}]}}))\n"
+              f"print(json.dumps([model.unwrap_python_model().runtime, out[{columns!r}].to_numpy().tolist()]))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    np.testing.assert_allclose(np.array(json.loads(done.stdout.strip().splitlines()[-1])), expected, atol=1e-5)
+    runtime, probabilities = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runtime == "torchscript"
+    np.testing.assert_allclose(np.array(probabilities), expected, atol=1e-5)
 
 
 class Echo(mlflow.pyfunc.PythonModel):
@@ -432,7 +436,7 @@ def test_the_runs_training_curves_are_metrics_with_steps_per_model(server, tmp_p
               "baseline": [{"step": 50, "loss": 1.5, "loss_kl": float("nan"), "learning_rate": 5e-4,
                             "val_accuracy": 0.38}],
               "teacher": []}
-    run_id = registry.log_run(cfg, {"eval": {"student": {"accuracy": 0.7}}}, {"reason": "test"}, [], str(tmp_path),
+    run_id = tracking.log_run(cfg, {"eval": {"student": {"accuracy": 0.7}}}, {"reason": "test"}, [], str(tmp_path),
                               curves=curves)
     client = MlflowClient()
     history = client.get_metric_history(run_id, "student/val_accuracy")

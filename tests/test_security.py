@@ -72,7 +72,7 @@ def test_a_planted_secret_appears_in_no_output(tiny_cfg, tiny_teacher, tmp_path,
     """Secrets live in the environment: run the stages, log the run to MLflow, send an alert, then grep all."""
     from distill import audit, data, evaluate, label, students, teacher
     from monitoring.alerts import notify
-    from tasks import registry
+    from tasks import tracking
 
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
@@ -96,7 +96,7 @@ def test_a_planted_secret_appears_in_no_output(tiny_cfg, tiny_teacher, tmp_path,
     result = evaluate.run(cfg, out / "prepared", out / "teacher", out / "student", out / "baseline", out / "eval")
     audit.run(cfg, out / "eval" / "predictions.parquet", out / "audit")
     monkeypatch.chdir(tmp_path)
-    registry.log_run.fn(cfg, result.metrics, {"stage": "security-test"}, [str(out / "eval")], str(tmp_path))
+    tracking.log_run.fn(cfg, result.metrics, {"stage": "security-test"}, [str(out / "eval")], str(tmp_path))
     assert notify("DISTILL_NOTIFY_URL", "drift", "window 3 drifted") is False  # nobody listens on that port
 
     leaks = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()
@@ -117,7 +117,7 @@ def test_credentials_never_ride_in_a_url_setting_and_leave_the_environment_uri(m
     from mlflow import MlflowClient
 
     from distill.config import ConfigError, PipelineConfig, TrackingConfig, load_config
-    from tasks import registry
+    from tasks import tracking
 
     password = "PASSWORD-planted-91c2"
     for key, where in (("tracking.tracking_uri", "MLFLOW_TRACKING_USERNAME"), ("lm.api.base_url", "api_key_env")):
@@ -134,7 +134,7 @@ def test_credentials_never_ride_in_a_url_setting_and_leave_the_environment_uri(m
         monkeypatch.delenv(name, raising=False)
     capfd.readouterr()
     cfg = PipelineConfig(tracking=TrackingConfig(experiment="credentials"))
-    run_id = registry.log_run.fn(cfg, {"student": {"accuracy": 0.9}}, {"stage": "security-test"}, [], str(tmp_path))
+    run_id = tracking.log_run.fn(cfg, {"student": {"accuracy": 0.9}}, {"stage": "security-test"}, [], str(tmp_path))
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == password and os.environ["MLFLOW_TRACKING_USERNAME"] == "me"
     assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_server_uri
     captured = capfd.readouterr()
