@@ -173,7 +173,7 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
                  str(Path(at.prepared, "report.json"))]
     curves = {name: read_history(folder) for name, folder in
               (("teacher", at.teacher), ("student", at.student), ("baseline", at.baseline))}
-    run_id = tracking.log_run(cfg, {"eval": metrics}, lineage, artifacts, project_dir, curves=curves,
+    run_id = tracking.log_run(cfg, {"eval": tracking.headline(metrics)}, lineage, artifacts, project_dir, curves=curves,
                               run_name=run_name(reason, student_card, metrics))
     version, fresh = registry.register_student(cfg, run_id, str(at.student), student_card, lineage,
                                                "Student distilled by distill; the model card follows.", project_dir)

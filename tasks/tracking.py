@@ -36,6 +36,18 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+# The figures a pipeline run logs as MLflow metrics, per model: what a reviewer compares across runs. Every
+# other figure (28 per model) is in the run's evaluate/metrics.json artifact and in the model card; as
+# metrics they made 140 columns and charts in the MLflow UI.
+HEADLINE = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "agreement_with_teacher",
+            "latency_p50_ms", "size_mb")
+
+
+def headline(metrics: dict[str, dict]) -> dict[str, dict]:
+    """``metrics`` (model -> figure -> value) cut to the ``HEADLINE`` figures."""
+    return {model: {key: figures[key] for key in HEADLINE if key in figures} for model, figures in metrics.items()}
+
+
 def curve_metrics(curves: dict[str, list[dict]], timestamp_ms: int) -> list[Metric]:
     """Training curves as MLflow metrics with steps: ``<model>/<field>`` (``student/val_accuracy``,
     ``teacher/loss``, ``baseline/learning_rate``), which the MLflow UI charts per model."""

@@ -93,3 +93,11 @@ def test_the_deployment_form_shows_the_typed_settings_with_descriptions_and_drop
     assert all("anyOf" not in field for field in fields.values())
     assert "settings" in schema["properties"] and "overrides" in schema["properties"]
     assert {"settings", "overrides"} <= set(parameter_schema(run_redistillation).model_dump_for_openapi()["properties"])
+
+
+def test_a_run_logs_the_headline_figures_per_model_not_all_140():
+    from tasks.tracking import HEADLINE, headline
+
+    figures = {key: 0.5 for key in (*HEADLINE, "ece", "latency_p99_ms", "throughput_ratio_to_teacher")}
+    cut = headline({"student": figures, "teacher": {"accuracy": 0.9, "ece": 0.1}})
+    assert set(cut["student"]) == set(HEADLINE) and cut["teacher"] == {"accuracy": 0.9}
