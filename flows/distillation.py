@@ -195,6 +195,7 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     promoted = outcome["promoted"]
     create_markdown_artifact(key="distill-summary", markdown=summary_table(metrics)
                              + f"\n\nStudent version {version}: {'promoted' if promoted else 'not promoted'}.")
+    reports |= tracking.ui_links(cfg, project_dir, run_id, version)
     print_summary(metrics, decision, version, promoted, reports)
     print(f"promotion: {outcome['outcome']}" + (f" (serving check: {outcome['serving']})" if "serving" in outcome
                                                  else ""))

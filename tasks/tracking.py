@@ -48,6 +48,27 @@ def headline(metrics: dict[str, dict]) -> dict[str, dict]:
     return {model: {key: figures[key] for key in HEADLINE if key in figures} for model, figures in metrics.items()}
 
 
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+
+
+def ui_links(cfg: PipelineConfig, project_dir: str, run_id: str, version: str | None = None) -> dict[str, str]:
+    """Links into the MLflow UI for a run and its student version. MLflow 3's UI opens in its GenAI mode
+    unless the link asks for the training one (``workflowType=machine_learning``). A local store's
+    links point at ``mlflow ui`` on its default port."""
+    from urllib.parse import quote
+
+    from tasks.registry import tracking_uri
+
+    uri = tracking_uri(cfg.tracking, project_dir)
+    served = uri.startswith(("http://", "https://"))
+    base, when = (uri.rstrip("/"), "") if served else (LOCAL_UI, " (with `mlflow ui` running)")
+    experiment = configure(cfg.tracking, project_dir)
+    links = {f"MLflow run{when}": f"{base}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"}
+    if version is not None:
+        links[f"MLflow model version{when}"] = f"{base}/#/models/{quote(cfg.promote.student_model)}/versions/{version}"
+    return links
+
+
 def curve_metrics(curves: dict[str, list[dict]], timestamp_ms: int) -> list[Metric]:
     """Training curves as MLflow metrics with steps: ``<model>/<field>`` (``student/val_accuracy``,
     ``teacher/loss``, ``baseline/learning_rate``), which the MLflow UI charts per model."""

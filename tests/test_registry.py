@@ -448,3 +448,51 @@ def test_the_runs_training_curves_are_metrics_with_steps_per_model(server, tmp_p
     experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on its runs in the UI
     assert read_history(tmp_path) == []  # a model distill did not train has no curve
+
+
+def test_the_links_a_run_prints_open_the_mlflow_ui_on_the_training_run_and_the_version(server, tmp_path):
+    from tasks.tracking import ui_links
+
+    cfg = config("links-model")
+    links = ui_links(cfg, str(tmp_path), "abc123", "7")
+    experiment = registry.configure(cfg.tracking)
+    assert links == {
+        "MLflow run": f"{server}/#/experiments/{experiment}/runs/abc123?workflowType=machine_learning",
+        "MLflow model version": f"{server}/#/models/links-model/versions/7"}
+
+
+def test_the_mlflow_ui_shows_the_rendered_card_the_curves_and_opens_on_the_training_runs(logged, server, tmp_path):
+    """In Chromium (Debian's package) against the real `mlflow server`."""
+    import shutil
+
+    from tasks.tracking import ui_links
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (Debian: apt install chromium; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    cfg = config("ui-model")
+    curves = {"student": [{"step": step, "loss": 2.0 / step ** 0.5, "learning_rate": 5e-4,
+                           "val_accuracy": step / (step + 50)} for step in range(50, 301, 50)]}
+    run_id = tracking.log_run(cfg, {"eval": {"student": {"accuracy": 0.912}}}, {"reason": "ui"}, [], str(tmp_path),
+                              curves=curves, run_name="manual: kl T=4 a=0.7 2x128 -> 0.912 (97.3% of teacher)")
+    card = "## Summary\n\nThe student keeps **97.3 %** of the teacher.\n\n| model | accuracy |\n|---|---:|\n| student | 0.912 |\n"
+    (version,) = register(logged, "ui-model", 1)
+    MlflowClient().update_model_version("ui-model", version, description=card)
+    links = ui_links(cfg, str(tmp_path), run_id, version)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(links["MLflow model version"], wait_until="load")
+        # the card is rendered Markdown: a heading, bold text and a table, not the raw source
+        page.get_by_role("heading", name="Summary").wait_for(timeout=60_000)
+        assert page.locator("strong", has_text="97.3 %").count() == 1 and page.locator("td", has_text="0.912").count()
+        assert "| model |" not in page.inner_text("body")
+        page.goto(links["MLflow run"], wait_until="load")  # the experiment in its training mode, on its runs
+        page.get_by_text("manual: kl T=4 a=0.7 2x128", exact=False).first.wait_for(timeout=60_000)
+        assert "/runs" in page.url and "Token Usage" not in page.inner_text("body")
+        page.goto(links["MLflow run"].replace("?", "/model-metrics?"), wait_until="load")
+        for curve in ("student/val_accuracy", "student/loss", "student/learning_rate"):  # one chart per curve
+            page.get_by_text(f"({curve})", exact=False).first.wait_for(timeout=60_000)
+        browser.close()
