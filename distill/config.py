@@ -620,6 +620,14 @@ class TrackingConfig(_Section):
             value, "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
 
 
+class TimeoutsConfig(_Section):
+    """How long the flows wait before they call a step hung (a hung step would hold the worker forever)."""
+
+    stage_s: float = Field(
+        21_600, gt=0, description="Seconds a pipeline stage (one `dvc repro <stage>`) may run; then it is "
+        "stopped, its previous outputs are put back and the flow run fails naming the stage.")
+
+
 LM_DIVERGENCES = ("forward_kl", "reverse_kl", "js", "gjsd", "skew_kl", "skew_reverse_kl", "tvd")
 
 DEFAULT_LM_INSTRUCTION = (
@@ -863,6 +871,7 @@ class PipelineConfig(_Section):
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     lm: LMConfig = Field(default_factory=LMConfig)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import logging
 import os
@@ -19,13 +20,17 @@ from pathlib import Path
 import yaml
 from prefect import get_run_logger, task
 
-from distill.config import PipelineConfig, write_run_overrides
+from distill.config import PipelineConfig, TimeoutsConfig, write_run_overrides
 from distill.layout import LAYOUT
 from tasks.retry import retry_on_transient
 
 
 class StageFailed(RuntimeError):
     """A DVC stage exited non-zero; the message carries its last lines of output."""
+
+
+class StageTimedOut(StageFailed):
+    """A DVC stage ran past ``timeouts.stage_s`` and was stopped."""
 
 
 @dataclass
@@ -113,9 +118,26 @@ def _tee(source, sink, keep: list[str], lines: RunLogLines | None = None) -> Non
         lines.close()
 
 
-def dvc_streamed(args: list[str], project_dir: str, log: Callable[[str], None] | None = None) -> tuple[int, str]:
+def kill_tree(pid: int) -> None:
+    """Kill ``pid`` and everything it started (children first, so none is left orphaned)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        family = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(family, timeout=10)
+
+
+def dvc_streamed(args: list[str], project_dir: str, log: Callable[[str], None] | None = None,
+                 timeout_s: float | None = None) -> tuple[int, str]:
     """Run one dvc command with its output shown live (and, with ``log``, line by line to it); return
-    (exit code, output)."""
+    (exit code, output). Past ``timeout_s`` DVC and every process under it (the stage command, its
+    workers) are killed and ``subprocess.TimeoutExpired`` is raised."""
     proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out: list[str] = []
@@ -125,9 +147,16 @@ def dvc_streamed(args: list[str], project_dir: str, log: Callable[[str], None] |
                threading.Thread(target=_tee, args=(proc.stderr, sys.stderr, err, forward()))]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
-    return proc.wait(), "".join(out) + "".join(err)
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        proc.wait()
+        raise
+    finally:
+        for thread in threads:
+            thread.join()
+    return code, "".join(out) + "".join(err)
 
 
 def changed(stage: str, project_dir: str = ".") -> bool:
@@ -201,6 +230,16 @@ def outputs_kept(stage: str, project_dir: str = "."):
         _remove(keep)
 
 
+def stage_timeout(project_dir: str) -> float:
+    """``timeouts.stage_s`` of the project's run (params.yaml and this run's overrides)."""
+    from distill.config import ConfigError, run_config
+
+    try:
+        return run_config(project_dir).timeouts.stage_s
+    except (ConfigError, OSError):  # the config stage reports a bad params file itself
+        return TimeoutsConfig().stage_s
+
+
 @task(name="dvc repro", task_run_name="dvc repro {stage}")
 def repro(stage: str, project_dir: str = ".", force: bool = False) -> StageRun:
     """`dvc repro <stage>`: DVC runs the stage only when its deps or params changed (or when forced).
@@ -211,9 +250,15 @@ def repro(stage: str, project_dir: str = ".", force: bool = False) -> StageRun:
     """
     logger = get_run_logger()
     runs = force or changed(stage, project_dir)
+    limit = stage_timeout(project_dir)
     with outputs_kept(stage, project_dir) if runs else nullcontext():
-        code, output = dvc_streamed(["repro", "--single-item", *(["--force"] if force else []), stage], project_dir,
-                                    log=api_only(logger))
+        try:
+            code, output = dvc_streamed(["repro", "--single-item", *(["--force"] if force else []), stage],
+                                        project_dir, log=api_only(logger), timeout_s=limit)
+        except subprocess.TimeoutExpired:
+            raise StageTimedOut(f"stage {stage!r} ran past its {limit:g} s (timeouts.stage_s) and was stopped; its "
+                                "previous outputs are kept. Raise timeouts.stage_s if it needs longer, or look "
+                                "at where it hung in this run's log") from None
         if code != 0:
             lines = [line.split("\r")[-1] for line in output.splitlines()]
             tail = "\n".join(line for line in lines[-25:] if "%|" not in line)

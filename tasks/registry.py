@@ -31,7 +31,10 @@ CUT_CODE = Path(__file__).resolve().parents[1] / "distill" / "cut.py"
 TRACED_CODE = Path(__file__).resolve().parents[1] / "distill" / "traced.py"
 Kind = Literal["student", "lm"]  # the classifier student (promote.student_model) or the LM student
 REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0", "pandas==2.3.3"]
-NETWORK = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_on_transient}
+# A registry call retries transient errors; one that has not answered in 30 minutes (a model upload
+# included) is hung, and the flow run fails instead of holding its worker.
+NETWORK = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_on_transient,
+           "timeout_seconds": 1800}
 
 
 def tracking_uri(cfg: TrackingConfig, project_dir: str = ".") -> str:

@@ -249,5 +249,5 @@ def test_the_prefect_ui_shows_the_typed_form_and_the_stages_logs(stack):
         page.goto(f"{ui}/runs/flow-run/{pipeline_run['id']}", wait_until="networkidle")
         # the stages' own output, not only Prefect's task states
         page.get_by_text("Running stage 'prepare'", exact=False).first.wait_for(timeout=30_000)
-        page.get_by_text("rows read", exact=False).first.wait_for(timeout=30_000)
+        page.get_by_text('"out_dir": "data/prepared"', exact=False).first.wait_for(timeout=30_000)  # prepare's result
         browser.close()

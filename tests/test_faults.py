@@ -358,3 +358,48 @@ def test_a_stage_command_dies_with_the_process_that_started_it(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the child outlived its killed parent")
+
+
+SLOW_STAGE = """\
+import json, os, pathlib, subprocess, sys, time
+if json.loads(pathlib.Path("params.json").read_text())["hang"]:  # hangs, with a worker of its own
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    pathlib.Path("pids").write_text(json.dumps([os.getpid(), worker.pid]))
+    time.sleep(600)
+pathlib.Path("out.txt").write_text("done")
+"""
+
+
+def test_a_stage_past_its_time_limit_is_stopped_with_what_it_started_and_its_outputs_kept(harness, tmp_path):
+    import json
+
+    import psutil
+    from prefect import flow
+
+    from tasks.dvc import StageTimedOut, repro
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "stage.py").write_text(SLOW_STAGE)
+    (project / "params.json").write_text('{"hang": false}')
+    (project / "params.yaml").write_text("timeouts:\n  stage_s: 20\n")
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {
+        "cmd": f"{sys.executable} stage.py", "deps": ["stage.py", "params.json"],
+        "outs": [{"out.txt": {"cache": False}}]}}}))
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(command, cwd=project, check=True)
+
+    @flow
+    def slow() -> None:
+        repro("slow", str(project))
+
+    slow()
+    (project / "params.json").write_text('{"hang": true}')  # now the stage hangs
+    start = time.monotonic()
+    with pytest.raises(StageTimedOut, match=r"ran past its 20 s \(timeouts.stage_s\)"):
+        slow()
+    assert time.monotonic() - start < 90
+    assert (project / "out.txt").read_text() == "done"  # the last good output is back
+    stage, child = json.loads((project / "pids").read_text())
+    time.sleep(1)
+    assert not psutil.pid_exists(stage) and not psutil.pid_exists(child), "a process of the stage outlived it"
