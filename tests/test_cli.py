@@ -112,3 +112,17 @@ def test_an_unreachable_tracking_server_is_one_line_and_does_not_retry_for_minut
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), output
     assert f"error: API request to http://127.0.0.1:{port}" in output and "is the tracking server up?" in output
     assert time.monotonic() - start < 60  # MLflow's own default retries for about four minutes
+
+
+def test_the_command_sets_a_short_openmp_spin_before_torch_loads_and_a_users_value_wins():
+    """Spinning OpenMP threads collapse training when another process is busy (benchmarks/shared_cpu.py)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = "import os, sys, cli; assert 'torch' not in sys.modules; import cli.main; print(os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "10000"
+    assert subprocess.run([sys.executable, "-c", probe], env={**env, "GOMP_SPINCOUNT": "5"}, capture_output=True,
+                          text=True, check=True).stdout.strip() == "5"
