@@ -1,4 +1,4 @@
-"""Killing a real training process at the right moment, for the resume tests."""
+"""Processes for the fault tests: killing a real training at the right moment, a one-stage DVC project."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import os
 import signal
 import subprocess
 import time
+import sys
 from pathlib import Path
+
+import yaml
 
 
 def kill_once_written(command: list[str], env: dict, marker: Path, timeout_s: float = 120) -> int:
@@ -17,3 +20,16 @@ def kill_once_written(command: list[str], env: dict, marker: Path, timeout_s: fl
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     return proc.wait()
+
+
+def one_stage_project(root: Path, name: str, script: str, files: dict[str, str], stage: dict) -> Path:
+    """A git + DVC project under ``root`` whose one stage ``name`` runs ``script`` (stage.py) with this Python;
+    ``files`` are written beside it, ``stage`` adds deps, params and outs to the stage."""
+    root.mkdir(parents=True)
+    (root / "stage.py").write_text(script, encoding="utf-8")
+    for file, text in files.items():
+        (root / file).write_text(text)
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {name: {"cmd": f"{sys.executable} stage.py", **stage}}}))
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(command, cwd=root, check=True)
+    return root

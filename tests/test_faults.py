@@ -18,7 +18,7 @@ from distill.config import config_from_dict
 from distill.io import atomic_dir, atomic_file
 from distill.label import TeacherOutputError
 from tests.conftest import tiny_params
-from tests.processes import kill_once_written
+from tests.processes import kill_once_written, one_stage_project
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,15 +278,8 @@ def test_a_stage_that_fails_under_dvc_leaves_its_previous_outputs_byte_identical
 
     from tasks.dvc import KEEP, StageFailed, repro
 
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "stage.py").write_text(STAGE)
-    (project / "params.yaml").write_text("size: 1\nrefuse: false\n")
-    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"make": {
-        "cmd": f"{sys.executable} stage.py", "deps": ["stage.py"], "params": ["size", "refuse"],
-        "outs": ["out", {"report.json": {"cache": False}}]}}}))
-    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
-        subprocess.run(command, cwd=project, check=True)
+    project = one_stage_project(tmp_path / "project", "make", STAGE, {"params.yaml": "size: 1\nrefuse: false\n"}, {
+        "deps": ["stage.py"], "params": ["size", "refuse"], "outs": ["out", {"report.json": {"cache": False}}]})
 
     @flow
     def make() -> None:
@@ -378,16 +371,9 @@ def test_a_stage_past_its_time_limit_is_stopped_with_what_it_started_and_its_out
 
     from tasks.dvc import StageTimedOut, repro
 
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "stage.py").write_text(SLOW_STAGE)
-    (project / "params.json").write_text('{"hang": false}')
-    (project / "params.yaml").write_text("timeouts:\n  stage_s: 20\n")
-    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {
-        "cmd": f"{sys.executable} stage.py", "deps": ["stage.py", "params.json"],
-        "outs": [{"out.txt": {"cache": False}}]}}}))
-    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
-        subprocess.run(command, cwd=project, check=True)
+    project = one_stage_project(tmp_path / "project", "slow", SLOW_STAGE, {
+        "params.json": '{"hang": false}', "params.yaml": "timeouts:\n  stage_s: 20\n"}, {
+        "deps": ["stage.py", "params.json"], "outs": [{"out.txt": {"cache": False}}]})
 
     @flow
     def slow() -> None:

@@ -1,11 +1,7 @@
 """A stage's output reaches the flow run's log (the Prefect UI's run page), once, without progress-bar noise."""
 
-import subprocess
-import sys
-
-import yaml
-
 from tasks.dvc import RunLogLines
+from tests.processes import one_stage_project
 
 STAGE = """\
 import sys, time
@@ -56,13 +52,8 @@ def test_a_stages_output_is_in_the_flow_runs_log_and_on_the_terminal(harness, tm
 
     from tasks.dvc import repro
 
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "stage.py").write_text(STAGE, encoding="utf-8")
-    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"make": {
-        "cmd": f"{sys.executable} stage.py", "deps": ["stage.py"], "outs": [{"out.txt": {"cache": False}}]}}}))
-    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
-        subprocess.run(command, cwd=project, check=True)
+    project = one_stage_project(tmp_path / "project", "make", STAGE, {}, {
+        "deps": ["stage.py"], "outs": [{"out.txt": {"cache": False}}]})
 
     @flow
     def make():
