@@ -216,8 +216,8 @@ def test_the_runs_figures_survive_a_tracking_server_that_is_down_for_a_while(har
             up.set()
             done.wait(300)
 
-    real_configure = registry.configure
-    monkeypatch.setattr(registry, "configure", lambda *a, **k: attempts.append(up.is_set()) or real_configure(*a, **k))
+    real_configure = registry.configure  # each attempt of the run logging starts by reaching the server
+    monkeypatch.setattr(tracking, "configure", lambda *a, **k: attempts.append(up.is_set()) or real_configure(*a, **k))
     thread = threading.Thread(target=server_comes_back, daemon=True)
     thread.start()
     try:
