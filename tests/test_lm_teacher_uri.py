@@ -143,7 +143,9 @@ def test_a_moved_alias_fetches_the_new_version_and_a_pinned_version_stays(store,
 
 
 def test_a_runs_uri_teaches_and_records_its_run(store, tracking, tmp_path):
-    uri = f"runs:/{store.run_ids[1]}/model"
+    # the logged model's path in its run is its name: the registered name and the weights' fingerprint
+    name = registry.logged_name(NAME, {"fingerprint": teacher.fingerprint_of(store.folders[1])})
+    uri = f"runs:/{store.run_ids[1]}/{name}"
     source = fetch(uri, tracking, tmp_path / "imported")
     assert source["version"] is None and source["run_id"] == store.run_ids[1]
     result = teacher.run(config(uri, tracking), tmp_path / "lm_teacher", tmp_path / "imported")
