@@ -70,7 +70,7 @@ def print_summary(metrics: dict, decision: GateReport, version: str, promoted: b
     for reason in decision.reasons:
         console.print(f"  - {reason}")
     for name, path in reports.items():
-        console.print(f"{name}: {path}")
+        console.print(f"{name}: {path}", soft_wrap=True)  # a link must stay on one line to be clicked
 
 
 def verdict(passed: bool) -> str:
