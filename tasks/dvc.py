@@ -72,13 +72,17 @@ class RunLogLines:
         *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
             self._emit(line)
-        if "\r" in self.pending and self.clock() - self.last_redraw >= self.every:
-            drawn, _, drawing = self.pending.rpartition("\r")  # the last redraw may still be coming
-            redraws = [part for part in drawn.split("\r") if part.strip()]
-            if redraws:
-                self.last_redraw = self.clock()
-                self.log(redraws[-1].rstrip())
-                self.pending = "\r" + drawing
+        if "\r" not in self.pending:
+            return
+        # Only the latest complete redraw matters (the last one may still be coming): keep just that, so a
+        # bar redrawn many times a second does not pile up in memory between two logged states.
+        drawn, _, drawing = self.pending.rpartition("\r")
+        latest = next((part for part in reversed(drawn.split("\r")) if part.strip()), "")
+        if latest and self.clock() - self.last_redraw >= self.every:
+            self.last_redraw = self.clock()
+            self.log(latest.rstrip())
+            latest = ""
+        self.pending = latest + "\r" + drawing
 
     def close(self) -> None:
         self._emit(self.pending)
