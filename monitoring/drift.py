@@ -50,6 +50,7 @@ look like drift.  Window texts are described against the full reference vocabula
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import re
@@ -64,6 +65,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from distill.io import atomic_file
 
 __all__ = [
     "DESCRIPTOR_COLUMNS",
@@ -494,12 +497,20 @@ def dashboard_panels() -> list:
     ]
 
 
+WORKSPACE_KEYS = "distill-snapshot-keys.json"  # beside the workspace's projects: the keys already added
+
+
 def add_to_workspace(folder: Path, project: str, snapshot: Any, key: str | None = None) -> bool:
     """Add a report snapshot to the named project of a local Evidently workspace (created on first use, with
-    its dashboard). A snapshot whose ``key`` (its metadata) is already there is not added twice: a
-    monitor pass re-reads windows it has seen. Returns whether it was added."""
+    its dashboard). A snapshot whose ``key`` is already there is not added twice: a monitor pass re-reads
+    windows it has seen. The keys added are listed in ``WORKSPACE_KEYS``, so the check reads one small
+    file rather than every snapshot of the project. Returns whether it was added."""
     from evidently.ui.workspace import Workspace
 
+    index = Path(folder) / WORKSPACE_KEYS
+    added = set(json.loads(index.read_text())) if index.is_file() else set()
+    if key is not None and key in added:
+        return False
     workspace = Workspace.create(str(folder))
     found = workspace.search_project(project)
     target = found[0] if found else workspace.create_project(project, description="distill: production "
@@ -508,10 +519,10 @@ def add_to_workspace(folder: Path, project: str, snapshot: Any, key: str | None 
     if not dashboard.panels:
         for panel in dashboard_panels():
             target.dashboard.add_panel(panel)
-    if key is not None and any((run := workspace.get_run(target.id, snapshot_id)) is not None
-                               and run.metadata.get("key") == key for snapshot_id in workspace.list_runs(target.id)):
-        return False
     workspace.add_run(target.id, snapshot)
+    if key is not None:
+        with atomic_file(index) as handle:
+            json.dump(sorted(added | {key}), handle)
     return True
 
 
