@@ -39,27 +39,33 @@ def read_test_set(path: Path, text_column: str, label_column: str, limit: int | 
     return frame.reset_index(drop=True).assign(label=lambda f: f["label"].astype(str))
 
 
-def load(args: argparse.Namespace):
-    """The candidates: teacher (+ INT8), each student (+ INT8), the baseline."""
-    from distill.evaluate import Candidate, folder_size, state_size
-    from distill.models import Classifier, load_classifier
-    from distill.quantize import quantize_dynamic_int8
+def load(args: argparse.Namespace, cfg, texts: list[str]):
+    """The candidates: teacher (+ INT8), each student (+ INT8), the baseline, served as the evaluate stage
+    serves them (``evaluate.runtime``, ``evaluate.threads``; INT8 by ONNX Runtime)."""
+    from distill.evaluate import Candidate, folder_size, with_runtime_candidate
+    from distill.models import load_classifier
+    from distill.runtime import quantized_classifier
+
+    ev, length = cfg.evaluate, cfg.train.max_length
+
+    def one(name: str, folder: Path) -> Candidate:
+        clf = load_classifier(folder)
+        return with_runtime_candidate(Candidate(name, clf, folder_size(folder), clf.num_parameters, folder=folder),
+                                      ev.runtime, texts, length, ev.threads)
 
     def pair(name: str, folder: Path) -> list[Candidate]:
-        clf = load_classifier(folder)
-        out = [Candidate(name, clf, folder_size(folder), clf.num_parameters)]
+        out = [one(name, folder)]
         if args.int8:
-            model = quantize_dynamic_int8(load_classifier(folder).model)
-            out.append(Candidate(f"{name}_int8", Classifier(model, clf.tokenizer, clf.labels), state_size(model),
-                                 clf.num_parameters, quantized=True))
+            clf = load_classifier(folder)
+            served, size = quantized_classifier(clf, folder, ev.threads, texts, length)
+            out.append(Candidate(f"{name}_int8", served, size, clf.num_parameters, quantized=True, folder=folder))
         return out
 
     candidates = pair("teacher", args.teacher)
     for i, folder in enumerate(args.student or []):
         candidates += pair("student" if i == 0 else f"student_{folder.name}", folder)
     if args.baseline:
-        clf = load_classifier(args.baseline)
-        candidates.append(Candidate("baseline", clf, folder_size(args.baseline), clf.num_parameters))
+        candidates.append(one("baseline", args.baseline))
     return candidates
 
 
@@ -105,7 +111,7 @@ def main() -> None:
 
     cfg = load_config(args.params, args.overrides)
     test = read_test_set(args.data, args.text_column, args.label_column, args.limit, cfg.seed)
-    result = score_candidates(cfg, test, load(args))
+    result = score_candidates(cfg, test, load(args, cfg, test["text"].astype(str).tolist()))
     print_table(result["metrics"], f"{args.data} ({len(test)} examples), teacher {args.teacher}")
     if args.out:
         try:

@@ -6,8 +6,7 @@
 --teacher is a causal-LM folder (default: the packaged SmolLM2 teacher, converted once under
 --cache-dir). Each --draft is a causal-LM folder sharing the teacher's tokenizer, or a reference
 draft built in memory: ``random:N`` (an N-layer Llama with random weights: the floor) or
-``truncated:N`` (the teacher's first N layers and its head, no training), ``int8`` (the teacher with
-dynamic INT8 linear layers: close to the teacher, cheaper on CPU) or ``self`` (the teacher itself:
+``truncated:N`` (the teacher's first N layers and its head, no training) or ``self`` (the teacher itself:
 acceptance 1.0, the draft as dear as the teacher). Prompts come from
 --prompts (one user request a line) or a few built-in home-automation requests, wrapped in the
 teacher's chat template. Every speculative output is checked against the teacher's greedy output.
@@ -62,13 +61,10 @@ def truncated_draft(teacher, layers: int):
 
 
 def load_draft(spec: str, teacher):
-    from distill.lm.teacher import CausalLM, load_causal_lm
-    from distill.quantize import quantize_dynamic_int8
+    from distill.lm.teacher import load_causal_lm
 
     if spec == "self":
         return teacher
-    if spec == "int8":
-        return CausalLM(quantize_dynamic_int8(teacher.model), teacher.tokenizer)  # a copy; the teacher stays
     kind, _, layers = spec.partition(":")
     if kind == "random" and layers.isdigit():
         return random_draft(teacher, int(layers))
@@ -83,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/lm"), 
                         help="where the packaged teacher is converted")
     parser.add_argument("--draft", action="append", default=[],
-                        help="folder, random:N, truncated:N, int8 or self (repeatable)")
+                        help="folder, random:N, truncated:N or self (repeatable)")
     parser.add_argument("--prompts", type=Path, help="a text file with one user request a line")
     parser.add_argument("--limit", type=int, default=8, help="the most prompts")
     parser.add_argument("--k", type=int, action="append", help="draft tokens per teacher pass (repeatable; default 4)")
@@ -108,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(column, justify="left" if column == "draft" else "right")
     for spec in args.draft or ["random:2", "truncated:6"]:
         draft = load_draft(spec, teacher)
-        params = teacher.num_parameters if spec == "int8" else sum(p.numel() for p in draft.model.parameters())
+        params = sum(p.numel() for p in draft.model.parameters())
         for k in args.k or [4]:
             console.print(f"[dim]{spec}, k={k} ...[/dim]")
             r = measure_speculative(teacher, draft, prompts, args.max_new_tokens, k, args.threads)

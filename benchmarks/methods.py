@@ -74,12 +74,12 @@ def scores(folder: Path, prepared: Path, max_length: int) -> dict:
 
 def latency_ms(folder: Path, texts: list[str], max_length: int, runtime: str = "eager") -> float:
     """Median batch-1 latency (tokenisation included) on one CPU thread, torch.utils.benchmark, with the model
-    served eager or as the checked TorchScript trace the evaluation and the serving pyfunc use."""
+    served eager or by ONNX Runtime on its checked export, as the evaluation and the serving pyfunc serve it."""
     from torch.utils import benchmark
 
     from distill.runtime import with_runtime
 
-    clf = with_runtime(load_classifier(folder), runtime, texts, max_length)
+    clf = with_runtime(load_classifier(folder), runtime, texts, max_length, folder, threads=1)
     model, tokenizer = clf.model.eval(), clf.tokenizer
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -102,14 +102,14 @@ def latency_ms(folder: Path, texts: list[str], max_length: int, runtime: str = "
 
 def measure_latency(teacher_dir: Path, cfg, texts: list[str], rounds: int = 3) -> dict:
     """Teacher vs a fresh student of the configured shape (latency depends on the shape, not the weights),
-    eager and TorchScript, in alternating rounds so load from other processes hits both alike."""
+    eager and ONNX Runtime, in alternating rounds so load from other processes hits both alike."""
     with tempfile.TemporaryDirectory() as scratch:
         teacher_clf = load_classifier(teacher_dir)
         # a smaller vocabulary (student.vocab_size) is trained on the timed texts: its size, not its tokens, counts
         save_classifier(build_student(teacher_clf, cfg.student, cfg.seed, texts=texts), Path(scratch),
                         {"role": "latency"})
         out = {}
-        for runtime in ("eager", "torchscript"):
+        for runtime in ("eager", "onnxruntime"):
             pairs = [(latency_ms(teacher_dir, texts, cfg.teacher.max_length, runtime),
                       latency_ms(Path(scratch), texts, cfg.train.max_length, runtime)) for _ in range(rounds)]
             teacher_ms, student_ms = statistics.median(t for t, _ in pairs), statistics.median(s for _, s in pairs)
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of the methods: sweep params.yaml's T x alpha grid with kl on the first seed, "
                              "choose on gold_val (the test accuracy is shown, never used)")
     parser.add_argument("--latency-only", action="store_true",
-                        help="only time the teacher against a student of the configured shape, eager and TorchScript")
+                        help="only time the teacher against a student of the configured shape, eager and ONNX Runtime")
     parser.add_argument("--merge", nargs="+", type=Path, default=None,
                         help="combine the runs of earlier --out files (e.g. two parallel halves) into --out")
     args = parser.parse_args(argv)

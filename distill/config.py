@@ -441,10 +441,20 @@ class EvaluateConfig(_Section):
     latency_rounds: int = Field(
         5, ge=1, description="Timing rounds over all models in turn; figures are the median over rounds.")
     warmup: int = Field(10, ge=0)
-    threads: int = Field(1, ge=1, description="torch threads while timing latency and throughput.")
-    runtime: Literal["eager", "torchscript"] = Field(
-        "torchscript", description="How every candidate is served while timed on CPU: a TorchScript trace "
-        "(checked against the eager model first; the serving pyfunc uses the same trace) or eager PyTorch.")
+    threads: int = Field(1, ge=1, description="Threads (torch or ONNX Runtime) while timing latency and throughput; "
+                         "the registered pyfunc serves with as many.")
+    runtime: Literal["eager", "onnxruntime"] = Field(
+        "onnxruntime", description="How the fp32 candidates are served while timed on CPU: ONNX Runtime on the "
+        "model's ONNX export (checked against the eager model first; the serving pyfunc runs the same file) or "
+        "eager PyTorch. INT8 candidates are always ONNX Runtime models.")
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _replaced_runtime(cls, value):
+        if value == "torchscript":
+            raise ValueError("torchscript was replaced by onnxruntime (TorchScript is deprecated in torch): set "
+                             "evaluate.runtime to onnxruntime, or eager")
+        return value
     throughput_batch_size: int = Field(32, ge=1, description="Batch size of the throughput measurement.")
     bootstrap_samples: int = Field(1000, ge=10, description="Resamples of the accuracy / macro-F1 intervals.")
     confident: float = Field(

@@ -5,7 +5,7 @@ question and a signature). ``head_tail`` keeps the first ``head_share`` of the t
 start of the text and the rest from its end, as Sun et al. (2019, "How to Fine-Tune BERT for Text
 Classification?") found best for long reviews. The cut happens on the text, at token boundaries
 found with the tokenizer's offsets, so every path that tokenizes (training, labelling, evaluation,
-the TorchScript trace, the served pyfunc) reads the same tokens through its ordinary tokenizer call.
+the ONNX export, the served pyfunc) reads the same tokens through its ordinary tokenizer call.
 
 A model folder records its cut in its card (``cut``); texts that fit are never touched. This module
 imports nothing of distill, torch or transformers: the MLflow pyfunc ships it beside the model

@@ -33,8 +33,7 @@ from distill.config import PipelineConfig
 from distill.io import atomic_dir, write_json
 from distill.lengths import with_teacher_lengths
 from distill.models import Classifier, ModelError, encode, load_classifier, predict_logits, read_card
-from distill.quantize import quantize_dynamic_int8
-from distill.runtime import Runtime, TracedClassifier, eager_model, with_runtime
+from distill.runtime import OnnxClassifier, Runtime, eager_model, quantized_classifier, with_runtime
 
 # candidate -> (the model folder it comes from, quantized to INT8)
 SOURCES = {"teacher": ("teacher", False), "teacher_int8": ("teacher", True), "student": ("student", False),
@@ -51,6 +50,7 @@ class Candidate:
     size_bytes: int
     parameters: int  # quantization packs weights but does not remove any: counted before packing
     quantized: bool = False
+    folder: Path | None = None  # where its weights (and their ONNX export) live
 
 
 @dataclass
@@ -65,30 +65,17 @@ def folder_size(folder: Path) -> int:
 
 
 def state_size(model: torch.nn.Module) -> int:
-    """Bytes of a serialized state dict (used for quantized models)."""
+    """Bytes of a serialized state dict (an eager model's weights in memory)."""
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes
 
 
 def load_candidates(folders: dict[str, Path | None], names: list[str], runtime: Runtime = "eager",
-                    texts: list[str] | None = None, max_length: int = 64) -> list[Candidate]:
+                    texts: list[str] | None = None, max_length: int = 64, threads: int = 1) -> list[Candidate]:
     """The models ``names`` asks for, in that order, from the teacher / student / baseline folders, each
-    in ``runtime`` (a TorchScript trace is checked on ``texts`` against the eager model first)."""
-    out = [with_runtime_candidate(c, runtime, texts or [], max_length)
-           for c in _load_candidates(folders, names)]
-    return out
-
-
-def with_runtime_candidate(candidate: Candidate, runtime: Runtime, texts: list[str], max_length: int) -> Candidate:
-    """The candidate served in ``runtime``; sizes and parameter counts stay those of its weights."""
-    if runtime == "eager" or not texts:
-        return candidate
-    clf = with_runtime(candidate.clf, runtime, texts, max_length)
-    return Candidate(candidate.name, clf, candidate.size_bytes, candidate.parameters, candidate.quantized)
-
-
-def _load_candidates(folders: dict[str, Path | None], names: list[str]) -> list[Candidate]:
+    in ``runtime`` (ONNX Runtime runs the folder's checked export, or one made now); INT8 candidates are
+    ONNX Runtime's dynamic quantization of the export."""
     out = []
     for name in names:
         role, quantized = SOURCES[name]
@@ -97,12 +84,22 @@ def _load_candidates(folders: dict[str, Path | None], names: list[str]) -> list[
             raise ModelError(f"evaluate.candidates asks for {name!r} but no {role} model folder was given")
         clf = load_classifier(folder)
         if quantized:
-            model = quantize_dynamic_int8(clf.model)
-            out.append(Candidate(name, Classifier(model, clf.tokenizer, clf.labels), state_size(model),
-                                 clf.num_parameters, quantized=True))
+            served, size = quantized_classifier(clf, folder, threads, texts or [], max_length)
+            out.append(Candidate(name, served, size, clf.num_parameters, quantized=True, folder=folder))
         else:
-            out.append(Candidate(name, clf, folder_size(folder), clf.num_parameters))
+            out.append(with_runtime_candidate(Candidate(name, clf, folder_size(folder), clf.num_parameters,
+                                                        folder=folder), runtime, texts or [], max_length, threads))
     return out
+
+
+def with_runtime_candidate(candidate: Candidate, runtime: Runtime, texts: list[str], max_length: int,
+                           threads: int = 1) -> Candidate:
+    """The candidate served in ``runtime``; sizes and parameter counts stay those of its weights."""
+    if runtime == "eager":
+        return candidate
+    clf = with_runtime(candidate.clf, runtime, texts, max_length, candidate.folder, threads)
+    return Candidate(candidate.name, clf, candidate.size_bytes, candidate.parameters, candidate.quantized,
+                     candidate.folder)
 
 
 def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = 15) -> float:
@@ -213,7 +210,7 @@ def gpu_latency(candidate: Candidate, texts: list[str], max_length: int, warmup:
     """Batch-1 latency and peak memory on CUDA (synchronized); {} without CUDA or for CPU-only INT8 models."""
     if not torch.cuda.is_available() or candidate.quantized:
         return {}
-    model = eager_model(candidate.clf.model).to("cuda")  # a CPU trace holds CPU constants: time the eager model
+    model = eager_model(candidate.clf.model).to("cuda")  # ONNX Runtime serves on CPU here: time the eager model
     clf = Classifier(model, candidate.clf.tokenizer, candidate.clf.labels)
     try:
         request_block_ms(clf, texts[:max(warmup, 1)], max_length)
@@ -237,9 +234,10 @@ def peak_memory(clf: Classifier, texts: list[str], max_length: int) -> dict[str,
     """
     from torch.profiler import ProfilerActivity, profile
 
-    weights = state_size(eager_model(clf.model))  # a frozen trace keeps its weights as constants
+    served = clf.model
+    weights = served.size_bytes if isinstance(served, OnnxClassifier) else state_size(served)
     batch = encode(clf.tokenizer, texts, max_length)
-    model = clf.model.to("cpu").eval()
+    model = eager_model(served).to("cpu").eval()  # activations as torch allocates them (ONNX Runtime's are its own)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         model(**batch)
     events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
@@ -339,7 +337,7 @@ def evaluate_frame(cfg: PipelineConfig, test: pd.DataFrame, folders: dict[str, P
     cfg = with_teacher_lengths(cfg, folders.get("teacher"))
     texts = test["text"].astype(str).tolist()
     return score_candidates(cfg, test, load_candidates(folders, cfg.evaluate.candidates, cfg.evaluate.runtime,
-                                                       texts, cfg.train.max_length))
+                                                       texts, cfg.train.max_length, cfg.evaluate.threads))
 
 
 def score_candidates(cfg: PipelineConfig, test: pd.DataFrame, candidates: list[Candidate]) -> dict:
@@ -387,7 +385,7 @@ def score_candidates(cfg: PipelineConfig, test: pd.DataFrame, candidates: list[C
             if other in probs:
                 metrics["student"][f"mcnemar_p_vs_{other}"] = mcnemar_p(gold, probs["student"].argmax(axis=1),
                                                                         probs[other].argmax(axis=1))
-    runtimes = {c.name: ("torchscript" if isinstance(c.clf.model, TracedClassifier) else "eager")
+    runtimes = {c.name: ("onnxruntime" if isinstance(c.clf.model, OnnxClassifier) else "eager")
                 for c in candidates}
     details = {"labels": labels, "confusion": {n: m.tolist() for n, m in matrices.items()},
                "serving": {"runtime": runtimes, "threads": ev.threads},

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +14,13 @@ from torch import nn
 
 from distill.cut import card_cut, cut_of, cut_texts, set_cut
 from distill.io import hash_files, read_json, write_json
+from distill.served import ONNX_FILE, exported, single_text_encoder
 
 MODEL_CARD = "distill.json"  # written beside the weights: what the folder holds
 HISTORY = "history.csv"  # the training curve of a model distill trained: one row per validation check
+# Generic requests that tokenize to several lengths: an export's example and its check batch.
+PROBES = ["turn on the lights in the kitchen", "what is the weather like tomorrow in the city", "hi",
+          "set a timer for ten minutes and remind me to check the oven please, and then play some music"]
 HEADS = ("classifier", "score", "pre_classifier", "classification_head")  # sequence-classification heads
 
 
@@ -170,16 +173,16 @@ def resolve_fetched(value: str | None, imported_dir: Path | None, key: str,
 def model_fingerprint(folder: Path, cut: dict) -> str:
     """SHA-256 of a model folder's weights, config and tokenizer, and of how it cuts long texts (a head cut
     adds nothing, so folders from before cuts keep their fingerprints)."""
-    fingerprint = hash_files(folder, ("*.safetensors", "config.json", "tokenizer.json"))
+    fingerprint = hash_files(folder, ("*.safetensors", "config.json", "tokenizer.json", ONNX_FILE))
     if cut["how"] != "head":
         fingerprint = hashlib.sha256(f"{fingerprint}\0{json.dumps(cut, sort_keys=True)}".encode()).hexdigest()
     return fingerprint
 
 
 def save_classifier(clf: Classifier, folder: Path, card: dict, history: list[dict] | None = None) -> str:
-    """Save weights (safetensors), tokenizer, a card and the training ``history`` (``HISTORY``: step, losses,
-    learning rate, validation accuracy; dvc.yaml plots it, the flow logs it to MLflow); return the content
-    fingerprint."""
+    """Save weights (safetensors), tokenizer, the serving export (``model.onnx``, see ``distill.served``), a
+    card and the training ``history`` (``HISTORY``: step, losses, learning rate, validation accuracy;
+    dvc.yaml plots it, the flow logs it to MLflow); return the content fingerprint."""
     folder = Path(folder)
     if history:
         import pandas as pd
@@ -187,11 +190,33 @@ def save_classifier(clf: Classifier, folder: Path, card: dict, history: list[dic
         pd.DataFrame(history).to_csv(folder / HISTORY, index=False, float_format="%.6g")
     clf.model.save_pretrained(folder, safe_serialization=True)
     clf.tokenizer.save_pretrained(folder)
+    why = export_into(clf, folder)
     cut = cut_of(clf.tokenizer)
     fingerprint = model_fingerprint(folder, cut)
     write_json(folder / MODEL_CARD, {**card, "fingerprint": fingerprint, "labels": clf.labels,
-                                     "parameters": clf.num_parameters, "cut": cut})
+                                     "parameters": clf.num_parameters, "cut": cut,
+                                     "serving": {"onnx": ONNX_FILE} if not why else {"onnx": None, "why": why}})
     return fingerprint
+
+
+def probe_batches(clf: Classifier, max_length: int, texts: list[str] | None = None) -> tuple[dict, dict]:
+    """An export's example (two texts: the batch and sequence axes stay dynamic) and its padded check batch
+    (``texts``, or generic requests of several lengths)."""
+    texts = [t for t in (texts or [])[:16] if str(t).strip()] or PROBES
+    check = texts + PROBES if len(texts) < 4 else texts
+    return dict(encode(clf.tokenizer, (texts * 2)[:2], max_length)), dict(encode(clf.tokenizer, check, max_length))
+
+
+def export_into(clf: Classifier, folder: Path, max_length: int = 64, texts: list[str] | None = None) -> str:
+    """Write ``clf``'s checked ONNX export to ``folder/model.onnx``; "" when written, else why not (logged:
+    the model is then served eager)."""
+    example, check = probe_batches(clf, max_length, texts)
+    served, why = exported(clf.model, example, check, Path(folder) / ONNX_FILE)
+    if served is None:
+        import logging
+
+        logging.getLogger(__name__).warning("%s; %s will be served eager", why, folder)
+    return why
 
 
 def read_history(folder: Path) -> list[dict]:
@@ -222,51 +247,10 @@ def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tens
     """
     texts = cut_texts(tokenizer, texts, max_length, cut_of(tokenizer))
     if len(texts) == 1:
-        single = _single_text_encoder(tokenizer, max_length, texts[0])
+        single = single_text_encoder(tokenizer, max_length, texts[0])
         if single is not None:
             return single(texts[0])
     return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-
-
-_SINGLE_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _single_text_encoder(tokenizer, max_length: int, probe: str):
-    """A batch-1 encoder on a private copy of ``tokenizer``'s Rust backend, or None where there is none.
-
-    The copy truncates like the tokenizer's own call (``max_length``, its truncation side). On first
-    use it is checked against the tokenizer's own output for ``probe``; a tokenizer whose call does
-    more than its backend (Python-side preprocessing) fails the check and keeps the ordinary path.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    try:
-        known = _SINGLE_ENCODERS.setdefault(tokenizer, {})
-    except TypeError:  # not weak-referenceable
-        return None
-    if max_length in known:
-        return known[max_length]
-    from tokenizers import Tokenizer
-
-    private = Tokenizer.from_str(backend.to_str())
-    private.no_padding()
-    private.enable_truncation(max_length, direction=getattr(tokenizer, "truncation_side", "right"))
-    names = list(getattr(tokenizer, "model_input_names", []))
-    fields = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}
-
-    def single(text: str) -> dict[str, torch.Tensor]:
-        encoding = private.encode(text)
-        return {name: torch.tensor([getattr(encoding, fields[name])]) for name in names}
-
-    usable = bool(names) and set(names) <= set(fields)
-    if usable:
-        expected = tokenizer([probe], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        got = single(probe)
-        usable = set(got) == set(expected) and all(
-            got[k].dtype == expected[k].dtype and torch.equal(got[k], expected[k]) for k in got)
-    known[max_length] = single if usable else None
-    return known[max_length]
 
 
 @torch.inference_mode()

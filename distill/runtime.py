@@ -1,51 +1,74 @@
-"""Serving runtimes for classifiers: eager PyTorch, or a TorchScript trace of the same weights.
+"""Serving runtimes for classifiers: eager PyTorch, or ONNX Runtime on the model's ONNX export.
 
-A small student spends most of a batch-1 request in Python: the Hugging Face forward walks its modules,
-builds masks and output objects, and each step costs microseconds that a 2-layer model does not
-amortise. A TorchScript trace records the tensor operations once and replays them without the
-Python, so small models gain most. The trace is checked against the eager model on a padded batch
-of inputs of several lengths before it is used; if the outputs differ, the eager model is kept.
-The tracing itself is ``distill.traced`` (torch only), which the served pyfunc ships and runs too.
+A model folder distill saved holds its export (``model.onnx``, checked against the eager model when it
+was written); a folder from elsewhere (a teacher given by ``teacher.path``, a model saved before exports)
+is exported into a scratch folder when it is served. The export and the session are
+``distill.served`` (torch and onnxruntime only), which the served pyfunc ships and runs too.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Literal
 
 from torch import nn
 
-from distill.models import Classifier, encode
-from distill.traced import TracedClassifier, TracedOutput, trace_model
+from distill.models import Classifier, export_into, probe_batches
+from distill.served import ONNX_FILE, OnnxClassifier, exported, quantize_onnx
 
-__all__ = ["Runtime", "TracedClassifier", "TracedOutput", "eager_model", "trace_classifier", "with_runtime"]
+__all__ = ["Runtime", "OnnxClassifier", "eager_model", "onnx_classifier", "quantized_classifier", "with_runtime"]
 
-Runtime = Literal["eager", "torchscript"]
+Runtime = Literal["eager", "onnxruntime"]
 log = logging.getLogger(__name__)
-
-
-def trace_classifier(clf: Classifier, texts: list[str], max_length: int, atol: float = 1e-4) -> Classifier:
-    """A TorchScript copy of ``clf`` (CPU), or ``clf`` itself when tracing fails or changes the outputs.
-
-    Args:
-        texts: sample inputs; the first traces, a padded batch of up to 16 checks the trace.
-        atol: largest logit difference from the eager model that is accepted.
-    """
-    traced, why = trace_model(clf.model, dict(encode(clf.tokenizer, texts[:1], max_length)),
-                              dict(encode(clf.tokenizer, texts[:16], max_length)), atol)
-    if traced is None:
-        log.warning("%s", why)
+def onnx_classifier(clf: Classifier, folder: Path | None, threads: int, texts: list[str],
+                    max_length: int) -> Classifier:
+    """``clf`` served by ONNX Runtime from ``folder``'s export, or exported now into a scratch folder when
+    the folder has none; ``clf`` itself (eager) when the export fails or changes the outputs."""
+    existing = Path(folder) / ONNX_FILE if folder is not None else None
+    if existing is not None and existing.is_file():
+        return Classifier(OnnxClassifier(existing, threads, eager=clf.model), clf.tokenizer, clf.labels)
+    with tempfile.TemporaryDirectory(prefix="distill-onnx-") as scratch:
+        example, check = probe_batches(clf, max_length, texts)
+        served, why = exported(clf.model, example, check, Path(scratch) / ONNX_FILE, threads)
+        # the session holds the graph in memory: the scratch file may go
+    if served is None:
+        log.warning("%s; keeping the eager model", why)
         return clf
-    return Classifier(traced, clf.tokenizer, clf.labels)
+    return Classifier(served, clf.tokenizer, clf.labels)
 
 
-def with_runtime(clf: Classifier, runtime: Runtime, texts: list[str], max_length: int) -> Classifier:
-    """``clf`` in the requested runtime (TorchScript on CPU only; the eager model elsewhere)."""
-    if runtime == "torchscript":
-        return trace_classifier(clf, texts, max_length)
+def quantized_classifier(clf: Classifier, folder: Path | None, threads: int, texts: list[str],
+                         max_length: int) -> tuple[Classifier, int]:
+    """The INT8 model (ONNX Runtime's dynamic quantization of the folder's export, or of one made now) and
+    its size in bytes on disk. INT8 is served by ONNX Runtime whatever ``evaluate.runtime`` says."""
+    with tempfile.TemporaryDirectory(prefix="distill-int8-") as scratch:
+        source = Path(folder) / ONNX_FILE if folder is not None else None
+        if source is None or not source.is_file():
+            source = Path(scratch) / ONNX_FILE
+            why = export_into(clf, Path(scratch), max_length, texts)
+            if why:
+                raise RuntimeError(f"{folder or 'the model'}: {why}, so it has no INT8 version; drop the *_int8 "
+                                   "candidates from evaluate.candidates")
+        target = Path(scratch) / "model-int8.onnx"
+        quantize_onnx(source, target)
+        model = OnnxClassifier(target, threads, eager=clf.model)  # the session holds the graph: the file may go
+    return Classifier(model, clf.tokenizer, clf.labels), model.size_bytes
+
+
+def with_runtime(clf: Classifier, runtime: Runtime, texts: list[str], max_length: int,
+                 folder: Path | None = None, threads: int = 1) -> Classifier:
+    """``clf`` in the requested runtime (ONNX Runtime on CPU; the eager model when ``runtime`` is eager)."""
+    if runtime == "onnxruntime":
+        return onnx_classifier(clf, folder, threads, texts, max_length)
     return clf
 
 
 def eager_model(model: nn.Module) -> nn.Module:
-    """The eager module behind a traced one (or the module itself)."""
-    return model.eager if isinstance(model, TracedClassifier) else model
+    """The eager module behind a served one (or the module itself)."""
+    if isinstance(model, OnnxClassifier):
+        if model.eager is None:
+            raise TypeError(f"{model.path} was loaded without its eager model")
+        return model.eager
+    return model

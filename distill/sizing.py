@@ -94,13 +94,14 @@ def time_candidates(cfg: PipelineConfig, teacher_dir: Path, teacher: Classifier,
     from distill.evaluate import Candidate, load_candidates, measure_latency, with_runtime_candidate
 
     ev, length = cfg.evaluate, cfg.train.max_length
-    models = load_candidates({"teacher": teacher_dir}, ["teacher", "teacher_int8"], ev.runtime, texts, length)
+    models = load_candidates({"teacher": teacher_dir}, ["teacher", "teacher_int8"], ev.runtime, texts, length,
+                             ev.threads)
     parameters = []
     for i, shape in enumerate(shapes):
         clf = build_student(teacher, as_student(cfg.student, shape), cfg.seed, texts=vocab_texts)
         parameters.append(clf.num_parameters)
         models.append(with_runtime_candidate(Candidate(f"shape{i}", clf, 4 * clf.num_parameters,
-                                                       clf.num_parameters), ev.runtime, texts, length))
+                                                       clf.num_parameters), ev.runtime, texts, length, ev.threads))
     return measure_latency(models, texts, length, ev.warmup, ev.threads, ev.latency_rounds), parameters
 
 

@@ -26,7 +26,7 @@ DRIFT_EVENT = "distill.drift.detected"
 TEACHER_EVENT = "distill.teacher.changed"
 
 
-@task(name="serve simulated traffic", cache_policy=NO_CACHE)  # the served model (a TorchScript trace) cannot be hashed
+@task(name="serve simulated traffic", cache_policy=NO_CACHE)  # the served model (an ONNX Runtime session) cannot be hashed
 def serve_simulated(cfg: PipelineConfig, project_dir: str, model, version: str) -> int:
     """Replay the prepared production split through the champion, once per request; the ground truth
     follows as feedback. Timestamps put window k at the k-th of the last n periods."""

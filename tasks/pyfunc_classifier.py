@@ -24,7 +24,8 @@ class TextClassifier(PythonModel):
         self.max_length = self._evaluated_length(folder)
         self.cut = self._card(folder).get("cut") or {"how": "head"}
         self.torch = torch
-        self.model = self._serving_model()
+        self._served = self._served_module()
+        self.model = self._serving_model(folder, (context.model_config or {}).get("threads"))
 
     @staticmethod
     def _card(folder) -> dict:
@@ -55,44 +56,58 @@ class TextClassifier(PythonModel):
         return cut_texts(self.tokenizer, texts, self.max_length, self.cut)
 
     def _encode(self, texts: list) -> dict:
-        """One batch as the evaluation encodes it: cut as the card says, padded to its longest text."""
-        return dict(self.tokenizer(self._cut(texts), padding=True, truncation=True, max_length=self.max_length,
+        """One batch as the evaluation encodes it: cut as the card says, padded to its longest text; a single
+        text through the same private copy of the tokenizer's Rust backend the evaluation timed."""
+        texts = self._cut(texts)
+        if len(texts) == 1:
+            single = self._served.single_text_encoder(self.tokenizer, self.max_length, texts[0])
+            if single is not None:
+                return single(texts[0])
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt"))
 
-    def _serving_model(self):
-        """The TorchScript trace the evaluation timed (checked against the eager model; ``self.runtime`` says
-        which), or the eager model (DISTILL_RUNTIME=eager, or a trace that fails or differs). The tracing is
-        distill's own (distill/traced.py, shipped beside this file), so it serves alike without distill."""
+    @staticmethod
+    def _served_module():
+        try:
+            from distill import served
+        except ImportError:
+            import served  # shipped beside this file (log_model's code_paths)
+        return served
+
+    def _serving_model(self, folder, threads):
+        """ONNX Runtime on the folder's ``model.onnx``, the file the evaluation timed (exported and checked
+        against the eager model when the model was saved), with the evaluation's thread count
+        (``self.runtime`` says which); the eager model where the folder has no export or DISTILL_RUNTIME=eager.
+        The session is distill's own (distill/served.py, shipped beside this file): it serves alike without
+        distill."""
         import logging
         import os
+        from pathlib import Path
 
         self.runtime = "eager"
-        if os.environ.get("DISTILL_RUNTIME", "torchscript") == "eager":
+        if os.environ.get("DISTILL_RUNTIME", "onnxruntime") == "eager":
             return self.model
-        try:
-            from distill.traced import trace_model
-        except ImportError:
-            from traced import trace_model  # shipped beside this file (log_model's code_paths)
-        samples = ["turn on the lights in the kitchen", "what is the weather like tomorrow in the city",
-                   "hi", "set a timer for ten minutes and remind me to check the oven please"]
-        traced, why = trace_model(self.model, self._encode(samples[:1]), self._encode(samples))
-        if traced is None:
-            logging.getLogger(__name__).warning("%s", why)
+        path = Path(folder) / self._served.ONNX_FILE
+        if not path.is_file():
+            logging.getLogger(__name__).warning("%s has no %s: serving the eager model", folder, path.name)
             return self.model
-        self.runtime = "torchscript"
-        return traced
+        self.runtime = "onnxruntime"
+        return self._served.OnnxClassifier(path, self._served.session_threads(threads), eager=self.model)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        texts = model_input["text"].astype(str).tolist()
-        rows = []
+        import numpy as np
+
+        texts = [str(text) for text in model_input["text"].tolist()]
         with self.torch.inference_mode():
-            for start in range(0, len(texts), 64):
-                rows.append(self.model(**self._encode(texts[start:start + 64])).logits.softmax(dim=-1))
-        probs = self.torch.cat(rows).numpy() if rows else self.torch.zeros((0, len(self.labels))).numpy()
-        out = pd.DataFrame(probs, columns=[f"p_{label}" for label in self.labels])
-        out.insert(0, "score", probs.max(axis=1) if len(probs) else [])
-        out.insert(0, "label", [self.labels[i] for i in probs.argmax(axis=1)] if len(probs) else [])
-        return out
+            chunks = [self.model(**self._encode(texts[start:start + 64])).logits
+                      for start in range(0, len(texts), 64)]
+        logits = self.torch.cat(chunks).float().numpy() if chunks else np.zeros((0, len(self.labels)), np.float32)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True)) if len(logits) else logits
+        probs /= probs.sum(axis=1, keepdims=True) if len(probs) else 1
+        best = probs.argmax(axis=1)
+        columns = {"label": [self.labels[i] for i in best], "score": probs[np.arange(len(best)), best]}
+        columns.update((f"p_{label}", probs[:, i]) for i, label in enumerate(self.labels))
+        return pd.DataFrame(columns, copy=False)
 
 
 mlflow.models.set_model(TextClassifier())

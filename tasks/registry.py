@@ -26,11 +26,12 @@ from tasks.retry import retry_on_transient
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_classifier.py")
 PYFUNC_LM_CODE = Path(__file__).with_name("pyfunc_lm.py")
-# shipped with the model beside its pyfunc: it cuts and traces as the evaluation did, with or without distill
+# shipped with the model beside its pyfunc: it cuts, encodes and serves as the evaluation did, with or without distill
 CUT_CODE = Path(__file__).resolve().parents[1] / "distill" / "cut.py"
-TRACED_CODE = Path(__file__).resolve().parents[1] / "distill" / "traced.py"
+SERVED_CODE = Path(__file__).resolve().parents[1] / "distill" / "served.py"
 Kind = Literal["student", "lm"]  # the classifier student (promote.student_model) or the LM student
-REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0", "pandas==2.3.3"]
+REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0", "pandas==2.3.3",
+                "onnxruntime==1.32.0"]
 # A registry call retries transient errors; one that has not answered in 30 minutes (a model upload
 # included) is hung, and the flow run fails instead of holding its worker.
 NETWORK = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_on_transient,
@@ -114,17 +115,23 @@ def logged_name(model_name: str, tags: dict[str, str]) -> str:
     return f"{model_name}-{fingerprint}" if fingerprint else model_name
 
 
-def log_classifier(model_dir: Path, model_name: str, tags: dict[str, str], description: str,
-                   example_text: str = "turn on the kitchen light") -> str:
-    """Log a model folder as a pyfunc in the active run and register it; return the version."""
+def classifier_pyfunc(model_dir: Path, threads: int = 1, example_text: str = "turn on the kitchen light") -> dict:
+    """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a classifier folder: distill's
+    models-from-code pyfunc serving the folder's ONNX export with ``threads`` threads (``evaluate.threads``:
+    as it was timed), with the code it ships and its signature."""
     from distill.models import read_card
 
-    example = pd.DataFrame({"text": [example_text]})
-    info = mlflow.pyfunc.log_model(
-        name=logged_name(model_name, tags), python_model=str(PYFUNC_CODE), artifacts={"model": str(model_dir)},
-        code_paths=[str(CUT_CODE), str(TRACED_CODE)],
-        signature=signature(list(read_card(model_dir)["labels"])), input_example=example,
-        pip_requirements=REQUIREMENTS, registered_model_name=model_name)
+    return {"python_model": str(PYFUNC_CODE), "artifacts": {"model": str(model_dir)},
+            "code_paths": [str(CUT_CODE), str(SERVED_CODE)], "model_config": {"threads": threads},
+            "signature": signature(list(read_card(model_dir)["labels"])),
+            "input_example": pd.DataFrame({"text": [example_text]}), "pip_requirements": REQUIREMENTS}
+
+
+def log_classifier(model_dir: Path, model_name: str, tags: dict[str, str], description: str,
+                   example_text: str = "turn on the kitchen light", threads: int = 1) -> str:
+    """Log a model folder as a pyfunc in the active run and register it; return the version."""
+    info = mlflow.pyfunc.log_model(name=logged_name(model_name, tags), registered_model_name=model_name,
+                                   **classifier_pyfunc(model_dir, threads, example_text))
     version = str(info.registered_model_version)
     client = MlflowClient()
     for key, value in tags.items():
@@ -145,7 +152,8 @@ def register_teacher(cfg: PipelineConfig, teacher_dir: str, card: dict, project_
         mlflow.set_tags({"role": "teacher", "fingerprint": card["fingerprint"]})
         version = log_classifier(Path(teacher_dir), name, {"fingerprint": card["fingerprint"],
                                                            "source": card.get("source", "")},
-                                 f"Teacher from {card.get('source')}; fingerprint {card['fingerprint']}.")
+                                 f"Teacher from {card.get('source')}; fingerprint {card['fingerprint']}.",
+                                 threads=cfg.evaluate.threads)
     MlflowClient().set_registered_model_alias(name, "champion", version)
     return version
 
@@ -160,9 +168,12 @@ def register_student(cfg: PipelineConfig, run_id: str, student_dir: str, card: d
     existing = find_version(name, card["fingerprint"])
     if existing is not None:
         return str(existing.version), False
-    log_model = log_causal_lm if kind == "lm" else log_classifier
     with mlflow.start_run(run_id=run_id):
-        version = log_model(Path(student_dir), name, {**tags, "fingerprint": card["fingerprint"]}, description)
+        if kind == "lm":
+            version = log_causal_lm(Path(student_dir), name, {**tags, "fingerprint": card["fingerprint"]}, description)
+        else:
+            version = log_classifier(Path(student_dir), name, {**tags, "fingerprint": card["fingerprint"]},
+                                     description, threads=cfg.evaluate.threads)
     MlflowClient().set_registered_model_alias(name, "challenger", version)
     return version, True
 

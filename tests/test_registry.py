@@ -374,8 +374,8 @@ def test_a_served_model_cuts_long_texts_as_it_was_trained_even_where_distill_is_
     columns = [f"p_{label}" for label in clf.labels]
     served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": [text]}))
     np.testing.assert_allclose(served[columns].to_numpy(), expected, atol=1e-5)
-    # Where distill cannot be imported, the model's own copies of distill/cut.py and distill/traced.py
-    # (code_paths) cut and trace alike: it serves the TorchScript path the evaluation timed.
+    # Where distill cannot be imported, the model's own copies of distill/cut.py and distill/served.py
+    # (code_paths) cut and serve alike: it serves the ONNX export the evaluation timed.
     script = ("import sys, json; sys.modules['distill'] = None\n"
               "import mlflow, pandas as pd\n"
               f"model = mlflow.pyfunc.load_model({uri!r})\n"
@@ -384,8 +384,34 @@ def test_a_served_model_cuts_long_texts_as_it_was_trained_even_where_distill_is_
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     runtime, probabilities = json.loads(done.stdout.strip().splitlines()[-1])
-    assert runtime == "torchscript"
+    assert runtime == "onnxruntime"
     np.testing.assert_allclose(np.array(probabilities), expected, atol=1e-5)
+
+
+def test_the_served_model_runs_the_file_threads_and_encoding_the_evaluation_timed(server, tiny_teacher):
+    import numpy as np
+    import torch
+
+    from distill.evaluate import load_candidates
+    from distill.models import encode
+    from distill.served import ONNX_FILE, OnnxClassifier
+
+    with mlflow.start_run(experiment_id=registry.configure(config("served-path").tracking)):
+        version = registry.log_classifier(tiny_teacher, "served-path", {"fingerprint": "f-served"}, "served",
+                                          threads=2)
+    served = mlflow.pyfunc.load_model(f"models:/served-path/{version}").unwrap_python_model()
+    assert isinstance(served.model, OnnxClassifier) and served.runtime == "onnxruntime"
+    assert Path(served.model.path).read_bytes() == (tiny_teacher / ONNX_FILE).read_bytes()  # the evaluated file
+    assert served.model.session.get_session_options().intra_op_num_threads == 2  # as logged (evaluate.threads)
+    texts = ["turn on the kitchen lights", "what is the weather like in the city tomorrow morning", "hi"]
+    [timed] = load_candidates({"teacher": tiny_teacher}, ["teacher"], "onnxruntime", texts, served.max_length, 2)
+    assert isinstance(timed.clf.model, OnnxClassifier) and timed.clf.model.path == str(tiny_teacher / ONNX_FILE)
+    for text in texts:  # a batch-1 request: the same tensors into the same graph, the same logits out
+        request = served._encode([text])
+        expected = encode(timed.clf.tokenizer, [text], served.max_length)
+        assert request.keys() == expected.keys() and all(torch.equal(request[k], expected[k]) for k in request)
+        np.testing.assert_allclose(served.model(**request).logits.numpy(),
+                                   timed.clf.model(**expected).logits.numpy(), atol=1e-6)
 
 
 class Echo(mlflow.pyfunc.PythonModel):

@@ -1,52 +1,105 @@
-"""The TorchScript runtime: the same logits as the eager model, or the eager model kept."""
+"""The serving runtime: a model's ONNX export (fp32 and INT8) gives its logits, or the eager model is kept."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import warnings
+
 import numpy as np
+import pytest
 import torch
 
-from distill.models import Classifier, load_classifier, predict_logits
-from distill.quantize import quantize_dynamic_int8
-from distill.runtime import TracedClassifier, eager_model, trace_classifier
+from distill.models import Classifier, load_classifier, model_fingerprint, predict_logits, read_card
+from distill.runtime import OnnxClassifier, eager_model, onnx_classifier, quantized_classifier
+from distill.served import ONNX_FILE
 
 TEXTS = ["turn on the kitchen lights", "what's the weather", "set a timer for five minutes please and thanks",
          "play some jazz in the living room", "hi", "is the front door locked right now or not"]
+LONGER = TEXTS + ["a much longer request than any text the export was recorded with, to be sure of it " * 3]
 
 
-def test_trace_gives_the_eager_logits_for_any_length_and_padding(tiny_teacher):
+def test_a_saved_model_carries_its_checked_export(tiny_teacher):
+    card = read_card(tiny_teacher)
+    assert (tiny_teacher / ONNX_FILE).is_file() and card["serving"] == {"onnx": ONNX_FILE}
+    assert model_fingerprint(tiny_teacher, card["cut"]) == card["fingerprint"]  # the export is fingerprinted
+
+
+def test_the_export_gives_the_eager_logits_for_any_length_and_padding(tiny_teacher):
     clf = load_classifier(tiny_teacher)
-    traced = trace_classifier(clf, TEXTS, 32)
-    assert isinstance(traced.model, TracedClassifier)
-    assert eager_model(traced.model) is clf.model
-    longer = TEXTS + ["a much longer request than any text the trace was recorded with, to be sure of it"]
+    served = onnx_classifier(clf, tiny_teacher, 1, TEXTS, 32)
+    assert isinstance(served.model, OnnxClassifier) and served.model.path == str(tiny_teacher / ONNX_FILE)
+    assert eager_model(served.model) is clf.model
     for batch_size in (1, 3, 7):  # batch-1 requests, and padded batches of mixed lengths
-        np.testing.assert_allclose(predict_logits(traced, longer, batch_size, 32),
-                                   predict_logits(clf, longer, batch_size, 32), atol=1e-5)
+        np.testing.assert_allclose(predict_logits(served, LONGER, batch_size, 32),
+                                   predict_logits(clf, LONGER, batch_size, 32), atol=1e-5)
 
 
-def test_int8_models_trace_too(tiny_teacher):
+def test_a_folder_without_an_export_is_exported_when_served(tiny_teacher, tmp_path):
+    folder = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher, folder)
+    (folder / ONNX_FILE).unlink()  # a teacher given by teacher.path, or a model saved before exports
+    card = read_card(folder)
+    card.pop("fingerprint")
+    (folder / "distill.json").write_text(json.dumps(card))
+    clf = load_classifier(folder)
+    served = onnx_classifier(clf, folder, 1, TEXTS, 32)
+    assert isinstance(served.model, OnnxClassifier) and not (folder / ONNX_FILE).exists()  # a scratch export
+    np.testing.assert_allclose(predict_logits(served, LONGER, 3, 32), predict_logits(clf, LONGER, 3, 32), atol=1e-5)
+
+
+def test_int8_is_onnx_runtime_quantization_smaller_and_close(tiny_teacher):
     clf = load_classifier(tiny_teacher)
-    quantized = Classifier(quantize_dynamic_int8(clf.model), clf.tokenizer, clf.labels)
-    traced = trace_classifier(quantized, TEXTS, 32)
-    assert isinstance(traced.model, TracedClassifier)
-    np.testing.assert_allclose(predict_logits(traced, TEXTS, 2, 32), predict_logits(quantized, TEXTS, 2, 32),
-                               atol=1e-5)
+    quantized, size = quantized_classifier(clf, tiny_teacher, 1, TEXTS, 32)
+    assert isinstance(quantized.model, OnnxClassifier)
+    fp32 = (tiny_teacher / ONNX_FILE).stat().st_size
+    assert size < 0.5 * fp32, (size, fp32)  # int8 weights: about a quarter of the linear layers' bytes
+    got, want = predict_logits(quantized, LONGER, 3, 32), predict_logits(clf, LONGER, 3, 32)
+    assert not np.allclose(got, want, atol=1e-6)  # it is quantized ...
+    np.testing.assert_allclose(got, want, atol=0.1)  # ... and close
 
 
-def test_a_trace_that_changes_the_outputs_is_refused(tiny_teacher, monkeypatch, caplog):
+def test_export_int8_and_serving_raise_no_deprecation_warning(tiny_teacher, tmp_path):
     clf = load_classifier(tiny_teacher)
-    real_trace = torch.jit.trace
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", PendingDeprecationWarning)
+        from distill.models import export_into
 
-    def wrong_trace(model, *args, **kwargs):  # a trace of other weights: its logits differ
+        assert export_into(clf, tmp_path) == ""
+        served = OnnxClassifier(tmp_path / ONNX_FILE, 1, eager=clf.model)
+        quantized, _ = quantized_classifier(clf, tmp_path, 1, TEXTS, 32)
+        for model in (served, quantized.model):
+            predict_logits(Classifier(model, clf.tokenizer, clf.labels), TEXTS, 2, 32)
+
+
+def test_an_export_that_changes_the_outputs_is_refused(tiny_teacher, tmp_path, monkeypatch, caplog):
+    import distill.served as served_module
+
+    real_export = served_module.export_onnx
+
+    def wrong_export(model, example, path):  # an export of other weights: its logits differ
         other = load_classifier(tiny_teacher).model
         with torch.no_grad():
             other.classifier.bias.add_(1.0)
-        return real_trace(other, *args, **kwargs)
+        real_export(other, example, path)
 
-    monkeypatch.setattr(torch.jit, "trace", wrong_trace)
-    kept = trace_classifier(clf, TEXTS, 32)
+    monkeypatch.setattr(served_module, "export_onnx", wrong_export)
+    clf = load_classifier(tiny_teacher)
+    folder = tmp_path / "no-export"
+    folder.mkdir()
+    kept = onnx_classifier(clf, folder, 1, TEXTS, 32)
     assert kept is clf
     assert "differs from the eager model" in caplog.text
+    assert not any(folder.iterdir())  # no export left behind
+
+
+def test_the_old_runtime_name_is_refused_with_what_to_set(tmp_path):
+    from distill.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="torchscript was replaced by onnxruntime"):
+        load_config(tmp_path / "params.yaml", ["evaluate.runtime=torchscript"], missing_ok=True)
 
 
 ODD_TEXTS = ["", "   ", "Turn ON the Kitchen-Lights!!", "café crème à 7h ? ", "🙂 lights 🙂 off", "日本語のテキスト",
@@ -56,11 +109,12 @@ ODD_TEXTS = ["", "   ", "Turn ON the Kitchen-Lights!!", "café crème à 7h ? ",
 def test_a_batch_1_request_gets_the_tokenizers_own_tensors():
     from transformers import AutoTokenizer
 
-    from distill.models import _single_text_encoder, encode, packaged_encoder_path
+    from distill.models import encode, packaged_encoder_path
+    from distill.served import single_text_encoder
 
     tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_path())
     for max_length in (8, 64):
-        assert _single_text_encoder(tokenizer, max_length, TEXTS[0]) is not None  # the fast path is taken
+        assert single_text_encoder(tokenizer, max_length, TEXTS[0]) is not None  # the fast path is taken
         for text in TEXTS + ODD_TEXTS:
             expected = tokenizer([text], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
             got = encode(tokenizer, [text], max_length)
@@ -77,7 +131,8 @@ def test_a_batch_1_request_gets_the_tokenizers_own_tensors():
 def test_a_tokenizer_whose_call_does_more_than_its_backend_keeps_the_ordinary_path():
     from transformers import AutoTokenizer
 
-    from distill.models import _single_text_encoder, encode, packaged_encoder_path
+    from distill.models import encode, packaged_encoder_path
+    from distill.served import single_text_encoder
 
     tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_path())
     real_call = type(tokenizer).__call__
@@ -87,7 +142,7 @@ def test_a_tokenizer_whose_call_does_more_than_its_backend_keeps_the_ordinary_pa
             return real_call(self, [t.upper() + " !" for t in text], *args, **kwargs)
 
     tokenizer.__class__ = Shouting
-    assert _single_text_encoder(tokenizer, 32, "turn on the lights") is None
+    assert single_text_encoder(tokenizer, 32, "turn on the lights") is None
     got = encode(tokenizer, ["turn on the lights"], 32)
     assert torch.equal(got["input_ids"], real_call(tokenizer, ["TURN ON THE LIGHTS !"], truncation=True,
                                                    max_length=32, return_tensors="pt")["input_ids"])
