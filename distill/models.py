@@ -179,10 +179,12 @@ def model_fingerprint(folder: Path, cut: dict) -> str:
     return fingerprint
 
 
-def save_classifier(clf: Classifier, folder: Path, card: dict, history: list[dict] | None = None) -> str:
-    """Save weights (safetensors), tokenizer, the serving export (``model.onnx``, see ``distill.served``), a
-    card and the training ``history`` (``HISTORY``: step, losses, learning rate, validation accuracy;
-    dvc.yaml plots it, the flow logs it to MLflow); return the content fingerprint."""
+def save_classifier(clf: Classifier, folder: Path, card: dict, history: list[dict] | None = None,
+                    export: bool = False) -> str:
+    """Save weights (safetensors), tokenizer, a card and the training ``history`` (``HISTORY``: step, losses,
+    learning rate, validation accuracy; dvc.yaml plots it, the flow logs it to MLflow) and, with ``export``,
+    the serving export (``model.onnx``, see ``distill.served``: the stages export what ``evaluate.runtime:
+    onnxruntime`` times and the pyfunc serves); return the content fingerprint."""
     folder = Path(folder)
     if history:
         import pandas as pd
@@ -190,12 +192,12 @@ def save_classifier(clf: Classifier, folder: Path, card: dict, history: list[dic
         pd.DataFrame(history).to_csv(folder / HISTORY, index=False, float_format="%.6g")
     clf.model.save_pretrained(folder, safe_serialization=True)
     clf.tokenizer.save_pretrained(folder)
-    why = export_into(clf, folder)
+    why = export_into(clf, folder) if export else "not exported (evaluate.runtime: eager)"
     cut = cut_of(clf.tokenizer)
     fingerprint = model_fingerprint(folder, cut)
     write_json(folder / MODEL_CARD, {**card, "fingerprint": fingerprint, "labels": clf.labels,
                                      "parameters": clf.num_parameters, "cut": cut,
-                                     "serving": {"onnx": ONNX_FILE} if not why else {"onnx": None, "why": why}})
+                                     "serving": {"onnx": None, "why": why} if why else {"onnx": ONNX_FILE}})
     return fingerprint
 
 

@@ -94,7 +94,8 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path |
         warnings.filterwarnings("ignore", message=_TORCH_INTERNAL, category=FutureWarning)
         program = torch.onnx.export(cpu, args=(), kwargs=example, dynamo=True, opset_version=OPSET,
                                     dynamic_shapes={k: names if i == 0 else shared for i, k in enumerate(example)},
-                                    input_names=list(example), output_names=["logits"], verbose=False)
+                                    input_names=list(example), output_names=["logits"], verbose=False,
+                                    optimize=False)  # ONNX Runtime optimises the graph when it loads it
     program.save(str(path))
 
 

@@ -223,7 +223,8 @@ def run_student(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, outputs:
                               **(read_json(source) if source.is_file() else {}),
                               "start_val_accuracy": result.history[0]["val_accuracy"] if result.history else None}
     with atomic_dir(out_dir) as tmp:
-        fingerprint = save_classifier(student, tmp, _card(cfg, cfg.student, "student", result, card), result.history)
+        fingerprint = save_classifier(student, tmp, _card(cfg, cfg.student, "student", result, card), result.history,
+                                      export=cfg.evaluate.runtime == "onnxruntime")
     clear_checkpoints(settings.checkpoint_dir)
     return StudentResult(out_dir, "student", fingerprint, student.num_parameters, result.steps,
                          result.best_val_accuracy, result.seconds, result.stopped_early, warning)
@@ -242,7 +243,8 @@ def run_baseline(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, out_dir
                              settings, "baseline", on_log, vocab_texts=inputs)
     with atomic_dir(out_dir) as tmp:
         fingerprint = save_classifier(student, tmp, _card(cfg, cfg.student, "baseline", result,
-                                                          {"method": "cross_entropy"}), result.history)
+                                                          {"method": "cross_entropy"}), result.history,
+                                      export=cfg.evaluate.runtime == "onnxruntime")
     clear_checkpoints(settings.checkpoint_dir)
     return StudentResult(out_dir, "baseline", fingerprint, student.num_parameters, result.steps,
                          result.best_val_accuracy, result.seconds, result.stopped_early)

@@ -143,7 +143,7 @@ def run(cfg: PipelineConfig, prepared: Path, out_dir: Path, teacher_path: Path |
             set_cut(clf.tokenizer, {"how": cfg.teacher.cut, "head_share": cfg.teacher.head_share})
             length = measure_lengths(cfg, clf, prepared)
         fingerprint = save_classifier(clf, tmp, {"role": "teacher", "source": source, "length": length.to_dict(),
-                                                 **extra}, history)
+                                                 **extra}, history, export=cfg.evaluate.runtime == "onnxruntime")
     return TeacherResult(out_dir, fingerprint, source, boot, clf.num_parameters, val_accuracy)
 
 

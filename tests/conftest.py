@@ -82,7 +82,9 @@ def tiny_params(data_path: Path | None) -> dict:
         "student": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64},
         "size": {"search": False},  # tests/test_sizing.py and test_byod_flow.py search
         "train": {"epochs": 2, "batch_size": 16, "eval_every": 5, "device": "cpu"},
-        "evaluate": {"latency_samples": 5, "warmup": 1},
+        # eager: the stages skip the ONNX export (seconds per model); test_runtime, test_registry and
+        # test_flow's lifecycle serve and time the exports
+        "evaluate": {"latency_samples": 5, "warmup": 1, "runtime": "eager"},
         "audit": {"min_slice_size": 3},
     }
 
@@ -110,7 +112,7 @@ def tiny_teacher(tmp_path_factory) -> Path:
                         id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
     folder = tmp_path_factory.mktemp("teacher")
     save_classifier(Classifier(BertForSequenceClassification(config), tokenizer, labels), folder,
-                    {"role": "teacher", "source": "test"})
+                    {"role": "teacher", "source": "test"}, export=True)
     return folder
 
 

@@ -24,7 +24,8 @@ def project(tmp_path_factory) -> Path:
     """A fresh copy of the project, as a clone would have it, with tiny params."""
     return tiny_project(tmp_path_factory.mktemp("project"),
                         data={"gold_per_label": 12, "transfer_size": 200, "window_size": 120},
-                        train={"epochs": 2}, monitor={"embedding_drift": True, "canary_size": 200})
+                        train={"epochs": 2}, monitor={"embedding_drift": True, "canary_size": 200},
+                        evaluate={"runtime": "onnxruntime"})  # the default: models served as exported
 
 
 @pytest.fixture(scope="module")

@@ -361,7 +361,7 @@ def test_a_served_model_cuts_long_texts_as_it_was_trained_even_where_distill_is_
         clf.model.classifier.weight.mul_(1000)  # the random tiny model's logits then tell inputs apart
     set_cut(clf.tokenizer, {"how": "head_tail", "head_share": 0.5})
     folder = tmp_path / "head-tail"
-    save_classifier(clf, folder, {"role": "student", "source": "test", "train": {"max_length": 18}})
+    save_classifier(clf, folder, {"role": "student", "source": "test", "train": {"max_length": 18}}, export=True)
     with mlflow.start_run(experiment_id=registry.configure(config("cut-model").tracking)):
         version = registry.log_classifier(folder, "cut-model", {"fingerprint": "f-cut"}, "cut")
     uri = f"models:/cut-model/{version}"
