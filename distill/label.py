@@ -29,6 +29,7 @@ from distill.config import ConfigError, PipelineConfig
 from distill.io import atomic_file, die_with_parent, hash_texts
 from distill.lengths import with_teacher_lengths
 from distill.models import load_classifier, pick_device, predict_logits, read_card
+from distill.threads import CpuShare
 
 INPUT_SPLITS = ("gold_train", "transfer")
 META_KEY = b"distill"
@@ -182,6 +183,8 @@ def label_texts(teacher_dir: Path, labels: list[str], texts: list[str], batch_si
     texts with the same padding as in one process, and the merged array is bit-identical.
     """
     if workers <= 1:
+        if pick_device(device).type == "cpu" and CpuShare.governs():
+            CpuShare().apply()  # the cores other busy processes leave free
         teacher = load_classifier(teacher_dir, labels)
         return predict_logits(teacher, texts, batch_size, max_length, pick_device(device),
                               progress="teacher labelling")

@@ -24,6 +24,7 @@ import torch
 from distill import checkpoint
 from distill.config import LossTerm
 from distill.io import hash_texts, is_primary
+from distill.threads import CpuShare
 from distill.models import Classifier, encode, pick_device, predict_logits
 from distill.objective import ModelShape, Objective
 
@@ -252,9 +253,15 @@ def train(clf: Classifier, data: TrainData, val: TrainData, settings: TrainSetti
     _resume(run, progress)
     _validate_warm_start(run, val)
     run.start = time.perf_counter() - run.state.seconds
+    # on a CPU shared with other busy processes, torch's threads follow the cores they leave free
+    share = CpuShare() if run.device.type == "cpu" and run.world == 1 and CpuShare.governs() else None
+    if share is not None:
+        share.apply()
     bar = tqdm(total=run.settings.max_steps, initial=run.state.step, desc=progress,
                disable=progress is None or not is_primary(), unit="step")
     while run.state.step < run.settings.max_steps and run.state.stale < run.settings.patience:
+        if share is not None:
+            share.maybe_apply()
         loss, parts = _train_step(run, data)
         bar.update(1)
         if run.state.step % run.settings.eval_every == 0 or run.state.step == run.settings.max_steps:
