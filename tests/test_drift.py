@@ -388,3 +388,32 @@ def test_reports_collect_in_an_evidently_workspace(reference, windows, tmp_path)
     assert [panel.title for panel in panels] == ["Drifted columns, latest window", "Share of drifted columns per window",
                                                  "Drift score per column"]
     assert {value.metric_labels["column"] for value in panels[2].values} >= {"confidence", "prediction", "oov_share"}
+
+
+def test_the_confidence_reference_is_texts_the_champion_did_not_train_on(tiny_cfg, tmp_path):
+    from distill import data
+    from distill.layout import LAYOUT
+    from flows.monitor import reference_frame
+
+    prepared = LAYOUT.under(tmp_path).prepared
+    data.run(tiny_cfg, prepared)
+    trained = set(data.read_split(prepared, "gold_train")["text"]) | set(data.read_split(prepared, "transfer")["text"])
+    held_out = set(data.read_split(prepared, "gold_val")["text"]) | set(data.read_split(prepared, "gold_test")["text"])
+    rng = np.random.default_rng(0)
+
+    class Overfit:  # as a student is: sure of the texts it was trained on, less sure of any other
+        def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+            score = [0.99 if text in trained else float(rng.uniform(0.5, 0.9)) for text in frame["text"]]
+            return pd.DataFrame({"label": ["lights_on"] * len(frame), "score": score})
+
+    reference = reference_frame(Overfit(), str(tmp_path))
+    scored = reference[reference["confidence"].notna()]
+    assert set(scored["text"]) == held_out - trained and len(scored) >= 20
+    assert set(reference["text"]) >= trained  # the text columns keep the whole distillation set
+    # unseen in-domain traffic, scored alike: its confidence matches the held-out reference, not the trained one
+    window = pd.DataFrame({"text": scored["text"].to_numpy(), "prediction": "lights_on",
+                           "confidence": rng.uniform(0.5, 0.9, len(scored))})
+    kept = detect_drift(reference, window, report_path=tmp_path / "kept.html")
+    assert "confidence" not in kept.drifted_columns, kept.column_scores
+    naive = reference.assign(confidence=Overfit().predict(reference)["score"].to_numpy())  # every row scored
+    assert "confidence" in detect_drift(naive, window, report_path=tmp_path / "naive.html").drifted_columns
