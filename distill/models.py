@@ -114,6 +114,11 @@ def load_classifier(folder: Path, labels: list[str] | None = None) -> Classifier
         raise ModelError(f"{folder}: its weights, config or tokenizer differ from what distill wrote (the "
                          f"fingerprint in {MODEL_CARD} no longer matches): the folder is damaged or was edited. "
                          "Restore it (dvc checkout) or rerun the stage that wrote it")
+    export = (card.get("serving") or {}).get("sha256")
+    if export and hash_files(folder, (ONNX_FILE,)) != export:
+        raise ModelError(f"{folder}: its {ONNX_FILE} differs from the export distill wrote and checked (the sha256 "
+                         f"in {MODEL_CARD} no longer matches): the folder is damaged or was edited. Restore it (dvc "
+                         "checkout) or rerun the stage that wrote it")
     set_cut(tokenizer, card_cut(card))
     return Classifier(model.eval(), tokenizer, found)
 
@@ -173,7 +178,7 @@ def resolve_fetched(value: str | None, imported_dir: Path | None, key: str,
 def model_fingerprint(folder: Path, cut: dict) -> str:
     """SHA-256 of a model folder's weights, config and tokenizer, and of how it cuts long texts (a head cut
     adds nothing, so folders from before cuts keep their fingerprints)."""
-    fingerprint = hash_files(folder, ("*.safetensors", "config.json", "tokenizer.json", ONNX_FILE))
+    fingerprint = hash_files(folder, ("*.safetensors", "config.json", "tokenizer.json"))
     if cut["how"] != "head":
         fingerprint = hashlib.sha256(f"{fingerprint}\0{json.dumps(cut, sort_keys=True)}".encode()).hexdigest()
     return fingerprint
@@ -184,7 +189,8 @@ def save_classifier(clf: Classifier, folder: Path, card: dict, history: list[dic
     """Save weights (safetensors), tokenizer, a card and the training ``history`` (``HISTORY``: step, losses,
     learning rate, validation accuracy; dvc.yaml plots it, the flow logs it to MLflow) and, with ``export``,
     the serving export (``model.onnx``, see ``distill.served``: the stages export what ``evaluate.runtime:
-    onnxruntime`` times and the pyfunc serves); return the content fingerprint."""
+    onnxruntime`` times and the pyfunc serves; its hash goes in the card, apart from the fingerprint, which
+    names the weights whatever runtime serves them); return the content fingerprint."""
     folder = Path(folder)
     if history:
         import pandas as pd
@@ -197,7 +203,8 @@ def save_classifier(clf: Classifier, folder: Path, card: dict, history: list[dic
     fingerprint = model_fingerprint(folder, cut)
     write_json(folder / MODEL_CARD, {**card, "fingerprint": fingerprint, "labels": clf.labels,
                                      "parameters": clf.num_parameters, "cut": cut,
-                                     "serving": {"onnx": None, "why": why} if why else {"onnx": ONNX_FILE}})
+                                     "serving": {"onnx": None, "why": why} if why else
+                                     {"onnx": ONNX_FILE, "sha256": hash_files(folder, (ONNX_FILE,))}})
     return fingerprint
 
 

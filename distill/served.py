@@ -15,6 +15,7 @@ very ``model.onnx`` the evaluation timed, whether or not distill is installed wh
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 import warnings
@@ -68,11 +69,13 @@ class OnnxClassifier(nn.Module):
         return self._eager[0]
 
     def forward(self, **inputs: torch.Tensor) -> ServedOutput:
-        unknown = set(inputs) - set(self.input_names)
-        if unknown:
-            raise TypeError(f"{self.path} takes {self.input_names}, not {sorted(unknown)}")
+        """Logits for the encoded batch; inputs the graph does not take (the eager model did not use them:
+        the export was checked with them) are left out."""
+        missing = set(self.input_names) - set(inputs)
+        if missing:
+            raise TypeError(f"{self.path} needs {self.input_names}; {sorted(missing)} not given")
         feed = {name: np.ascontiguousarray(inputs[name].detach().cpu().numpy(), dtype=np.int64)
-                for name in self.input_names if name in inputs}
+                for name in self.input_names}
         return ServedOutput(torch.from_numpy(self.session.run(None, feed)[0]))
 
 
@@ -86,7 +89,10 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path |
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).to("cpu")
     cpu.eval()
-    example = {k: v.to("cpu") for k, v in example.items()}
+    # a tokenizer may give more than the model's forward names (token types to a DistilBERT, which takes
+    # **kwargs and ignores them): the graph takes the named ones
+    named = inspect.signature(cpu.forward).parameters
+    example = {k: v.to("cpu") for k, v in example.items() if k in named}
     # the first input names the axes; the others share them (torch.export finds the equal sizes itself)
     names = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
     shared = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
@@ -128,7 +134,11 @@ def exported(model: nn.Module, example: dict[str, torch.Tensor], check: dict[str
         diff = largest_difference(served, model, check)
     except Exception as exc:  # the exporter raises many kinds (torch.export, onnxscript, onnxruntime)
         path.unlink(missing_ok=True)
-        return None, f"ONNX export failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})"
+        cause = exc
+        while cause.__cause__ is not None:  # the exporter wraps the error that says what went wrong
+            cause = cause.__cause__
+        first = (str(cause).strip().splitlines() or [""])[0][:300]
+        return None, f"ONNX export failed ({type(cause).__name__}: {first})"
     if not diff <= atol:
         path.unlink(missing_ok=True)
         return None, f"the ONNX export differs from the eager model by {diff:.2g} (> {atol:.0g})"

@@ -19,10 +19,20 @@ TEXTS = ["turn on the kitchen lights", "what's the weather", "set a timer for fi
 LONGER = TEXTS + ["a much longer request than any text the export was recorded with, to be sure of it " * 3]
 
 
-def test_a_saved_model_carries_its_checked_export(tiny_teacher):
+def test_a_saved_model_carries_its_checked_export_and_an_edited_export_is_refused(tiny_teacher, tmp_path):
+    from distill.io import hash_files
+    from distill.models import ModelError
+
     card = read_card(tiny_teacher)
-    assert (tiny_teacher / ONNX_FILE).is_file() and card["serving"] == {"onnx": ONNX_FILE}
-    assert model_fingerprint(tiny_teacher, card["cut"]) == card["fingerprint"]  # the export is fingerprinted
+    assert (tiny_teacher / ONNX_FILE).is_file() and card["serving"]["onnx"] == ONNX_FILE
+    assert card["serving"]["sha256"] == hash_files(tiny_teacher, (ONNX_FILE,))
+    assert model_fingerprint(tiny_teacher, card["cut"]) == card["fingerprint"]  # the weights' name, as before
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_teacher, edited)
+    with open(edited / ONNX_FILE, "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ModelError, match="model.onnx differs from the export distill wrote"):
+        load_classifier(edited)
 
 
 def test_the_export_gives_the_eager_logits_for_any_length_and_padding(tiny_teacher):
@@ -40,7 +50,7 @@ def test_a_folder_without_an_export_is_exported_when_served(tiny_teacher, tmp_pa
     shutil.copytree(tiny_teacher, folder)
     (folder / ONNX_FILE).unlink()  # a teacher given by teacher.path, or a model saved before exports
     card = read_card(folder)
-    card.pop("fingerprint")
+    card.pop("serving")
     (folder / "distill.json").write_text(json.dumps(card))
     clf = load_classifier(folder)
     served = onnx_classifier(clf, folder, 1, TEXTS, 32)
@@ -146,3 +156,37 @@ def test_a_tokenizer_whose_call_does_more_than_its_backend_keeps_the_ordinary_pa
     got = encode(tokenizer, ["turn on the lights"], 32)
     assert torch.equal(got["input_ids"], real_call(tokenizer, ["TURN ON THE LIGHTS !"], truncation=True,
                                                    max_length=32, return_tensors="pt")["input_ids"])
+
+
+def test_other_architectures_export_too(tmp_path):
+    """A RoBERTa (byte-level BPE, no token types, offset positions) and a DistilBERT (no token types)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import (AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification,
+                              PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification)
+
+    from distill.models import export_into, packaged_encoder_path
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(LONGER * 5, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    backend = bpe._tokenizer
+    backend.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+    bpe_tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                            unk_token="<unk>", pad_token="<pad>", cls_token="<s>", sep_token="</s>")
+    torch.manual_seed(0)
+    roberta = RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=len(bpe_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=130, pad_token_id=1, type_vocab_size=1, num_labels=3))
+    wordpiece = AutoTokenizer.from_pretrained(packaged_encoder_path())
+    distilbert = DistilBertForSequenceClassification(DistilBertConfig(
+        vocab_size=wordpiece.vocab_size, dim=32, n_layers=1, n_heads=2, hidden_dim=64, num_labels=3))
+    for name, model, tokenizer in (("roberta", roberta, bpe_tokenizer), ("distilbert", distilbert, wordpiece)):
+        clf = Classifier(model.eval(), tokenizer, ["a", "b", "c"])
+        folder = tmp_path / name
+        folder.mkdir()
+        assert export_into(clf, folder) == "", name
+        served = onnx_classifier(clf, folder, 1, TEXTS, 32)
+        assert isinstance(served.model, OnnxClassifier)
+        np.testing.assert_allclose(predict_logits(served, LONGER, 3, 32), predict_logits(clf, LONGER, 3, 32),
+                                   atol=1e-5, err_msg=name)
