@@ -183,8 +183,7 @@ def label_texts(teacher_dir: Path, labels: list[str], texts: list[str], batch_si
     texts with the same padding as in one process, and the merged array is bit-identical.
     """
     if workers <= 1:
-        if pick_device(device).type == "cpu" and CpuShare.governs():
-            CpuShare().apply()  # the cores other busy processes leave free
+        CpuShare.follow(pick_device(device).type)  # torch's threads: the cores other busy processes leave free
         teacher = load_classifier(teacher_dir, labels)
         return predict_logits(teacher, texts, batch_size, max_length, pick_device(device),
                               progress="teacher labelling")

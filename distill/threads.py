@@ -80,6 +80,16 @@ class CpuShare:
             torch.set_num_threads(threads)
         return threads
 
+    @classmethod
+    def follow(cls, device: str, world: int = 1) -> CpuShare | None:
+        """A share that has set torch's threads for work on this CPU; None on a GPU, under torchrun (each rank
+        has its share) or where the user chose the count."""
+        if device != "cpu" or world > 1 or not cls.governs():
+            return None
+        share = cls()
+        share.apply()
+        return share
+
     def maybe_apply(self) -> int:
         """``apply`` when ``every_s`` have passed since the last look (cheap to call every step)."""
         if time.monotonic() - self._last[0] >= self.every_s:

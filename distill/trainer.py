@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -24,6 +23,7 @@ import torch
 from distill import checkpoint
 from distill.config import LossTerm
 from distill.io import hash_texts, is_primary
+from distill.distributed import average_grads, init_distributed, local_share, mean_over_ranks
 from distill.threads import CpuShare
 from distill.models import Classifier, encode, pick_device, predict_logits
 from distill.objective import ModelShape, Objective
@@ -119,30 +119,6 @@ class Batches:
         self.rng.bit_generator.state = state["rng"]
         self._new_epoch()
         self.epoch, self.offset = state["epoch"], state["offset"]
-
-
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); joins the torchrun process group (gloo on CPU, NCCL on CUDA) on first use."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized():
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def local_share(idx: np.ndarray, rank: int, world: int) -> np.ndarray:
-    """This rank's share of a global batch: DistributedSampler's rank::world split, without shuffling."""
-    if world == 1:
-        return idx
-    from torch.utils.data import DistributedSampler
-
-    return idx[list(DistributedSampler(idx, num_replicas=world, rank=rank, shuffle=False))]
 
 
 def check_schedule(settings: TrainSettings) -> TrainSettings:
@@ -253,14 +229,11 @@ def train(clf: Classifier, data: TrainData, val: TrainData, settings: TrainSetti
     _resume(run, progress)
     _validate_warm_start(run, val)
     run.start = time.perf_counter() - run.state.seconds
-    # on a CPU shared with other busy processes, torch's threads follow the cores they leave free
-    share = CpuShare() if run.device.type == "cpu" and run.world == 1 and CpuShare.governs() else None
-    if share is not None:
-        share.apply()
+    share = CpuShare.follow(run.device.type, run.world)  # torch's threads: the cores other processes leave free
     bar = tqdm(total=run.settings.max_steps, initial=run.state.step, desc=progress,
                disable=progress is None or not is_primary(), unit="step")
     while run.state.step < run.settings.max_steps and run.state.stale < run.settings.patience:
-        if share is not None:
+        if share:
             share.maybe_apply()
         loss, parts = _train_step(run, data)
         bar.update(1)
@@ -350,7 +323,7 @@ def _train_step(run: _Run, data: TrainData) -> tuple[torch.Tensor, dict]:
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if run.world > 1:
-        _average_objective_grads(run.objective, run.world)
+        average_grads(run.objective, run.world)
     torch.nn.utils.clip_grad_norm_(run.params, 1.0)
     run.optimizer.step()
     run.scheduler.step()
@@ -362,7 +335,8 @@ def _check(run: _Run, val: TrainData, loss: torch.Tensor, parts: dict,
            on_log: Callable[[int, dict], None] | None) -> float:
     """Validate, log, keep the best weights, count a check without progress; returns the accuracy."""
     state = run.state
-    record = {"loss": _mean(loss, run.world), **{f"loss_{k}": _mean(v, run.world) for k, v in parts.items()},
+    record = {"loss": mean_over_ranks(loss, run.world),
+              **{f"loss_{k}": mean_over_ranks(v, run.world) for k, v in parts.items()},
               "learning_rate": run.scheduler.get_last_lr()[0]}
     if not all(math.isfinite(value) for value in record.values()):
         raise TrainingError(f"the training loss is not finite at step {state.step} ({record}): the weights "
@@ -403,24 +377,3 @@ def _finish(run: _Run) -> TrainResult:
     state = run.state
     return TrainResult(state.step, state.best_step, state.best_accuracy, time.perf_counter() - run.start,
                        state.step < run.settings.max_steps, state.history)
-
-
-def _mean(value: torch.Tensor, world: int) -> float:
-    """A logged figure averaged over the ranks (the global batch's value)."""
-    if world == 1:
-        return value.item()
-    import torch.distributed as dist
-
-    value = value.detach().clone().float()
-    dist.all_reduce(value)
-    return (value / world).item()
-
-
-def _average_objective_grads(objective: Objective, world: int) -> None:
-    """DDP averages the student's gradients; the objective's projections are averaged here."""
-    import torch.distributed as dist
-
-    for param in objective.parameters():
-        if param.grad is not None:
-            dist.all_reduce(param.grad)
-            param.grad /= world
