@@ -68,11 +68,23 @@ def run(project_dir: ProjectOpt = Path("."), set_: SetOpt = None,
 
 @app.command(rich_help_panel=LIFECYCLE)
 def sweep(project_dir: ProjectOpt = Path("."), set_: SetOpt = None,
-          apply: Annotated[bool, typer.Option(help="Write the chosen T and alpha into params.yaml.")] = False) -> None:
+          apply: Annotated[bool, typer.Option(help="Write the chosen T and alpha into params.yaml.")] = False,
+          queue: Annotated[bool, typer.Option(help="Queue the grid as DVC experiments instead (dvc exp run "
+                                                   "--queue), to run with `dvc queue start`.")] = False) -> None:
     """Sweep the KD temperature and alpha over params.yaml's sweep grid (Prefect flow distill_sweep)."""
     from flows.runtime import configure_local_runtime
 
-    _stage(lambda: _config(project_dir / "params.yaml", set_))
+    cfg = _stage(lambda: _config(project_dir / "params.yaml", set_))
+    if queue:
+        from distill.sweep import grid
+        from tasks.dvc import queue_experiments
+
+        points = grid(cfg)
+        names = _stage(lambda: queue_experiments(str(project_dir), [p.overrides() + (set_ or []) for p in points],
+                                                 [f"sweep-t{p.kd_temperature:g}-a{p.alpha:g}" for p in points]))
+        console.print(f"queued {len(names)} experiments from the last commit ({', '.join(names)}); run them with "
+                      "`dvc queue start --jobs 1`, follow with `dvc queue status`, compare with `dvc exp show`")
+        return
     configure_local_runtime()
     from flows.sweep import distill_sweep
 

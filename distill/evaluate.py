@@ -6,8 +6,9 @@ Every candidate goes through the same code path: predictions on the gold test se
 (per class too), calibration, agreement with the teacher, cost (latency, throughput, memory, size)
 and the failure cases. Outputs, all under the stage's folder:
 
-- ``metrics.json``: the scalar figures per candidate, ratios to the teacher included (DVC metrics);
-- ``per_class.json``: precision / recall / F1 / support per class and candidate (DVC metrics);
+- ``headline.json``: a handful of figures per candidate, the ones DVC compares (DVC metrics);
+- ``metrics.json``: every scalar figure per candidate, ratios to the teacher included (git-tracked);
+- ``per_class.json``: precision / recall / F1 / support per class and candidate (a report);
 - ``details.json``: confusion matrices, most confused pairs, student/teacher disagreements,
   wrong-and-confident teacher answers and the worst slices;
 - ``pareto.csv`` and ``confusion_student.csv``: DVC plots (``dvc plots diff``);
@@ -38,6 +39,12 @@ from distill.runtime import OnnxClassifier, Runtime, eager_model, quantized_clas
 # candidate -> (the model folder it comes from, quantized to INT8)
 SOURCES = {"teacher": ("teacher", False), "teacher_int8": ("teacher", True), "student": ("student", False),
            "student_int8": ("student", True), "baseline": ("baseline", False)}
+# The few figures per candidate that DVC compares (`dvc metrics diff`, `dvc exp show`): headline.json.
+# Every figure stays in metrics.json (git-tracked, a report) and report.html.
+HEADLINE = {"teacher": ("accuracy", "latency_p50_ms"), "teacher_int8": ("accuracy", "latency_p50_ms"),
+            "student": ("accuracy", "teacher_share", "macro_f1", "latency_p50_ms", "speedup_vs_teacher", "size_mb"),
+            "student_int8": ("accuracy", "teacher_share", "latency_p50_ms", "speedup_vs_teacher"),
+            "baseline": ("accuracy", "teacher_share")}
 RATIOS = {"latency_p50_ms": "latency_ratio_to_teacher", "size_mb": "size_ratio_to_teacher",
           "parameters": "parameters_ratio_to_teacher", "peak_memory_mb": "memory_ratio_to_teacher",
           "throughput_per_s": "throughput_ratio_to_teacher"}
@@ -277,9 +284,11 @@ def score(candidate: Candidate, gold: np.ndarray, teacher_probs: np.ndarray, pro
 
 
 def add_ratios(metrics: dict[str, dict[str, float]]) -> None:
-    """Each candidate's latency, size, parameters, memory and throughput as a ratio to the teacher's."""
+    """Each candidate's accuracy (``teacher_share``), latency, size, parameters, memory and throughput as a
+    ratio to the teacher's."""
     teacher = metrics["teacher"]
     for figures in metrics.values():
+        figures["teacher_share"] = float(figures["accuracy"] / teacher["accuracy"]) if teacher["accuracy"] else 0.0
         for key, ratio in RATIOS.items():
             figures[ratio] = float(figures[key] / teacher[key]) if teacher.get(key) else float("nan")
         figures["speedup_vs_teacher"] = float(teacher["latency_p50_ms"] / figures["latency_p50_ms"])
@@ -404,6 +413,8 @@ def write_outputs(folder: Path, result: dict, teacher_card: dict) -> None:
     """metrics / per-class / details JSON, predictions, DVC plot data, PNG plots and the HTML report."""
     metrics, predictions = result["metrics"], result["predictions"]
     write_json(folder / "metrics.json", metrics)
+    write_json(folder / "headline.json", {name: {key: metrics[name][key] for key in HEADLINE.get(name, ())}
+                                          for name in metrics if name in HEADLINE})
     write_json(folder / "per_class.json", result["per_class"])
     write_json(folder / "details.json", result["details"])
     predictions.to_parquet(folder / "predictions.parquet", index=False)

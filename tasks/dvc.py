@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from prefect import get_run_logger, task
 
-from distill.config import PipelineConfig, TimeoutsConfig, write_run_overrides
+from distill.config import ConfigError, PipelineConfig, TimeoutsConfig, write_run_overrides
 from distill.layout import LAYOUT
 from tasks.retry import retry_on_transient
 
@@ -236,7 +236,7 @@ def outputs_kept(stage: str, project_dir: str = "."):
 
 def stage_timeout(project_dir: str) -> float:
     """``timeouts.stage_s`` of the project's run (params.yaml and this run's overrides)."""
-    from distill.config import ConfigError, run_config
+    from distill.config import run_config
 
     try:
         return run_config(project_dir).timeouts.stage_s
@@ -279,6 +279,19 @@ def start_run(project_dir: str, overrides: list[str]) -> tuple[PipelineConfig, l
     ``prepare``. Returns the run's configuration and the two stage runs."""
     cfg = write_run_overrides(project_dir, overrides)
     return cfg, [repro("config", project_dir), repro("prepare", project_dir)]
+
+
+def queue_experiments(project_dir: str, params: list[list[str]], names: list[str],
+                      target: str = "audit") -> list[str]:
+    """Queue one DVC experiment per list of ``section.key=value`` items (``dvc exp run --queue -S ...``,
+    named ``names``), each running the classifier pipeline up to ``target`` (not the LM stages); DVC runs
+    them from the last commit when the queue starts. Returns the names."""
+    for name, items in zip(names, params, strict=True):
+        proc = dvc(["exp", "run", "--queue", "--name", name, *[arg for item in items for arg in ("-S", item)],
+                    target], project_dir)
+        if proc.returncode != 0:
+            raise ConfigError(f"dvc exp run --queue ({name}) failed: {proc.stderr.strip()[-500:]}")
+    return list(names)
 
 
 @task(name="dvc push", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_transient)
