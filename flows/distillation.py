@@ -175,7 +175,10 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
               (("teacher", at.teacher), ("student", at.student), ("baseline", at.baseline))}
     run_id = tracking.log_run(cfg, {"eval": tracking.headline(metrics)}, lineage, artifacts, project_dir, curves=curves,
                               run_name=run_name(reason, student_card, metrics))
-    version, fresh = registry.register_student(cfg, run_id, str(at.student), student_card, lineage,
+    # the version row carries what a reviewer scans and what the monitor reads; the whole lineage is on the
+    # run (its tags) and in the model card
+    version_tags = {key: value for key, value in lineage.items() if key in registry.VERSION_TAGS}
+    version, fresh = registry.register_student(cfg, run_id, str(at.student), student_card, version_tags,
                                                "Student distilled by distill; the model card follows.", project_dir)
     if fresh:
         card = model_card.render(
@@ -184,7 +187,7 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
                      "fingerprint": teacher_card["fingerprint"], "source": teacher_card.get("source")},
             lineage=lineage, params=params, metrics=metrics, audit=audit, decision=decision.to_dict(),
             champion=champion, confused=read_json(Path(at.evaluate, "details.json"))["confused_pairs"]["student"][:5])
-        registry.tag_version(cfg, version, lineage, description=card, project_dir=project_dir)
+        registry.tag_version(cfg, version, version_tags, description=card, project_dir=project_dir)
     else:
         # An earlier run registered these very weights: its card and lineage stay as they were (a reviewer
         # reads how the version was made); this run is only noted.

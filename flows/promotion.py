@@ -66,7 +66,9 @@ def promote_student(cfg: PipelineConfig, version: str, decision: dict, project_d
         if verdict != "approved":
             tag(cfg, version, {"decision": f"review {verdict}"}, project_dir=project_dir)
             return {"promoted": False, "outcome": f"review {verdict}"}
-    moved = promote(cfg, version, project_dir, promoted_by=cfg.promote.mode, reason="; ".join(decision["reasons"]))
+    # the gates' reasons are in the version's model card: the tag says what it is without being cut short
+    moved = promote(cfg, version, project_dir, promoted_by=cfg.promote.mode,
+                    reason=f"all {len(decision['reasons'])} gate checks passed (the model card lists them)")
     tag(cfg, version, {"decision": "promoted"}, project_dir=project_dir)
     outcome = {"promoted": True, "outcome": "promoted" if moved["changed"] else "already champion",
                "displaced": moved["displaced"]}

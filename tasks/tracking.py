@@ -135,10 +135,16 @@ def log_sweep(cfg: PipelineConfig, results: list[PointResult], chosen: PointResu
 
 @task(name="log comparison", **NETWORK)
 def log_comparison(cfg: PipelineConfig, project_dir: str, run_id: str, version: str, comparison: dict) -> None:
-    """The champion-vs-challenger figures as metrics of the pipeline run and tags of the new version."""
+    """The champion-vs-challenger figures as metrics of the pipeline run, and one readable tag of the new version
+    (``comparison``: each hold-out's champion -> challenger accuracy)."""
     configure(cfg.tracking, project_dir)
     client = MlflowClient()
     for key, value in comparison.items():
         if isinstance(value, float):
             client.log_metric(run_id, f"monitor.{key}", value)
-            client.set_model_version_tag(cfg.promote.student_model, version, f"monitor.{key}", f"{value:.4f}")
+    sets = sorted({key.split(".")[0] for key in comparison if key.endswith(".challenger_accuracy")})
+    summary = "; ".join(f"{name} {comparison[f'{name}.champion_accuracy']:.3f} -> "
+                        f"{comparison[f'{name}.challenger_accuracy']:.3f}" for name in sets
+                        if isinstance(comparison.get(f"{name}.champion_accuracy"), float))
+    if summary:
+        client.set_model_version_tag(cfg.promote.student_model, version, "comparison", summary)
