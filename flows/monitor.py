@@ -72,10 +72,10 @@ def reference_frame(model, project_dir: str) -> pd.DataFrame:
     if "augmented" in transfer.columns:
         transfer = transfer[~transfer["augmented"].fillna(False).astype(bool)]
     trained = pd.concat([read_split(prepared, "gold_train")[["text"]], transfer[["text"]]], ignore_index=True)
-    held_out = pd.concat([read_split(prepared, split)[["text"]] for split in ("gold_val", "gold_test")],
-                         ignore_index=True)
-    reference = pd.concat([trained, held_out], ignore_index=True)
-    out = model.predict(reference)
+    held_out = pd.concat([read_split(prepared, split)[["text", "label"]] for split in ("gold_val", "gold_test")],
+                         ignore_index=True).rename(columns={"label": "true_label"})
+    reference = pd.concat([trained, held_out], ignore_index=True)  # true_label: the held-out rows' gold label
+    out = model.predict(reference[["text"]])
     confidence = out["score"].to_numpy(dtype="float64").copy()
     confidence[:len(trained)] = float("nan")
     return reference.assign(prediction=out["label"].to_numpy(), confidence=confidence)

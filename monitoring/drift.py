@@ -84,6 +84,7 @@ PREDICTION_COLUMN = "prediction"
 CONFIDENCE_COLUMN = "confidence"
 EMBEDDING_COLUMN = "embedding_distance"
 TRUTH_COLUMN = "true_label"
+CORRECT_COLUMN = "correct"  # 1 / 0 where ground truth arrived: its mean is the window's accuracy (dashboard)
 
 # Evidently stat-test names (registry names accepted by DataDriftPreset).
 NUM_METHOD = "ks"
@@ -466,6 +467,15 @@ def window_quality(current: pd.DataFrame, min_labelled: int) -> dict | None:
             "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0))}
 
 
+def _correct(frame: pd.DataFrame) -> np.ndarray:
+    """1.0 where the prediction matches the ground truth, 0.0 where it does not, NaN where none arrived."""
+    if TRUTH_COLUMN not in frame.columns:
+        return np.full(len(frame), np.nan)
+    truth = frame[TRUTH_COLUMN].reset_index(drop=True)
+    hit = (truth.astype(str) == frame[PREDICTION_COLUMN].reset_index(drop=True).astype(str)).astype(float)
+    return hit.where(truth.notna()).to_numpy(dtype="float64")
+
+
 def _quality_html(quality: dict | None) -> str:
     if not quality:
         return "<p>No ground truth has arrived for this window yet.</p>"
@@ -494,6 +504,10 @@ def dashboard_panels() -> list:
             for column in DASHBOARD_COLUMNS],
             description="Per column: the test's p-value (KS, chi-squared: drift below 0.05) or its distance "
                         "(embedding_distance: Wasserstein)"),
+        line_plot_panel("Window accuracy where ground truth arrived", [PanelMetric(
+            legend="accuracy", metric="MeanValue", metric_labels={"column": CORRECT_COLUMN})],
+            description="Share of the window's labelled requests the champion answered right (feedback); "
+                        "no point for a window without monitor.min_labelled labels", size="half"),
     ]
 
 
@@ -585,23 +599,22 @@ def detect_drift(
     numerical += [EMBEDDING_COLUMN] if with_embeddings else []
     categorical = [PREDICTION_COLUMN]
     columns = numerical + categorical
+    quality = window_quality(current, min_labelled)
 
     from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import MeanValue
     from evidently.presets import DataDriftPreset
 
     _register_stattests()
-    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
-    report = Report(
-        [
-            DataDriftPreset(
-                columns=columns,
-                drift_share=float(drift_share),
-                num_method=NUM_METHOD,
-                cat_method=CAT_METHOD,
-            )
-        ],
-        include_tests=True,  # per-column drift verdicts come back as tests
-    )
+    metrics: list = [DataDriftPreset(columns=columns, drift_share=float(drift_share), num_method=NUM_METHOD,
+                                     cat_method=CAT_METHOD)]
+    if quality:  # ground truth arrived: the window's accuracy joins the snapshot (not a drift column)
+        cur_frame[CORRECT_COLUMN] = _correct(current)
+        ref_frame[CORRECT_COLUMN] = _correct(reference)
+        metrics.append(MeanValue(column=CORRECT_COLUMN))
+    definition = DataDefinition(numerical_columns=numerical + ([CORRECT_COLUMN] if quality else []),
+                                categorical_columns=categorical)
+    report = Report(metrics, include_tests=True)  # per-column drift verdicts come back as tests
     # Keep numerical RuntimeWarnings from the stat tests / plots out of the caller's logs.
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -617,7 +630,6 @@ def detect_drift(
     share, drifted, scores, methods = _parse_snapshot(payload, columns)
     if share is None:
         share = len(drifted) / len(columns)
-    quality = window_quality(current, min_labelled)
     _write_atomically(report_path, _with_title(page, title, _quality_html(quality)))
     if workspace is not None:
         add_to_workspace(Path(workspace), project, snapshot, (metadata or {}).get("key"))

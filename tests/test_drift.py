@@ -352,6 +352,31 @@ def test_quality_where_ground_truth_arrived(reference, windows, tmp_path):
     assert detect_drift(reference, window, report_path=tmp_path / "r2.html", min_labelled=60).quality is None
 
 
+def test_the_windows_accuracy_is_in_its_snapshot_for_the_dashboard(reference, windows, tmp_path):
+    from evidently.ui.workspace import Workspace
+
+    window = windows["in_domain_14"].copy()
+    window["true_label"] = None
+    window.loc[window.index[:40], "true_label"] = window["prediction"].iloc[:40]
+    window.loc[window.index[:10], "true_label"] = "something_else"
+    folder = tmp_path / "workspace"
+    result = detect_drift(reference, window, report_path=tmp_path / "r.html", min_labelled=30, workspace=folder,
+                          project="drift", metadata={"key": "labelled"})
+    detect_drift(reference, windows["in_domain_11"], report_path=tmp_path / "u.html", workspace=folder,
+                 project="drift", metadata={"key": "unlabelled"})  # no ground truth: no accuracy, no error
+    assert result.quality["accuracy"] == pytest.approx(0.75)
+    workspace = Workspace(str(folder))
+    project = workspace.search_project("drift")[0]
+    values = {}
+    for run_id in workspace.list_runs(project.id):
+        run = workspace.get_run(project.id, run_id)
+        found = [value for value in json.loads(run.json()).get("metric_results", {}).values()
+                 if "correct" in json.dumps(value)] if hasattr(run, "json") else []
+        values[run.metadata["key"]] = found
+    assert values["unlabelled"] == []
+    assert "Mean value of 'correct': current: 0.750" in json.dumps(values["labelled"]), values["labelled"]
+
+
 def test_packaged_minilm_embeddings_separate_shifted_text():
     from monitoring.embeddings import embed_texts
 
@@ -386,7 +411,7 @@ def test_reports_collect_in_an_evidently_workspace(reference, windows, tmp_path)
     # the project opens on a dashboard of panels, not "This dashboard is currently empty"
     panels = workspace.get_dashboard(projects[0].id).panels
     assert [panel.title for panel in panels] == ["Drifted columns, latest window", "Share of drifted columns per window",
-                                                 "Drift score per column"]
+                                                 "Drift score per column", "Window accuracy where ground truth arrived"]
     assert {value.metric_labels["column"] for value in panels[2].values} >= {"confidence", "prediction", "oov_share"}
 
 
