@@ -13,6 +13,8 @@ A thread count the user set (``OMP_NUM_THREADS``, or ``torch.set_num_threads`` t
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import time
 
@@ -27,10 +29,16 @@ def available_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
+log = logging.getLogger(__name__)
+TAKEN = 0.75  # a core counts as taken when other processes keep this much of it busy
+
+
 def free_threads(cpus: int, others_busy: float) -> int:
-    """Threads for ``cpus`` cores of which other processes keep ``others_busy`` cores' worth busy: the
-    cores they leave free, rounded to the nearest core, at least one."""
-    return max(1, min(cpus, round(cpus - max(0.0, others_busy))))
+    """Threads for ``cpus`` cores of which other processes keep ``others_busy`` cores' worth busy: the cores
+    they leave free, at least one. A core counts as taken from ``TAKEN`` of it busy: a busy process holds a
+    whole core, while the servers and the flow process around a stage take a fraction now and then."""
+    taken = math.floor(max(0.0, others_busy) + 1 - TAKEN)
+    return max(1, min(cpus, cpus - taken))
 
 
 class CpuShare:
@@ -75,8 +83,11 @@ class CpuShare:
         wait = settle_s - (time.monotonic() - self._last[0])
         if wait > 0:
             time.sleep(wait)
-        threads = min(self.most, free_threads(len(self.cpus), self.others_busy()))
+        others = self.others_busy()
+        threads = min(self.most, free_threads(len(self.cpus), others))
         if threads != torch.get_num_threads():
+            log.info("torch threads %d -> %d: other processes keep %.2f of this process's %d cores busy",
+                     torch.get_num_threads(), threads, others, len(self.cpus))
             torch.set_num_threads(threads)
         return threads
 
