@@ -74,7 +74,9 @@ def reference_frame(model, project_dir: str) -> pd.DataFrame:
     trained = pd.concat([read_split(prepared, "gold_train")[["text"]], transfer[["text"]]], ignore_index=True)
     held_out = pd.concat([read_split(prepared, split)[["text", "label"]] for split in ("gold_val", "gold_test")],
                          ignore_index=True).rename(columns={"label": "true_label"})
-    reference = pd.concat([trained, held_out], ignore_index=True)  # true_label: the held-out rows' gold label
+    # held_out rows count for the model's outputs only (prediction, confidence, accuracy): the text columns'
+    # reference stays the distillation inputs
+    reference = pd.concat([trained.assign(held_out=False), held_out.assign(held_out=True)], ignore_index=True)
     out = model.predict(reference[["text"]])
     confidence = out["score"].to_numpy(dtype="float64").copy()
     confidence[:len(trained)] = float("nan")
@@ -91,7 +93,8 @@ def check_windows(cfg: PipelineConfig, project_dir: str, model, reference: pd.Da
     starts = sorted(log["window_start"].unique())
     number_of = {start: i for i, start in enumerate(starts)}
     reports, cache = Path(project_dir, REPORTS), str(Path(project_dir, REPORTS, "cache"))
-    ref_vectors = embed_task(reference["text"].tolist(), cache) if cfg.monitor.embedding_drift else None
+    texts = reference.loc[~reference["held_out"], "text"] if "held_out" in reference.columns else reference["text"]
+    ref_vectors = embed_task(texts.tolist(), cache) if cfg.monitor.embedding_drift else None
     rows = []
     for start in starts[-cfg.monitor.max_windows:]:
         window = log[log["window_start"] == start]

@@ -84,6 +84,7 @@ PREDICTION_COLUMN = "prediction"
 CONFIDENCE_COLUMN = "confidence"
 EMBEDDING_COLUMN = "embedding_distance"
 TRUTH_COLUMN = "true_label"
+HELD_OUT_COLUMN = "held_out"  # reference rows the model never trained on: they count for its outputs only
 CORRECT_COLUMN = "correct"  # 1 / 0 where ground truth arrived: its mean is the window's accuracy (dashboard)
 
 # Evidently stat-test names (registry names accepted by DataDriftPreset).
@@ -581,19 +582,27 @@ def detect_drift(
     with_confidence = CONFIDENCE_COLUMN in reference.columns and CONFIDENCE_COLUMN in current.columns
     with_text = TEXT_COLUMN in current.columns and bool(current[TEXT_COLUMN].notna().any())
     with_embeddings = with_text and reference_embeddings is not None and current_embeddings is not None
+    # held-out rows (the model never trained on them) are the reference of its outputs, not of the texts
+    held = (reference[HELD_OUT_COLUMN].fillna(False).astype(bool).to_numpy() if HELD_OUT_COLUMN in reference.columns
+            else np.zeros(len(reference), dtype=bool))
+    text_rows = np.flatnonzero(~held)
     if with_text:
-        vocabulary = reference_vocabulary(reference[TEXT_COLUMN])
-        ref_desc = _reference_descriptors(reference[TEXT_COLUMN])
+        texts = reference[TEXT_COLUMN].iloc[text_rows]
+        vocabulary = reference_vocabulary(texts)
+        ref_desc = pd.DataFrame(np.nan, index=range(len(reference)), columns=list(DESCRIPTOR_COLUMNS))
+        ref_desc.iloc[text_rows] = _reference_descriptors(texts)[list(DESCRIPTOR_COLUMNS)].to_numpy()
         cur_desc = describe_texts(current[TEXT_COLUMN], vocabulary)
     else:
         ref_desc, cur_desc = pd.DataFrame(index=reference.index), pd.DataFrame(index=current.index)
     ref_frame = _monitored_frame(ref_desc, reference, with_confidence)
     cur_frame = _monitored_frame(cur_desc, current, with_confidence)
     if with_embeddings:
-        if len(reference_embeddings) != len(reference) or len(current_embeddings) != len(current):
-            raise ValueError("embeddings must have one row per reference / current row")
-        ref_frame[EMBEDDING_COLUMN], cur_frame[EMBEDDING_COLUMN] = nearest_reference_distance(
+        if len(reference_embeddings) != len(text_rows) or len(current_embeddings) != len(current):
+            raise ValueError("embeddings must have one row per reference text row (not held out) / current row")
+        ref_distance, cur_frame[EMBEDDING_COLUMN] = nearest_reference_distance(
             np.asarray(reference_embeddings, dtype=np.float64), np.asarray(current_embeddings, dtype=np.float64))
+        ref_frame[EMBEDDING_COLUMN] = np.nan
+        ref_frame.iloc[text_rows, ref_frame.columns.get_loc(EMBEDDING_COLUMN)] = ref_distance
 
     numerical = (list(DESCRIPTOR_COLUMNS) if with_text else []) + ([CONFIDENCE_COLUMN] if with_confidence else [])
     numerical += [EMBEDDING_COLUMN] if with_embeddings else []

@@ -440,5 +440,10 @@ def test_the_confidence_reference_is_texts_the_champion_did_not_train_on(tiny_cf
                            "confidence": rng.uniform(0.5, 0.9, len(scored))})
     kept = detect_drift(reference, window, report_path=tmp_path / "kept.html")
     assert "confidence" not in kept.drifted_columns, kept.column_scores
-    naive = reference.assign(confidence=Overfit().predict(reference)["score"].to_numpy())  # every row scored
+    naive = reference.assign(confidence=Overfit().predict(reference)["score"].to_numpy(), held_out=False)
     assert "confidence" in detect_drift(naive, window, report_path=tmp_path / "naive.html").drifted_columns
+    # the text columns' reference is the distillation inputs alone: the held-out rows change none of them
+    texts_only = reference[~reference["held_out"]].drop(columns=["confidence", "held_out"])
+    alone = detect_drift(texts_only, window.drop(columns=["confidence"]), report_path=tmp_path / "alone.html")
+    for column in ("char_length", "word_count", "oov_share", "non_letter_share"):
+        assert kept.column_scores[column] == pytest.approx(alone.column_scores[column]), column
