@@ -15,7 +15,9 @@ very ``model.onnx`` the evaluation timed, whether or not distill is installed wh
 
 from __future__ import annotations
 
+import copy
 import inspect
+import logging
 import os
 import tempfile
 import warnings
@@ -81,10 +83,6 @@ class OnnxClassifier(nn.Module):
 
 def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path | str) -> None:
     """Export ``model`` (a CPU copy, eval) to ``path`` with dynamic batch and sequence axes."""
-    import copy
-
-    import logging
-
     # the exporter lists the torchvision operators it cannot register: nothing a text classifier uses
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).to("cpu")
