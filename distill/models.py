@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from distill.cut import card_cut, cut_of, cut_texts, set_cut
 from distill.io import hash_files, read_json, write_json
 from distill.served import ONNX_FILE, exported, single_text_encoder
 
+log = logging.getLogger(__name__)
 MODEL_CARD = "distill.json"  # written beside the weights: what the folder holds
 HISTORY = "history.csv"  # the training curve of a model distill trained: one row per validation check
 # Generic requests that tokenize to several lengths: an export's example and its check batch.
@@ -198,7 +200,7 @@ def save_classifier(clf: Classifier, folder: Path, card: dict, history: list[dic
         pd.DataFrame(history).to_csv(folder / HISTORY, index=False, float_format="%.6g")
     clf.model.save_pretrained(folder, safe_serialization=True)
     clf.tokenizer.save_pretrained(folder)
-    why = export_into(clf, folder) if export else "not exported (evaluate.runtime: eager)"
+    why = export_into(clf, folder)[1] if export else "not exported (evaluate.runtime: eager)"
     cut = cut_of(clf.tokenizer)
     fingerprint = model_fingerprint(folder, cut)
     write_json(folder / MODEL_CARD, {**card, "fingerprint": fingerprint, "labels": clf.labels,
@@ -216,16 +218,15 @@ def probe_batches(clf: Classifier, max_length: int, texts: list[str] | None = No
     return dict(encode(clf.tokenizer, (texts * 2)[:2], max_length)), dict(encode(clf.tokenizer, check, max_length))
 
 
-def export_into(clf: Classifier, folder: Path, max_length: int = 64, texts: list[str] | None = None) -> str:
-    """Write ``clf``'s checked ONNX export to ``folder/model.onnx``; "" when written, else why not (logged:
-    the model is then served eager)."""
+def export_into(clf: Classifier, folder: Path, max_length: int = 64, texts: list[str] | None = None,
+                threads: int | None = None):
+    """Write ``clf``'s checked ONNX export to ``folder/model.onnx``: (its ONNX Runtime model, "") or (None, why
+    not; logged, and the model is then served eager)."""
     example, check = probe_batches(clf, max_length, texts)
-    served, why = exported(clf.model, example, check, Path(folder) / ONNX_FILE)
+    served, why = exported(clf.model, example, check, Path(folder) / ONNX_FILE, threads)
     if served is None:
-        import logging
-
-        logging.getLogger(__name__).warning("%s; %s will be served eager", why, folder)
-    return why
+        log.warning("%s; %s will be served eager", why, folder)
+    return served, why
 
 
 def read_history(folder: Path) -> list[dict]:

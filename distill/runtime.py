@@ -15,13 +15,15 @@ from typing import Literal
 
 from torch import nn
 
-from distill.models import Classifier, export_into, probe_batches
-from distill.served import ONNX_FILE, OnnxClassifier, exported, quantize_onnx
+from distill.models import Classifier, export_into
+from distill.served import ONNX_FILE, OnnxClassifier, quantize_onnx
 
 __all__ = ["Runtime", "OnnxClassifier", "eager_model", "onnx_classifier", "quantized_classifier", "with_runtime"]
 
 Runtime = Literal["eager", "onnxruntime"]
 log = logging.getLogger(__name__)
+
+
 def onnx_classifier(clf: Classifier, folder: Path | None, threads: int, texts: list[str],
                     max_length: int) -> Classifier:
     """``clf`` served by ONNX Runtime from ``folder``'s export, or exported now into a scratch folder when
@@ -30,13 +32,9 @@ def onnx_classifier(clf: Classifier, folder: Path | None, threads: int, texts: l
     if existing is not None and existing.is_file():
         return Classifier(OnnxClassifier(existing, threads, eager=clf.model), clf.tokenizer, clf.labels)
     with tempfile.TemporaryDirectory(prefix="distill-onnx-") as scratch:
-        example, check = probe_batches(clf, max_length, texts)
-        served, why = exported(clf.model, example, check, Path(scratch) / ONNX_FILE, threads)
+        served, _ = export_into(clf, Path(scratch), max_length, texts, threads)  # a failure is logged there
         # the session holds the graph in memory: the scratch file may go
-    if served is None:
-        log.warning("%s; keeping the eager model", why)
-        return clf
-    return Classifier(served, clf.tokenizer, clf.labels)
+    return clf if served is None else Classifier(served, clf.tokenizer, clf.labels)
 
 
 def quantized_classifier(clf: Classifier, folder: Path | None, threads: int, texts: list[str],
@@ -47,8 +45,8 @@ def quantized_classifier(clf: Classifier, folder: Path | None, threads: int, tex
         source = Path(folder) / ONNX_FILE if folder is not None else None
         if source is None or not source.is_file():
             source = Path(scratch) / ONNX_FILE
-            why = export_into(clf, Path(scratch), max_length, texts)
-            if why:
+            served, why = export_into(clf, Path(scratch), max_length, texts)
+            if served is None:
                 raise RuntimeError(f"{folder or 'the model'}: {why}, so it has no INT8 version; drop the *_int8 "
                                    "candidates from evaluate.candidates")
         target = Path(scratch) / "model-int8.onnx"

@@ -7,8 +7,7 @@ process, on 2 cores). ``CpuShare`` looks at the CPU time the other processes use
 cores since its last look and keeps torch's threads to the cores they leave free; the trainer asks it
 again every few seconds, so a competitor that comes or goes is followed.
 
-A thread count the user set (``OMP_NUM_THREADS``, or ``torch.set_num_threads`` through an option) wins:
-``CpuShare.governs()`` is false then.
+A thread count the user set (``OMP_NUM_THREADS``) wins: ``CpuShare.governs()`` is false then.
 """
 
 from __future__ import annotations
@@ -21,16 +20,15 @@ import time
 import psutil
 import torch
 
+log = logging.getLogger(__name__)
+TAKEN = 0.75  # a core counts as taken when other processes keep this much of it busy
+
 
 def available_cpus() -> list[int]:
     """The CPUs this process may run on (its affinity; every CPU where there is none)."""
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))
     return list(range(os.cpu_count() or 1))
-
-
-log = logging.getLogger(__name__)
-TAKEN = 0.75  # a core counts as taken when other processes keep this much of it busy
 
 
 def free_threads(cpus: int, others_busy: float) -> int:

@@ -7,6 +7,7 @@ probability column per class.
 """
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
@@ -95,8 +96,6 @@ class TextClassifier(PythonModel):
         return self._served.OnnxClassifier(path, self._served.session_threads(threads), eager=self.model)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        import numpy as np
-
         texts = [str(text) for text in model_input["text"].tolist()]
         with self.torch.inference_mode():
             chunks = [self.model(**self._encode(texts[start:start + 64])).logits

@@ -77,7 +77,7 @@ def test_export_int8_and_serving_raise_no_deprecation_warning(tiny_teacher, tmp_
         warnings.simplefilter("error", PendingDeprecationWarning)
         from distill.models import export_into
 
-        assert export_into(clf, tmp_path) == ""
+        assert export_into(clf, tmp_path)[1] == ""
         served = OnnxClassifier(tmp_path / ONNX_FILE, 1, eager=clf.model)
         quantized, _ = quantized_classifier(clf, tmp_path, 1, TEXTS, 32)
         for model in (served, quantized.model):
@@ -185,7 +185,7 @@ def test_other_architectures_export_too(tmp_path):
         clf = Classifier(model.eval(), tokenizer, ["a", "b", "c"])
         folder = tmp_path / name
         folder.mkdir()
-        assert export_into(clf, folder) == "", name
+        assert export_into(clf, folder)[1] == "", name
         served = onnx_classifier(clf, folder, 1, TEXTS, 32)
         assert isinstance(served.model, OnnxClassifier)
         np.testing.assert_allclose(predict_logits(served, LONGER, 3, 32), predict_logits(clf, LONGER, 3, 32),
