@@ -13,7 +13,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,37 +32,63 @@ class OutputBusy(RuntimeError):
     """Another process is writing the same output."""
 
 
-@contextlib.contextmanager
-def output_lock(target: Path) -> Iterator[None]:
-    """Hold the machine-wide lock of one output for the block, or refuse at once if another process holds it.
+class LockBusy(TimeoutError):
+    """A machine-wide lock stayed held for longer than the caller would wait; ``holder`` says by whom."""
 
-    Two commands writing the same folder would otherwise both succeed and the last writer would win
-    silently (``dvc repro`` refuses the second run with its own lock; a stage command run by hand did
-    not). The lock lives in the system temp folder, keyed by the output's absolute path, so the
-    project gets no stray files; the kernel releases it when the process dies.
+    def __init__(self, key: str, holder: str) -> None:
+        super().__init__(f"{key}: held by {holder}")
+        self.holder = holder
+
+
+@contextlib.contextmanager
+def machine_lock(key: str, wait_s: float = 0.0, poll_s: float = 0.2) -> Iterator[None]:
+    """Hold the machine-wide lock named ``key`` for the block, waiting up to ``wait_s`` for its holder.
+
+    The lock is an ``flock`` on a file in the system temp folder named by the key's hash, so no project
+    gets stray files and the kernel releases it when its process dies (no stale locks). Two threads of one
+    process exclude each other too: each opens the file anew. Raises ``LockBusy`` after ``wait_s``.
     """
     import fcntl
 
-    key = hashlib.sha256(str(Path(target).resolve()).encode()).hexdigest()[:24]
     folder = Path(tempfile.gettempdir()) / "distill-locks"
     folder.mkdir(exist_ok=True)
-    with open(folder / f"{key}.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise OutputBusy(f"{target}: another distill command ({holder}) is writing it; wait for it to finish "
-                             "or stop it, then run again") from None
+    with open(folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock", "a+") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    raise LockBusy(key, handle.read().strip() or "another process") from None
+                time.sleep(poll_s)
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()}")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
         handle.flush()
         try:
             yield
         finally:
             handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def output_lock(target: Path) -> Iterator[None]:
+    """Hold the machine-wide lock of one output for the block, or refuse at once if another process holds it.
+
+    Two commands writing the same folder would otherwise both succeed and the last writer would win
+    silently (``dvc repro`` refuses the second run with its own lock; a stage command run by hand did
+    not). The lock is keyed by the output's absolute path.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(machine_lock(f"output {Path(target).resolve()}"))
+        except LockBusy as busy:
+            raise OutputBusy(f"{target}: another distill command ({busy.holder}) is writing it; wait for it to "
+                             "finish or stop it, then run again") from None
+        yield
 
 
 def _stale_temporaries(target: Path) -> list[Path]:

@@ -7,21 +7,19 @@ lock makes them one step across flows, the CLI and other machines. Rollback walk
 
 from __future__ import annotations
 
-import os
-import random
-import socket
-import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow import MlflowClient
 
-TRANSIENT = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")  # e.g. SQLite busy
-LOCK_STALE_S = 600  # a promotion takes seconds; a lock this old was left by a crashed process
+from distill.io import LockBusy, machine_lock
+
+LOCK_LEASE_S = 60  # a promotion takes seconds; the Prefect server frees a crashed holder's slot after this
 
 
 class PromotionError(RuntimeError):
@@ -36,59 +34,80 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
         return None
 
 
+LOCAL_STORES = ("", "file", "sqlite")  # registry URI schemes whose store is a file on this machine
+
+
+def lock_backend(registry_uri: str, prefect_api_url: str | None) -> str:
+    """Where the promotion lock lives: ``"prefect"`` (a global concurrency limit on the Prefect server) for a
+    shared store (a tracking server, a database) when a Prefect API is configured, else ``"machine"`` (a
+    kernel lock on this machine). A store on this machine's disk is only written from this machine, and
+    workers on several machines sharing a tracking server run deployments, hence share a Prefect server."""
+    local = urlparse(registry_uri).scheme in LOCAL_STORES or Path(registry_uri).is_absolute()
+    return "prefect" if prefect_api_url and not local else "machine"
+
+
 @contextmanager
 def promotion_lock(client: MlflowClient, name: str, timeout_s: float = 120) -> Iterator[None]:
-    """Hold ``<name>-promotion-lock`` while aliases move.
+    """Hold the promotion lock of registered model ``name`` while its aliases move.
 
-    MLflow aliases are unique per model, but "read champion, set previous, set champion" is
-    three calls; two promotions interleaving them would lose track of who displaced whom.
-    Creating a registered model is atomic in every MLflow store (names are unique), so the
-    registry itself is the mutex, shared by flows, the CLI and other machines.
+    MLflow aliases are unique per model, but "read champion, set previous, set champion" is three calls;
+    two promotions interleaving them would lose track of who displaced whom. The registry has no lock of
+    its own, so the lock is the orchestrator's (see ``lock_backend``); it leaves nothing in the registry.
     """
-    lock, holder = f"{name}-promotion-lock", f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            client.create_registered_model(lock, tags={"holder": holder, "since": str(time.time())},
-                                           description=f"Held while {name}'s aliases move; deleted after.")
-            break
-        except mlflow.exceptions.MlflowException as exc:
-            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", *TRANSIENT):
-                raise
-            if _lock_holder(client, lock) == holder:  # our create went through; a retried request said "exists"
-                break
-        _break_stale_lock(client, lock)
-        if time.monotonic() > deadline:
-            raise PromotionError(f"registered model {lock!r} is held by another promotion for over {timeout_s:.0f} s; "
-                                 f"if none is running, delete that registered model and retry")
-        time.sleep(0.2 + random.random() * 0.3)
-    try:
+    from prefect.settings import get_current_settings
+
+    backend = lock_backend(client.tracking_uri, get_current_settings().api.url)
+    lock = _prefect_lock(name, timeout_s) if backend == "prefect" else _machine_lock(client, name, timeout_s)
+    with lock:
         yield
-    finally:
+
+
+@contextmanager
+def _machine_lock(client: MlflowClient, name: str, timeout_s: float) -> Iterator[None]:
+    store = client.tracking_uri
+    if urlparse(store).scheme == "sqlite":
+        store = f"sqlite:///{Path(store.split(':///', 1)[1]).resolve()}"  # one lock however the path was spelt
+    elif urlparse(store).scheme in ("", "file"):
+        store = str(Path(store.removeprefix("file://")).resolve())
+    with ExitStack() as stack:
         try:
-            if _lock_holder(client, lock) == holder:
-                client.delete_registered_model(lock)
-        except mlflow.exceptions.MlflowException:
-            pass  # broken as stale by someone else
+            stack.enter_context(machine_lock(f"promotion {store} {name}", wait_s=timeout_s))
+        except LockBusy as busy:
+            raise PromotionError(f"{name}: another promotion ({busy.holder}) has held the promotion lock for over "
+                                 f"{timeout_s:.0f} s; wait for it or stop it, then retry") from None
+        yield
 
 
-def _lock_holder(client: MlflowClient, lock: str) -> str | None:
-    try:
-        return client.get_registered_model(lock).tags.get("holder")
-    except mlflow.exceptions.MlflowException:
-        return None
+@contextmanager
+def _prefect_lock(name: str, timeout_s: float) -> Iterator[None]:
+    """One slot of the global concurrency limit ``promote-<name>`` (created on first use; listed in the Prefect
+    UI under Concurrency). Its lease is renewed while held, so a crashed holder's slot comes back after
+    ``LOCK_LEASE_S``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-
-def _break_stale_lock(client: MlflowClient, lock: str) -> None:
-    try:
-        since = float(client.get_registered_model(lock).tags.get("since", "0"))
-    except mlflow.exceptions.MlflowException:
-        return  # released meanwhile
-    if time.time() - since > LOCK_STALE_S:
+    limit = f"promote-{name}"
+    with get_client(sync_client=True) as prefect:
         try:
-            client.delete_registered_model(lock)
-        except mlflow.exceptions.MlflowException:
-            pass
+            found = prefect.read_global_concurrency_limit_by_name(limit)
+        except ObjectNotFound:
+            try:
+                prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+            except ObjectAlreadyExists:
+                pass  # created by a promotion racing this one
+        else:
+            if found.limit != 1 or not found.active:
+                raise PromotionError(f"the Prefect concurrency limit {limit!r} must be active with limit 1 to keep "
+                                     f"promotions of {name} one at a time (it is {'active' if found.active else 'inactive'}"
+                                     f" with limit {found.limit}); set it back in the Prefect UI (Concurrency)")
+    try:
+        with concurrency(limit, occupy=1, timeout_seconds=timeout_s, lease_duration=LOCK_LEASE_S, strict=True):
+            yield
+    except TimeoutError:
+        raise PromotionError(f"{name}: the Prefect concurrency limit {limit!r} stayed taken for over {timeout_s:.0f} s; "
+                             "if no promotion is running, free its slot in the Prefect UI (Concurrency) and retry") from None
 
 
 def move_champion(client: MlflowClient, name: str, version: str, promoted_by: str, reason: str = "") -> dict:

@@ -7,6 +7,7 @@ pyfunc once, and every version registers that same logged model.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import subprocess
 import sys
@@ -121,10 +122,13 @@ def test_promotion_moves_aliases_and_rollback_walks_the_history_back(logged):
     assert aliases(name)["champion"] == v1
 
 
-def test_concurrent_promotions_leave_one_champion_and_a_consistent_history(logged):
-    """Five promotions race; the registry lock serializes them, so the ``displaced`` chain from the
-    champion back to the first one holds every version exactly once and ``previous`` is its first link."""
-    name = "race"
+@pytest.mark.parametrize("backend", ["machine", "prefect"])
+def test_concurrent_promotions_leave_one_champion_and_a_consistent_history(logged, harness, backend, monkeypatch):
+    """Five promotions race; the promotion lock serializes them, so the ``displaced`` chain from the
+    champion back to the first one holds every version exactly once and ``previous`` is its first link.
+    Both locks are raced: a kernel lock on this machine, and a Prefect global concurrency limit."""
+    monkeypatch.setattr(alias_tasks, "lock_backend", lambda uri, api: backend)
+    name = f"race-{backend}"
     versions = register(logged, name, 6)
     alias_tasks.move_champion(MlflowClient(), name, versions[0], "test")
     barrier, errors = threading.Barrier(5), []
@@ -136,7 +140,8 @@ def test_concurrent_promotions_leave_one_champion_and_a_consistent_history(logge
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
-    threads = [threading.Thread(target=promote, args=(v,)) for v in versions[1:]]
+    # each thread sees the test's Prefect server, as a flow's task threads do
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(promote, v)) for v in versions[1:]]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -151,8 +156,44 @@ def test_concurrent_promotions_leave_one_champion_and_a_consistent_history(logge
         version = tags(name, version)["displaced"]
     assert sorted(chain, key=int) == versions, f"promotion history lost a version: {chain}"
     assert current["previous"] == chain[1]
-    with pytest.raises(mlflow.exceptions.MlflowException):
-        MlflowClient().get_registered_model(f"{name}-promotion-lock")  # released
+    assert not [m.name for m in MlflowClient().search_registered_models(f"name LIKE '{name}%'") if m.name != name], \
+        "the lock left something in the registry"
+    if backend == "prefect":
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as prefect:
+            limit = prefect.read_global_concurrency_limit_by_name(f"promote-{name}")
+        assert (limit.limit, limit.active_slots) == (1, 0), "the slot was not given back"
+
+
+def test_the_lock_lives_where_every_promoter_of_the_store_reaches_it():
+    assert alias_tasks.lock_backend("http://127.0.0.1:5000", "http://127.0.0.1:4200/api") == "prefect"
+    assert alias_tasks.lock_backend("postgresql://u@db/mlflow", "https://api.prefect.cloud/api/x") == "prefect"
+    assert alias_tasks.lock_backend("http://127.0.0.1:5000", None) == "machine"  # no shared orchestrator to ask
+    for local in ("sqlite:///mlflow.db", "file:///srv/mlruns", "/srv/mlruns", "mlruns"):
+        assert alias_tasks.lock_backend(local, "http://127.0.0.1:4200/api") == "machine", local
+
+
+def test_a_held_promotion_lock_stops_a_promotion_with_what_to_do(logged, monkeypatch):
+    """The machine lock, held by another process, keeps a promotion from moving aliases and says why."""
+    monkeypatch.setattr(alias_tasks, "lock_backend", lambda uri, api: "machine")
+    name = "held-lock"
+    versions = register(logged, name, 2)
+    store = os.environ["MLFLOW_TRACKING_URI"]
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom distill.io import machine_lock\n"
+        f"with machine_lock('promotion {store} {name}'):\n    print('held', flush=True)\n    time.sleep(60)\n")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(alias_tasks.PromotionError, match=f"pid {holder.pid} .*held the promotion lock"):
+            with alias_tasks.promotion_lock(MlflowClient(), name, timeout_s=1):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    alias_tasks.move_champion(MlflowClient(), name, versions[1], "test")  # the kernel freed the dead holder's lock
+    assert aliases(name)["champion"] == versions[1]
 
 
 def test_gate_failure_never_moves_the_champion(logged, harness):
