@@ -593,6 +593,11 @@ class MonitorConfig(_Section):
         0.1, ge=0, le=1, description="Teacher/student disagreement on the canary set above the level measured "
         "at distillation by more than this is a teacher shift."
     )
+    teacher_sample: int = Field(
+        100, ge=0, description="Requests per window that the registered teacher answers too, for the dashboard's "
+        "disagreement with the teacher (a fixed sample by request id; each text is asked once, then cached); "
+        "0 asks the teacher nothing."
+    )
     warm_start: bool = Field(
         True, description="Re-distillation continues from the champion's weights (student.warm_start = "
         "models:/<student_model>@champion) on the old transfer set plus the new traffic, so the student "

@@ -28,7 +28,8 @@ from monitoring.alerts import REPORTS, incidents_dir
 from monitoring.production import assign_windows, log_root, read_log
 from monitoring.teacher_shift import TeacherShift, check_teacher_shift
 from tasks import registry
-from tasks.monitor import DRIFT_EVENT, TEACHER_EVENT, alert, canary_task, drift_task, embed_task, serve_simulated
+from tasks.monitor import (DRIFT_EVENT, TEACHER_EVENT, alert, canary_task, drift_task, embed_task, load_teacher,
+                           serve_simulated, teacher_answers)
 from flows.outcome import summary_of
 from flows.redistill import run_redistillation
 
@@ -84,8 +85,10 @@ def reference_frame(model, project_dir: str) -> pd.DataFrame:
 
 
 def check_windows(cfg: PipelineConfig, project_dir: str, model, reference: pd.DataFrame,
-                  champion_accuracy: float | None, version: str | None = None) -> list[dict]:
-    """Drift (and quality) of every recent window of the log; one HTML + JSON report per window."""
+                  champion_accuracy: float | None, version: str | None = None, teacher=None,
+                  teacher_key: str = "") -> list[dict]:
+    """Drift (and quality, and disagreement with ``teacher`` when given) of every recent window of the log;
+    one HTML + JSON report per window."""
     log = read_log(log_root(cfg.monitor.log_path, project_dir))
     if log.empty:
         return []
@@ -102,6 +105,9 @@ def check_windows(cfg: PipelineConfig, project_dir: str, model, reference: pd.Da
         if len(window) < cfg.monitor.min_window_size:
             continue
         has_text = bool(window["text"].notna().any())
+        if teacher is not None and has_text and cfg.monitor.teacher_sample:
+            window = window.assign(teacher_label=teacher_answers(
+                teacher, window, cfg.monitor.teacher_sample, str(Path(cache, f"teacher-{teacher_key}.parquet"))))
         vectors = embed_task(window["text"].astype(str).tolist(), cache) if ref_vectors is not None and has_text else None
         key = window_key(window["text"], window["request_id"], number)
         # in the Evidently UI: dated by the window, named by its traffic and the champion that served it,
@@ -127,16 +133,18 @@ def check_windows(cfg: PipelineConfig, project_dir: str, model, reference: pd.Da
     return rows
 
 
-def teacher_check(cfg: PipelineConfig, project_dir: str, model, version: str) -> tuple[TeacherShift, dict]:
-    """Version/fingerprint comparison, then the canary when the teacher is reachable."""
+def teacher_check(cfg: PipelineConfig, project_dir: str, model, version: str) -> tuple[TeacherShift, dict, object]:
+    """Version/fingerprint comparison, then the canary when the teacher is registered; returns the teacher
+    model too (None without one), which the windows are compared with."""
     lineage = registry.teacher_lineage(cfg, project_dir, version)
-    canary, size = None, 0
+    canary, size, teacher = None, 0, None
     if lineage["teacher_version"] is not None:
-        canary, size = canary_task(cfg, project_dir, model, lineage["teacher_version"])
+        teacher = load_teacher(cfg, project_dir, lineage["teacher_version"])
+        canary, size = canary_task(cfg, project_dir, model, teacher)
     shift = check_teacher_shift(lineage["teacher_version"], lineage["teacher_fingerprint"], version,
                                 lineage["student_tags"], canary, lineage["baseline_disagreement"], size,
                                 cfg.monitor.max_canary_disagreement)
-    return shift, lineage
+    return shift, lineage, teacher
 
 
 @flow(name="drift_monitor", log_prints=True)
@@ -151,12 +159,14 @@ def drift_monitor(project_dir: str = ".", redistill: bool = True) -> dict:
         return {"skipped": "no champion"}
     model = registry.load_champion(cfg, project_dir)
     served = serve_simulated(cfg, project_dir, model, version) if cfg.monitor.simulate else 0
-    shift, lineage = teacher_check(cfg, project_dir, model, version)
+    shift, lineage, teacher = teacher_check(cfg, project_dir, model, version)
     champion_accuracy = _float(lineage["student_tags"].get("eval.accuracy"))  # gold test, at distillation
-    rows = check_windows(cfg, project_dir, model, reference_frame(model, project_dir), champion_accuracy, version)
+    teacher_key = f"v{lineage['teacher_version']}-{(lineage['teacher_fingerprint'] or 'none')[:12]}"
+    rows = check_windows(cfg, project_dir, model, reference_frame(model, project_dir), champion_accuracy, version,
+                         teacher, teacher_key)
     if rows:
-        table = pd.DataFrame([{k: r[k] for k in ("window", "requests", "drift", "drifted_share", "quality_alert")}
-                              for r in rows])
+        table = pd.DataFrame([{**{k: r[k] for k in ("window", "requests", "drift", "drifted_share", "quality_alert")},
+                               "teacher_disagreement": (r["teacher"] or {}).get("disagreement")} for r in rows])
         logger.info("drift by window:\n%s", table.to_string(index=False))
     flagged = [r for r in rows if r["drift"] or r["quality_alert"]]
     new_windows = keep_for_redistillation(project_dir, cfg, [(r["key"], r["_frame"]) for r in flagged])

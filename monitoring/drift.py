@@ -31,7 +31,9 @@ The dataset is declared drifted when the share of drifted columns is ``>= drift_
 Texts may be absent from the window (the production log can keep only a hash): the text
 descriptors and the embedding column are then left out and only the predictions are compared.
 Where ground truth has arrived (``true_label``), accuracy and macro-F1 of the window are reported
-in :attr:`DriftResult.quality`.
+in :attr:`DriftResult.quality`; where the teacher answered some of its requests (``teacher_label``), how
+often the champion disagrees with it, in :attr:`DriftResult.teacher`. Both are charted per window on
+the workspace dashboard.
 
 The tests are pinned on purpose.  Evidently's *automatic* choice depends on the reference size:
 with more than 1000 reference rows (our 3000-row transfer set) it switches to Wasserstein
@@ -74,6 +76,7 @@ __all__ = [
     "describe_texts",
     "detect_drift",
     "nearest_reference_distance",
+    "window_disagreement",
     "window_quality",
     "reference_vocabulary",
 ]
@@ -86,6 +89,8 @@ EMBEDDING_COLUMN = "embedding_distance"
 TRUTH_COLUMN = "true_label"
 HELD_OUT_COLUMN = "held_out"  # reference rows the model never trained on: they count for its outputs only
 CORRECT_COLUMN = "correct"  # 1 / 0 where ground truth arrived: its mean is the window's accuracy (dashboard)
+TEACHER_COLUMN = "teacher_label"  # the teacher's answer, for the requests of a window it was asked about
+DISAGREES_COLUMN = "teacher_disagrees"  # 1 / 0 where the teacher answered: its mean is the window's disagreement
 
 # Evidently stat-test names (registry names accepted by DataDriftPreset).
 NUM_METHOD = "ks"
@@ -132,6 +137,7 @@ class DriftResult:
     n_reference: int
     n_current: int
     quality: dict | None = None  # {"labelled", "accuracy", "macro_f1"} where ground truth arrived
+    teacher: dict | None = None  # {"asked", "disagreement"} where the teacher answered some of the window
 
     def to_dict(self) -> dict:
         """JSON-serialisable summary (paths as strings, non-finite scores as None)."""
@@ -145,6 +151,7 @@ class DriftResult:
             "n_reference": int(self.n_reference),
             "n_current": int(self.n_current),
             "quality": self.quality,
+            "teacher": self.teacher,
         }
 
 
@@ -477,11 +484,31 @@ def _correct(frame: pd.DataFrame) -> np.ndarray:
     return hit.where(truth.notna()).to_numpy(dtype="float64")
 
 
-def _quality_html(quality: dict | None) -> str:
-    if not quality:
-        return "<p>No ground truth has arrived for this window yet.</p>"
-    return (f"<p>Ground truth for {quality['labelled']} requests: accuracy {quality['accuracy']:.3f}, "
-            f"macro-F1 {quality['macro_f1']:.3f}.</p>")
+def _disagrees(frame: pd.DataFrame) -> np.ndarray:
+    """1.0 where the prediction differs from the teacher's answer, 0.0 where it matches, NaN where the teacher
+    was not asked."""
+    if TEACHER_COLUMN not in frame.columns:
+        return np.full(len(frame), np.nan)
+    teacher = frame[TEACHER_COLUMN].reset_index(drop=True)
+    differs = (teacher.astype(str) != frame[PREDICTION_COLUMN].reset_index(drop=True).astype(str)).astype(float)
+    return differs.where(teacher.notna()).to_numpy(dtype="float64")
+
+
+def window_disagreement(current: pd.DataFrame) -> dict | None:
+    """How often the champion's answer differs from the teacher's on the window's requests the teacher answered."""
+    differs = _disagrees(current)
+    asked = int(np.isfinite(differs).sum())
+    return {"asked": asked, "disagreement": float(np.nanmean(differs))} if asked else None
+
+
+def _quality_html(quality: dict | None, teacher: dict | None = None) -> str:
+    lines = [f"<p>Ground truth for {quality['labelled']} requests: accuracy {quality['accuracy']:.3f}, "
+             f"macro-F1 {quality['macro_f1']:.3f}.</p>" if quality
+             else "<p>No ground truth has arrived for this window yet.</p>"]
+    if teacher:
+        lines.append(f"<p>The teacher answered {teacher['asked']} of these requests: the champion disagrees with it "
+                     f"on {teacher['disagreement']:.1%} of them.</p>")
+    return "".join(lines)
 
 
 DASHBOARD_COLUMNS = (*DESCRIPTOR_COLUMNS, CONFIDENCE_COLUMN, EMBEDDING_COLUMN, PREDICTION_COLUMN)
@@ -509,6 +536,11 @@ def dashboard_panels() -> list:
             legend="accuracy", metric="MeanValue", metric_labels={"column": CORRECT_COLUMN})],
             description="Share of the window's labelled requests the champion answered right (feedback); "
                         "no point for a window without monitor.min_labelled labels", size="half"),
+        line_plot_panel("Disagreement with the teacher per window", [PanelMetric(
+            legend="disagreement", metric="MeanValue", metric_labels={"column": DISAGREES_COLUMN})],
+            description="Share of a sample of the window's requests (monitor.teacher_sample) on which the champion "
+                        "answers other than the registered teacher; rising while accuracy holds means the teacher "
+                        "moved, rising with falling accuracy means the student fell behind", size="half"),
     ]
 
 
@@ -530,9 +562,9 @@ def add_to_workspace(folder: Path, project: str, snapshot: Any, key: str | None 
     found = workspace.search_project(project)
     target = found[0] if found else workspace.create_project(project, description="distill: production "
                                                              "windows against the distillation inputs")
-    dashboard = workspace.get_dashboard(target.id)
-    if not dashboard.panels:
-        for panel in dashboard_panels():
+    shown = {panel.title for panel in workspace.get_dashboard(target.id).panels}
+    for panel in dashboard_panels():  # a workspace made by an older distill gets the panels added since
+        if panel.title not in shown:
             target.dashboard.add_panel(panel)
     workspace.add_run(target.id, snapshot)
     if key is not None:
@@ -608,7 +640,7 @@ def detect_drift(
     numerical += [EMBEDDING_COLUMN] if with_embeddings else []
     categorical = [PREDICTION_COLUMN]
     columns = numerical + categorical
-    quality = window_quality(current, min_labelled)
+    quality, teacher = window_quality(current, min_labelled), window_disagreement(current)
 
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import MeanValue
@@ -617,11 +649,14 @@ def detect_drift(
     _register_stattests()
     metrics: list = [DataDriftPreset(columns=columns, drift_share=float(drift_share), num_method=NUM_METHOD,
                                      cat_method=CAT_METHOD)]
-    if quality:  # ground truth arrived: the window's accuracy joins the snapshot (not a drift column)
-        cur_frame[CORRECT_COLUMN] = _correct(current)
-        ref_frame[CORRECT_COLUMN] = _correct(reference)
-        metrics.append(MeanValue(column=CORRECT_COLUMN))
-    definition = DataDefinition(numerical_columns=numerical + ([CORRECT_COLUMN] if quality else []),
+    # outcomes charted per window, not drift columns: accuracy where ground truth arrived, disagreement with
+    # the teacher where it was asked
+    outcomes = {column: rows for column, rows, known in ((CORRECT_COLUMN, _correct, quality),
+                                                         (DISAGREES_COLUMN, _disagrees, teacher)) if known}
+    for column, rows in outcomes.items():
+        cur_frame[column], ref_frame[column] = rows(current), rows(reference)
+        metrics.append(MeanValue(column=column))
+    definition = DataDefinition(numerical_columns=numerical + list(outcomes),
                                 categorical_columns=categorical)
     report = Report(metrics, include_tests=True)  # per-column drift verdicts come back as tests
     # Keep numerical RuntimeWarnings from the stat tests / plots out of the caller's logs.
@@ -639,7 +674,7 @@ def detect_drift(
     share, drifted, scores, methods = _parse_snapshot(payload, columns)
     if share is None:
         share = len(drifted) / len(columns)
-    _write_atomically(report_path, _with_title(page, title, _quality_html(quality)))
+    _write_atomically(report_path, _with_title(page, title, _quality_html(quality, teacher)))
     if workspace is not None:
         add_to_workspace(Path(workspace), project, snapshot, (metadata or {}).get("key"))
 
@@ -653,4 +688,5 @@ def detect_drift(
         n_reference=int(len(reference)),
         n_current=int(len(current)),
         quality=quality,
+        teacher=teacher,
     )

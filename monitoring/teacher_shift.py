@@ -15,7 +15,8 @@ Everything here is a pure decision over figures the flow gathers; no registry ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,28 @@ def check_teacher_shift(teacher_version: str | None, teacher_fingerprint: str | 
                                  f"(limit {max_canary_disagreement})")
     shift.changed = bool(shift.reasons)
     return shift
+
+
+def teacher_sample(request_ids: pd.Series, texts: pd.Series, size: int) -> pd.Index:
+    """The rows of a window the teacher is asked about: up to ``size`` with a text, chosen by a hash of the
+    request id, so every monitor pass asks about the same requests and a window's figure does not move."""
+    with_text = texts.notna()
+    order = request_ids[with_text].astype(str).map(lambda r: hashlib.sha256(r.encode()).hexdigest()).sort_values()
+    return order.index[:size]
+
+
+def cached_answers(predict: Callable[[list[str]], list[str]], texts: list[str], cache: Path) -> list[str]:
+    """``predict(texts)``, asking only about texts not already in ``cache`` (a parquet of text -> answer, one
+    per teacher version), which then holds them too."""
+    known = pd.read_parquet(cache) if cache.is_file() else pd.DataFrame({"text": [], "answer": []})
+    answers = dict(zip(known["text"], known["answer"]))
+    new = sorted({t for t in texts if t not in answers})
+    if new:
+        answers.update(zip(new, map(str, predict(new))))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(cache, "wb") as handle:
+            pd.DataFrame({"text": list(answers), "answer": list(answers.values())}).to_parquet(handle, index=False)
+    return [answers[t] for t in texts]
 
 
 def ensure_canary(path: Path, gold_test: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:

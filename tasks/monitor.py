@@ -19,7 +19,7 @@ from monitoring import alerts
 from monitoring.drift import DriftResult, detect_drift
 from monitoring.production import log_root, logged_ids, text_sha256
 from monitoring.serve import Predictor
-from monitoring.teacher_shift import disagreement, ensure_canary
+from monitoring.teacher_shift import cached_answers, disagreement, ensure_canary, teacher_sample
 from tasks import registry
 
 DRIFT_EVENT = "distill.drift.detected"
@@ -70,15 +70,30 @@ def embed_task(texts: list[str], cache_dir: str) -> np.ndarray:
     return cached_embeddings(texts, Path(cache_dir))
 
 
-@task(name="canary check", cache_policy=NO_CACHE, **registry.NETWORK)  # the champion model cannot be hashed
-def canary_task(cfg: PipelineConfig, project_dir: str, student, teacher_version: str) -> tuple[float, int]:
+@task(name="load the teacher", **registry.NETWORK)
+def load_teacher(cfg: PipelineConfig, project_dir: str, teacher_version: str):
+    """The registered teacher version the champion is compared with."""
+    return registry.load_version(cfg, teacher_version, project_dir, name=cfg.promote.teacher_model)
+
+
+@task(name="canary check", cache_policy=NO_CACHE)  # the models cannot be hashed
+def canary_task(cfg: PipelineConfig, project_dir: str, student, teacher) -> tuple[float, int]:
     """Teacher vs student disagreement on the fixed canary set."""
     canary = ensure_canary(Path(project_dir, cfg.monitor.canary_path),
                            read_split(LAYOUT.under(project_dir).prepared, "gold_test"), cfg.monitor.canary_size,
                            cfg.seed)
-    teacher = registry.load_version(cfg, teacher_version, project_dir, name=cfg.promote.teacher_model)
     texts = canary[["text"]]
     return disagreement(teacher.predict(texts)["label"].tolist(), student.predict(texts)["label"].tolist()), len(canary)
+
+
+@task(name="ask the teacher", cache_policy=NO_CACHE)  # the teacher model cannot be hashed
+def teacher_answers(teacher, window: pd.DataFrame, size: int, cache: str) -> pd.Series:
+    """The teacher's label for a fixed sample of the window's requests (``size`` at most), NaN for the rest."""
+    rows = teacher_sample(window["request_id"], window["text"], size)
+    texts = window.loc[rows, "text"].astype(str).tolist()
+    answers = cached_answers(lambda new: teacher.predict(pd.DataFrame({"text": new}))["label"].tolist(), texts,
+                             Path(cache))
+    return pd.Series(answers, index=rows, dtype="object").reindex(window.index)
 
 
 @task(name="alert")

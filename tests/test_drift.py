@@ -377,6 +377,32 @@ def test_the_windows_accuracy_is_in_its_snapshot_for_the_dashboard(reference, wi
     assert "Mean value of 'correct': current: 0.750" in json.dumps(values["labelled"]), values["labelled"]
 
 
+def test_the_windows_disagreement_with_the_teacher_is_in_its_snapshot(reference, windows, tmp_path):
+    from evidently.ui.workspace import Workspace
+
+    from monitoring.drift import dashboard_panels
+
+    window = windows["in_domain_14"].copy()
+    window["teacher_label"] = None  # the teacher answered 40 requests and differs from the champion on 10
+    window.loc[window.index[:40], "teacher_label"] = window["prediction"].iloc[:40]
+    window.loc[window.index[:10], "teacher_label"] = "something_else"
+    folder = tmp_path / "workspace"
+    older = Workspace.create(str(folder)).create_project("drift")  # a workspace an older distill made: two panels
+    for panel in dashboard_panels()[:2]:
+        older.dashboard.add_panel(panel)
+    result = detect_drift(reference, window, report_path=tmp_path / "r.html", workspace=folder, project="drift",
+                          metadata={"key": "asked"})
+    assert result.teacher == {"asked": 40, "disagreement": pytest.approx(0.25)}
+    assert "disagrees with it on 25.0% of them" in result.report_html.read_text()
+    assert detect_drift(reference, windows["in_domain_11"], report_path=tmp_path / "u.html").teacher is None
+    workspace = Workspace(str(folder))
+    project = workspace.search_project("drift")[0]
+    run = workspace.get_run(project.id, workspace.list_runs(project.id)[0])
+    assert "Mean value of 'teacher_disagrees': current: 0.250" in run.json()
+    titles = [panel.title for panel in workspace.get_dashboard(project.id).panels]
+    assert titles == [panel.title for panel in dashboard_panels()]  # the missing panels added, none twice
+
+
 def test_packaged_minilm_embeddings_separate_shifted_text():
     from monitoring.embeddings import embed_texts
 
@@ -411,7 +437,8 @@ def test_reports_collect_in_an_evidently_workspace(reference, windows, tmp_path)
     # the project opens on a dashboard of panels, not "This dashboard is currently empty"
     panels = workspace.get_dashboard(projects[0].id).panels
     assert [panel.title for panel in panels] == ["Drifted columns, latest window", "Share of drifted columns per window",
-                                                 "Drift score per column", "Window accuracy where ground truth arrived"]
+                                                 "Drift score per column", "Window accuracy where ground truth arrived",
+                                                 "Disagreement with the teacher per window"]
     assert {value.metric_labels["column"] for value in panels[2].values} >= {"confidence", "prediction", "oov_share"}
 
 

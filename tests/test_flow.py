@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -78,6 +79,7 @@ def events(monkeypatch):
 def test_shifted_window_is_flagged_once(harness, project, events):
     from evidently.ui.workspace import Workspace
 
+    from distill.config import run_config
     from distill.data import read_split
     from flows.monitor import DRIFT_EVENT, drift_monitor
     from monitoring.production import read_log
@@ -100,8 +102,19 @@ def test_shifted_window_is_flagged_once(harness, project, events):
     workspace = Workspace(str(project / "reports/evidently"))  # every window's report, for `evidently ui`
     assert len(workspace.list_runs(workspace.search_project("distill drift")[0].id)) == 3
 
+    # the teacher answered a sample of each window: the dashboard's disagreement, asked once per text
+    sample = run_config(project).monitor.teacher_sample
+    for window in summary["windows"]:
+        assert window["teacher"]["asked"] == min(sample, window["requests"]), window
+        assert 0.0 <= window["teacher"]["disagreement"] <= 1.0
+    answers = list((project / "reports/monitor/cache").glob("teacher-v*.parquet"))
+    assert len(answers) == 1
+    cached = pd.read_parquet(answers[0])
+
     again = drift_monitor(project_dir=str(project), redistill=False)
     assert again["served"] == 0 and again["new_incidents"] == [] and len(events) == 1
+    assert [w["teacher"] for w in again["windows"]] == [w["teacher"] for w in summary["windows"]]
+    assert pd.read_parquet(answers[0]).equals(cached)  # nothing asked twice
 
 
 def test_teacher_version_change_redistils_from_the_new_teacher(harness, project, events, user_params):

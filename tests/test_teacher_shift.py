@@ -95,3 +95,27 @@ def test_notification_goes_to_the_apprise_url_from_the_environment(monkeypatch):
         server.server_close()
     assert received and received[0]["title"] == "[distill] distill.drift.detected"
     assert "file:///r.html" in received[0]["message"]
+
+
+def test_the_teacher_is_asked_about_a_fixed_sample_once(tmp_path):
+    from monitoring.teacher_shift import cached_answers, teacher_sample
+
+    window = pd.DataFrame({"request_id": [f"r{i}" for i in range(50)],
+                           "text": [None if i % 5 == 0 else f"text {i % 20}" for i in range(50)]})
+    rows = teacher_sample(window["request_id"], window["text"], 30)
+    assert len(rows) == 30 and window.loc[rows, "text"].notna().all()
+    shuffled = window.sample(frac=1, random_state=1)
+    assert set(teacher_sample(shuffled["request_id"], shuffled["text"], 30)) == set(rows)  # by id, not by order
+    asked = []
+
+    def teacher(texts: list[str]) -> list[str]:
+        asked.append(list(texts))
+        return [t.upper() for t in texts]
+
+    texts = window.loc[rows, "text"].tolist()
+    cache = tmp_path / "teacher-v1.parquet"
+    assert cached_answers(teacher, texts, cache) == [t.upper() for t in texts]
+    assert len(asked[0]) == len(set(texts))  # each distinct text once
+    more = texts + ["a new text"]
+    assert cached_answers(teacher, more, cache) == [t.upper() for t in more]
+    assert asked[1] == ["a new text"]  # the rest came from the cache
