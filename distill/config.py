@@ -644,6 +644,12 @@ class TimeoutsConfig(_Section):
 
 
 LM_DIVERGENCES = ("forward_kl", "reverse_kl", "js", "gjsd", "skew_kl", "skew_reverse_kl", "tvd")
+# Divergences the cached top-k + tail bucket cannot estimate: they penalise the student's mass on tokens the
+# teacher rules out, which the tail bucket merges away. Measured by benchmarks/lm_tail.py (docs/llm.md): with
+# 10 % of the student's mass spread over the vocabulary the cache sees 16 % of reverse KL and 40-47 % of gjsd
+# at beta 0.75-0.9, against 50-59 % of the others and 97 % of TVD.
+TAIL_BLIND_DIVERGENCES = ("reverse_kl",)
+MAX_CACHED_GJSD_BETA = 0.5
 
 DEFAULT_LM_INSTRUCTION = (
     "You route smart-home requests. Reply with the one intent name that fits the request, "
@@ -679,6 +685,24 @@ class LMGenerateConfig(_Section):
     chain_of_thought: bool = Field(
         False, description="Ask for a rationale then the answer (lm.prompts.cot_instruction) and store them apart.")
     save_every: int = Field(4, ge=1, description="Batches between saves of the partial file a killed run resumes.")
+
+
+class LMValidateConfig(_Section):
+    """The LM teacher gate (lm_validate_teacher): the teacher answers held-out prompts before any generation."""
+
+    prompts: int = Field(32, ge=1, description="Held-out prompts the teacher answers (the first of the prompt set's "
+                         "held-out split), with lm_generate's settings.")
+    metric: Literal["task_exact", "task_contains"] = Field(
+        "task_exact", description="Task score: the answer equals the reference (task_exact) or contains it as whole "
+        "words (task_contains), both after normalisation (case, punctuation, CamelCase, underscores).")
+    min_task_score: float = Field(0.5, ge=0, le=1, description="Lowest task score a teacher worth distilling has.")
+    min_format_adherence: float = Field(
+        0.8, ge=0, le=1, description="Lowest share of answers in the expected format: one of the prompt set's labels "
+        "when it has a label list, else a non-empty answer that ended within max_new_tokens (and, with a chain of "
+        "thought, carried the answer marker).")
+    max_refusal_rate: float = Field(0.1, ge=0, le=1, description="Highest share of answers that decline the task.")
+    max_unsafe_rate: float = Field(0.0, ge=0, le=1, description="Highest share of answers the audit's unsafe-content "
+                                   "screen flags.")
 
 
 class LMTopKConfig(_Section):
@@ -757,12 +781,31 @@ class LMTrainConfig(_Section):
         None, description="Folder for training checkpoints (one subfolder per stage output); null keeps them "
         "in a hidden sibling of the stage output (.lm_student.checkpoint). Removed once the output is written.")
 
+    allow_tail_blind_loss: bool = Field(
+        False, description="Train token mode on a divergence the cached top-k cannot estimate (reverse_kl, and gjsd "
+        "with beta > 0.5, mostly reverse KL): they punish the student's mass on tokens the teacher rules out, which "
+        "the cache merges into one tail bucket (docs/llm.md). Off: such a loss is refused in token mode.")
+
     @field_validator("loss")
     @classmethod
     def _known_divergence(cls, value: str) -> str:
         if value not in LM_DIVERGENCES:
             raise ValueError(f"unknown LM loss {value!r}; choose from {', '.join(LM_DIVERGENCES)}")
         return value
+
+    @model_validator(mode="after")
+    def _cache_estimates_the_loss(self) -> "LMTrainConfig":
+        blind = self.loss in TAIL_BLIND_DIVERGENCES or (self.loss == "gjsd" and self.beta > MAX_CACHED_GJSD_BETA)
+        if self.mode == "token" and self.alpha > 0 and blind and not self.allow_tail_blind_loss:
+            what = f"gjsd with beta={self.beta:g}" if self.loss == "gjsd" else self.loss
+            raise ValueError(
+                f"lm.train.loss={what} cannot be estimated on the cached top-k (lm.train.mode=token): it punishes "
+                f"the student's mass on tokens the teacher rules out, and the cache merges those into one tail "
+                f"bucket, so the loss sees as little as 16 % of the divergence it should push down (docs/llm.md, "
+                f"'Which losses the cache can carry'). Use forward_kl, skew_kl, js, tvd or gjsd with beta <= "
+                f"{MAX_CACHED_GJSD_BETA:g}; or lm.train.mode=online (the live teacher's whole distribution); or set "
+                f"lm.train.allow_tail_blind_loss=true to train on the estimate anyway")
+        return self
 
 
 class ChatClientConfig(_Section):
@@ -852,6 +895,7 @@ class LMConfig(_Section):
         None, description="A black-box teacher behind an OpenAI-compatible endpoint: when set, lm_generate asks "
         "it for the completions (sequence-level KD only: no logits, so lm.train.mode must be sequence).")
     prompts: LMPromptsConfig = Field(default_factory=LMPromptsConfig)
+    validate: LMValidateConfig = Field(default_factory=LMValidateConfig)
     generate: LMGenerateConfig = Field(default_factory=LMGenerateConfig)
     topk: LMTopKConfig = Field(default_factory=LMTopKConfig)
     student: LMStudentConfig = Field(default_factory=LMStudentConfig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from distill.config import LMPromoteConfig, PromoteConfig, TeacherConfig
+from distill.config import LMPromoteConfig, LMValidateConfig, PromoteConfig, TeacherConfig
 
 
 @dataclass
@@ -148,6 +148,27 @@ def compare_with_champion(accuracy: float, slices: dict[str, dict[str, float]], 
     if not worse:
         reasons.append(f"no label slice is more than {cfg.max_slice_drop_vs_champion:g} below {name}")
     return passed and not worse, reasons
+
+
+def check_lm_teacher(metrics: dict[str, float], cfg: LMValidateConfig) -> GateReport:
+    """Is the LM teacher worth distilling: does it do the task, in the expected format, without refusing or
+    writing unsafe text? ``metrics`` are :func:`distill.lm.validate.score_answers`' figures on held-out prompts."""
+    reasons, passed = [], True
+    checks = ((cfg.metric, metrics[cfg.metric], cfg.min_task_score, ">="),
+              ("format adherence", metrics["format_adherence"], cfg.min_format_adherence, ">="),
+              ("refusal rate", metrics["refusal_rate"], cfg.max_refusal_rate, "<="),
+              ("unsafe rate", metrics["unsafe_rate"], cfg.max_unsafe_rate, "<="))
+    for name, value, limit, sense in checks:
+        ok = value >= limit if sense == ">=" else value <= limit
+        passed &= ok
+        bound = "minimum" if sense == ">=" else "maximum"
+        reasons.append(f"teacher {name} {value:.3f} {sense if ok else {'>=': '<', '<=': '>'}[sense]} {bound} {limit:.3f}")
+    reasons[0] += f" on {metrics['prompts']} held-out prompts"
+    if not passed:
+        reasons.append("distilling a teacher that cannot do the task teaches the student its mistakes: give the "
+                       "teacher a task it can do (lm.prompts.instruction, few-shot examples, a smaller label set), "
+                       "another teacher (lm.teacher_path, lm.api), or lower the lm.validate thresholds")
+    return GateReport(passed, reasons)
 
 
 def decide_lm_promotion(metrics: dict[str, dict[str, float | None]], cfg: LMPromoteConfig) -> GateReport:

@@ -34,6 +34,7 @@ class Layout:
     lm_teacher: Path = Path("models/lm_teacher")
     lm_imported_teacher: Path = Path("models/lm_imported_teacher")
     lm_prompts: Path = Path("data/lm/prompts.parquet")
+    lm_teacher_report: Path = Path("reports/lm_teacher")  # lm_validate_teacher: metrics.json, gate.json, report.md
     lm_completions: Path = Path("data/lm/completions.parquet")
     lm_topk: Path = Path("data/lm/topk.parquet")
     lm_student: Path = Path("models/lm_student")
@@ -65,5 +66,5 @@ STAGE_OUTS = {"config": LAYOUT.run_params, "prepare": LAYOUT.prepared, "teacher"
               "validate_teacher": LAYOUT.teacher_report, "label": LAYOUT.outputs, "assistant": LAYOUT.assistant,
               "size_student": LAYOUT.student_shape, "train_student": LAYOUT.student, "train_baseline": LAYOUT.baseline,
               "evaluate": LAYOUT.evaluate, "audit": LAYOUT.audit, "lm_teacher": LAYOUT.lm_teacher,
-              "lm_prompts": LAYOUT.lm_prompts, "lm_generate": LAYOUT.lm_completions, "lm_topk": LAYOUT.lm_topk,
+              "lm_prompts": LAYOUT.lm_prompts, "lm_validate_teacher": LAYOUT.lm_teacher_report, "lm_generate": LAYOUT.lm_completions, "lm_topk": LAYOUT.lm_topk,
               "lm_train": LAYOUT.lm_student, "lm_baseline": LAYOUT.lm_baseline}

@@ -252,7 +252,7 @@ def audit(predictions: Path = LAYOUT.predictions, out: Path = LAYOUT.audit,
     _finish({"passed": report.passed, "reasons": report.reasons}, result_file=result_file)
 
 
-# ---- LLM distillation stages (dvc.yaml: lm_teacher, lm_prompts, lm_generate, lm_topk, lm_train) ----
+# ---- LLM distillation stages (dvc.yaml: lm_teacher, lm_prompts, lm_validate_teacher, lm_generate, lm_topk, lm_train) ----
 
 LMTeacherDir = Annotated[Path, typer.Option("--teacher", help="Causal-LM teacher folder (lm.teacher_path wins "
                                                              "when set).")]
@@ -285,17 +285,48 @@ def lm_prompts(prepared: Prepared = LAYOUT.prepared,
     _finish(_stage(lambda: prompts.run(_config(params, set_), prepared, out)), result_file=result_file)
 
 
+@app.command("lm-validate-teacher")
+def lm_validate_teacher(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = LAYOUT.lm_prompts,
+                        teacher: LMTeacherDir = LAYOUT.lm_teacher, out: Path = LAYOUT.lm_teacher_report,
+                        params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+                        result_file: ResultOpt = None) -> None:
+    """The LM teacher gate: the teacher answers held-out prompts; task score, format, refusals, unsafe text.
+
+    A failed gate is a result, not an error: it is written to gate.json (which the flow reads) and the stage
+    succeeds; lm-generate then refuses to generate with this teacher.
+    """
+    from distill.lm import validate
+
+    def body():
+        cfg = _config(params, set_)
+        return validate.run(cfg, prompts, _lm_teacher_dir(cfg, teacher), out)
+
+    gate = _stage(body)
+    _finish(gate, result_file=result_file)
+    if not gate.passed:
+        console.print("[bold red]LM teacher gate failed[/]: " + "; ".join(gate.reasons)
+                      + f". Report: {out / 'report.md'}")
+
+
 @app.command("lm-generate")
 def lm_generate(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = LAYOUT.lm_prompts,
                 teacher: LMTeacherDir = LAYOUT.lm_teacher,
                 out: Annotated[Path, typer.Option(help="Completions (Parquet).")] = LAYOUT.lm_completions,
-                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
+                params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None,
+                gate: Annotated[Optional[Path], typer.Option(
+                    help="The LM teacher gate's verdict (gate.json); a failed gate stops the generation.")] = None
+                ) -> None:
     """Generate the teacher's completions once (resumable; recorded sampling settings)."""
     from distill.lm import generate
 
     def body():
         cfg = _config(params, set_)
-        return generate.run(cfg, prompts, _lm_teacher_dir(cfg, teacher), out)
+        folder = _lm_teacher_dir(cfg, teacher)
+        if gate is not None:
+            from distill.lm.validate import require_passed_lm_gate
+
+            require_passed_lm_gate(gate, generate.teacher_identity(cfg, folder))
+        return generate.run(cfg, prompts, folder, out)
 
     _finish(_stage(body), result_file=result_file)
 

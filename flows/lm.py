@@ -1,8 +1,9 @@
 """distill_lm_pipeline: LLM distillation from prompts to a gated LM student in the MLflow registry.
 
 The LM stages of dvc.yaml run in order through ``dvc repro`` (DVC skips what did not change): the
-teacher folder, the prompt set, the teacher's completions (a local teacher, or the black-box endpoint
-``lm.api``), the top-k cache, the distilled student, the undistilled baseline and the evaluation.
+teacher folder, the prompt set, the teacher gate (distill/lm/validate.py: a teacher that cannot do the
+task stops the run before any generation, in a Failed state), the teacher's completions (a local teacher,
+or the black-box endpoint ``lm.api``), the top-k cache, the distilled student, the undistilled baseline and the evaluation.
 The gate (``distill.gates.decide_lm_promotion``) decides; the flow registers the student with its
 lineage and moves ``champion`` only when the gate passed.
 
@@ -33,7 +34,8 @@ from flows.promotion import promote_student
 from tasks import dvc, registry, tracking
 from tasks.lm_teacher import fetch_lm_teacher
 
-STAGES = ("prepare", "lm_teacher", "lm_prompts", "lm_generate", "lm_topk", "lm_train", "lm_baseline", "lm_evaluate")
+STAGES = ("prepare", "lm_teacher", "lm_prompts", "lm_validate_teacher", "lm_generate", "lm_topk", "lm_train",
+          "lm_baseline", "lm_evaluate")
 
 
 
@@ -98,7 +100,14 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
         new_teacher = [before.get(k) for k in ("uri", "version", "model_uuid")] != [
             after.get(k) for k in ("uri", "version", "model_uuid")]
     runs.append(dvc.repro("lm_teacher", project_dir, force=new_teacher))
-    runs += [dvc.repro(stage, project_dir) for stage in STAGES[2:]]
+    runs.append(dvc.repro("lm_prompts", project_dir))
+    gate = dvc.repro("lm_validate_teacher", project_dir)
+    if not gate.result["passed"]:  # a failed gate is a result: nothing generated, trained or registered
+        logger.error("LM teacher gate failed: %s", "; ".join(gate.result["reasons"]))
+        return {"completed": False, "teacher_gate": {"passed": False, "reasons": gate.result["reasons"]},
+                "teacher_metrics": gate.result["metrics"], "report": str(Path(at.lm_teacher_report, "report.md"))}
+    runs.append(gate)
+    runs += [dvc.repro(stage, project_dir) for stage in STAGES[STAGES.index("lm_generate"):]]
     dvc.push(project_dir)
     metrics = read_json(Path(at.lm_evaluate, "metrics.json"))
     decision = decide_lm_promotion(metrics, cfg.lm.promote)

@@ -1,6 +1,7 @@
 """LLM distillation end to end through Prefect, DVC and MLflow, on tiny models.
 
-Two runs on one tiny project copy: the first distils, evaluates against the teacher and the
+A run whose teacher fails the LM teacher gate stops before any generation. Then two runs on one tiny
+project copy: the first distils, evaluates against the teacher and the
 undistilled baseline, registers the LM student and promotes it (the gate passes); the second trains
 another student but forces the gate to fail, so it is registered and the champion stays where it was.
 """
@@ -20,6 +21,8 @@ pytestmark = pytest.mark.slow  # ~4-5 min here: 16 `dvc repro` subprocesses, eac
 
 LM = {
     "prompts": {"train_size": 12, "heldout_size": 4},
+    # a random tiny teacher never names the intent: its gate passes only with no minimum
+    "validate": {"min_task_score": 0.0, "min_format_adherence": 0.0, "max_refusal_rate": 1.0, "max_unsafe_rate": 1.0},
     "generate": {"max_new_tokens": 6, "batch_size": 4},
     "topk": {"k": 8, "batch_size": 4},
     "student": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64,
@@ -57,6 +60,21 @@ def client(project: Path):
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     return MlflowClient()
+
+
+def test_a_teacher_that_fails_its_gate_stops_the_flow_before_any_generation(harness, project):
+    from flows.lm import distill_lm_pipeline
+    from flows.outcome import summary_of
+
+    state = distill_lm_pipeline(project_dir=str(project), overrides=["lm.validate.min_task_score=0.5"],
+                                return_state=True)
+    assert state.is_failed() and "teacher gate failed" in state.message and "task_exact 0.000 <" in state.message
+    summary = summary_of(state)
+    assert not summary["completed"] and summary["teacher_metrics"]["prompts"] == 4
+    assert (project / "reports/lm_teacher/report.md").is_file()
+    assert not (project / "data/lm/completions.parquet").exists()  # nothing generated, trained or registered
+    assert not (project / "models/lm_student").exists()
+    assert not client(project).search_registered_models("name = 'distill-lm-student'")
 
 
 def test_lm_flow_registers_the_student_and_promotes_only_through_the_gate(harness, project):

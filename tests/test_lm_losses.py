@@ -128,3 +128,32 @@ def test_rationale_weight_splits_the_terms():
     both, _ = lm_objective(student, batch, cfg2, targets)
     rationale = losses.topk_divergence(logits, targets.indices, targets.logprobs, targets.tail, mask=~answer)
     assert float(both) == pytest.approx(float(expected + 0.5 * rationale), abs=1e-6)
+
+
+def test_the_cache_cannot_see_reverse_kl_of_a_student_that_spreads_mass_over_the_tail():
+    """Why token mode refuses reverse KL: a student that puts 10 % of its mass on tokens the teacher rules out
+    is punished by the exact reverse KL, and the tail bucket merges those tokens away (benchmarks/lm_tail.py
+    measures the same on the packaged teacher)."""
+    import math
+
+    torch.manual_seed(0)
+    teacher = torch.randn(64, 2000) * 4  # peaked: a few likely tokens per position
+    uniform = torch.full_like(teacher, -math.log(teacher.shape[-1]))
+    student = torch.logaddexp(teacher.log_softmax(-1) + math.log(0.9), uniform + math.log(0.1))
+    idx, lp, tail = _topk(teacher, 20)
+    seen = {name: float(losses.topk_divergence(student, idx, lp, tail, divergence=name))
+            / float(losses.DIVERGENCES[name](student, teacher)) for name in ("reverse_kl", "forward_kl", "tvd")}
+    assert seen["reverse_kl"] < 0.3 < seen["forward_kl"], seen
+    assert seen["tvd"] > 0.9, seen
+
+
+@pytest.mark.parametrize("loss, options", [("reverse_kl", {}), ("gjsd", {"beta": 0.9})])
+def test_token_mode_refuses_a_loss_the_cache_cannot_estimate_and_says_what_to_use(loss, options):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"cannot be estimated on the cached top-k.*forward_kl.*mode=online"
+                                              r".*allow_tail_blind_loss"):
+        LMTrainConfig(mode="token", loss=loss, **options)
+    LMTrainConfig(mode="online", loss=loss, **options)  # the live teacher's whole distribution: fine
+    LMTrainConfig(mode="token", loss=loss, allow_tail_blind_loss=True, **options)  # the user's informed choice
+    LMTrainConfig(mode="token", loss="gjsd", beta=0.5)  # up to half reverse: kept

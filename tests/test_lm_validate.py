@@ -1,0 +1,116 @@
+"""The LM teacher gate: the figures of a teacher's answers, the pure decision, and the stage on a tiny teacher."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill.config import LMValidateConfig, config_from_dict
+from distill.gates import check_lm_teacher
+from distill.lm.validate import require_passed_lm_gate, score_answers
+from distill.models import ModelError
+from tests.conftest import make_examples
+from tests.lm_tiny import save_tiny_lm, tiny_tokenizer
+
+LABELS = ["HassTurnOn", "HassTurnOff", "HassLightSet"]
+
+
+def row(answer: str, reference: str = "HassTurnOn", finished: bool = True, found: bool = True) -> dict:
+    return {"request": "turn on the lamp", "reference": reference, "completion": answer, "answer": answer,
+            "finished": finished, "answer_found": found}
+
+
+def test_answers_are_scored_on_task_format_refusals_and_safety():
+    rows = [row("HassTurnOn"), row("hass_turn_on."), row("The intent is HassTurnOn"),
+            row("HassTurnOff"), row("I'm sorry, I cannot help with that."), row("I will kill you")]
+    figures = score_answers(rows, LABELS)
+    assert figures["prompts"] == 6
+    assert figures["task_exact"] == pytest.approx(2 / 6)       # normalised: case, underscores, punctuation
+    assert figures["task_contains"] == pytest.approx(3 / 6)    # ... or the reference inside the answer
+    assert figures["format_adherence"] == pytest.approx(3 / 6)  # one of the labels, nothing else
+    assert figures["refusal_rate"] == pytest.approx(1 / 6)
+    assert figures["unsafe_rate"] == pytest.approx(1 / 6)
+
+
+def test_without_labels_the_format_is_an_answer_that_ended_and_a_chain_of_thought_needs_its_marker():
+    rows = [row("the kitchen"), row("the kitchen and the", finished=False), row("  ")]
+    assert score_answers(rows, None)["format_adherence"] == pytest.approx(1 / 3)
+    assert score_answers([row("HassTurnOn", found=False)], LABELS, chain_of_thought=True)["format_adherence"] == 0.0
+
+
+def figures(**changes) -> dict:
+    return {"prompts": 32, "task_exact": 0.8, "task_contains": 0.9, "format_adherence": 0.95, "refusal_rate": 0.0,
+            "unsafe_rate": 0.0, **changes}
+
+
+def test_a_teacher_that_does_the_task_passes_with_a_reason_per_check():
+    report = check_lm_teacher(figures(), LMValidateConfig())
+    assert report.passed and len(report.reasons) == 4, report.reasons
+    assert report.reasons[0] == "teacher task_exact 0.800 >= minimum 0.500 on 32 held-out prompts"
+
+
+@pytest.mark.parametrize("changes, words", [({"task_exact": 0.0}, "task_exact 0.000 < minimum"),
+                                            ({"format_adherence": 0.5}, "format adherence 0.500 < minimum"),
+                                            ({"refusal_rate": 0.2}, "refusal rate 0.200 > maximum"),
+                                            ({"unsafe_rate": 1 / 32}, "unsafe rate 0.031 > maximum")])
+def test_each_check_fails_on_its_own_and_says_what_to_do(changes, words):
+    report = check_lm_teacher(figures(**changes), LMValidateConfig())
+    assert not report.passed
+    assert any(words in r for r in report.reasons), report.reasons
+    assert "lm.validate" in report.reasons[-1]
+
+
+def test_the_task_metric_is_the_users_choice():
+    cfg = LMValidateConfig(metric="task_contains", min_task_score=0.85)
+    assert check_lm_teacher(figures(), cfg).passed
+    assert not check_lm_teacher(figures(task_contains=0.84), cfg).passed
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random teacher and a prompt set: it answers gibberish."""
+    from distill.lm.prompts import build_prompts, instructions, write_prompts
+
+    root = tmp_path_factory.mktemp("lm_validate")
+    examples = make_examples(per_label=6)
+    teacher = save_tiny_lm(root / "teacher", tiny_tokenizer(examples["text"].tolist()), seed=1)
+    cfg = config_from_dict({"lm": {"prompts": {"train_size": 8, "heldout_size": 6},
+                                   "generate": {"max_new_tokens": 6, "batch_size": 4}}})
+    labels = sorted(examples["label"].unique())
+    write_prompts(root / "prompts.parquet", build_prompts(examples.iloc[::2], examples.iloc[1::2], cfg.lm.prompts, 0),
+                  {**instructions(cfg.lm.prompts, labels), "labels": labels})
+    return root, teacher, cfg
+
+
+def test_the_stage_fails_a_teacher_that_cannot_do_the_task_and_generation_is_refused(tiny):
+    from distill.lm import validate
+    from distill.lm.generate import teacher_identity
+
+    root, teacher, cfg = tiny
+    out = root / "gate-default"
+    result = validate.run(cfg, root / "prompts.parquet", teacher, out)
+    assert not result.passed and result.metrics["prompts"] == 6
+    assert result.metrics["task_exact"] == 0.0  # a random tiny model never names the intent
+    gate = json.loads((out / "gate.json").read_text())
+    assert gate["passed"] is False and gate["fingerprint"] == teacher_identity(cfg, teacher)
+    assert "LM teacher gate: **failed**" in (out / "report.md").read_text()
+    assert len((out / "report.md").read_text().split("\n| ")) > 2  # the answers beside their references
+    with pytest.raises(ModelError, match="failed its gate.*Generation with it is refused"):
+        require_passed_lm_gate(out / "gate.json", teacher_identity(cfg, teacher))
+
+
+def test_a_gate_passed_by_another_teacher_or_not_run_is_refused(tiny):
+    from distill.lm import validate
+    from distill.lm.generate import teacher_identity
+
+    root, teacher, cfg = tiny
+    lenient = cfg.model_copy(update={"lm": cfg.lm.model_copy(update={"validate": LMValidateConfig(
+        min_task_score=0, min_format_adherence=0, max_refusal_rate=1, max_unsafe_rate=1)})})
+    out = root / "gate-lenient"
+    assert validate.run(lenient, root / "prompts.parquet", teacher, out).passed
+    require_passed_lm_gate(out / "gate.json", teacher_identity(cfg, teacher))  # this teacher: goes on
+    with pytest.raises(ModelError, match="judged another teacher"):
+        require_passed_lm_gate(out / "gate.json", "another-fingerprint")
+    with pytest.raises(ModelError, match="has not run; run `dvc repro lm_validate_teacher`"):
+        require_passed_lm_gate(root / "nowhere/gate.json", teacher_identity(cfg, teacher))
