@@ -60,7 +60,7 @@ BATCH_DEFINITION_NAME = "whole_dataframe"
 DOCS_SITE_NAME = "local_site"
 
 #: Splits a prepared data set may contain.
-SPLITS = ("gold_train", "gold_val", "gold_test", "transfer", "production")
+SPLITS = ("gold_train", "gold_val", "gold_test", "transfer", "reference", "production")
 GOLD_SPLITS = ("gold_train", "gold_val", "gold_test")
 
 #: Suite name -> the expectation parameters it needs at run time.

@@ -4,6 +4,10 @@ Splits written to the prepared folder:
 
 - ``gold_train`` / ``gold_val`` / ``gold_test``: the small labelled gold set.
 - ``transfer``: unlabelled inputs the teacher will label.
+- ``reference``: texts from the pool the traffic comes from that nothing trains on (``true_label`` kept
+  where known): the drift monitor's reference for the champion's outputs. Only where the traffic is not
+  drawn like the gold set (``per_label``: a balanced gold set, traffic with the data's own label mix);
+  empty otherwise, and the monitor then uses the held-out gold rows.
 - ``production``: simulated production traffic in windows; the last
   ``shifted_windows`` windows are domain-shifted. Ground truth is kept in
   ``true_label`` (it "arrives later"); ``label`` stays empty.
@@ -29,7 +33,7 @@ from distill.io import atomic_dir, write_json
 
 log = logging.getLogger("distill")
 
-SPLITS = ("gold_train", "gold_val", "gold_test", "transfer", "production")
+SPLITS = ("gold_train", "gold_val", "gold_test", "transfer", "reference", "production")
 USER_SPLIT_NAMES = {
     "train": "gold_train", "training": "gold_train",
     "val": "gold_val", "valid": "gold_val", "validation": "gold_val", "dev": "gold_val",
@@ -385,24 +389,31 @@ def split_examples(examples: pd.DataFrame, shifted_pool: pd.DataFrame | None, cf
         left_out[f"labelled training rows over data.distill_rows={cfg.distill_rows}"] = (
             len(parts["gold_train"]) - len(kept))
         parts["gold_train"] = kept
+    budget = cfg.distill_rows - len(parts["gold_train"])
+    if cfg.transfer_size is not None or builtin:
+        budget = min(budget, cfg.transfer_size or BUILTIN_TRANSFER_SIZE)
+    reference = pd.DataFrame({"text": pd.Series(dtype="string"), "label": pd.Series(dtype="string")})
     if mode == "per_label":
         n_prod = min(cfg.production_windows * cfg.window_size, len(rest) // 3)
         production = take_windows(rest.iloc[:n_prod], cfg.production_windows, cfg.window_size, 0, False, rng)
         rest = rest.iloc[n_prod:]
+        # The traffic has the data's own label mix, the gold set a balanced one: the champion's outputs on
+        # held-out gold are no reference for it. Two windows' worth of the traffic's pool, from the rows the
+        # transfer budget leaves out, else at most a tenth of the transfer rows.
+        n_ref = min(2 * cfg.window_size, max(len(rest) - budget, len(rest) // 10))
+        reference, rest = rest.iloc[:n_ref].drop(columns="augmented", errors="ignore"), rest.iloc[n_ref:]
     else:
         # No spare labelled rows: the simulated traffic replays test rows (never trained on, labels known).
         production = take_windows(parts["gold_test"], cfg.production_windows, cfg.window_size, 0, False, rng)
         notes.append(f"simulated production traffic replays {len(production)} test rows")
-    budget = cfg.distill_rows - len(parts["gold_train"])
-    if cfg.transfer_size is not None or builtin:
-        budget = min(budget, cfg.transfer_size or BUILTIN_TRANSFER_SIZE)
     transfer = rest.iloc[:max(budget, 0)].copy()
     if len(rest) > len(transfer):
         left_out["unlabelled texts over the transfer budget (data.transfer_size, data.distill_rows)"] = (
             len(rest) - len(transfer))
     transfer = add_augmented(transfer, parts, cfg, seed, notes)
     if shifted_pool is not None and cfg.shifted_windows:
-        taken = pd.concat([frame["text"] for frame in parts.values()] + [production["text"], transfer["text"]])
+        taken = pd.concat([frame["text"] for frame in parts.values()]
+                          + [production["text"], transfer["text"], reference["text"]])
         shifted_pool = shifted_pool[~shifted_pool["text"].isin(taken)].drop_duplicates("text")
         shifted_pool = shifted_pool.drop(columns="emerging", errors="ignore")
         shifted = take_windows(shifted_pool, cfg.shifted_windows, cfg.window_size,
@@ -411,10 +422,12 @@ def split_examples(examples: pd.DataFrame, shifted_pool: pd.DataFrame | None, cf
     transfer["label"] = pd.NA  # the teacher labels these
     production = production.rename(columns={"label": "true_label"})
     production["label"] = pd.NA
+    reference = reference.rename(columns={"label": "true_label"}).assign(label=pd.NA).reset_index(drop=True)
     production["request_id"] = np.arange(len(production))
     report = SplitReport(mode, rows_read, len(labelled), len(unlabelled), int(transfer["augmented"].sum()),
                          left_out, notes)
-    return {**parts, "transfer": transfer.reset_index(drop=True), "production": production}, report
+    return {**parts, "transfer": transfer.reset_index(drop=True), "reference": reference,
+            "production": production}, report
 
 
 def validate_splits(splits: dict[str, pd.DataFrame], labels: list[str], cfg: DataConfig, source: str) -> None:
@@ -440,7 +453,7 @@ def read_incoming(incoming_dir: Path | None) -> pd.DataFrame:
 
 def add_incoming(splits: dict[str, pd.DataFrame], incoming: pd.DataFrame) -> None:
     """Append new traffic to the transfer split, minus texts already in a gold or transfer split."""
-    taken = pd.concat([splits[s]["text"] for s in ("gold_train", "gold_val", "gold_test", "transfer")])
+    taken = pd.concat([splits[s]["text"] for s in ("gold_train", "gold_val", "gold_test", "transfer", "reference")])
     new = incoming[~incoming["text"].isin(taken)].assign(label=pd.NA, augmented=False)
     splits["transfer"] = pd.concat([splits["transfer"], new], ignore_index=True)
 

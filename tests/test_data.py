@@ -211,6 +211,25 @@ def test_per_label_mode_keeps_the_limited_label_scenario_and_reports_the_unused_
     assert sum(len(splits[s]) for s in ("gold_train", "gold_val", "gold_test")) == 40
     assert report.gold == "per_label"
     assert any("160 labelled rows beyond data.gold_per_label=20" in note for note in report.notes)
+    # the monitor's reference: traffic-pool texts that no other split holds, with their labels kept aside
+    reference = splits["reference"]
+    others = set().union(*(set(splits[s]["text"]) for s in data.SPLITS if s != "reference"))
+    assert len(reference) and not set(reference["text"]) & others
+    assert reference["label"].isna().all() and reference["true_label"].notna().all()
+    assert len(reference) <= max(len(splits["transfer"]) // 9, 2 * cfg.data.window_size)
+
+
+def test_the_reference_costs_the_builtin_transfer_set_nothing_and_is_empty_where_gold_is_the_traffic(tmp_path):
+    from distill.intents import build_intent_examples
+
+    cfg = config_from_dict({"seed": 5, "data": {"production_windows": 1, "shifted_windows": 0}})
+    examples, _ = build_intent_examples(seed=5)
+    splits, _ = data.split_examples(examples, None, cfg.data, 5, "x", builtin=True)
+    assert len(splits["reference"]) == 2 * cfg.data.window_size
+    assert len(splits["transfer"]) == data.BUILTIN_TRANSFER_SIZE  # taken from rows the budget leaves out
+    path = labelled_file(tmp_path, {"a": 100, "b": 100})
+    splits, report = data.split_examples(data.load_examples(all_cfg(path).data), None, all_cfg(path).data, 1, "x")
+    assert report.gold == "all" and splits["reference"].empty  # the traffic replays gold_test: it is the reference
 
 
 def test_a_split_column_still_wins(tmp_path):

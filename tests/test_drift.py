@@ -450,7 +450,9 @@ def test_the_confidence_reference_is_texts_the_champion_did_not_train_on(tiny_cf
     prepared = LAYOUT.under(tmp_path).prepared
     data.run(tiny_cfg, prepared)
     trained = set(data.read_split(prepared, "gold_train")["text"]) | set(data.read_split(prepared, "transfer")["text"])
-    held_out = set(data.read_split(prepared, "gold_val")["text"]) | set(data.read_split(prepared, "gold_test")["text"])
+    cut = data.read_split(prepared, "reference")  # per_label data: texts of the traffic's pool nothing trains on
+    held_out = (set(cut["text"]) if len(cut) else
+                set(data.read_split(prepared, "gold_val")["text"]) | set(data.read_split(prepared, "gold_test")["text"]))
     rng = np.random.default_rng(0)
 
     class Overfit:  # as a student is: sure of the texts it was trained on, less sure of any other
