@@ -158,11 +158,11 @@ def label_command(engines: Mapping[str, LabelEngine]) -> Callable[..., None]:
                   help="The teacher gate's verdict (gate.json); a failed gate stops the labelling.")] = None) -> None:
         """Label the distillation inputs with the teacher (once per teacher and input snapshot)."""
         from distill import label as stage
-        from distill.teacher import require_passed_gate
+        from distill.teacher import fingerprint_of, require_passed_gate
 
         def body():
             if gate is not None:
-                require_passed_gate(gate, teacher)
+                require_passed_gate(gate, fingerprint_of(teacher))
             return stage.run(_config(params, set_), prepared, teacher, out, engines)
 
         _finish(_stage(body), result_file=result_file)

@@ -195,15 +195,18 @@ def judged_macro_f1(gold: np.ndarray, pred: np.ndarray, labels: list[str], min_s
             "too_few_rows_share": float(support[small].sum() / max(support.sum(), 1))}
 
 
-def require_passed_gate(gate_file: Path, teacher_dir: Path) -> None:
-    """Refuse to go on with a teacher whose gate failed, or that is not the teacher the gate judged."""
+def require_passed_gate(gate_file: Path, identity: str, what: str = "teacher", stage: str = "validate_teacher",
+                        refused: str = "Labelling with it is refused; improve the teacher (or the gate's thresholds, "
+                                       "teacher.min_accuracy / teacher.min_macro_f1) and run again") -> None:
+    """Refuse to go on with a teacher whose gate (``stage``'s ``gate.json``) failed, or that is not the teacher
+    the gate judged (``identity``: its fingerprint)."""
     gate_file = Path(gate_file)
     if not gate_file.is_file():
-        raise ModelError(f"{gate_file}: the teacher gate has not run; run `dvc repro validate_teacher` first")
+        raise ModelError(f"{gate_file}: the {what} gate has not run; run `dvc repro {stage}` first")
     gate = read_json(gate_file)
     if not gate.get("passed"):
-        raise ModelError(f"the teacher failed its gate ({gate_file}): " + "; ".join(gate.get("reasons", []))
-                         + ". Labelling with it is refused; improve the teacher (or the gate's thresholds, "
-                         "teacher.min_accuracy / teacher.min_macro_f1) and run again")
-    if gate.get("fingerprint") and gate["fingerprint"] != fingerprint_of(Path(teacher_dir)):
-        raise ModelError(f"{gate_file} judged another teacher than {teacher_dir}; run `dvc repro validate_teacher`")
+        raise ModelError(f"the {what} failed its gate ({gate_file}): " + "; ".join(gate.get("reasons", []))
+                         + f". {refused}")
+    if gate.get("fingerprint") and gate["fingerprint"] != identity:
+        raise ModelError(f"{gate_file} judged another {what} ({gate['fingerprint'][:16]}) than this one "
+                         f"({identity[:16]}); run `dvc repro {stage}`")

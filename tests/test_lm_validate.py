@@ -110,7 +110,7 @@ def test_a_gate_passed_by_another_teacher_or_not_run_is_refused(tiny):
     out = root / "gate-lenient"
     assert validate.run(lenient, root / "prompts.parquet", teacher, out).passed
     require_passed_lm_gate(out / "gate.json", teacher_identity(cfg, teacher))  # this teacher: goes on
-    with pytest.raises(ModelError, match="judged another teacher"):
+    with pytest.raises(ModelError, match="judged another LM teacher"):
         require_passed_lm_gate(out / "gate.json", "another-fingerprint")
     with pytest.raises(ModelError, match="has not run; run `dvc repro lm_validate_teacher`"):
         require_passed_lm_gate(root / "nowhere/gate.json", teacher_identity(cfg, teacher))

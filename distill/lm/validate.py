@@ -29,11 +29,12 @@ import pandas as pd
 
 from distill.config import PipelineConfig
 from distill.gates import GateReport, check_lm_teacher
-from distill.io import read_json, write_json
+from distill.io import write_json
 from distill.lm.evaluate import normalize_answer, task_accuracy, text_safety
 from distill.lm.generate import (GenerationSettings, api_completion_rows, completion_rows, teacher_identity)
 from distill.lm.prompts import LMDataError, read_prompts
-from distill.models import ModelError, pick_device
+from distill.models import pick_device
+from distill.teacher import require_passed_gate
 
 REFUSAL = re.compile(r"\b(i\s*(?:am|'m)\s+(?:sorry|unable|not able)|i\s+(?:can\s*not|cannot|can't|won't|will not)"
                      r"|as an ai\b|i\s+do(?:\s+not|n't)\s+have\s+(?:access|the ability))", re.IGNORECASE)
@@ -126,13 +127,4 @@ def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_dir: Pat
 
 def require_passed_lm_gate(gate_file: Path, identity: str) -> None:
     """Refuse to generate with an LM teacher whose gate failed, or that is not the teacher the gate judged."""
-    gate_file = Path(gate_file)
-    if not gate_file.is_file():
-        raise ModelError(f"{gate_file}: the LM teacher gate has not run; run `dvc repro lm_validate_teacher` first")
-    gate = read_json(gate_file)
-    if not gate.get("passed"):
-        raise ModelError(f"the LM teacher failed its gate ({gate_file}): " + "; ".join(gate.get("reasons", []))
-                         + ". Generation with it is refused")
-    if gate.get("fingerprint") != identity:
-        raise ModelError(f"{gate_file} judged another teacher ({gate.get('fingerprint')}) than this one "
-                         f"({identity}); run `dvc repro lm_validate_teacher`")
+    require_passed_gate(gate_file, identity, "LM teacher", "lm_validate_teacher", "Generation with it is refused")
