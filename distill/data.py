@@ -398,10 +398,12 @@ def split_examples(examples: pd.DataFrame, shifted_pool: pd.DataFrame | None, cf
         production = take_windows(rest.iloc[:n_prod], cfg.production_windows, cfg.window_size, 0, False, rng)
         rest = rest.iloc[n_prod:]
         # The traffic has the data's own label mix, the gold set a balanced one: the champion's outputs on
-        # held-out gold are no reference for it. Two windows' worth of the traffic's pool, from the rows the
-        # transfer budget leaves out, else at most a tenth of the transfer rows.
+        # held-out gold are no reference for it. Two windows' worth of the traffic's pool, from the end of the
+        # shuffled pool, where the transfer budget leaves rows out (the transfer set is then what it would be
+        # without a reference), else at most a tenth of the transfer rows.
         n_ref = min(2 * cfg.window_size, max(len(rest) - budget, len(rest) // 10))
-        reference, rest = rest.iloc[:n_ref].drop(columns="augmented", errors="ignore"), rest.iloc[n_ref:]
+        reference, rest = rest.iloc[len(rest) - n_ref:], rest.iloc[:len(rest) - n_ref]
+        reference = reference.drop(columns="augmented", errors="ignore")
     else:
         # No spare labelled rows: the simulated traffic replays test rows (never trained on, labels known).
         production = take_windows(parts["gold_test"], cfg.production_windows, cfg.window_size, 0, False, rng)
