@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -318,7 +319,8 @@ def test_two_writers_of_one_output_the_second_is_refused_and_a_killed_ones_lefto
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert done.returncode != 0 and "OutputBusy" in done.stderr
-        assert f"student: another distill command (pid {os.getpid()}) is writing it" in done.stderr
+        assert f"student: another distill command (pid {os.getpid()} on {socket.gethostname()}) is writing it" \
+            in done.stderr
     assert (target / "weights").read_text() == "first"
     with pytest.raises(OutputBusy), atomic_dir(target), atomic_dir(target):
         pass  # the lock is per output, held for the whole write
