@@ -687,7 +687,7 @@ class LMGenerateConfig(_Section):
     save_every: int = Field(4, ge=1, description="Batches between saves of the partial file a killed run resumes.")
 
 
-class LMValidateConfig(_Section):
+class LMTeacherGateConfig(_Section):
     """The LM teacher gate (lm_validate_teacher): the teacher answers held-out prompts before any generation."""
 
     prompts: int = Field(32, ge=1, description="Held-out prompts the teacher answers (the first of the prompt set's "
@@ -895,7 +895,7 @@ class LMConfig(_Section):
         None, description="A black-box teacher behind an OpenAI-compatible endpoint: when set, lm_generate asks "
         "it for the completions (sequence-level KD only: no logits, so lm.train.mode must be sequence).")
     prompts: LMPromptsConfig = Field(default_factory=LMPromptsConfig)
-    validate: LMValidateConfig = Field(default_factory=LMValidateConfig)
+    teacher_gate: LMTeacherGateConfig = Field(default_factory=LMTeacherGateConfig)
     generate: LMGenerateConfig = Field(default_factory=LMGenerateConfig)
     topk: LMTopKConfig = Field(default_factory=LMTopKConfig)
     student: LMStudentConfig = Field(default_factory=LMStudentConfig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from distill.config import LMPromoteConfig, LMValidateConfig, PromoteConfig, TeacherConfig
+from distill.config import LMPromoteConfig, LMTeacherGateConfig, PromoteConfig, TeacherConfig
 
 
 @dataclass
@@ -150,7 +150,7 @@ def compare_with_champion(accuracy: float, slices: dict[str, dict[str, float]], 
     return passed and not worse, reasons
 
 
-def check_lm_teacher(metrics: dict[str, float], cfg: LMValidateConfig) -> GateReport:
+def check_lm_teacher(metrics: dict[str, float], cfg: LMTeacherGateConfig) -> GateReport:
     """Is the LM teacher worth distilling: does it do the task, in the expected format, without refusing or
     writing unsafe text? ``metrics`` are :func:`distill.lm.validate.score_answers`' figures on held-out prompts."""
     reasons, passed = [], True
@@ -167,7 +167,7 @@ def check_lm_teacher(metrics: dict[str, float], cfg: LMValidateConfig) -> GateRe
     if not passed:
         reasons.append("distilling a teacher that cannot do the task teaches the student its mistakes: give the "
                        "teacher a task it can do (lm.prompts.instruction, few-shot examples, a smaller label set), "
-                       "another teacher (lm.teacher_path, lm.api), or lower the lm.validate thresholds")
+                       "another teacher (lm.teacher_path, lm.api), or lower the lm.teacher_gate thresholds")
     return GateReport(passed, reasons)
 
 

@@ -108,6 +108,14 @@ def test_importing_the_stage_commands_loads_no_orchestration_or_tracking_library
     assert proc.returncode == 0, f"imported at import time: {proc.stdout} {proc.stderr[-500:]}"
 
 
+def test_importing_the_core_warns_nothing():
+    """Every stage command imports the config: a warning there (a field shadowing pydantic's own
+    ``validate``, say) would be printed by every command a user runs."""
+    code = "import distill.config, distill.gates, distill.stages, distill.lm.validate"
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+
+
 def test_flows_and_tasks_never_read_dvcs_printed_text():
     """Whether a stage ran comes from DVC's Python API, never from matching what `dvc repro` prints."""
     phrases = ("didn't change", "skipping", "Running stage", "is cached", "git add")

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow  # ~4-5 min here: 16 `dvc repro` subprocesses, eac
 LM = {
     "prompts": {"train_size": 12, "heldout_size": 4},
     # a random tiny teacher never names the intent: its gate passes only with no minimum
-    "validate": {"min_task_score": 0.0, "min_format_adherence": 0.0, "max_refusal_rate": 1.0, "max_unsafe_rate": 1.0},
+    "teacher_gate": {"min_task_score": 0.0, "min_format_adherence": 0.0, "max_refusal_rate": 1.0, "max_unsafe_rate": 1.0},
     "generate": {"max_new_tokens": 6, "batch_size": 4},
     "topk": {"k": 8, "batch_size": 4},
     "student": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64,
@@ -66,7 +66,7 @@ def test_a_teacher_that_fails_its_gate_stops_the_flow_before_any_generation(harn
     from flows.lm import distill_lm_pipeline
     from flows.outcome import summary_of
 
-    state = distill_lm_pipeline(project_dir=str(project), overrides=["lm.validate.min_task_score=0.5"],
+    state = distill_lm_pipeline(project_dir=str(project), overrides=["lm.teacher_gate.min_task_score=0.5"],
                                 return_state=True)
     assert state.is_failed() and "teacher gate failed" in state.message and "task_exact 0.000 <" in state.message
     summary = summary_of(state)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from distill.config import LMValidateConfig, config_from_dict
+from distill.config import LMTeacherGateConfig, config_from_dict
 from distill.gates import check_lm_teacher
 from distill.lm.validate import require_passed_lm_gate, score_answers
 from distill.models import ModelError
@@ -45,7 +45,7 @@ def figures(**changes) -> dict:
 
 
 def test_a_teacher_that_does_the_task_passes_with_a_reason_per_check():
-    report = check_lm_teacher(figures(), LMValidateConfig())
+    report = check_lm_teacher(figures(), LMTeacherGateConfig())
     assert report.passed and len(report.reasons) == 4, report.reasons
     assert report.reasons[0] == "teacher task_exact 0.800 >= minimum 0.500 on 32 held-out prompts"
 
@@ -55,14 +55,14 @@ def test_a_teacher_that_does_the_task_passes_with_a_reason_per_check():
                                             ({"refusal_rate": 0.2}, "refusal rate 0.200 > maximum"),
                                             ({"unsafe_rate": 1 / 32}, "unsafe rate 0.031 > maximum")])
 def test_each_check_fails_on_its_own_and_says_what_to_do(changes, words):
-    report = check_lm_teacher(figures(**changes), LMValidateConfig())
+    report = check_lm_teacher(figures(**changes), LMTeacherGateConfig())
     assert not report.passed
     assert any(words in r for r in report.reasons), report.reasons
-    assert "lm.validate" in report.reasons[-1]
+    assert "lm.teacher_gate" in report.reasons[-1]
 
 
 def test_the_task_metric_is_the_users_choice():
-    cfg = LMValidateConfig(metric="task_contains", min_task_score=0.85)
+    cfg = LMTeacherGateConfig(metric="task_contains", min_task_score=0.85)
     assert check_lm_teacher(figures(), cfg).passed
     assert not check_lm_teacher(figures(task_contains=0.84), cfg).passed
 
@@ -105,7 +105,7 @@ def test_a_gate_passed_by_another_teacher_or_not_run_is_refused(tiny):
     from distill.lm.generate import teacher_identity
 
     root, teacher, cfg = tiny
-    lenient = cfg.model_copy(update={"lm": cfg.lm.model_copy(update={"validate": LMValidateConfig(
+    lenient = cfg.model_copy(update={"lm": cfg.lm.model_copy(update={"teacher_gate": LMTeacherGateConfig(
         min_task_score=0, min_format_adherence=0, max_refusal_rate=1, max_unsafe_rate=1)})})
     out = root / "gate-lenient"
     assert validate.run(lenient, root / "prompts.parquet", teacher, out).passed
@@ -114,3 +114,40 @@ def test_a_gate_passed_by_another_teacher_or_not_run_is_refused(tiny):
         require_passed_lm_gate(out / "gate.json", "another-fingerprint")
     with pytest.raises(ModelError, match="has not run; run `dvc repro lm_validate_teacher`"):
         require_passed_lm_gate(root / "nowhere/gate.json", teacher_identity(cfg, teacher))
+
+
+def test_a_black_box_teacher_is_validated_through_the_cached_client_and_not_paid_twice(tmp_path, monkeypatch):
+    """An endpoint that routes every request right passes; lm_generate then finds the validated prompts in the
+    response cache and pays only for the others."""
+    import httpx
+
+    from distill.lm import client as client_module
+    from distill.lm import generate as gen
+    from distill.lm import validate
+    from distill.lm.prompts import build_prompts, instructions, write_prompts
+
+    examples = make_examples(per_label=4)
+    truth = dict(zip(examples["text"], examples["label"]))
+    sent: list[str] = []
+
+    def endpoint(request: httpx.Request) -> httpx.Response:
+        text = json.loads(request.content)["messages"][-1]["content"]
+        sent.append(text)
+        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": truth[text]},
+                                                      "finish_reason": "stop"}],
+                                         "usage": {"prompt_tokens": 10, "completion_tokens": 2}})
+
+    real = client_module.ChatClient
+    monkeypatch.setattr(client_module, "ChatClient", lambda cfg: real(cfg, transport=httpx.MockTransport(endpoint)))
+    folder = save_tiny_lm(tmp_path / "tokenizer", tiny_tokenizer(examples["text"].tolist()))
+    cfg = config_from_dict({"lm": {"api": {"model": "remote", "cache_dir": str(tmp_path / "cache"), "api_key_env": None},
+                                   "train": {"mode": "sequence"}, "prompts": {"train_size": 6, "heldout_size": 4},
+                                   "teacher_gate": {"prompts": 3}}})
+    labels = sorted(examples["label"].unique())
+    write_prompts(tmp_path / "prompts.parquet", build_prompts(examples.iloc[::2], examples.iloc[1::2], cfg.lm.prompts, 0),
+                  {**instructions(cfg.lm.prompts, labels), "labels": labels})
+    result = validate.run(cfg, tmp_path / "prompts.parquet", folder, tmp_path / "gate")
+    assert result.passed and result.metrics["task_exact"] == 1.0 and result.metrics["format_adherence"] == 1.0
+    assert len(sent) == 3 and result.teacher == gen.api_fingerprint(cfg.lm.api)
+    generated = gen.run(cfg, tmp_path / "prompts.parquet", folder, tmp_path / "completions.parquet")
+    assert generated.rows == 10 and generated.reused == 3 and len(sent) == 10  # 7 new requests, 3 from the cache

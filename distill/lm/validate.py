@@ -1,7 +1,7 @@
 """lm_validate_teacher: does the LM teacher do the task, before a single training completion is generated?
 
 Distilling a teacher that cannot do the task teaches the student its mistakes, and pays for every
-completion. So the teacher first answers the first ``lm.validate.prompts`` held-out prompts of the prompt
+completion. So the teacher first answers the first ``lm.teacher_gate.prompts`` held-out prompts of the prompt
 set, with lm_generate's settings (the same instruction, length, sampling), and its answers are scored:
 
 - **task score**: the answer equals its reference (``task_exact``) or contains it as whole words
@@ -105,13 +105,13 @@ def report(validation: LMTeacherValidation, rows: list[dict]) -> str:
 def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_dir: Path) -> LMTeacherValidation:
     """The lm_validate_teacher stage: writes ``metrics.json``, ``gate.json``, ``answers.parquet``, ``report.md``."""
     prompts, meta = read_prompts(Path(prompts_path))
-    held = prompts[prompts["split"] == "heldout"].head(cfg.lm.validate.prompts)
+    held = prompts[prompts["split"] == "heldout"].head(cfg.lm.teacher_gate.prompts)
     if held.empty:
         raise LMDataError(f"{prompts_path}: no held-out prompts to validate the teacher on (lm.prompts.heldout_size)")
     started = time.perf_counter()
     rows = teacher_answers(cfg, held, meta, Path(teacher_dir))
     metrics = score_answers(rows, meta.get("labels"), cfg.lm.generate.chain_of_thought)
-    gate: GateReport = check_lm_teacher(metrics, cfg.lm.validate)
+    gate: GateReport = check_lm_teacher(metrics, cfg.lm.teacher_gate)
     identity = teacher_identity(cfg, Path(teacher_dir))
     validation = LMTeacherValidation(gate.passed, gate.reasons, metrics, identity,
                                      round(time.perf_counter() - started, 2))
