@@ -330,7 +330,9 @@ class LossTerm(_Section):
 
     name: str = Field(description="One of: " + ", ".join(LOSS_NAMES))
     weight: float = Field(1.0, ge=0, description="Weight in the sum of distillation terms.")
-    beta: float = Field(0.5, ge=0, le=1, description="gjsd mixing: 0 = forward KL, 1 = reverse KL.")
+    beta: float = Field(0.5, ge=0, le=1, description="gjsd mixing: exactly 0 is forward KL and exactly 1 reverse "
+                        "KL (special-cased, as in TRL); in between a generalized JSD that shrinks towards 0 near "
+                        "either end, so a small beta is not close to forward KL.")
     skew: float = Field(0.1, ge=0, lt=1, description="skew_kl / skew_reverse_kl skew lambda.")
     layers: Literal["uniform", "last"] | list[tuple[int, int]] = Field(
         "uniform", description="Student-teacher layer map of feature losses."
@@ -762,7 +764,9 @@ class LMTrainConfig(_Section):
 
     mode: Literal["sequence", "token", "online"] = Field("token")
     loss: str = Field("forward_kl", description="Divergence: " + ", ".join(LM_DIVERGENCES))
-    beta: float = Field(0.5, ge=0, le=1, description="gjsd mixing: 0 = forward KL, 1 = reverse KL.")
+    beta: float = Field(0.5, ge=0, le=1, description="gjsd mixing: exactly 0 is forward KL and exactly 1 reverse "
+                        "KL (special-cased, as in TRL); in between a generalized JSD that shrinks towards 0 near "
+                        "either end, so a small beta is not close to forward KL.")
     skew: float = Field(0.1, ge=0, lt=1, description="skew_kl / skew_reverse_kl skew lambda.")
     kd_temperature: float = Field(1.0, gt=0, description="Softens both sides of the divergence (times T^2).")
     alpha: float = Field(0.9, ge=0, le=1, description="Weight of the divergence; 1 - alpha weighs cross-entropy.")
