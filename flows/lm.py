@@ -3,7 +3,8 @@
 The LM stages of dvc.yaml run in order through ``dvc repro`` (DVC skips what did not change): the
 teacher folder, the prompt set, the teacher gate (distill/lm/validate.py: a teacher that cannot do the
 task stops the run before any generation, in a Failed state), the teacher's completions (a local teacher,
-or the black-box endpoint ``lm.api``), the top-k cache, the distilled student, the undistilled baseline and the evaluation.
+or the black-box endpoint ``lm.api``), the top-k cache, the distilled student, the undistilled baseline
+and the evaluation.
 The gate (``distill.gates.decide_lm_promotion``) decides; the flow registers the student with its
 lineage and moves ``champion`` only when the gate passed.
 

@@ -102,12 +102,15 @@ def _prefect_lock(name: str, timeout_s: float) -> Iterator[None]:
                 raise PromotionError(f"the Prefect concurrency limit {limit!r} must be active with limit 1 to keep "
                                      f"promotions of {name} one at a time (it is {'active' if found.active else 'inactive'}"
                                      f" with limit {found.limit}); set it back in the Prefect UI (Concurrency)")
-    try:
-        with concurrency(limit, occupy=1, timeout_seconds=timeout_s, lease_duration=LOCK_LEASE_S, strict=True):
-            yield
-    except TimeoutError:
-        raise PromotionError(f"{name}: the Prefect concurrency limit {limit!r} stayed taken for over {timeout_s:.0f} s; "
-                             "if no promotion is running, free its slot in the Prefect UI (Concurrency) and retry") from None
+    with ExitStack() as stack:
+        try:  # only the wait is a timeout of the lock: a timeout while aliases move is the registry's own
+            stack.enter_context(concurrency(limit, occupy=1, timeout_seconds=timeout_s, lease_duration=LOCK_LEASE_S,
+                                            strict=True))
+        except TimeoutError:
+            raise PromotionError(f"{name}: the Prefect concurrency limit {limit!r} stayed taken for over "
+                                 f"{timeout_s:.0f} s; if no promotion is running, free its slot in the Prefect UI "
+                                 "(Concurrency) and retry") from None
+        yield
 
 
 def move_champion(client: MlflowClient, name: str, version: str, promoted_by: str, reason: str = "") -> dict:
