@@ -354,6 +354,28 @@ class LossTerm(_Section):
         return "feature" if self.name in FEATURE_LOSSES else "relation"
 
 
+class CompressConfig(_Section):
+    """compress_student: prune the distilled student, recover it by distillation, then INT8 (distill/compress.py)."""
+
+    enabled: bool = Field(True, description="Compress the student into models/student_compressed; the evaluation "
+                          "scores it (compressed, compressed_int8) beside the student.")
+    vocabulary: bool = Field(True, description="Drop the word-embedding rows of tokens the distillation data never "
+                             "uses (single characters stay, so unseen words still read as their letters).")
+    ffn_keep: float = Field(0.25, gt=0, le=1, description="Share of each layer's feed-forward neurons kept, the "
+                            "most important by activation x output weight (rounded up to a multiple of 8); 1 keeps "
+                            "all.")
+    keep_layers: int | None = Field(None, ge=1, description="Layers kept, dropping those whose removal costs the "
+                                    "least validation accuracy; null keeps every layer.")
+    importance_texts: int = Field(2000, ge=1, description="Distillation texts the neuron importance is measured on.")
+    recovery_epochs: int = Field(3, ge=0, description="Epochs of distillation from the cached teacher outputs "
+                                 "after pruning (early stopping on gold_val; the pruned weights are kept unless it "
+                                 "improves on them); 0: none.")
+    learning_rate: float = Field(2.0e-4, gt=0, description="Learning rate of the recovery.")
+    max_accuracy_drop: float = Field(0.005, ge=0, le=1, description="Compression gate: the compressed student "
+                                     "(and its INT8 version) may score at most this much below the student on the "
+                                     "gold test set.")
+
+
 class TrainConfig(_Section):
     """Student training: the distillation loss and the undistilled baseline.
 
@@ -411,7 +433,7 @@ class SweepConfig(_Section):
         return value
 
 
-CANDIDATES = ("teacher", "teacher_int8", "student", "student_int8", "baseline")
+CANDIDATES = ("teacher", "teacher_int8", "student", "student_int8", "compressed", "compressed_int8", "baseline")
 
 DEFAULT_TERM_LISTS = {
     "pronouns_female": ["she", "her", "hers", "herself"],
@@ -434,9 +456,11 @@ DEFAULT_COUNTERFACTUAL_GROUPS = {
 class EvaluateConfig(_Section):
     """The evaluation harness."""
 
-    candidates: list[Literal["teacher", "teacher_int8", "student", "student_int8", "baseline"]] = Field(
+    candidates: list[Literal["teacher", "teacher_int8", "student", "student_int8", "compressed", "compressed_int8",
+                             "baseline"]] = Field(
         default_factory=lambda: list(CANDIDATES),
-        description="Models compared, in this order; the teacher is required (the others are scored against it).",
+        description="Models compared, in this order; the teacher is required (the others are scored against it). "
+        "The compressed ones are left out while compress.enabled is false.",
     )
     batch_size: int = Field(64, ge=1)
     latency_samples: int = Field(100, ge=5, description="Batch-1 requests timed per model and round.")
@@ -928,6 +952,7 @@ class PipelineConfig(_Section):
     size: SizeConfig = Field(default_factory=SizeConfig)
     assistant: AssistantConfig = Field(default_factory=AssistantConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)

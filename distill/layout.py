@@ -29,6 +29,7 @@ class Layout:
     imported_student: Path = Path("models/imported_student")  # student.warm_start, fetched by the flow
     student: Path = Path("models/student")     # train_student
     baseline: Path = Path("models/baseline")   # train_baseline
+    compressed: Path = Path("models/student_compressed")  # compress_student
     evaluate: Path = Path("reports/evaluate")  # evaluate: metrics.json, predictions.parquet, report.html
     audit: Path = Path("reports/audit")        # audit: audit.json, audit.html
     lm_teacher: Path = Path("models/lm_teacher")
@@ -65,6 +66,7 @@ LAYOUT = Layout()
 STAGE_OUTS = {"config": LAYOUT.run_params, "prepare": LAYOUT.prepared, "teacher": LAYOUT.teacher,
               "validate_teacher": LAYOUT.teacher_report, "label": LAYOUT.outputs, "assistant": LAYOUT.assistant,
               "size_student": LAYOUT.student_shape, "train_student": LAYOUT.student, "train_baseline": LAYOUT.baseline,
+              "compress_student": LAYOUT.compressed,
               "evaluate": LAYOUT.evaluate, "audit": LAYOUT.audit, "lm_teacher": LAYOUT.lm_teacher,
               "lm_prompts": LAYOUT.lm_prompts, "lm_validate_teacher": LAYOUT.lm_teacher_report, "lm_generate": LAYOUT.lm_completions, "lm_topk": LAYOUT.lm_topk,
               "lm_train": LAYOUT.lm_student, "lm_baseline": LAYOUT.lm_baseline}

@@ -4,6 +4,9 @@ Each loads the params, calls its stage's ``run()`` and prints (or writes) its re
 part of the single ``distill`` command, whose user verbs (``run``, ``monitor``, ``promote``, ...)
 live above the flows in ``cli/``: the core never imports an orchestrator or a registry.
 ``python -m distill.stages <stage>`` runs a stage without them (``torchrun`` does so).
+
+One module on purpose: every command is a thin wrapper over its stage's ``run()``, and
+``python -m distill.stages`` needs them all on one Typer app.
 """
 
 from __future__ import annotations
@@ -227,15 +230,29 @@ def train_baseline(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = L
             result_file=result_file)
 
 
+@app.command("compress-student")
+def compress_student(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
+                     student: Path = LAYOUT.student, outputs: Path = LAYOUT.outputs, out: Path = LAYOUT.compressed,
+                     params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+                     result_file: ResultOpt = None) -> None:
+    """Prune the student (vocabulary, feed-forward neurons, layers) and recover it by distillation (compress)."""
+    from distill import compress
+
+    _finish(_stage(lambda: compress.run(_config(params, set_), prepared, teacher, student, outputs, out)),
+            result_file=result_file)
+
+
 @app.command()
 def evaluate(prepared: Prepared = LAYOUT.prepared, teacher: TeacherDir = LAYOUT.teacher,
              student: Path = LAYOUT.student, baseline: Path = LAYOUT.baseline,
+             compressed: Annotated[Optional[Path], typer.Option(help="The compressed student's folder.")] = None,
              out: Path = LAYOUT.evaluate, params: ParamsOpt = Path("params.yaml"),
              set_: SetOpt = None, result_file: ResultOpt = None) -> None:
-    """Compare teacher, INT8 teacher, student, INT8 student and baseline on one harness."""
+    """Compare teacher, student, compressed student (each fp32 and INT8) and baseline on one harness."""
     from distill import evaluate as stage
 
-    result = _stage(lambda: stage.run(_config(params, set_), prepared, teacher, student, baseline, out))
+    result = _stage(lambda: stage.run(_config(params, set_), prepared, teacher, student, baseline, out,
+                                      compressed))
     _finish(result.metrics, result_file=result_file)
 
 
@@ -244,11 +261,15 @@ def audit(predictions: Path = LAYOUT.predictions, out: Path = LAYOUT.audit,
           teacher: Annotated[Optional[Path], typer.Option(help="Teacher folder (counterfactual/robustness tests).")] = None,
           student: Annotated[Optional[Path], typer.Option(help="Student folder (counterfactual/robustness tests).")] = None,
           baseline: Annotated[Optional[Path], typer.Option(help="Baseline folder, compared when given.")] = None,
+          compressed: Annotated[Optional[Path], typer.Option(help="The compressed student's folder: audited "
+                                                                  "too when it was evaluated.")] = None,
           params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None) -> None:
-    """Audit the student for inherited bias and robustness, slice by slice, against the teacher."""
+    """Audit the student (and the compressed student) for inherited bias and robustness, slice by slice,
+    against the teacher."""
     from distill import audit as stage
 
-    report = _stage(lambda: stage.run(_config(params, set_), predictions, out, teacher, student, baseline))
+    report = _stage(lambda: stage.run(_config(params, set_), predictions, out, teacher, student, baseline,
+                                      compressed))
     _finish({"passed": report.passed, "reasons": report.reasons}, result_file=result_file)
 
 

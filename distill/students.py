@@ -221,6 +221,7 @@ def run_student(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, outputs:
         source = warm_start / "source.json"
         card["warm_start"] = {"from": cfg.student.warm_start, "fingerprint": read_card(warm_start).get("fingerprint"),
                               **(read_json(source) if source.is_file() else {}),
+                              "compressed": bool(read_card(warm_start).get("compression")),
                               "start_val_accuracy": result.history[0]["val_accuracy"] if result.history else None}
     with atomic_dir(out_dir) as tmp:
         fingerprint = save_classifier(student, tmp, _card(cfg, cfg.student, "student", result, card), result.history,

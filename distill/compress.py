@@ -1,0 +1,300 @@
+"""The compress_student stage: distil, then prune, then quantize, each step measured.
+
+The guide's production order, after distillation: structured pruning of what the data never uses,
+a short distillation from the cached teacher outputs to recover, then INT8 (ONNX Runtime's dynamic
+quantization, applied where the evaluation serves the model: the ``compressed_int8`` candidate).
+The steps, each optional (``compress`` section):
+
+- **vocabulary**: the word-embedding rows of tokens the distillation data never produces are removed
+  (with the teacher's WordPiece vocabulary of 30 k tokens they are most of a narrow student's
+  weights). The single characters stay, so an unseen word still reads as its characters rather than
+  ``[UNK]``; a text made of seen words tokenizes exactly as before.
+- **feed-forward neurons**: each layer keeps the ``ffn_keep`` share of its intermediate neurons with
+  the largest importance (mean absolute activation on the distillation texts times the norm of the
+  neuron's output weights); the layers stay one shape, so the model is an ordinary Hugging Face
+  folder that is smaller on disk and faster, not a sparse copy.
+- **layers** (``keep_layers``, off by default): the layers whose removal costs the least validation
+  accuracy go.
+- **recovery**: the pruned student distils again from the cached teacher outputs (the response terms
+  of ``train.losses``), keeping its starting weights unless validation improves.
+
+Attention heads are not pruned: transformers 5 dropped ``prune_heads`` and a BERT config cannot
+describe heads narrower than ``hidden_size / num_attention_heads``.
+
+The folder (``models/student_compressed``) holds the compressed student with its ONNX export and a
+card whose ``compression`` lists each step with its parameters, size and validation accuracy after
+it. The evaluation scores it beside the student (``compressed``, ``compressed_int8``) and
+:func:`distill.gates.check_compression` says whether it keeps the student's accuracy. Disabled, the
+folder holds only a card saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from distill.config import RESPONSE_LOSSES, PipelineConfig
+from distill.io import atomic_dir, write_json
+from distill.lengths import with_teacher_lengths
+from distill.models import MODEL_CARD, Classifier, ModelError, load_classifier, predict_logits, read_card, save_classifier
+from distill.objective import ModelShape, Objective
+from distill.students import distillation_set, settings_for
+from distill.teacher import gold_data
+from distill.trainer import TrainData, train
+
+log = logging.getLogger("distill")
+ROLE = "compressed"
+
+
+@dataclass
+class Step:
+    """One compression step: what it did and where the student stood after it."""
+
+    step: str
+    detail: str
+    parameters: int
+    size_mb: float
+    val_accuracy: float
+
+
+@dataclass
+class CompressResult:
+    out_dir: Path
+    enabled: bool
+    steps: list[Step] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    fingerprint: str | None = None
+
+
+def _encoder_layers(model: nn.Module) -> nn.ModuleList:
+    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
+    if layers is None or not all(hasattr(layer, "intermediate") and hasattr(layer, "output") for layer in layers):
+        raise ModelError(f"{type(model.base_model).__name__} is not a BERT-style encoder (encoder.layer with "
+                         "intermediate and output): set compress.ffn_keep: 1.0 and compress.keep_layers: null")
+    return layers
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's fp32 weights."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def prune_vocabulary(clf: Classifier, texts: list[str]) -> tuple[Classifier, str | None]:
+    """``clf`` with only the embedding rows of tokens ``texts`` use, its specials and single characters; the
+    tokenizer keeps its normaliser, pre-tokenizer and post-processor, with the ids renumbered. Returns
+    (the same classifier, why not) when the tokenizer is not a fast WordPiece one or nothing would go."""
+    from transformers import AutoTokenizer
+
+    tokenizer = clf.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    if (spec.get("model") or {}).get("type") != "WordPiece":
+        kind = (spec.get("model") or {}).get("type", "slow (Python)")
+        return clf, f"the tokenizer is {kind}; vocabulary pruning handles WordPiece tokenizers"
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    used: set[int] = set()
+    for start in range(0, len(texts), 1024):
+        for ids in tokenizer(texts[start:start + 1024], truncation=False)["input_ids"]:
+            used.update(ids)
+    prefix = spec["model"].get("continuing_subword_prefix") or "##"
+    characters = {i for token, i in vocab.items()
+                  if len(token) == 1 or (token.startswith(prefix) and len(token) == len(prefix) + 1)}
+    specials = {t["id"] for t in spec.get("added_tokens", [])} | set(tokenizer.all_special_ids)
+    keep = sorted(used | characters | specials)
+    rows = clf.model.get_input_embeddings().num_embeddings
+    if len(keep) >= rows:
+        return clf, f"the data uses every one of the {rows} tokens"
+    new_id = {old: new for new, old in enumerate(keep)}
+    token_of = {i: token for token, i in vocab.items()}
+    spec["model"]["vocab"] = {token_of[old]: new for old, new in new_id.items() if old in token_of}
+    for added in spec.get("added_tokens", []):
+        added["id"] = new_id[added["id"]]
+    renumber_ids(spec.get("post_processor"), new_id)
+    if spec.get("padding"):
+        spec["padding"]["pad_id"] = new_id[spec["padding"]["pad_id"]]
+    with tempfile.TemporaryDirectory(prefix="distill-vocab-") as scratch:
+        tokenizer.save_pretrained(scratch)
+        Path(scratch, "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
+        Path(scratch, "vocab.txt").unlink(missing_ok=True)  # the vocabulary is the one in tokenizer.json
+        smaller = AutoTokenizer.from_pretrained(scratch, trust_remote_code=False)
+    from distill.cut import cut_of, set_cut
+
+    set_cut(smaller, cut_of(tokenizer))
+    model = clf.model
+    old = model.get_input_embeddings()
+    index = torch.tensor(keep)
+    embeddings = nn.Embedding(len(keep), old.embedding_dim,
+                              padding_idx=new_id.get(old.padding_idx) if old.padding_idx is not None else None)
+    with torch.no_grad():
+        embeddings.weight.copy_(old.weight[index])
+    model.set_input_embeddings(embeddings)
+    model.config.vocab_size = len(keep)
+    if getattr(model.config, "pad_token_id", None) is not None and model.config.pad_token_id in new_id:
+        model.config.pad_token_id = new_id[model.config.pad_token_id]
+    return Classifier(model, smaller, clf.labels), None
+
+
+def renumber_ids(node, new_id: dict[int, int]) -> None:
+    """Renumber the special-token ids a post-processor (TemplateProcessing, BertProcessing, a Sequence) holds."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "ids" and isinstance(value, list):
+                node[key] = [new_id[i] for i in value]
+            elif key in ("sep", "cls") and isinstance(value, list) and len(value) == 2:
+                node[key] = [value[0], new_id[value[1]]]
+            else:
+                renumber_ids(value, new_id)
+    elif isinstance(node, list):
+        for item in node:
+            renumber_ids(item, new_id)
+
+
+@torch.no_grad()
+def ffn_importance(clf: Classifier, texts: list[str], max_length: int) -> list[torch.Tensor]:
+    """Per layer, each feed-forward neuron's mean absolute activation on ``texts`` times the norm of its
+    output weights: how much it writes into the residual stream."""
+    layers = _encoder_layers(clf.model)
+    totals = [torch.zeros(layer.intermediate.dense.out_features) for layer in layers]
+    hooks = [layer.intermediate.register_forward_hook(
+        lambda _module, _inputs, out, i=i: totals[i].add_(out.detach().abs().sum(dim=(0, 1)).cpu()))
+        for i, layer in enumerate(layers)]
+    try:
+        predict_logits(clf, texts, 64, max_length)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [total * layer.output.dense.weight.detach().norm(dim=0).cpu() for total, layer in zip(totals, layers)]
+
+
+def prune_ffn(clf: Classifier, keep: int, importance: list[torch.Tensor]) -> None:
+    """Keep the ``keep`` most important intermediate neurons of every layer (in place)."""
+    for layer, score in zip(_encoder_layers(clf.model), importance):
+        index = score.topk(keep).indices.sort().values
+        layer.intermediate.dense = _sliced(layer.intermediate.dense, rows=index)
+        layer.output.dense = _sliced(layer.output.dense, columns=index)
+    clf.model.config.intermediate_size = keep
+
+
+def _sliced(linear: nn.Linear, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None) -> nn.Linear:
+    weight = linear.weight.detach()
+    weight = weight[rows] if rows is not None else weight
+    weight = weight[:, columns] if columns is not None else weight
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias.detach()[rows] if rows is not None else linear.bias.detach())
+    return out
+
+
+def accuracy(clf: Classifier, data: TrainData, max_length: int) -> float:
+    return float((predict_logits(clf, data.texts, 64, max_length).argmax(axis=1) == data.labels).mean())
+
+
+def prune_layers(clf: Classifier, keep: int, val: TrainData, max_length: int) -> list[int]:
+    """Drop layers one at a time, each time the one whose removal costs the least validation accuracy (of equal
+    costs, the one that changes the logits least), until ``keep`` remain (in place); returns the kept layers'
+    original indices."""
+    layers = _encoder_layers(clf.model)
+    kept = list(range(len(layers)))
+    reference = predict_logits(clf, val.texts, 64, max_length)
+    while len(kept) > keep:
+        trials = []
+        for drop in range(len(kept)):
+            clf.model.base_model.encoder.layer = nn.ModuleList(layers[i] for j, i in enumerate(kept) if j != drop)
+            logits = predict_logits(clf, val.texts, 64, max_length)
+            trials.append((float((logits.argmax(axis=1) == val.labels).mean()),
+                           -float(np.abs(logits - reference).mean()), drop))
+        kept.pop(max(trials)[2])
+        clf.model.base_model.encoder.layer = nn.ModuleList(layers[i] for i in kept)
+    clf.model.config.num_hidden_layers = len(kept)
+    return kept
+
+
+def recover(cfg: PipelineConfig, clf: Classifier, data: TrainData, val: TrainData, max_length: int):
+    """Distil the pruned student again from the cached teacher outputs (the response terms of
+    ``train.losses``; plain KD when there are none) for ``compress.recovery_epochs``."""
+    terms = [term for term in cfg.train.losses if term.name in RESPONSE_LOSSES]
+    settings = settings_for(cfg, len(data), distilled=True, epochs=cfg.compress.recovery_epochs)
+    from dataclasses import replace
+
+    settings = replace(settings, learning_rate=cfg.compress.learning_rate, max_length=max_length,
+                       validate_start=True)
+    objective = Objective(terms, settings.kd_temperature, settings.alpha, ModelShape.of(clf.model), None,
+                          same_tokenizer=False)
+    return train(clf, data, val, settings, progress="recovering compressed student", objective=objective)
+
+
+def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Path, outputs: Path,
+        out_dir: Path) -> CompressResult:
+    """Compress the trained student (see the module docstring) into ``out_dir``."""
+    student_card = read_card(student_dir)
+    # a student that continues from a compressed champion is compressed already: pruning it again would
+    # compound (a quarter of a quarter of the neurons)
+    why = ("compress.enabled is false" if not cfg.compress.enabled else
+           "the student continues from a compressed model (student.warm_start), so it is compressed already"
+           if (student_card.get("warm_start") or {}).get("compressed") else None)
+    if why:
+        with atomic_dir(out_dir) as tmp:
+            write_json(tmp / MODEL_CARD, {"role": ROLE, "enabled": False, "why": why})
+        print(f"compress: not applied: {why}", flush=True)
+        return CompressResult(out_dir, False, skipped=[why])
+    cfg = with_teacher_lengths(cfg, teacher_dir)
+    max_length = cfg.train.max_length
+    labels = student_card["labels"]
+    clf = load_classifier(student_dir, labels)
+    data, meta = distillation_set(outputs, read_card(teacher_dir)["fingerprint"], labels)  # the teacher's outputs
+    val = gold_data(prepared, "gold_val", labels)
+    c = cfg.compress
+
+    def record(step: str, detail: str) -> None:
+        steps.append(Step(step, detail, clf.num_parameters, round(weight_bytes(clf.model) / 2**20, 3),
+                          accuracy(clf, val, max_length)))
+        print(f"compress: {step}: {detail}; {clf.num_parameters:,} parameters, val accuracy "
+              f"{steps[-1].val_accuracy:.3f}", flush=True)
+
+    steps: list[Step] = []
+    skipped: list[str] = []
+    record("student", f"the distilled student ({student_card['fingerprint'][:12]})")
+    if c.vocabulary:
+        rows = clf.model.get_input_embeddings().num_embeddings
+        clf, why = prune_vocabulary(clf, data.texts + val.texts)
+        if why:
+            skipped.append(f"vocabulary: {why}")
+        else:
+            record("vocabulary", f"{rows:,} -> {clf.model.get_input_embeddings().num_embeddings:,} embedding rows")
+    if c.keep_layers is not None and c.keep_layers < clf.model.config.num_hidden_layers:
+        before = clf.model.config.num_hidden_layers
+        kept = prune_layers(clf, c.keep_layers, val, max_length)
+        record("layers", f"{before} -> {len(kept)} layers (kept {kept}, 0-based)")
+    width = clf.model.config.intermediate_size
+    keep = max(8, int(np.ceil(width * c.ffn_keep / 8) * 8)) if c.ffn_keep < 1 else width
+    if keep < width:
+        prune_ffn(clf, keep, ffn_importance(clf, data.texts[:c.importance_texts], max_length))
+        record("feed-forward", f"{width} -> {keep} neurons per layer, by importance")
+    history = None
+    if len(steps) > 1 and c.recovery_epochs:
+        result = recover(cfg, clf, data, val, max_length)
+        history = result.history
+        record("recovery", f"{result.steps} distillation steps from the cached teacher outputs")
+    # the student's card (method, losses, training settings, teacher) with the shape it has now
+    card = {key: value for key, value in student_card.items() if key not in ("fingerprint", "serving", "parameters",
+                                                                             "labels", "cut")}
+    config = clf.model.config
+    card |= {"role": ROLE, "enabled": True, "student_fingerprint": student_card["fingerprint"],
+             "input_hash": meta["input_hash"],
+             "student": {**card.get("student", {}), "num_layers": config.num_hidden_layers,
+                         "intermediate_size": config.intermediate_size,
+                         "vocab_size": config.vocab_size if any(s.step == "vocabulary" for s in steps)
+                         else card.get("student", {}).get("vocab_size")},
+             "compression": {"steps": [vars(s) for s in steps], "skipped": skipped}}
+    with atomic_dir(out_dir) as tmp:
+        fingerprint = save_classifier(clf, tmp, card, history, export=cfg.evaluate.runtime == "onnxruntime")
+    return CompressResult(out_dir, True, steps, skipped, fingerprint)
