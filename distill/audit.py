@@ -41,6 +41,7 @@ class AuditReport:
     flips: list[dict] = field(default_factory=list)
     flip_examples: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    compressed: dict | None = None  # the compressed student's own audit (passed, reasons, worst), when evaluated
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -271,12 +272,27 @@ def write_report(path: Path, report: AuditReport, chart: Path | None = None) -> 
         f"<h2>Slices</h2>{table(report.slices)}</body></html>")
 
 
+def remembered(predict: Predictor) -> Predictor:
+    """``predict`` answering each text it has seen from memory (the teacher is asked once for two audits)."""
+    seen: dict[str, np.ndarray] = {}
+
+    def cached(texts: list[str]) -> np.ndarray:
+        new = list(dict.fromkeys(t for t in texts if t not in seen))
+        if new:
+            seen.update(zip(new, predict(new)))
+        return np.stack([seen[t] for t in texts]) if texts else predict(texts)
+
+    return cached
+
+
 def run(cfg: PipelineConfig, predictions_path: Path, out_dir: Path, teacher_dir: Path | None = None,
-        student_dir: Path | None = None, baseline_dir: Path | None = None) -> AuditReport:
-    """Audit the evaluate stage's predictions (and, given the model folders, the models' flips)."""
+        student_dir: Path | None = None, baseline_dir: Path | None = None,
+        compressed_dir: Path | None = None) -> AuditReport:
+    """Audit the evaluate stage's predictions (and, given the model folders, the models' flips); the compressed
+    student, when the evaluation scored it, is audited the same way against the teacher (``compressed``)."""
     from distill import plots
     from distill.lengths import with_teacher_lengths
-    from distill.models import load_classifier
+    from distill.models import load_classifier, read_card
 
     cfg = with_teacher_lengths(cfg, teacher_dir)
     predictors, labels = {}, None
@@ -285,7 +301,19 @@ def run(cfg: PipelineConfig, predictions_path: Path, out_dir: Path, teacher_dir:
             clf = load_classifier(Path(folder))
             predictors[name] = classifier_predictor(clf, cfg.audit.batch_size, cfg.train.max_length)
             labels = clf.labels
-    report = audit(pd.read_parquet(predictions_path), cfg.audit, predictors, cfg.data.slice_columns, labels, cfg.seed)
+    if "teacher" in predictors:
+        predictors["teacher"] = remembered(predictors["teacher"])
+    predictions = pd.read_parquet(predictions_path)
+    report = audit(predictions, cfg.audit, predictors, cfg.data.slice_columns, labels, cfg.seed)
+    if compressed_dir is not None and "compressed" in predictions and read_card(Path(compressed_dir)).get("enabled"):
+        compressed = {k: v for k, v in predictors.items() if k != "baseline"}
+        if "student" in compressed:
+            compressed["student"] = classifier_predictor(load_classifier(Path(compressed_dir)), cfg.audit.batch_size,
+                                                         cfg.train.max_length)
+        view = predictions.drop(columns=["student", "baseline"], errors="ignore").rename(
+            columns={"compressed": "student"})
+        other = audit(view, cfg.audit, compressed, cfg.data.slice_columns, labels, cfg.seed)
+        report.compressed = {"passed": other.passed, "reasons": other.reasons, "worst": other.worst}
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "audit.json", report.to_dict())
         chart = plots.flip_rate_chart(report.flips, tmp / "flip_rates.png") if report.flips else None

@@ -1,4 +1,4 @@
-"""The evaluate stage: one harness for teacher, INT8 teacher, student, INT8 student and baseline.
+"""The evaluate stage: one harness for teacher, student and compressed student (each fp32 and INT8) and baseline.
 
 One long module on purpose: the harness is the point, every candidate goes through the same code.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import io
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +37,20 @@ from distill.lengths import with_teacher_lengths
 from distill.models import Classifier, ModelError, encode, load_classifier, predict_logits, read_card
 from distill.runtime import OnnxClassifier, Runtime, eager_model, quantized_classifier, with_runtime
 
+log = logging.getLogger("distill")
+
 # candidate -> (the model folder it comes from, quantized to INT8)
 SOURCES = {"teacher": ("teacher", False), "teacher_int8": ("teacher", True), "student": ("student", False),
-           "student_int8": ("student", True), "baseline": ("baseline", False)}
+           "student_int8": ("student", True), "compressed": ("compressed", False),
+           "compressed_int8": ("compressed", True), "baseline": ("baseline", False)}
+OPTIONAL = ("compressed",)  # a role whose stage may be switched off: its candidates are then left out
 # The few figures per candidate that DVC compares (`dvc metrics diff`, `dvc exp show`): headline.json.
 # Every figure stays in metrics.json (git-tracked, a report) and report.html.
 HEADLINE = {"teacher": ("accuracy", "latency_p50_ms"), "teacher_int8": ("accuracy", "latency_p50_ms"),
             "student": ("accuracy", "teacher_share", "macro_f1", "latency_p50_ms", "speedup_vs_teacher", "size_mb"),
             "student_int8": ("accuracy", "teacher_share", "latency_p50_ms", "speedup_vs_teacher"),
+            "compressed": ("accuracy", "latency_p50_ms", "size_mb"),
+            "compressed_int8": ("accuracy", "teacher_share", "latency_p50_ms", "speedup_vs_teacher", "size_mb"),
             "baseline": ("accuracy", "teacher_share")}
 RATIOS = {"latency_p50_ms": "latency_ratio_to_teacher", "size_mb": "size_ratio_to_teacher",
           "parameters": "parameters_ratio_to_teacher", "peak_memory_mb": "memory_ratio_to_teacher",
@@ -87,6 +94,9 @@ def load_candidates(folders: dict[str, Path | None], names: list[str], runtime: 
     for name in names:
         role, quantized = SOURCES[name]
         folder = folders.get(role)
+        if role in OPTIONAL and (folder is None or not read_card(folder).get("enabled", True)):
+            log.info("%s is not evaluated: its stage is switched off (or no folder was given)", name)
+            continue
         if folder is None:
             raise ModelError(f"evaluate.candidates asks for {name!r} but no {role} model folder was given")
         clf = load_classifier(folder)
@@ -331,10 +341,10 @@ def failure_modes(predictions: pd.DataFrame, probs: dict[str, np.ndarray], gold:
 
 
 def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Path | None, baseline_dir: Path | None,
-        out_dir: Path) -> EvaluateResult:
+        out_dir: Path, compressed_dir: Path | None = None) -> EvaluateResult:
     """Score every candidate on the gold test set; write metrics, predictions, plots and a report."""
     test = data_stage.read_split(prepared, "gold_test")
-    folders = {"teacher": teacher_dir, "student": student_dir, "baseline": baseline_dir}
+    folders = {"teacher": teacher_dir, "student": student_dir, "baseline": baseline_dir, "compressed": compressed_dir}
     result = evaluate_frame(cfg, test, folders)
     with atomic_dir(out_dir) as tmp:
         write_outputs(tmp, result, read_card(teacher_dir))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from distill.config import LMPromoteConfig, LMTeacherGateConfig, PromoteConfig, TeacherConfig
+from distill.config import CompressConfig, LMPromoteConfig, LMTeacherGateConfig, PromoteConfig, TeacherConfig
 
 
 @dataclass
@@ -148,6 +148,48 @@ def compare_with_champion(accuracy: float, slices: dict[str, dict[str, float]], 
     if not worse:
         reasons.append(f"no label slice is more than {cfg.max_slice_drop_vs_champion:g} below {name}")
     return passed and not worse, reasons
+
+
+def check_compression(metrics: dict[str, dict[str, float]], audit: dict | None, cfg: CompressConfig) -> GateReport:
+    """Should the compressed student stand in for the student (be the one registered and gated for promotion)?
+
+    It must keep the student's accuracy on the gold test set within ``cfg.max_accuracy_drop``, be faster at
+    batch 1 and smaller, and pass the same audit against the teacher. ``audit`` is the compressed student's
+    audit (``passed``, ``reasons``), None when it was not audited.
+    """
+    compressed, student = metrics.get("compressed"), metrics.get("student")
+    if not compressed or not student:
+        return GateReport(False, ["no compressed student was evaluated (compress.enabled is false, the student "
+                                  "continues from a compressed champion, or evaluate.candidates leaves it out): "
+                                  "the student is registered"])
+    reasons, passed = [], True
+    drop = student["accuracy"] - compressed["accuracy"]
+    ok = drop <= cfg.max_accuracy_drop + 1e-12
+    passed &= ok
+    reasons.append(f"compressed accuracy {compressed['accuracy']:.3f} vs student {student['accuracy']:.3f}: "
+                   f"{'drop' if drop > 0 else 'gain'} {abs(drop):.3f} ({'within' if ok else 'over'} the limit "
+                   f"{cfg.max_accuracy_drop:g})")
+    for key, what, unit in (("latency_p50_ms", "p50 latency", "ms"), ("size_mb", "size", "MB")):
+        ok = compressed[key] < student[key]
+        passed &= ok
+        reasons.append(f"{what} {compressed[key]:.2f} {unit} vs student {student[key]:.2f} {unit} "
+                       f"({student[key] / max(compressed[key], 1e-9):.2f}x{'' if ok else ': not an improvement'})")
+    quantized = metrics.get("compressed_int8")
+    if quantized:
+        speedup = student["latency_p50_ms"] / max(quantized["latency_p50_ms"], 1e-9)
+        reasons.append(f"its INT8 version (evaluated, not registered): accuracy {quantized['accuracy']:.3f}, "
+                       f"p50 {quantized['latency_p50_ms']:.2f} ms ({speedup:.2f}x the student), "
+                       f"{quantized['size_mb']:.2f} MB")
+    if audit is None:
+        passed = False
+        reasons.append("the compressed student was not audited: it cannot stand in for the student")
+    else:
+        passed &= bool(audit["passed"])
+        reasons.append("compressed student's audit passed" if audit["passed"] else
+                       "compressed student's audit failed: " + "; ".join(audit["reasons"][:3]))
+    reasons.append("the compressed student is registered in the student's place" if passed else
+                   "the student is registered (uncompressed)")
+    return GateReport(bool(passed), reasons)
 
 
 def check_lm_teacher(metrics: dict[str, float], cfg: LMTeacherGateConfig) -> GateReport:

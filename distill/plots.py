@@ -17,32 +17,35 @@ def _pyplot():
 
 
 def pareto_chart(metrics: dict[str, dict[str, float]], path: Path) -> Path:
-    """Accuracy against batch-1 p50 latency, one point per candidate, the Pareto front joined."""
+    """Accuracy against batch-1 p50 latency and against size on disk, one point per candidate, each Pareto
+    front joined (a point is on it when nothing cheaper is as accurate)."""
     plt = _pyplot()
-    names = list(metrics)
-    latency = np.array([metrics[n]["latency_p50_ms"] for n in names])
-    accuracy = np.array([metrics[n]["accuracy"] for n in names])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(latency, accuracy, s=40)
-    for name, x, y in zip(names, latency, accuracy):
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    order = np.argsort(latency)
-    front, best = [], -np.inf
-    for i in order:  # fastest first: a point is on the front if nothing faster is as accurate
-        if accuracy[i] > best:
-            front.append(i)
-            best = accuracy[i]
-    ax.plot(latency[front], accuracy[front], "--", color="grey", linewidth=1, label="Pareto front")
-    ax.set_xscale("log")
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("batch-1 latency p50 (ms, log scale, CPU)")
-    ax.set_ylabel("accuracy (gold test set)")
-    ax.set_title("Accuracy vs latency")
-    ax.legend(loc="lower right", fontsize=8)
+    names = list(metrics)
+    accuracy = np.array([metrics[n]["accuracy"] for n in names])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, label in ((axes[0], "latency_p50_ms", "batch-1 latency p50 (ms, log scale, CPU)"),
+                           (axes[1], "size_mb", "size on disk (MB, log scale)")):
+        cost = np.array([metrics[n][key] for n in names])
+        ax.scatter(cost, accuracy, s=40)
+        for name, x, y in zip(names, cost, accuracy):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        front, best = [], -np.inf
+        for i in np.argsort(cost):  # cheapest first
+            if accuracy[i] > best:
+                front.append(i)
+                best = accuracy[i]
+        ax.plot(cost[front], accuracy[front], "--", color="grey", linewidth=1, label="Pareto front")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(label)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[0].set_ylabel("accuracy (gold test set)")
+    axes[0].set_title("Accuracy vs latency")
+    axes[1].set_title("Accuracy vs size")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

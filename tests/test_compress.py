@@ -1,0 +1,180 @@
+"""The compression stack: vocabulary and feed-forward pruning, recovery, the stage, its gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distill import audit, compress, data, evaluate, label, students, teacher
+from distill.config import CompressConfig, config_from_dict
+from distill.gates import check_compression
+from distill.io import read_json
+from distill.models import Classifier, load_classifier, predict_logits, read_card, save_classifier
+
+SEEN = ["turn on the kitchen lights", "what is the temperature in the bedroom", "pause the music please",
+        "set a timer for ten minutes"]
+
+
+def _copy(folder) -> Classifier:
+    return load_classifier(folder)
+
+
+def test_vocabulary_pruning_keeps_seen_texts_exact_and_reads_unseen_words_as_letters(tiny_teacher, tmp_path):
+    clf = _copy(tiny_teacher)
+    before = predict_logits(clf, SEEN, 8, 32)
+    rows = clf.model.get_input_embeddings().num_embeddings
+    pruned, why = compress.prune_vocabulary(_copy(tiny_teacher), SEEN)
+    assert why is None
+    kept = pruned.model.get_input_embeddings().num_embeddings
+    assert kept < rows / 10, (kept, rows)
+    # a text made of seen words is the same tokens (renumbered): the same logits
+    np.testing.assert_allclose(predict_logits(pruned, SEEN, 8, 32), before, atol=1e-5)
+    unk = pruned.tokenizer.unk_token_id
+    unseen = pruned.tokenizer("zygote quokka")["input_ids"]
+    assert unk not in unseen and len(unseen) > 4, "an unseen word reads as its letters, not [UNK]"
+    # the smaller tokenizer survives a save and a load (the served pyfunc and the registry read the folder)
+    save_classifier(pruned, tmp_path / "m", {"role": "compressed"})
+    again = load_classifier(tmp_path / "m")
+    assert again.tokenizer(SEEN)["input_ids"] == pruned.tokenizer(SEEN)["input_ids"]
+    assert again.tokenizer.cls_token_id == pruned.tokenizer.cls_token_id < kept
+    np.testing.assert_allclose(predict_logits(again, SEEN, 8, 32), before, atol=1e-5)
+
+
+def test_feed_forward_pruning_removes_the_least_important_neurons(tiny_teacher):
+    clf = _copy(tiny_teacher)
+    layers = clf.model.base_model.encoder.layer
+    width = layers[0].intermediate.dense.out_features
+    with torch.no_grad():  # every odd neuron writes nothing into the residual stream: it is unimportant
+        for layer in layers:
+            layer.output.dense.weight[:, 1::2] = 0
+    before = predict_logits(clf, SEEN, 8, 32)
+    importance = compress.ffn_importance(clf, SEEN, 32)
+    assert all(float(score[1::2].max()) == 0 < float(score[0::2].min()) for score in importance)
+    compress.prune_ffn(clf, width // 2, importance)
+    assert [layer.intermediate.dense.out_features for layer in layers] == [width // 2] * len(layers)
+    assert [layer.output.dense.in_features for layer in layers] == [width // 2] * len(layers)
+    assert clf.model.config.intermediate_size == width // 2
+    np.testing.assert_allclose(predict_logits(clf, SEEN, 8, 32), before, atol=1e-5)
+
+
+def test_layer_pruning_keeps_the_layers_that_matter(tiny_teacher):
+    from distill.trainer import TrainData
+
+    from tests.conftest import make_examples
+
+    clf = _copy(tiny_teacher)
+    with torch.no_grad():  # layer 1 adds nothing (zero outputs; its layer norms see normalised inputs)
+        second = clf.model.base_model.encoder.layer[1]
+        for linear in (second.attention.output.dense, second.output.dense):
+            linear.weight.zero_()
+            linear.bias.zero_()
+    texts = make_examples(per_label=25, seed=1)["text"].tolist()
+    val = TrainData(texts, predict_logits(clf, texts, 32, 32).argmax(axis=1))  # what the whole model answers
+    kept = compress.prune_layers(clf, 1, val, 32)
+    assert kept == [0] and clf.model.config.num_hidden_layers == 1
+
+
+@pytest.fixture
+def distilled(tiny_cfg, tiny_teacher, tmp_path):
+    prepared = tmp_path / "prepared"
+    data.run(tiny_cfg, prepared)
+    teacher_dir = tmp_path / "teacher"
+    teacher.run(tiny_cfg, prepared, teacher_dir, teacher_path=tiny_teacher)
+    outputs = tmp_path / "logits.parquet"
+    label.run(tiny_cfg, prepared, teacher_dir, outputs)
+    students.run_student(tiny_cfg, prepared, teacher_dir, outputs, tmp_path / "student")
+    return tiny_cfg, prepared, teacher_dir, outputs
+
+
+def test_compress_stage_writes_a_smaller_student_that_the_evaluation_scores(distilled, tmp_path):
+    cfg, prepared, teacher_dir, outputs = distilled
+    result = compress.run(cfg, prepared, teacher_dir, tmp_path / "student", outputs, tmp_path / "compressed")
+    assert [s.step for s in result.steps] == ["student", "vocabulary", "feed-forward", "recovery"]
+    card = read_card(tmp_path / "compressed")
+    assert card["student_fingerprint"] == read_card(tmp_path / "student")["fingerprint"]
+    assert card["compression"]["steps"][0]["parameters"] > 3 * card["parameters"]
+    assert card["student"]["intermediate_size"] == 16 < cfg.student.intermediate_size
+    assert card["method"] == read_card(tmp_path / "student")["method"]
+    weights = lambda folder: (folder / "model.safetensors").stat().st_size
+    assert weights(tmp_path / "compressed") < weights(tmp_path / "student") / 3
+    # the recovery keeps the pruned weights unless validation improves: it never ends below the pruned model
+    assert result.steps[-1].val_accuracy >= result.steps[-2].val_accuracy
+
+    four = config_from_dict({**cfg.model_dump(mode="json"), "evaluate": {
+        **cfg.evaluate.model_dump(mode="json"), "candidates": ["teacher", "student", "compressed", "compressed_int8"]}})
+    scored = evaluate.run(four, prepared, teacher_dir, tmp_path / "student", None, tmp_path / "eval",
+                          tmp_path / "compressed")
+    assert list(scored.metrics) == ["teacher", "student", "compressed", "compressed_int8"]
+    assert scored.metrics["compressed"]["parameters"] == card["parameters"]
+    assert scored.metrics["compressed_int8"]["size_mb"] < scored.metrics["compressed"]["size_mb"]
+    # the audit audits the compressed student too, against the same teacher, as its own verdict
+    report = audit.run(cfg, tmp_path / "eval" / "predictions.parquet", tmp_path / "audit", teacher_dir,
+                       tmp_path / "student", None, tmp_path / "compressed")
+    assert set(report.compressed) == {"passed", "reasons", "worst"} and report.compressed["reasons"]
+    assert read_json(tmp_path / "audit" / "audit.json")["compressed"] == report.compressed
+
+
+def test_the_audit_asks_the_teacher_once_per_text():
+    asked = []
+
+    def predict(texts):
+        asked.extend(texts)
+        return np.array([[len(t), 1.0] for t in texts])
+
+    remembered = audit.remembered(predict)
+    first, again = remembered(["a", "bb", "a"]), remembered(["bb", "ccc"])
+    assert asked == ["a", "bb", "ccc"]
+    np.testing.assert_array_equal(first, [[1, 1], [2, 1], [1, 1]])
+    np.testing.assert_array_equal(again, [[2, 1], [3, 1]])
+
+
+def test_switched_off_the_stage_leaves_a_card_and_the_evaluation_leaves_it_out(distilled, tmp_path):
+    cfg, prepared, teacher_dir, outputs = distilled
+    off = config_from_dict({**cfg.model_dump(mode="json"), "compress": {"enabled": False}})
+    result = compress.run(off, prepared, teacher_dir, tmp_path / "student", outputs, tmp_path / "compressed")
+    assert not result.enabled and read_card(tmp_path / "compressed") == {
+        "role": "compressed", "enabled": False, "why": "compress.enabled is false"}
+    scored = evaluate.run(off, prepared, teacher_dir, tmp_path / "student", tmp_path / "student", tmp_path / "eval",
+                          tmp_path / "compressed")
+    assert "compressed" not in scored.metrics and "compressed_int8" not in scored.metrics
+
+
+def _figures(accuracy: float, latency: float, size: float) -> dict:
+    return {"accuracy": accuracy, "latency_p50_ms": latency, "size_mb": size}
+
+
+@pytest.mark.parametrize("compressed, audit, passed, says", [
+    (_figures(0.948, 0.2, 1.0), {"passed": True, "reasons": []}, True, "registered in the student's place"),
+    (_figures(0.940, 0.2, 1.0), {"passed": True, "reasons": []}, False, "drop 0.010 (over the limit 0.005)"),
+    (_figures(0.950, 0.5, 1.0), {"passed": True, "reasons": []}, False, "not an improvement"),
+    (_figures(0.950, 0.2, 1.0), {"passed": False, "reasons": ["slice x drops"]}, False, "audit failed: slice x"),
+    (_figures(0.950, 0.2, 1.0), None, False, "was not audited"),
+])
+def test_compression_gate(compressed, audit, passed, says):
+    metrics = {"student": _figures(0.950, 0.4, 16.0), "compressed": compressed,
+               "compressed_int8": _figures(0.949, 0.15, 0.3)}
+    report = check_compression(metrics, audit, CompressConfig(max_accuracy_drop=0.005))
+    assert report.passed is passed
+    assert any(says in reason for reason in report.reasons), report.reasons
+
+
+def test_compression_gate_without_a_compressed_student():
+    report = check_compression({"student": _figures(0.9, 1, 1)}, None, CompressConfig())
+    assert not report.passed and "no compressed student" in report.reasons[0]
+
+
+def test_a_student_continuing_from_a_compressed_model_is_not_compressed_again(distilled, tmp_path):
+    from distill import sizing
+
+    cfg, prepared, teacher_dir, outputs = distilled
+    compress.run(cfg, prepared, teacher_dir, tmp_path / "student", outputs, tmp_path / "compressed")
+    warm = config_from_dict({**cfg.model_dump(mode="json"), "student": {
+        **cfg.student.model_dump(mode="json"), "warm_start": str(tmp_path / "compressed")}})
+    sizing.run(warm, prepared, teacher_dir, outputs, tmp_path / "shape.json")
+    students.run_student(warm, prepared, teacher_dir, outputs, tmp_path / "again", shape_file=tmp_path / "shape.json")
+    card = read_card(tmp_path / "again")
+    assert card["warm_start"]["compressed"] is True and card["parameters"] == read_card(tmp_path / "compressed")[
+        "parameters"]
+    result = compress.run(warm, prepared, teacher_dir, tmp_path / "again", outputs, tmp_path / "compressed_again")
+    assert not result.enabled and "compressed already" in read_card(tmp_path / "compressed_again")["why"]
