@@ -38,7 +38,9 @@ sys.path.insert(0, str(ROOT))
 from tests.tiny_project import copy_project_files  # noqa: E402  (the copy the flow tests use)
 SETS = ("sentiment", "news", "intents_many")
 TARGETS = {"teacher_share": 0.97, "speedup_fp32": 8.0, "speedup_int8": 3.0, "kd_lift_points": 1.0}
-CANDIDATES = ("teacher", "teacher_int8", "student", "student_int8", "baseline")
+CANDIDATES = ("teacher", "teacher_int8", "student", "student_int8", "compressed", "compressed_int8", "baseline")
+# issue: a compressed student >= 2x faster than the fp32 student, <= 50 % of its size, <= 0.5 point below it
+COMPRESSION = {"speedup": 2.0, "size_share": 0.5, "max_drop_points": 0.5}
 
 
 def copy_project(dest: Path) -> None:
@@ -88,7 +90,8 @@ def figures(project: Path) -> dict:
               for name in CANDIDATES if name in metrics}
     teacher, student = models["teacher"], models["student"]
     shape = json.loads((project / "models/student_shape.json").read_text())
-    return {"models": models, "prepare": report, "length": card.get("length"), "teacher_steps": card.get("steps"),
+    compressed = json.loads((project / "models/student_compressed/distill.json").read_text())
+    return {"models": models, "compression_steps": (compressed.get("compression") or {}).get("steps"), "prepare": report, "length": card.get("length"), "teacher_steps": card.get("steps"),
             "shape": shape["shape"], "shape_reason": shape["reason"],
             "teacher_gate": gate["passed"],
             "teacher_share": student["accuracy"] / teacher["accuracy"],
@@ -121,6 +124,17 @@ def verdicts(result: dict) -> list[str]:
         if value is not None:
             ok = value >= TARGETS[key]
             out.append(f"{'met' if ok else 'MISSED'}: {text.format(value)} (target {target.format(TARGETS[key])})")
+    student = result["models"]["student"]
+    for name in ("compressed", "compressed_int8"):
+        m = result["models"].get(name)
+        if m is None:
+            continue
+        speedup, share = student["latency_p50_ms"] / m["latency_p50_ms"], m["size_mb"] / student["size_mb"]
+        drop = 100 * (student["accuracy"] - m["accuracy"])
+        ok = speedup >= COMPRESSION["speedup"] and share <= COMPRESSION["size_share"] and \
+            drop <= COMPRESSION["max_drop_points"]
+        out.append(f"{'met' if ok else 'MISSED'}: {name} {speedup:.2f}x faster than the student, {share:.0%} of its "
+                   f"size, {drop:+.1f} points below it (target >= 2x, <= 50 %, <= 0.5)")
     if result.get("kd"):
         lift = result["kd"]["lift_points"]
         out.append(f"{'met' if lift >= TARGETS['kd_lift_points'] else 'MISSED'}: KD lift {lift:+.1f} points over "
@@ -138,11 +152,12 @@ def print_table(results: dict) -> None:
             console.print(f"{name}: {result['rows']} rows, {result['minutes']:.1f} min: " + "; ".join(result["verdicts"]))
             continue
         table = Table(title=f"{name}: {result['rows']} rows, {result['minutes']:.1f} min end to end")
-        for column in ("model", "accuracy", "95% CI", "macro-F1", "p50 ms", "params (M)"):
+        for column in ("model", "accuracy", "95% CI", "macro-F1", "p50 ms", "params (M)", "size MB"):
             table.add_column(column, justify="left" if column == "model" else "right")
         for model, m in result["models"].items():
             table.add_row(model, f"{m['accuracy']:.3f}", f"{m['accuracy_ci_low']:.3f}-{m['accuracy_ci_high']:.3f}",
-                          f"{m['macro_f1']:.3f}", f"{m['latency_p50_ms']:.2f}", f"{m['parameters'] / 1e6:.1f}")
+                          f"{m['macro_f1']:.3f}", f"{m['latency_p50_ms']:.2f}", f"{m['parameters'] / 1e6:.2f}",
+                          f"{m['size_mb']:.1f}")
         console.print(table)
         for line in verdicts(result):
             console.print(f"  {line}")

@@ -22,7 +22,7 @@ FIGURES = [("accuracy", "accuracy", "{:.3f}"), ("accuracy_ci_low", "accuracy, 95
            ("throughput_per_s", "throughput (texts/s)", "{:.0f}"), ("parameters", "parameters (M)", "{:.2f}"),
            ("size_mb", "size (MB)", "{:.1f}")]
 PAD = "&emsp;"
-ORDER = ("teacher", "teacher_int8", "student", "student_int8", "baseline")
+ORDER = ("teacher", "teacher_int8", "student", "student_int8", "compressed", "compressed_int8", "baseline")
 TRAIN_KEYS = ("kd_temperature", "alpha", "epochs", "batch_size", "learning_rate", "weight_decay", "max_length",
               "patience")
 
@@ -47,7 +47,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int 
     return "\n".join(lines)
 
 
-def evaluation_table(metrics: dict[str, dict], champion: dict | None) -> str:
+def evaluation_table(metrics: dict[str, dict], champion: dict | None, registered: str = "student") -> str:
     """One column per candidate (teacher first, the current champion last), one row per figure.
 
     Candidates as columns keep the table narrow, and the column names keep the numbers apart
@@ -55,7 +55,7 @@ def evaluation_table(metrics: dict[str, dict], champion: dict | None) -> str:
     """
     names = [n for n in ORDER if n in metrics] + [n for n in metrics if n not in ORDER]
     columns = [dict(metrics[n]) for n in names]
-    header = ["figure", PAD] + [f"**{n}**" if n == "student" else n for n in names]
+    header = ["figure", PAD] + [f"**{n}**" if n == registered else n for n in names]
     if champion is not None:
         columns.append({"accuracy": champion["accuracy"]})
         header.append(f"champion v{champion['version']}")
@@ -69,12 +69,15 @@ def evaluation_table(metrics: dict[str, dict], champion: dict | None) -> str:
     return table(header, rows) + note
 
 
-def summary_line(name: str, version: str, metrics: dict, student_card: dict, teacher: dict) -> str:
+def summary_line(name: str, version: str, metrics: dict, student_card: dict, teacher: dict,
+                 registered: str = "student") -> str:
     """The card's first sentence: what it is and how it compares with its teacher."""
-    student, teacher_m = metrics.get("student", {}), metrics.get("teacher", {})
+    student, teacher_m = metrics.get(registered, {}), metrics.get("teacher", {})
+    steps = [s["step"] for s in (student_card.get("compression") or {}).get("steps", [])[1:]]
     facts = [f"`{name}` v{version} is a {student_card.get('parameters', 0) / 1e6:.1f} M-parameter student "
              f"distilled with {student_card.get('method', 'an unknown method')} from teacher "
-             f"`{teacher.get('name')}` v{teacher.get('version')}."]
+             f"`{teacher.get('name')}` v{teacher.get('version')}"
+             + (f", then compressed ({', '.join(steps)})." if steps else ".")]
     if student and teacher_m:
         share = student["accuracy"] / max(teacher_m["accuracy"], 1e-9)
         facts.append(f"On the gold test set it scores {student['accuracy']:.3f} accuracy, {share:.1%} of the "
@@ -84,6 +87,34 @@ def summary_line(name: str, version: str, metrics: dict, student_card: dict, tea
             facts[-1] += f", at {speedup:.1f}× the teacher's speed ({student['latency_p50_ms']:.1f} ms p50)"
         facts[-1] += "."
     return " ".join(facts)
+
+
+def compression_tag(student_card: dict, passed: bool) -> str:
+    """The version row's one-line account of compression: which steps made the registered model, or why none."""
+    steps = (student_card.get("compression") or {}).get("steps", [])
+    if passed and steps:
+        return (" + ".join(s["step"] for s in steps[1:]) + f": {steps[0]['parameters'] / 1e6:.2f} M -> "
+                f"{steps[-1]['parameters'] / 1e6:.2f} M parameters")
+    return "not applied (its gate failed or it is switched off; the model card says why)"
+
+
+def compression_section(student_card: dict, compression: dict | None) -> str:
+    """What each compression step cost and gained, and the gate that chose the registered model."""
+    steps = (student_card.get("compression") or {}).get("steps", [])
+    lines = []
+    if steps:
+        rows = [[f"{s['step']}", s["detail"], f"{s['parameters'] / 1e6:.2f}", f"{s['size_mb']:.1f}",
+                 f"{s['val_accuracy']:.3f}"] for s in steps]
+        lines.append("Each step, in order, with the model after it (validation accuracy on the gold validation "
+                     "set):\n\n" + table(["step", "what", "parameters (M)", "fp32 size (MB)", "val accuracy"], rows,
+                                         right_from=2))
+        skipped = (student_card.get("compression") or {}).get("skipped") or []
+        if skipped:
+            lines.append("Skipped: " + "; ".join(skipped) + ".")
+    if compression:
+        lines.append(f"Compression gate: **{'passed' if compression.get('passed') else 'failed'}**.\n\n"
+                     + "\n".join(f"- {r}" for r in compression.get("reasons", [])))
+    return "\n\n".join(lines) or "No compression was applied."
 
 
 def intended_use(labels: list[str], params: dict, max_length: int) -> str:
@@ -142,7 +173,7 @@ def reproduce(commit: str, name: str, version: str) -> str:
 
 def render(*, name: str, version: str, student_card: dict, teacher: dict, lineage: dict, params: dict,
            metrics: dict, audit: dict, decision: dict, champion: dict | None = None,
-           confused: list[dict] | None = None) -> str:
+           confused: list[dict] | None = None, registered: str = "student", compression: dict | None = None) -> str:
     """The model card as Markdown.
 
     Args:
@@ -156,6 +187,8 @@ def render(*, name: str, version: str, student_card: dict, teacher: dict, lineag
         decision: the promotion gates (``passed``, ``reasons``).
         champion: the champion scored in the same run, if there was one.
         confused: the most confused label pairs of the student (``evaluate.confused_pairs`` rows).
+        registered: the evaluation candidate registered as this version (``student`` or ``compressed``).
+        compression: the compression gate (``passed``, ``reasons``), when the run had one.
     """
     train, student_shape = params.get("train", {}), params.get("student", {})
     inline = lambda pairs: " · ".join(f"{key} `{value}`" for key, value in pairs if value is not None)
@@ -165,7 +198,7 @@ def render(*, name: str, version: str, student_card: dict, teacher: dict, lineag
     method = student_card.get("method", "unknown")
     verdict = "passed" if decision.get("passed") else "failed"
     sections = [
-        summary_line(name, version, metrics, student_card, teacher),
+        summary_line(name, version, metrics, student_card, teacher, registered),
         f"**Promotion gates: {verdict}.** **Audit against the teacher: "
         f"{'passed' if audit.get('passed') else 'failed'}.**",
         "## Intended use\n\n" + intended_use(list(student_card.get("labels", [])), params,
@@ -181,8 +214,10 @@ def render(*, name: str, version: str, student_card: dict, teacher: dict, lineag
             f"- **params sha256:** `{str(lineage.get('params_sha256', ''))[:16]}`"]),
         "## Distillation and hyperparameters\n\n"
         + f"Method: **{method}**" + (f"; losses: {describe_losses(losses)}" if losses else "") + ".\n\n" + hyper,
-        "## Evaluation against the teacher\n\nGold test set; every candidate scored by the same harness.\n\n"
-        + evaluation_table(metrics, champion),
+        *(["## Compression\n\n" + compression_section(student_card, compression)] if compression else []),
+        "## Evaluation against the teacher\n\nGold test set; every candidate scored by the same harness"
+        + (f" (this version is `{registered}`)" if registered != "student" else "") + ".\n\n"
+        + evaluation_table(metrics, champion, registered),
         "## Promotion decision\n\n" + "\n".join(f"- {r}" for r in decision.get("reasons", [])),
         "## Audit: slices against the teacher\n\n" + "\n".join(f"- {r}" for r in audit.get("reasons", [])),
         "## Known failure modes\n\n" + failure_modes(audit, confused or []),

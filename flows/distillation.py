@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from distill import model_card
-from distill.gates import GateReport, decide_promotion, label_accuracy
+from distill.gates import GateReport, check_compression, decide_promotion, label_accuracy
 from distill.io import read_json
 from distill.layout import LAYOUT
 from distill.models import MODEL_CARD, is_model_uri, read_card, read_history
@@ -52,7 +52,8 @@ def summary_table(metrics: dict) -> str:
     return head + "\n".join(rows)
 
 
-def print_summary(metrics: dict, decision: GateReport, version: str, promoted: bool, reports: dict) -> None:
+def print_summary(metrics: dict, decision: GateReport, version: str, promoted: bool, reports: dict,
+                  compression: GateReport | None = None) -> None:
     """A rich table and the report paths on the terminal."""
     from rich.console import Console
     from rich.table import Table
@@ -66,6 +67,10 @@ def print_summary(metrics: dict, decision: GateReport, version: str, promoted: b
     console = Console()
     console.print(table)
     verdict = "[green]promoted to champion[/]" if promoted else "[yellow]not promoted[/]"
+    if compression is not None:
+        console.print(f"compression gate: {'passed' if compression.passed else 'failed'}")
+        for reason in compression.reasons:
+            console.print(f"  - {reason}")
     console.print(f"student version {version}: {verdict}")
     for reason in decision.reasons:
         console.print(f"  - {reason}")
@@ -77,9 +82,9 @@ def verdict(passed: bool) -> str:
     return "passed" if passed else "failed"
 
 
-def gold_text(predictions: pd.DataFrame) -> str | None:
-    """A gold test text the student gets right: the serving check's request."""
-    right = predictions[predictions["label"] == predictions["student"]]
+def gold_text(predictions: pd.DataFrame, model: str = "student") -> str | None:
+    """A gold test text ``model`` gets right: the serving check's request."""
+    right = predictions[predictions["label"] == predictions[model]]
     return str((right if len(right) else predictions)["text"].iloc[0]) if len(predictions) else None
 
 
@@ -92,6 +97,8 @@ def run_name(reason: str, student_card: dict, metrics: dict) -> str:
     recipe = student_card.get("method") or "kd"
     if student_card.get("kd_temperature") is not None:
         recipe += f" T={student_card['kd_temperature']:g} a={student_card['alpha']:g}"
+    if student_card.get("compression"):
+        size += " compressed"
     accuracy, teacher = metrics["student"]["accuracy"], metrics["teacher"]["accuracy"]
     return f"{reason}: {recipe} {size} -> {accuracy:.3f} ({accuracy / max(teacher, 1e-9):.1%} of teacher)"
 
@@ -132,23 +139,32 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     if new_start and same_model(at.imported_student, at.student):
         new_start = False  # the alias moved to this folder's own student (it was promoted): nothing to redo
     runs += [dvc.repro(stage, project_dir, force=new_start and stage in ("size_student", "train_student"))
-             for stage in ("assistant", "size_student", "train_student", "train_baseline", "evaluate", "audit")]
+             for stage in ("assistant", "size_student", "train_student", "train_baseline", "compress_student",
+                           "evaluate", "audit")]
     metrics = read_json(Path(at.evaluate, "metrics.json"))
     audit = read_json(Path(at.audit, "audit.json"))
     predictions = pd.read_parquet(at.predictions)
-    gold, student_pred = predictions["label"].astype(str).tolist(), predictions["student"].astype(str).tolist()
+    # the compressed student stands in for the student when it keeps its accuracy, is faster and smaller and
+    # passes the audit: from here on "student" is the model that is registered and gated for promotion
+    compression = check_compression(metrics, audit.get("compressed"), cfg.compress)
+    registered, student_dir = ("compressed", at.compressed) if compression.passed else ("student", at.student)
+    logger.info("compression gate %s: %s", verdict(compression.passed), "; ".join(compression.reasons))
+    gated = {**metrics, "student": metrics[registered]}
+    if compression.passed:
+        audit = {**audit, **audit["compressed"]}
+    gold, student_pred = predictions["label"].astype(str).tolist(), predictions[registered].astype(str).tolist()
     # Traffic held out of drifted windows (with ground truth) is gated like a label slice: a re-distilled
     # student may not fall behind the champion on the shifted data it was re-distilled for.
     holdouts = {"shifted": labelled_holdout(log_root(cfg.monitor.log_path, project_dir))}
     holdouts = {name: frame for name, frame in holdouts.items() if len(frame)}
     champion = scoring.score_champion(cfg, str(at.prepared), project_dir, holdouts)  # same sets, same run
     challenger_slices = label_accuracy(gold, student_pred) | (
-        scoring.score_student_holdouts(cfg, str(at.student), holdouts) if champion else {})
-    decision = decide_promotion(teacher_gate, metrics, audit["passed"], audit["reasons"], cfg.promote,
+        scoring.score_student_holdouts(cfg, str(student_dir), holdouts) if champion else {})
+    decision = decide_promotion(teacher_gate, gated, audit["passed"], audit["reasons"], cfg.promote,
                                 champion=champion, challenger_slices=challenger_slices)
 
     hashes = dvc.lock_hashes(project_dir)
-    student_card = read_card(at.student)
+    student_card = read_card(student_dir)
     params = cfg.model_dump(mode="json")
     lineage = {"teacher_model": cfg.promote.teacher_model, "teacher_fingerprint": teacher_card["fingerprint"],
                "teacher_version": teacher_version, "teacher_outputs_md5": hashes.get(str(LAYOUT.outputs), ""),
@@ -157,9 +173,10 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
                "reason": reason, "overrides": json.dumps(overrides or []),
                "teacher_gate": verdict(teacher_gate.passed), "audit": verdict(audit["passed"]),
                "promotion_gate": verdict(decision.passed), "promote_mode": cfg.promote.mode,
-               "eval.accuracy": f"{metrics['student']['accuracy']:.4f}",
-               "eval.teacher_share": f"{metrics['student']['accuracy'] / max(metrics['teacher']['accuracy'], 1e-9):.4f}",
-               "eval.latency_p50_ms": f"{metrics['student']['latency_p50_ms']:.2f}",
+               "eval.accuracy": f"{gated['student']['accuracy']:.4f}",
+               "eval.teacher_share": f"{gated['student']['accuracy'] / max(metrics['teacher']['accuracy'], 1e-9):.4f}",
+               "eval.latency_p50_ms": f"{gated['student']['latency_p50_ms']:.2f}",
+               "compression": model_card.compression_tag(student_card, compression.passed),
                "champion_at_decision": champion["version"] if champion else "none"}
     shape_file = at.student_shape
     if shape_file.is_file():
@@ -172,13 +189,14 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     artifacts = [str(at.evaluate), str(at.audit), str(at.teacher_report), str(shape_file),
                  str(Path(at.prepared, "report.json"))]
     curves = {name: read_history(folder) for name, folder in
-              (("teacher", at.teacher), ("student", at.student), ("baseline", at.baseline))}
+              (("teacher", at.teacher), ("student", at.student), ("baseline", at.baseline),
+               ("compressed", at.compressed))}
     run_id = tracking.log_run(cfg, {"eval": tracking.headline(metrics)}, lineage, artifacts, project_dir, curves=curves,
-                              run_name=run_name(reason, student_card, metrics))
+                              run_name=run_name(reason, student_card, gated))
     # the version row carries what a reviewer scans and what the monitor reads; the whole lineage is on the
     # run (its tags) and in the model card
     version_tags = {key: value for key, value in lineage.items() if key in registry.VERSION_TAGS}
-    version, fresh = registry.register_student(cfg, run_id, str(at.student), student_card, version_tags,
+    version, fresh = registry.register_student(cfg, run_id, str(student_dir), student_card, version_tags,
                                                "Student distilled by distill; the model card follows.", project_dir)
     if fresh:
         card = model_card.render(
@@ -186,7 +204,8 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
             teacher={"name": cfg.promote.teacher_model, "version": teacher_version,
                      "fingerprint": teacher_card["fingerprint"], "source": teacher_card.get("source")},
             lineage=lineage, params=params, metrics=metrics, audit=audit, decision=decision.to_dict(),
-            champion=champion, confused=read_json(Path(at.evaluate, "details.json"))["confused_pairs"]["student"][:5])
+            champion=champion, confused=read_json(Path(at.evaluate, "details.json"))["confused_pairs"][registered][:5],
+            registered=registered, compression=compression.to_dict())
         registry.tag_version(cfg, version, version_tags, description=card, project_dir=project_dir)
     else:
         # An earlier run registered these very weights: its card and lineage stay as they were (a reviewer
@@ -194,14 +213,14 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
         registry.tag_version(cfg, version, {"reproduced_by_run": run_id, "reproduced_reason": reason},
                              project_dir=project_dir)
     outcome = promote_student(cfg, version, decision.to_dict(), project_dir=project_dir,
-                              smoke_text=gold_text(predictions))
+                              smoke_text=gold_text(predictions, registered))
     promoted = outcome["promoted"]
     create_markdown_artifact(key="distill-summary", markdown=summary_table(metrics)
                              + f"\n\nStudent version {version}: {'promoted' if promoted else 'not promoted'}.")
     reports |= tracking.ui_links(cfg, project_dir, run_id, version)
-    print_summary(metrics, decision, version, promoted, reports)
+    print_summary(metrics, decision, version, promoted, reports, compression)
     print(f"promotion: {outcome['outcome']}" + (f" (serving check: {outcome['serving']})" if "serving" in outcome
                                                  else ""))
     return {"completed": True, "run_id": run_id, "student_version": version, "newly_registered": fresh,
-            "promoted": promoted, "promotion": outcome, "decision": decision.to_dict(), "metrics": metrics,
+            "registered": registered, "compression": compression.to_dict(), "promoted": promoted, "promotion": outcome, "decision": decision.to_dict(), "metrics": metrics,
             "skipped_stages": [r.stage for r in runs if r.skipped], "reports": reports}

@@ -34,7 +34,7 @@ SERVED_CODE = Path(__file__).resolve().parents[1] / "distill" / "served.py"
 # the lineage (data and output hashes, commit, params hash, loss terms, shape search) is on the training run
 # and in the model card.
 VERSION_TAGS = ("method", "reason", "eval.accuracy", "eval.teacher_share", "eval.latency_p50_ms", "teacher_gate",
-                "audit", "promotion_gate", "teacher_version", "teacher_fingerprint", "overrides")
+                "audit", "promotion_gate", "compression", "teacher_version", "teacher_fingerprint", "overrides")
 Kind = Literal["student", "lm"]  # the classifier student (promote.student_model) or the LM student
 REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0", "pandas==2.3.3",
                 "onnxruntime==1.32.0"]

@@ -51,8 +51,20 @@ def roberta_teacher(folder: Path, texts: list[str], labels: list[str]) -> Path:
     return folder
 
 
-def test_a_labelled_file_and_a_roberta_teacher_run_with_default_settings(harness, tmp_path):
+def test_a_labelled_file_and_a_roberta_teacher_run_with_default_settings(harness, tmp_path, monkeypatch):
     from mlflow import MlflowClient
+
+    import flows.distillation
+    from distill.gates import check_compression
+    # The compression gate's decisions are tested on their own (test_compress); here it is made to pass, so
+    # that the registration of a compressed student is tested whatever the tiny models' timings say.
+    decisions = []
+
+    def passing(*args, **kwargs):
+        decisions.append(check_compression(*args, **kwargs))
+        return type(decisions[-1])(True, decisions[-1].reasons)
+
+    monkeypatch.setattr(flows.distillation, "check_compression", passing)
 
     from distill.models import read_card
     from flows.pipeline import distill_pipeline
@@ -108,3 +120,17 @@ def test_a_labelled_file_and_a_roberta_teacher_run_with_default_settings(harness
     metrics = summary["metrics"]
     assert metrics["teacher"]["accuracy"] > 0.9, "the RoBERTa teacher, read through its own tokenizer"
     assert metrics["student"]["accuracy"] > 0.6 and metrics["student"]["agreement_with_teacher"] > 0.6
+    # distil, then prune, then quantize: the BPE vocabulary is left whole (the step names why), the feed-forward
+    # layers are pruned and recovered, both versions are evaluated, and the compressed student is registered
+    compressed = read_card(project / "models/student_compressed")
+    assert [s["step"] for s in compressed["compression"]["steps"]] == ["student", "feed-forward", "recovery"]
+    assert "vocabulary: the tokenizer is BPE" in compressed["compression"]["skipped"][0]
+    assert metrics["compressed"]["parameters"] < metrics["student"]["parameters"]
+    assert metrics["compressed_int8"]["size_mb"] < metrics["compressed"]["size_mb"]
+    assert decisions and summary["registered"] == "compressed" and summary["compression"]["passed"]
+    version = client.get_model_version("distill-student", summary["student_version"])
+    assert version.tags["fingerprint"] == compressed["fingerprint"] != student["fingerprint"]
+    assert version.tags["compression"].startswith("feed-forward + recovery: ")
+    assert "## Compression" in version.description and "| feed-forward |" in version.description
+    audit = pd.read_json(project / "reports/audit/audit.json", typ="series")
+    assert set(audit["compressed"]) == {"passed", "reasons", "worst"}

@@ -26,7 +26,10 @@ def project(tmp_path_factory) -> Path:
     return tiny_project(tmp_path_factory.mktemp("project"),
                         data={"gold_per_label": 12, "transfer_size": 200, "window_size": 120},
                         train={"epochs": 2}, monitor={"embedding_drift": True, "canary_size": 200},
-                        evaluate={"runtime": "onnxruntime"})  # the default: models served as exported
+                        evaluate={"runtime": "onnxruntime"},  # the default: models served as exported
+                        # this project's student barely learns, so a compressed champion's re-distillation
+                        # would keep its weights; the compression's flow path is tested in test_byod_flow
+                        compress={"enabled": False})
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +60,9 @@ def test_cold_run_goes_through_the_whole_lifecycle(harness, project, user_params
     # the version row stays short: the rest of the lineage is on the training run
     assert len(champion.tags) <= 20 and "teacher_outputs_md5" not in champion.tags, sorted(champion.tags)
     assert client.get_run(champion.run_id).data.tags["teacher_outputs_md5"]
+    # compress.enabled is false here: the student is registered, and its card says why nothing was compressed
+    assert summary["registered"] == "student" and champion.tags["compression"].startswith("not applied")
+    assert "no compressed student was evaluated" in champion.description
     # Teacher outputs are versioned by DVC and pushed to the local remote.
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     outs = {o["path"]: o["md5"] for o in lock["stages"]["label"]["outs"]}
