@@ -368,9 +368,9 @@ class CompressConfig(_Section):
                                     "least validation accuracy; null keeps every layer.")
     importance_texts: int = Field(2000, ge=1, description="Distillation texts the neuron importance is measured on.")
     recovery_epochs: int = Field(3, ge=0, description="Epochs of distillation from the cached teacher outputs "
-                                 "after pruning (early stopping on gold_val; the pruned weights are kept unless it "
-                                 "improves on them); 0: none.")
-    learning_rate: float = Field(2.0e-4, gt=0, description="Learning rate of the recovery.")
+                                 "after pruning (early stopping on gold_val: the best check's weights are kept); "
+                                 "0: none.")
+    learning_rate: float = Field(5.0e-4, gt=0, description="Learning rate of the recovery.")
     max_accuracy_drop: float = Field(0.005, ge=0, le=1, description="Compression gate: the compressed student "
                                      "(and its INT8 version) may score at most this much below the student on the "
                                      "gold test set.")

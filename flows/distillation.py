@@ -60,7 +60,7 @@ def print_summary(metrics: dict, decision: GateReport, version: str, promoted: b
 
     table = Table(title="distill: teacher vs students (gold test set)")
     for column in ("model", "accuracy", "macro-F1", "agree w/ teacher", "p50 ms", "params", "size MB"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     for name, m in metrics.items():
         table.add_row(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['agreement_with_teacher']:.3f}",
                       f"{m['latency_p50_ms']:.2f}", f"{m['parameters'] / 1e6:.1f}M", f"{m['size_mb']:.1f}")
