@@ -49,8 +49,8 @@ OPTIONAL = ("compressed",)  # a role whose stage may be switched off: its candid
 HEADLINE = {"teacher": ("accuracy", "latency_p50_ms"), "teacher_int8": ("accuracy", "latency_p50_ms"),
             "student": ("accuracy", "teacher_share", "macro_f1", "latency_p50_ms", "speedup_vs_teacher", "size_mb"),
             "student_int8": ("accuracy", "teacher_share", "latency_p50_ms", "speedup_vs_teacher"),
-            "compressed": ("accuracy", "latency_p50_ms", "size_mb"),
-            "compressed_int8": ("accuracy", "teacher_share", "latency_p50_ms", "speedup_vs_teacher", "size_mb"),
+            "compressed": ("accuracy", "latency_p50_ms"),
+            "compressed_int8": ("accuracy", "latency_p50_ms"),
             "baseline": ("accuracy", "teacher_share")}
 RATIOS = {"latency_p50_ms": "latency_ratio_to_teacher", "size_mb": "size_ratio_to_teacher",
           "parameters": "parameters_ratio_to_teacher", "peak_memory_mb": "memory_ratio_to_teacher",
