@@ -226,7 +226,7 @@ def recover(cfg: PipelineConfig, clf: Classifier, data: TrainData, val: TrainDat
     from dataclasses import replace
 
     # the pruned start is not a candidate: on a small validation set it ties with the recovered weights, which
-    # match the teacher better (measured: 0.972 -> 0.979 on gold_test when the recovery may replace it)
+    # match the teacher better (docs/compression.md has the measurements)
     settings = replace(settings, learning_rate=cfg.compress.learning_rate, max_length=max_length)
     objective = Objective(terms, settings.kd_temperature, settings.alpha, ModelShape.of(clf.model), None,
                           same_tokenizer=False)

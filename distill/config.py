@@ -367,10 +367,10 @@ class CompressConfig(_Section):
     keep_layers: int | None = Field(None, ge=1, description="Layers kept, dropping those whose removal costs the "
                                     "least validation accuracy; null keeps every layer.")
     importance_texts: int = Field(2000, ge=1, description="Distillation texts the neuron importance is measured on.")
-    recovery_epochs: int = Field(3, ge=0, description="Epochs of distillation from the cached teacher outputs "
+    recovery_epochs: int = Field(6, ge=0, description="Epochs of distillation from the cached teacher outputs "
                                  "after pruning (early stopping on gold_val: the best check's weights are kept); "
                                  "0: none.")
-    learning_rate: float = Field(5.0e-4, gt=0, description="Learning rate of the recovery.")
+    learning_rate: float = Field(1.0e-3, gt=0, description="Learning rate of the recovery.")
     max_accuracy_drop: float = Field(0.005, ge=0, le=1, description="Compression gate: the compressed student "
                                      "(and its INT8 version) may score at most this much below the student on the "
                                      "gold test set.")
