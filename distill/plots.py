@@ -24,13 +24,14 @@ def pareto_chart(metrics: dict[str, dict[str, float]], path: Path) -> Path:
 
     names = list(metrics)
     accuracy = np.array([metrics[n]["accuracy"] for n in names])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, key, label in ((axes[0], "latency_p50_ms", "batch-1 latency p50 (ms, log scale, CPU)"),
-                           (axes[1], "size_mb", "size on disk (MB, log scale)")):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    markers = "osD^vP*Xhp"  # a colour and a marker per candidate: close points stay readable (no text labels)
+    for ax, key, label, subs in ((axes[0], "latency_p50_ms", "batch-1 latency p50 (ms, log scale, CPU)", (1, 2, 3, 5)),
+                                 (axes[1], "size_mb", "size on disk (MB, log scale)", (1, 2, 5))):
         cost = np.array([metrics[n][key] for n in names])
-        ax.scatter(cost, accuracy, s=40)
-        for name, x, y in zip(names, cost, accuracy):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        for i, (name, x, y) in enumerate(zip(names, cost, accuracy)):
+            ax.scatter([x], [y], s=55, marker=markers[i % len(markers)], color=f"C{i % 10}", label=name,
+                       edgecolors="black", linewidths=0.4, zorder=3)
         front, best = [], -np.inf
         for i in np.argsort(cost):  # cheapest first
             if accuracy[i] > best:
@@ -38,12 +39,12 @@ def pareto_chart(metrics: dict[str, dict[str, float]], path: Path) -> Path:
                 best = accuracy[i]
         ax.plot(cost[front], accuracy[front], "--", color="grey", linewidth=1, label="Pareto front")
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+        ax.xaxis.set_major_locator(LogLocator(subs=subs))
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
-        ax.legend(loc="lower right", fontsize=8)
     axes[0].set_ylabel("accuracy (gold test set)")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
     axes[0].set_title("Accuracy vs latency")
     axes[1].set_title("Accuracy vs size")
     fig.tight_layout()
