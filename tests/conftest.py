@@ -96,6 +96,20 @@ def tiny_cfg(tiny_csv: Path):
     return config_from_dict(tiny_params(tiny_csv))
 
 
+@pytest.fixture
+def labelled(tiny_cfg, tiny_teacher, tmp_path):
+    """Prepared data, the imported tiny teacher and its cached outputs."""
+    from distill import data, label, teacher
+
+    prepared = tmp_path / "prepared"
+    data.run(tiny_cfg, prepared)
+    teacher_dir = tmp_path / "teacher"
+    teacher.run(tiny_cfg, prepared, teacher_dir, teacher_path=tiny_teacher)
+    outputs = tmp_path / "logits.parquet"
+    label.run(tiny_cfg, prepared, teacher_dir, outputs)
+    return prepared, teacher_dir, outputs
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
     """A small random-init BERT classifier over the four labels, with the packaged tokenizer."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill import audit, compress, data, evaluate, label, students, teacher
+from distill import audit, compress, evaluate, students
 from distill.config import CompressConfig, config_from_dict
 from distill.gates import check_compression
 from distill.io import read_json
@@ -76,13 +76,8 @@ def test_layer_pruning_keeps_the_layers_that_matter(tiny_teacher):
 
 
 @pytest.fixture
-def distilled(tiny_cfg, tiny_teacher, tmp_path):
-    prepared = tmp_path / "prepared"
-    data.run(tiny_cfg, prepared)
-    teacher_dir = tmp_path / "teacher"
-    teacher.run(tiny_cfg, prepared, teacher_dir, teacher_path=tiny_teacher)
-    outputs = tmp_path / "logits.parquet"
-    label.run(tiny_cfg, prepared, teacher_dir, outputs)
+def distilled(tiny_cfg, labelled, tmp_path):
+    prepared, teacher_dir, outputs = labelled
     students.run_student(tiny_cfg, prepared, teacher_dir, outputs, tmp_path / "student")
     return tiny_cfg, prepared, teacher_dir, outputs
 

@@ -14,17 +14,6 @@ from distill.sweep import PointResult, choose, grid
 from tests.conftest import tiny_params
 
 
-@pytest.fixture
-def labelled(tiny_cfg, tiny_teacher, tmp_path):
-    """Prepared data, the imported tiny teacher and its cached outputs."""
-    prepared = tmp_path / "prepared"
-    data.run(tiny_cfg, prepared)
-    teacher_dir = tmp_path / "teacher"
-    teacher.run(tiny_cfg, prepared, teacher_dir, teacher_path=tiny_teacher)
-    outputs = tmp_path / "logits.parquet"
-    label.run(tiny_cfg, prepared, teacher_dir, outputs)
-    return prepared, teacher_dir, outputs
-
 
 def with_params(cfg, **sections):
     params = cfg.model_dump()
