@@ -86,6 +86,7 @@ def test_a_labelled_file_and_a_roberta_teacher_run_with_default_settings(harness
                       "min_speedup": 0, "min_speedup_int8": 0}
     # The tiny project's student trains a dozen steps; this file needs a few epochs of a faster one.
     params["train"].update(epochs=10, eval_every=12, patience=5, learning_rate=3e-3)
+    params["compress"] = {**params.get("compress", {}), "vocabulary": True}  # asked for: BPE is left whole
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     summary = distill_pipeline(project_dir=str(project), monitor=False)

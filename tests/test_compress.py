@@ -84,6 +84,7 @@ def distilled(tiny_cfg, labelled, tmp_path):
 
 def test_compress_stage_writes_a_smaller_student_that_the_evaluation_scores(distilled, tmp_path):
     cfg, prepared, teacher_dir, outputs = distilled
+    cfg = config_from_dict({**cfg.model_dump(mode="json"), "compress": {"vocabulary": True}})
     result = compress.run(cfg, prepared, teacher_dir, tmp_path / "student", outputs, tmp_path / "compressed")
     assert [s.step for s in result.steps] == ["student", "vocabulary", "feed-forward", "recovery"]
     card = read_card(tmp_path / "compressed")
@@ -165,7 +166,8 @@ def test_a_student_continuing_from_a_compressed_model_is_not_compressed_again(di
     from distill import sizing
 
     cfg, prepared, teacher_dir, outputs = distilled
-    compress.run(cfg, prepared, teacher_dir, tmp_path / "student", outputs, tmp_path / "compressed")
+    vocab = config_from_dict({**cfg.model_dump(mode="json"), "compress": {"vocabulary": True}})
+    compress.run(vocab, prepared, teacher_dir, tmp_path / "student", outputs, tmp_path / "compressed")
     warm = config_from_dict({**cfg.model_dump(mode="json"), "student": {
         **cfg.student.model_dump(mode="json"), "warm_start": str(tmp_path / "compressed")}})
     sizing.run(warm, prepared, teacher_dir, outputs, tmp_path / "shape.json")
