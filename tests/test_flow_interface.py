@@ -101,3 +101,15 @@ def test_a_run_logs_the_headline_figures_per_model_not_all_140():
     figures = {key: 0.5 for key in (*HEADLINE, "ece", "latency_p99_ms", "throughput_ratio_to_teacher")}
     cut = headline({"student": figures, "teacher": {"accuracy": 0.9, "ece": 0.1}})
     assert set(cut["student"]) == set(HEADLINE) and cut["teacher"] == {"accuracy": 0.9}
+
+
+def test_the_run_summary_lists_the_teacher_first_whatever_order_the_metrics_file_has():
+    """metrics.json is written with sorted keys; the table a user reads goes teacher, students, baseline."""
+    from flows.distillation import summary_table
+
+    figures = {"accuracy": 0.9, "macro_f1": 0.9, "agreement_with_teacher": 1.0, "latency_p50_ms": 1.0,
+               "latency_p95_ms": 1.0, "parameters": 1e6, "size_mb": 1.0}
+    table = summary_table({name: figures for name in sorted(["teacher", "student", "compressed_int8", "baseline",
+                                                              "extra"])})
+    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert rows == ["teacher", "student", "compressed_int8", "baseline", "extra"]
