@@ -190,7 +190,8 @@ def render(*, name: str, version: str, student_card: dict, teacher: dict, lineag
         registered: the evaluation candidate registered as this version (``student`` or ``compressed``).
         compression: the compression gate (``passed``, ``reasons``), when the run had one.
     """
-    train, student_shape = params.get("train", {}), params.get("student", {})
+    # the shape the model has (a size search or a compression changed it), else the configured one
+    train, student_shape = params.get("train", {}), student_card.get("student") or params.get("student", {})
     inline = lambda pairs: " · ".join(f"{key} `{value}`" for key, value in pairs if value is not None)
     hyper = (f"- **training:** {inline((k, train.get(k)) for k in TRAIN_KEYS)} · seed `{params.get('seed')}`\n"
              f"- **student:** {inline(student_shape.items())}")

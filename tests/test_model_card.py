@@ -69,3 +69,23 @@ def test_losses_as_written_by_the_trainer_read_as_names_and_weights():
 def test_a_run_outside_git_says_the_code_version_is_not_recorded():
     text = card(lineage={"git_commit": "unknown"})
     assert "not made from a git commit" in text and "git checkout <commit>" in text
+
+
+def test_a_compressed_version_says_what_each_step_did_and_shows_the_shape_it_has():
+    steps = [{"step": "student", "detail": "the distilled student", "parameters": 4_389_016, "size_mb": 16.74,
+              "val_accuracy": 0.990},
+             {"step": "feed-forward", "detail": "512 -> 128 neurons per layer", "parameters": 4_191_640,
+              "size_mb": 15.99, "val_accuracy": 0.984},
+             {"step": "recovery", "detail": "200 distillation steps", "parameters": 4_191_640, "size_mb": 15.99,
+              "val_accuracy": 0.984}]
+    metrics = METRICS | {"compressed": METRICS["student"] | {"accuracy": 0.948, "parameters": 4_191_640}}
+    text = card(student_card={"method": "kl", "parameters": 4_191_640, "labels": ["a", "b"],
+                              "student": {"num_layers": 2, "intermediate_size": 128},
+                              "compression": {"steps": steps, "skipped": []}},
+                metrics=metrics, registered="compressed",
+                compression={"passed": True, "reasons": ["the compressed student is registered in the student's "
+                                                         "place"]})
+    assert "then compressed (feed-forward, recovery)" in text and "scores 0.948 accuracy" in text
+    assert "| feed-forward | 512 -> 128 neurons per layer | 4.19 | 16.0 | 0.984 |" in text
+    assert "Compression gate: **passed**" in text and "**compressed**" in text
+    assert "intermediate_size `128`" in text and "intermediate_size `512`" not in text
