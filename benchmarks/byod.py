@@ -91,7 +91,8 @@ def figures(project: Path) -> dict:
     teacher, student = models["teacher"], models["student"]
     shape = json.loads((project / "models/student_shape.json").read_text())
     compressed = json.loads((project / "models/student_compressed/distill.json").read_text())
-    return {"models": models, "compression_steps": (compressed.get("compression") or {}).get("steps"), "prepare": report, "length": card.get("length"), "teacher_steps": card.get("steps"),
+    return {"models": models, "compression_steps": (compressed.get("compression") or {}).get("steps"),
+            "prepare": report, "length": card.get("length"), "teacher_steps": card.get("steps"),
             "shape": shape["shape"], "shape_reason": shape["reason"],
             "teacher_gate": gate["passed"],
             "teacher_share": student["accuracy"] / teacher["accuracy"],

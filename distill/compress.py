@@ -31,9 +31,8 @@ folder holds only a card saying so.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,6 @@ from distill.students import distillation_set, settings_for
 from distill.teacher import gold_data
 from distill.trainer import TrainData, train
 
-log = logging.getLogger("distill")
 ROLE = "compressed"
 
 
@@ -223,8 +221,6 @@ def recover(cfg: PipelineConfig, clf: Classifier, data: TrainData, val: TrainDat
     ``train.losses``; plain KD when there are none) for ``compress.recovery_epochs``, early stopping on gold_val."""
     terms = [term for term in cfg.train.losses if term.name in RESPONSE_LOSSES]
     settings = settings_for(cfg, len(data), distilled=True, epochs=cfg.compress.recovery_epochs)
-    from dataclasses import replace
-
     # the pruned start is not a candidate: on a small validation set it ties with the recovered weights, which
     # match the teacher better (docs/compression.md has the measurements)
     settings = replace(settings, learning_rate=cfg.compress.learning_rate, max_length=max_length)

@@ -39,6 +39,12 @@ def _cell(metrics: dict, key: str, fmt: str) -> str:
     return fmt.format(value / 1e6 if key == "parameters" else value)
 
 
+def in_order(metrics: dict[str, dict]) -> dict[str, dict]:
+    """The candidates teacher first, then the students and the baseline (``ORDER``), then any other; metrics.json
+    is written with sorted keys."""
+    return {name: metrics[name] for name in ORDER if name in metrics} | metrics
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int = 1) -> str:
     """A Markdown table; columns from ``right_from`` on are right-aligned (numbers)."""
     align = ["---" if i < right_from else "---:" for i in range(len(header))]
@@ -53,7 +59,7 @@ def evaluation_table(metrics: dict[str, dict], champion: dict | None, registered
     Candidates as columns keep the table narrow, and the column names keep the numbers apart
     (the registry UI draws tables without borders or padding).
     """
-    names = [n for n in ORDER if n in metrics] + [n for n in metrics if n not in ORDER]
+    names = list(in_order(metrics))
     columns = [dict(metrics[n]) for n in names]
     header = ["figure", PAD] + [f"**{n}**" if n == registered else n for n in names]
     if champion is not None:

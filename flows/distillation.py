@@ -42,18 +42,13 @@ def validate_teacher(project_dir: str) -> GateReport:
     return GateReport(gate["passed"], gate["reasons"])
 
 
-def in_order(metrics: dict) -> dict:
-    """The candidates teacher first, as the evaluation lists them (metrics.json is written with sorted keys)."""
-    return {name: metrics[name] for name in model_card.ORDER if name in metrics} | metrics
-
-
 def summary_table(metrics: dict) -> str:
     """The run's comparison table as Markdown."""
     head = "| model | accuracy | macro-F1 | agreement | p50 ms | p95 ms | params (M) | size (MB) |\n"
     head += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
     rows = [f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['agreement_with_teacher']:.3f} | "
             f"{m['latency_p50_ms']:.2f} | {m['latency_p95_ms']:.2f} | {m['parameters'] / 1e6:.2f} | "
-            f"{m['size_mb']:.1f} |" for name, m in in_order(metrics).items()]
+            f"{m['size_mb']:.1f} |" for name, m in model_card.in_order(metrics).items()]
     return head + "\n".join(rows)
 
 
@@ -66,7 +61,7 @@ def print_summary(metrics: dict, decision: GateReport, version: str, promoted: b
     table = Table(title="distill: teacher vs students (gold test set)")
     for column in ("model", "accuracy", "macro-F1", "agree w/ teacher", "p50 ms", "params", "size MB"):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
-    for name, m in in_order(metrics).items():
+    for name, m in model_card.in_order(metrics).items():
         table.add_row(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['agreement_with_teacher']:.3f}",
                       f"{m['latency_p50_ms']:.2f}", f"{m['parameters'] / 1e6:.1f}M", f"{m['size_mb']:.1f}")
     console = Console()
