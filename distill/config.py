@@ -375,8 +375,8 @@ class CompressConfig(_Section):
                                  "0: none.")
     learning_rate: float = Field(1.0e-3, gt=0, description="Learning rate of the recovery.")
     max_accuracy_drop: float = Field(0.005, ge=0, le=1, description="Compression gate: the compressed student "
-                                     "(and its INT8 version) may score at most this much below the student on the "
-                                     "gold test set.")
+                                     "(fp32, the model registered) may score at most this much below the student "
+                                     "on the gold test set; its INT8 version is reported, not gated.")
 
 
 class TrainConfig(_Section):
