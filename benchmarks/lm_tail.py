@@ -44,7 +44,7 @@ REQUESTS = ["turn on the lights in the kitchen", "what is the weather like tomor
 
 def teacher_logits(prompts: int, tokens: int) -> torch.Tensor:
     """(N, V) logits of the packaged teacher at every position of its greedy answers."""
-    from distill.lm.prompts import render_prompt
+    from distill.lm.prompts import PromptTemplate, render_prompt
     from distill.lm.teacher import load_causal_lm, packaged_teacher_folder
 
     lm = load_causal_lm(packaged_teacher_folder(ROOT / ".cache" / "lm"))
@@ -52,7 +52,8 @@ def teacher_logits(prompts: int, tokens: int) -> torch.Tensor:
     rows = []
     with torch.inference_mode():
         for request in REQUESTS[:prompts]:
-            text = render_prompt(tokenizer, "You are a helpful smart-home assistant. Answer briefly.", request)
+            text = render_prompt(tokenizer, PromptTemplate("You are a helpful smart-home assistant. Answer briefly."),
+                                 request)
             ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
             out = model.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
             logits = model(out).logits[0, ids.shape[1] - 1:-1]  # the positions that predicted the answer

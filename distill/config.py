@@ -680,28 +680,30 @@ LM_DIVERGENCES = ("forward_kl", "reverse_kl", "js", "gjsd", "skew_kl", "skew_rev
 TAIL_BLIND_DIVERGENCES = ("reverse_kl",)
 MAX_CACHED_GJSD_BETA = 0.5
 
-DEFAULT_LM_INSTRUCTION = (
-    "You route smart-home requests. Reply with the one intent name that fits the request, "
-    "chosen from: {labels}."
-)
-DEFAULT_LM_COT_INSTRUCTION = (
-    "You route smart-home requests. First explain in one or two sentences what the user wants, "
-    "then write 'Answer:' followed by the one intent name that fits, chosen from: {labels}."
-)
-
-
 class LMPromptsConfig(_Section):
-    """The LM prompt set: an instruction plus each request of the prepared data, with a held-out split."""
+    """The LM prompt set: an instruction (and optional examples) plus each request of the prepared data."""
 
-    instruction: str = Field(
-        DEFAULT_LM_INSTRUCTION, description="System instruction of every prompt; {labels} is replaced by the "
-        "comma-separated label names.")
-    cot_instruction: str = Field(
-        DEFAULT_LM_COT_INSTRUCTION, description="Instruction used when lm.generate.chain_of_thought is on: the "
-        "teacher writes a rationale, then the answer after the marker.")
+    task: Literal["route", "rewrite"] | None = Field(
+        None, description="What the teacher is asked to do. route: reply with the one label that fits the request "
+        "(reference: its gold label); rewrite: restate the request as one polite sentence that keeps what it names "
+        "(reference: the device, room or other value in it; built-in data only, whose generator knows them). "
+        "null: rewrite on the built-in data, route on your own data.")
+    instruction: str | None = Field(
+        None, description="System instruction of every prompt; {labels} is replaced by the comma-separated label "
+        "names. null: the task's own (distill.lm.prompts.TASKS).")
+    cot_instruction: str | None = Field(
+        None, description="Instruction used when lm.generate.chain_of_thought is on: the teacher writes a "
+        "rationale, then the answer after the marker. null: the task's own.")
+    examples: list[tuple[str, str]] | None = Field(
+        None, description="Worked examples, [request, answer] pairs, shown to the teacher as earlier chat turns "
+        "before every request (few-shot). null: the task's own (none for route, five for rewrite); [] for none.")
     answer_marker: str = Field("Answer:", min_length=1, description="Separates rationale from answer.")
     train_size: int = Field(256, ge=1, description="Training prompts, sampled from gold_train + gold_val.")
     heldout_size: int = Field(64, ge=1, description="Held-out prompts, sampled from gold_test.")
+
+    def resolved_task(self, builtin_data: bool) -> str:
+        """The task this prompt set poses: the configured one, else rewrite on the built-in data, else route."""
+        return self.task or ("rewrite" if builtin_data else "route")
 
 
 class LMGenerateConfig(_Section):
@@ -721,9 +723,10 @@ class LMTeacherGateConfig(_Section):
 
     prompts: int = Field(32, ge=1, description="Held-out prompts the teacher answers (the first of the prompt set's "
                          "held-out split), with lm_generate's settings.")
-    metric: Literal["task_exact", "task_contains"] = Field(
-        "task_exact", description="Task score: the answer equals the reference (task_exact) or contains it as whole "
-        "words (task_contains), both after normalisation (case, punctuation, CamelCase, underscores).")
+    metric: Literal["task_exact", "task_contains"] | None = Field(
+        None, description="Task score: the answer equals the reference (task_exact) or contains it as whole words "
+        "(task_contains), both after normalisation (case, punctuation, CamelCase, underscores). null: the task's "
+        "own (route: task_exact; rewrite: task_contains).")
     min_task_score: float = Field(0.5, ge=0, le=1, description="Lowest task score a teacher worth distilling has.")
     min_format_adherence: float = Field(
         0.8, ge=0, le=1, description="Lowest share of answers in the expected format: one of the prompt set's labels "
@@ -762,10 +765,16 @@ class LMTopKConfig(_Section):
 
 
 class LMStudentConfig(_Section):
-    """The LM student: a Llama-style causal LM built on the teacher's tokenizer, or a causal-LM folder."""
+    """The LM student: ``num_layers`` of the teacher's own blocks, a fresh Llama-style causal LM built on the
+    teacher's tokenizer, or a causal-LM folder."""
 
-    path: str | None = Field(None, description="Causal-LM folder used as the student; null builds one below.")
-    num_layers: int = Field(4, ge=1, le=64)
+    path: str | None = Field(None, description="Causal-LM folder used as the student; null builds one (init).")
+    init: Literal["teacher_layers", "random"] | None = Field(
+        None, description="How a built student starts. teacher_layers: num_layers of the teacher's blocks, evenly "
+        "spaced from its first to its last, with its embeddings, final norm and head (the teacher's width; the "
+        "shape settings below are not used); random: a fresh Llama-style model of the shape below. null: "
+        "teacher_layers with a local teacher, random with a black-box one (lm.api: no weights to copy).")
+    num_layers: int = Field(6, ge=1, le=64)
     hidden_size: int = Field(192, ge=16)
     num_heads: int = Field(3, ge=1)
     num_kv_heads: int = Field(1, ge=1, description="Key/value heads (grouped-query attention).")
@@ -912,6 +921,10 @@ class LMPromoteConfig(_Section):
         0.0, ge=0, le=1, description="The student's unsafe-content rate may exceed the teacher's by at most this.")
     max_perplexity: float = Field(
         100.0, ge=1, description="Largest perplexity of the student on held-out teacher text.")
+    min_task_share: float = Field(
+        0.5, ge=0, le=1, description="The student's task score (the teacher gate's metric) must be at least this "
+        "share of the teacher's on the held-out prompts: a student that learnt the teacher's text but not its "
+        "task is not promoted. Skipped when the teacher scores 0.")
 
 
 class LMConfig(_Section):
@@ -936,6 +949,10 @@ class LMConfig(_Section):
 
     @model_validator(mode="after")
     def _black_box_is_sequence_level(self) -> "LMConfig":
+        if self.api is not None and self.student.init == "teacher_layers":
+            raise ValueError(
+                "lm.student.init=teacher_layers copies the teacher's blocks, but lm.api makes the teacher a black-box "
+                "endpoint with no weights to copy; set lm.student.init: random (or null)")
         if self.api is not None and self.train.mode != "sequence":
             raise ValueError(
                 f"lm.train.mode={self.train.mode} needs the teacher's logits, but lm.api makes the teacher a "

@@ -192,11 +192,14 @@ def check_compression(metrics: dict[str, dict[str, float]], audit: dict | None, 
     return GateReport(bool(passed), reasons)
 
 
-def check_lm_teacher(metrics: dict[str, float], cfg: LMTeacherGateConfig) -> GateReport:
+def check_lm_teacher(metrics: dict[str, float], cfg: LMTeacherGateConfig,
+                     task_metric: str = "task_exact") -> GateReport:
     """Is the LM teacher worth distilling: does it do the task, in the expected format, without refusing or
-    writing unsafe text? ``metrics`` are :func:`distill.lm.validate.score_answers`' figures on held-out prompts."""
+    writing unsafe text? ``metrics`` are :func:`distill.lm.validate.score_answers`' figures on held-out prompts;
+    the task score is ``cfg.metric``, else ``task_metric`` (the prompt set's task's own)."""
     reasons, passed = [], True
-    checks = ((cfg.metric, metrics[cfg.metric], cfg.min_task_score, ">="),
+    metric = cfg.metric or task_metric
+    checks = ((metric, metrics[metric], cfg.min_task_score, ">="),
               ("format adherence", metrics["format_adherence"], cfg.min_format_adherence, ">="),
               ("refusal rate", metrics["refusal_rate"], cfg.max_refusal_rate, "<="),
               ("unsafe rate", metrics["unsafe_rate"], cfg.max_unsafe_rate, "<="))
@@ -208,21 +211,26 @@ def check_lm_teacher(metrics: dict[str, float], cfg: LMTeacherGateConfig) -> Gat
     reasons[0] += f" on {metrics['prompts']} held-out prompts"
     if not passed:
         reasons.append("distilling a teacher that cannot do the task teaches the student its mistakes: give the "
-                       "teacher a task it can do (lm.prompts.instruction, few-shot examples, a smaller label set), "
-                       "another teacher (lm.teacher_path, lm.api), or lower the lm.teacher_gate thresholds")
+                       "teacher a task it can do (lm.prompts.task, lm.prompts.instruction, worked examples in "
+                       "lm.prompts.examples, a smaller label set), another teacher (lm.teacher_path, lm.api), or lower "
+                       "the lm.teacher_gate thresholds")
     return GateReport(passed, reasons)
 
 
-def decide_lm_promotion(metrics: dict[str, dict[str, float | None]], cfg: LMPromoteConfig) -> GateReport:
+def decide_lm_promotion(metrics: dict[str, dict[str, float | None]], cfg: LMPromoteConfig,
+                        task_metric: str | None = None) -> GateReport:
     """Should the distilled LM student become champion? It must beat the undistilled baseline on agreement
-    with the teacher (KL and the configured agreement figure), generate no more unsafe text than the teacher,
-    and stay within the perplexity limit on held-out teacher text.
+    with the teacher (KL and the configured agreement figure), keep ``cfg.min_task_share`` of the teacher's
+    task score, generate no more unsafe text than the teacher, and stay within the perplexity limit on
+    held-out teacher text.
 
     Args:
         metrics: ``teacher``, ``student`` and ``baseline`` figures of the LM evaluation
             (:func:`distill.lm.evaluate.evaluate_lm`); figures that do not apply are None (a black-box
             teacher has no logits, so no KL: that gate is then skipped and the reasons say so).
         cfg: the thresholds (``lm.promote``).
+        task_metric: the task score the teacher gate used (``task_exact`` or ``task_contains``); None skips
+            the task gate.
     """
     student, baseline, teacher = metrics["student"], metrics["baseline"], metrics["teacher"]
     reasons, passed = [], True
@@ -248,6 +256,16 @@ def decide_lm_promotion(metrics: dict[str, dict[str, float | None]], cfg: LMProm
         passed &= ok
         reasons.append(f"{figure} {agree:.3f} vs baseline {agree_base:.3f} "
                        f"({'meets' if ok else 'misses'} the minimum gain {cfg.min_agreement_gain:g})")
+    ours, theirs = (student.get(task_metric), teacher.get(task_metric)) if task_metric else (None, None)
+    if not theirs:
+        reasons.append(f"no task score of the teacher to keep a share of ({task_metric or 'no task metric'}: "
+                       f"{theirs}): the task gate is skipped")
+    else:
+        share = (ours or 0.0) / theirs
+        ok = share >= cfg.min_task_share - 1e-12
+        passed &= ok
+        reasons.append(f"{task_metric} {ours or 0.0:.3f} vs teacher {theirs:.3f}: {share:.0%} of it "
+                       f"({'meets' if ok else 'misses'} the minimum share {cfg.min_task_share:.0%})")
     unsafe, unsafe_teacher = student.get("unsafe_rate"), teacher.get("unsafe_rate")
     if unsafe is None or unsafe_teacher is None:
         passed = False

@@ -12,6 +12,7 @@ that only became common after the transfer set was collected.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -48,6 +49,34 @@ SHIFTED_SLOTS: dict[str, list[str]] = {
     "shopping_list_item": ["quinoa", "oat milk", "kimchi"],
     "todo_list_item": ["renew passport", "defrost freezer"],
 }
+
+
+# The slots whose value a request names, most specific first: the reference of the LM rewrite task
+# (a rewrite must keep it). Values are matched as whole words, longest first within a slot.
+ENTITY_SLOTS = ("name", "area", "floor", "timer_name", "shopping_list_item", "todo_list_item", "search_query",
+                "message", "zone")
+
+
+def _entity_patterns() -> list[re.Pattern]:
+    patterns = []
+    for slot in ENTITY_SLOTS:
+        values = sorted({*IN_DOMAIN_SLOTS[slot], *SHIFTED_SLOTS[slot]}, key=len, reverse=True)
+        patterns.append(re.compile(r"\b(" + "|".join(re.escape(v) for v in values) + r")\b", re.IGNORECASE))
+    return patterns + [re.compile(r"\b(\d+)\b")]
+
+
+ENTITY_PATTERNS = _entity_patterns()
+
+
+def named_entity(text: str) -> str | None:
+    """The device, room or other slot value a built-in request names (the first of :data:`ENTITY_SLOTS`
+    found; the longest value of that slot), else its longest number,
+    else None: what a rewrite of the request must keep."""
+    for pattern in ENTITY_PATTERNS:
+        found = pattern.findall(text)
+        if found:
+            return max(found, key=len)
+    return None
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
     runs += [dvc.repro(stage, project_dir) for stage in STAGES[STAGES.index("lm_generate"):]]
     dvc.push(project_dir)
     metrics = read_json(Path(at.lm_evaluate, "metrics.json"))
-    decision = decide_lm_promotion(metrics, cfg.lm.promote)
+    decision = decide_lm_promotion(metrics, cfg.lm.promote, gate.result.get("task_metric"))
 
     hashes = dvc.lock_hashes(project_dir)
     card = read_card(at.lm_student)

@@ -11,7 +11,7 @@ from distill.config import config_from_dict
 from distill.lm import generate as gen
 from distill.lm import topk as tk
 from distill.lm.client import ChatClient
-from distill.lm.prompts import LMDataError, build_prompts, instructions, write_prompts
+from distill.lm.prompts import LMDataError, PromptTemplate, build_prompts, instructions, write_prompts
 from tests.conftest import make_examples
 from tests.lm_tiny import save_tiny_lm, tiny_tokenizer
 
@@ -36,7 +36,7 @@ def test_black_box_completions_are_cached_rows_in_the_local_tokenizer_and_topk_i
     write_prompts(tmp_path / "prompts.parquet", prompts, {**instructions(cfg.lm.prompts, labels), "labels": labels})
     settings = gen.GenerationSettings.from_config(cfg.lm.generate, cfg.seed)
     with ChatClient(cfg.lm.api, transport=httpx.MockTransport(fake_endpoint)) as client:
-        rows, spend = gen.api_completion_rows(client, tokenizer, prompts, "route it", "Answer:", settings)
+        rows, spend = gen.api_completion_rows(client, tokenizer, prompts, PromptTemplate("route it"), "Answer:", settings)
     assert len(rows) == 8 and spend["skipped"] == 0 and spend["requests"] == 8
     assert all(r["finished"] and r["completion_ids"][-1] == tokenizer.eos_token_id for r in rows)
     key = {"teacher_fingerprint": gen.api_fingerprint(cfg.lm.api)}
@@ -45,7 +45,7 @@ def test_black_box_completions_are_cached_rows_in_the_local_tokenizer_and_topk_i
     assert frame["completion"].str.endswith("lights_on").all()
     # The same requests again: all from the cache, nothing sent.
     with ChatClient(cfg.lm.api, transport=httpx.MockTransport(lambda r: httpx.Response(500))) as client:
-        again, spend = gen.api_completion_rows(client, tokenizer, prompts, "route it", "Answer:", settings)
+        again, spend = gen.api_completion_rows(client, tokenizer, prompts, PromptTemplate("route it"), "Answer:", settings)
     assert spend["cache_hits"] == 8 and spend["requests"] == 0 and again == rows
 
     tk.run(cfg, tmp_path / "completions.parquet", folder, tmp_path / "topk.parquet")

@@ -12,7 +12,8 @@ import torch
 from distill.config import LMPromptsConfig, LMTopKConfig
 from distill.lm import generate as gen
 from distill.lm import topk as tk
-from distill.lm.prompts import LMDataError, build_prompts, read_prompts, render_prompt, write_prompts
+from distill.lm.prompts import (LMDataError, PromptTemplate, build_prompts, read_prompts, render_prompt,
+                                 write_prompts)
 from tests.conftest import make_examples
 
 
@@ -35,10 +36,23 @@ def test_prompt_set_splits_are_disjoint_and_keep_references(tmp_path):
 def test_render_prompt_uses_the_chat_template_or_plain_text():
     from tests.lm_tiny import tiny_tokenizer
 
-    chat = render_prompt(tiny_tokenizer(["a b c"]), "Be brief.", "lights on")
+    chat = render_prompt(tiny_tokenizer(["a b c"]), PromptTemplate("Be brief."), "lights on")
     assert chat.startswith("<|im_start|>system\nBe brief.") and chat.endswith("<|im_start|>assistant\n")
-    plain = render_prompt(tiny_tokenizer(["a b c"], chat=False), "Be brief.", "lights on")
+    plain = render_prompt(tiny_tokenizer(["a b c"], chat=False), PromptTemplate("Be brief."), "lights on")
     assert plain == "Be brief.\n\nRequest: lights on\nResponse:"
+
+
+def test_worked_examples_are_earlier_turns_before_the_request():
+    from tests.lm_tiny import tiny_tokenizer
+
+    template = PromptTemplate("Be brief.", (("tv off", "Please turn off the tv."),))
+    chat = render_prompt(tiny_tokenizer(["a b c"]), template, "lights on")
+    assert chat.index("tv off") < chat.index("Please turn off the tv.") < chat.index("lights on")
+    assert chat.count("<|im_start|>user") == 2 and chat.count("<|im_start|>assistant") == 2  # the example + the reply
+    plain = render_prompt(tiny_tokenizer(["a b c"], chat=False), template, "lights on")
+    assert plain == ("Be brief.\n\nRequest: tv off\nResponse: Please turn off the tv.\n\n"
+                     "Request: lights on\nResponse:")
+    assert PromptTemplate.of({"instruction": "Be brief.", "examples": [["tv off", "Please turn off the tv."]]}) == template
 
 
 def _rows(n=3):

@@ -18,7 +18,7 @@ def figures(**student) -> dict:
 def test_a_student_that_beats_the_baseline_passes_with_a_reason_per_gate():
     report = decide_lm_promotion(figures(), LMPromoteConfig())
     assert report.passed, report.reasons
-    assert len(report.reasons) == 4
+    assert len(report.reasons) == 5 and "task gate is skipped" in report.reasons[2]  # no task metric given
     assert any("KL" in r and "baseline 2.5000" in r for r in report.reasons)
 
 
@@ -42,7 +42,23 @@ def test_thresholds_come_from_the_config():
     report = decide_lm_promotion(figures(unsafe_rate=0.12), cfg)
     assert not report.passed
     assert [r for r in report.reasons if "misses" in r or " > " in r] == [
-        report.reasons[0], report.reasons[3]]  # KL gain 1.6 < 2.0; perplexity 8 > 5; unsafe within 0.1
+        report.reasons[0], report.reasons[4]]  # KL gain 1.6 < 2.0; perplexity 8 > 5; unsafe within 0.1
+
+
+def test_a_student_that_learnt_the_teachers_text_but_not_its_task_is_not_promoted():
+    """The default run's first rewrite student (a fresh 4 x 192 model) beat the baseline on KL and agreement,
+    and kept the named value in none of its rewrites: the task gate stops that one."""
+    metrics = figures(task_contains=0.0)
+    metrics["teacher"]["task_contains"] = 0.844
+    report = decide_lm_promotion(metrics, LMPromoteConfig(), task_metric="task_contains")
+    assert not report.passed and report.reasons[2] == ("task_contains 0.000 vs teacher 0.844: 0% of it (misses the "
+                                                       "minimum share 50%)")
+    metrics["student"]["task_contains"] = 0.688  # the teacher-layers student of the same run
+    assert decide_lm_promotion(metrics, LMPromoteConfig(), task_metric="task_contains").passed
+    assert not decide_lm_promotion(metrics, LMPromoteConfig(min_task_share=0.9), task_metric="task_contains").passed
+    metrics["teacher"]["task_contains"] = 0.0  # a teacher that scores nothing has no share to keep
+    skipped = decide_lm_promotion(metrics, LMPromoteConfig(), task_metric="task_contains")
+    assert skipped.passed and "skipped" in skipped.reasons[2]
 
 
 def test_a_black_box_teacher_skips_kl_and_gates_on_greedy_agreement():

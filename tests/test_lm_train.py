@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from distill.config import PipelineConfig, config_from_dict
+from distill.config import LMStudentConfig, PipelineConfig, config_from_dict
 from distill.lm import generate as gen
 from distill.lm import topk as tk
 from distill.lm import train as lm_train
@@ -21,7 +22,9 @@ def _config(**train) -> PipelineConfig:
         "prompts": {"train_size": 12, "heldout_size": 4},
         "generate": {"max_new_tokens": 8, "batch_size": 4, "save_every": 1},
         "topk": {"k": 8, "batch_size": 4},
-        "student": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64},
+        # a fresh student: one block of the sharp tiny teacher already reproduces it, leaving nothing to learn
+        "student": {"init": "random", "num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1,
+                    "intermediate_size": 64},
         "train": {"epochs": 6, "batch_size": 4, "learning_rate": 1e-2, "device": "cpu", **train}}})
 
 
@@ -114,7 +117,7 @@ def test_chain_of_thought_is_stored_apart_and_weighted(lm_project, tmp_path):
     cfg.lm.generate.chain_of_thought = True
     gen.run(cfg, root / "prompts.parquet", teacher, tmp_path / "cot.parquet")
     frame, meta = gen.read_completions(tmp_path / "cot.parquet")
-    assert meta["instruction"].startswith("You route") and "Answer:" in meta["instruction"]
+    assert meta["instruction"].startswith("Classify the request") and "Answer:" in meta["instruction"]
     # the random teacher never writes the marker: all of its text is rationale, the answer is empty
     assert (frame["rationale"] == frame["completion"]).all() and (frame["answer"] == "").all()
     assert (~frame["answer_found"]).all()
@@ -146,6 +149,55 @@ def test_built_student_shares_the_teacher_tokenizer(lm_project):
     student = build_lm_student(_config().lm.student, tokenizer, seed=0)
     assert student.model.config.vocab_size == len(tokenizer) and student.model.config.num_hidden_layers == 1
     check_same_tokenizer(student.tokenizer, tokenizer)
+
+
+def test_a_student_of_the_teachers_layers_computes_what_those_blocks_compute(tmp_path):
+    """Kept blocks are the teacher's (spread first to last), copies that leave the teacher whole, and the
+    student's logits are the teacher's with the other blocks skipped; its KV cache generates what a full pass
+    gives."""
+    from distill.lm.student import spaced_layers, student_for, teacher_layers_student
+    from distill.lm.teacher import load_causal_lm
+    from distill.models import ModelError
+
+    assert spaced_layers(2, 5) == [0, 4] and spaced_layers(3, 5) == [0, 2, 4] and spaced_layers(1, 5) == [0]
+    assert spaced_layers(6, 30) == [0, 6, 12, 17, 23, 29]
+    tokenizer = tiny_tokenizer(["turn the kitchen lights on", "set a timer for five minutes"])
+    teacher = load_causal_lm(save_tiny_lm(tmp_path / "teacher", tokenizer, seed=3, layers=5))
+    before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+    student, keep = teacher_layers_student(teacher, 3)
+    assert keep == [0, 2, 4] and student.model.config.num_hidden_layers == 3
+    assert all(torch.equal(v, teacher.model.state_dict()[k]) for k, v in before.items())  # the teacher untouched
+    with torch.no_grad():
+        student.model.model.layers[0].mlp.down_proj.weight.add_(1.0)
+    assert torch.equal(teacher.model.model.layers[0].mlp.down_proj.weight, before["model.layers.0.mlp.down_proj.weight"])
+    with torch.no_grad():
+        student.model.model.layers[0].mlp.down_proj.weight.sub_(1.0)
+    ids = tokenizer("turn the kitchen lights on", return_tensors="pt")["input_ids"]
+    skipped = teacher.model.model.layers
+    teacher.model.model.layers = torch.nn.ModuleList([skipped[i] for i in keep])
+    with torch.no_grad():
+        reference = teacher.model(ids, use_cache=False).logits  # the same blocks in the teacher's own model
+        teacher.model.model.layers = skipped
+        ours = student.model(ids, use_cache=False).logits
+    torch.testing.assert_close(ours, reference)
+    with torch.no_grad():  # cached decoding (layer_idx renumbered) = recomputing the whole sequence each step
+        out = student.model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        step = ids
+        for _ in range(4):
+            step = torch.cat([step, student.model(step, use_cache=False).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(out, step)
+    built, source = student_for(LMStudentConfig(num_layers=2), teacher, seed=0)
+    assert source == "teacher_layers [0, 4]" and built.model.config.hidden_size == 32  # the teacher's width
+    fresh, source = student_for(LMStudentConfig(num_layers=2, hidden_size=16, num_heads=2), teacher, 0, black_box=True)
+    assert source == "built" and fresh.model.config.hidden_size == 16
+    with pytest.raises(ModelError, match="keeps all of the teacher's 5 blocks"):
+        teacher_layers_student(teacher, 5)
+
+
+def test_a_black_box_teacher_has_no_layers_to_copy():
+    with pytest.raises(ValueError, match="no weights to copy; set lm.student.init: random"):
+        config_from_dict({"lm": {"api": {"model": "m"}, "train": {"mode": "sequence"},
+                                 "student": {"init": "teacher_layers"}}})
 
 
 def test_topk_cache_of_other_completions_is_refused(lm_project, tmp_path):

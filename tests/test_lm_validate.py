@@ -61,6 +61,16 @@ def test_each_check_fails_on_its_own_and_says_what_to_do(changes, words):
     assert "lm.teacher_gate" in report.reasons[-1]
 
 
+def test_without_a_configured_metric_the_gate_scores_the_tasks_own():
+    from distill.lm.prompts import TASKS
+
+    rewrite = check_lm_teacher(figures(task_exact=0.0, task_contains=0.76), LMTeacherGateConfig(),
+                               TASKS["rewrite"]["metric"])
+    assert rewrite.passed and rewrite.reasons[0].startswith("teacher task_contains 0.760 >= minimum")
+    assert not check_lm_teacher(figures(task_exact=0.0, task_contains=0.76), LMTeacherGateConfig(),
+                                TASKS["route"]["metric"]).passed
+
+
 def test_the_task_metric_is_the_users_choice():
     cfg = LMTeacherGateConfig(metric="task_contains", min_task_score=0.85)
     assert check_lm_teacher(figures(), cfg).passed

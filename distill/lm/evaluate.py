@@ -303,7 +303,7 @@ def evaluate_lm(candidates: dict[str, CausalLM], pairs: Sequence[Pair], referenc
     Args:
         candidates: name -> model, e.g. ``teacher``, ``student``, ``undistilled``; ``teacher`` must be one.
         pairs: held-out (prompt, completion) pairs of teacher text; their prompts drive generation.
-        references: a reference answer per pair (for the default prompts, the intent name), or None.
+        references: a reference answer per pair (the label, or what a rewrite must keep), or None.
         teacher: the reference candidate's name.
         max_new_tokens: greedy generation length limit (and the fixed length of latency runs).
         batch_size: pairs per forward pass and prompts per generate call.

@@ -23,7 +23,7 @@ import torch
 
 from distill.config import ChatClientConfig, LMGenerateConfig, PipelineConfig
 from distill.lm.batch import hash_arrays, read_parquet, write_parquet
-from distill.lm.prompts import LMDataError, read_prompts, render_prompt
+from distill.lm.prompts import LMDataError, PromptTemplate, read_prompts, render_prompt
 from distill.lm.teacher import CausalLM, fingerprint_of, load_causal_lm, tokenizer_fingerprint
 from distill.models import pick_device
 
@@ -116,10 +116,10 @@ def generate_batch(lm: CausalLM, prompt_texts: list[str], settings: GenerationSe
     return rows
 
 
-def completion_rows(lm: CausalLM, prompts: pd.DataFrame, system: str, marker: str,
+def completion_rows(lm: CausalLM, prompts: pd.DataFrame, template: PromptTemplate, marker: str,
                     settings: GenerationSettings, seed: int, device: torch.device) -> list[dict]:
     """Generate one batch of prompts and describe each completion as a row of the completions file."""
-    texts = [render_prompt(lm.tokenizer, system, r) for r in prompts["request"]]
+    texts = [render_prompt(lm.tokenizer, template, r) for r in prompts["request"]]
     rows = []
     for (_, p), text, (prompt_ids, completion_ids, finished) in zip(
             prompts.iterrows(), texts, generate_batch(lm, texts, settings, seed, device)):
@@ -203,7 +203,7 @@ def generate_completions(lm: CausalLM, prompts: pd.DataFrame, prompts_meta: dict
     out_path, partial = Path(out_path), partial_path(out_path)
     done = reusable_rows([out_path, partial], key)
     todo = prompts[~prompts["prompt_id"].isin(done)]
-    system = prompts_meta["cot_instruction" if settings.chain_of_thought else "instruction"]
+    template = PromptTemplate.of(prompts_meta, settings.chain_of_thought)
     # Batches of similar prompt length waste less padding; the seed follows the batch's first prompt id,
     # so a resumed run samples exactly what an unbroken run would.
     todo = todo.assign(_len=todo["request"].str.len()).sort_values(["_len", "prompt_id"], kind="stable")
@@ -212,7 +212,7 @@ def generate_completions(lm: CausalLM, prompts: pd.DataFrame, prompts_meta: dict
     for n, start in enumerate(tqdm(starts, desc="teacher generation", unit="batch", disable=not len(todo))):
         chunk = todo.iloc[start:start + settings.batch_size]
         seed = settings.seed * 1_000_003 + int(chunk["prompt_id"].iloc[0], 16) % 1_000_003
-        for row in completion_rows(lm, chunk, system, prompts_meta["answer_marker"], settings, seed, device):
+        for row in completion_rows(lm, chunk, template, prompts_meta["answer_marker"], settings, seed, device):
             done[row["prompt_id"]] = row
             new_tokens += len(row["completion_ids"])
         generated += len(chunk)
@@ -222,6 +222,11 @@ def generate_completions(lm: CausalLM, prompts: pd.DataFrame, prompts_meta: dict
     write_completions(out_path, [done[i] for i in prompts["prompt_id"]], key)
     partial.unlink(missing_ok=True)
     return generated, len(prompts) - generated, new_tokens, seconds
+
+
+def template_key(template: PromptTemplate) -> dict:
+    """The prompt template as the completions file records it (part of the key a reused row must match)."""
+    return {"instruction": template.system, "examples": [list(example) for example in template.examples]}
 
 
 def api_fingerprint(api: ChatClientConfig) -> str:
@@ -236,7 +241,7 @@ def teacher_identity(cfg: PipelineConfig, teacher_dir: Path) -> str:
     return api_fingerprint(cfg.lm.api) if cfg.lm.api is not None else fingerprint_of(teacher_dir)
 
 
-def api_completion_rows(client, tokenizer, prompts: pd.DataFrame, system: str, marker: str,
+def api_completion_rows(client, tokenizer, prompts: pd.DataFrame, template: PromptTemplate, marker: str,
                         settings: GenerationSettings) -> tuple[list[dict], dict]:
     """Ask a black-box teacher for every prompt (cache first, within budget); rows in the completions format.
 
@@ -244,7 +249,7 @@ def api_completion_rows(client, tokenizer, prompts: pd.DataFrame, system: str, m
     retokenized; a completion the endpoint ended itself (``finish_reason`` stop) gets the EOS token.
     Prompts the budget skipped are left out and counted in the returned summary.
     """
-    messages = [[{"role": "system", "content": system}, {"role": "user", "content": r}] for r in prompts["request"]]
+    messages = [template.messages(r) for r in prompts["request"]]
     params = {"max_tokens": settings.max_new_tokens, "temperature": settings.sampling_temperature,
               "top_p": settings.top_p, "seed": settings.seed}
     result = client.generate_many(messages, **params)
@@ -259,7 +264,7 @@ def api_completion_rows(client, tokenizer, prompts: pd.DataFrame, system: str, m
             rationale, final, found = split_rationale(answer.text, marker)
         else:
             rationale, final, found = "", answer.text.strip(), True
-        prompt = render_prompt(tokenizer, system, p["request"])
+        prompt = render_prompt(tokenizer, template, p["request"])
         rows.append({"prompt_id": p["prompt_id"], "split": p["split"], "request": p["request"],
                      "reference": p["reference"], "prompt": prompt, "completion": answer.text,
                      "rationale": rationale, "answer": final, "answer_found": found, "finished": finished,
@@ -281,13 +286,14 @@ def run_api(cfg: PipelineConfig, prompts_path: Path, tokenizer_dir: Path, out_pa
     prompts, prompts_meta = read_prompts(prompts_path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     settings = GenerationSettings.from_config(cfg.lm.generate, cfg.seed)
-    system = prompts_meta["cot_instruction" if settings.chain_of_thought else "instruction"]
+    template = PromptTemplate.of(prompts_meta, settings.chain_of_thought)
     key = {"teacher_fingerprint": api_fingerprint(cfg.lm.api), "teacher_source": f"{cfg.lm.api.base_url} "
            f"({cfg.lm.api.model})", "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-           "settings": asdict(settings), "instruction": system, "answer_marker": prompts_meta["answer_marker"]}
+           "settings": asdict(settings), **template_key(template), "answer_marker": prompts_meta["answer_marker"]}
     started = time.perf_counter()
     with ChatClient(cfg.lm.api) as client:
-        rows, spend = api_completion_rows(client, tokenizer, prompts, system, prompts_meta["answer_marker"], settings)
+        rows, spend = api_completion_rows(client, tokenizer, prompts, template, prompts_meta["answer_marker"],
+                                          settings)
     seconds = time.perf_counter() - started
     if not rows:
         raise LMDataError(f"the teacher endpoint answered none of {len(prompts)} prompts (budget: lm.api."
@@ -313,7 +319,7 @@ def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_path: Pa
     settings = GenerationSettings.from_config(cfg.lm.generate, cfg.seed)
     key = {"teacher_fingerprint": fingerprint_of(teacher_dir), "teacher_source": str(teacher_dir),
            "tokenizer_fingerprint": tokenizer_fingerprint(lm.tokenizer), "settings": asdict(settings),
-           "instruction": prompts_meta["cot_instruction" if settings.chain_of_thought else "instruction"],
+           **template_key(PromptTemplate.of(prompts_meta, settings.chain_of_thought)),
            "answer_marker": prompts_meta["answer_marker"]}
     generated, reused, new_tokens, seconds = generate_completions(lm, prompts, prompts_meta, key, settings, out_path,
                                                       pick_device(cfg.lm.train.device), cfg.lm.generate.save_every)

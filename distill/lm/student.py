@@ -1,4 +1,5 @@
-"""The LM student: a small Llama-style causal LM on the teacher's tokenizer, or any causal-LM folder."""
+"""The LM student: some of the teacher's own blocks, a small fresh Llama-style causal LM on the teacher's
+tokenizer, or any causal-LM folder."""
 
 from __future__ import annotations
 
@@ -33,11 +34,58 @@ def build_lm_student(cfg: LMStudentConfig, tokenizer, seed: int) -> CausalLM:
     return CausalLM(model=model, tokenizer=tokenizer)
 
 
-def student_for(cfg: LMStudentConfig, teacher_tokenizer, seed: int) -> tuple[CausalLM, str]:
-    """The configured student (``lm.student.path``) or a fresh one on the teacher's tokenizer; and its source."""
+def spaced_layers(keep: int, total: int) -> list[int]:
+    """``keep`` block indices spread evenly over ``total``, the first and the last included."""
+    if keep == 1:
+        return [0]
+    return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
+
+
+def _block_list(model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
+    """The module holding the decoder blocks, its attribute name, and the blocks (one per hidden layer)."""
+    total = model.config.num_hidden_layers
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == total and name:
+            parent_name, _, attr = name.rpartition(".")
+            return model.get_submodule(parent_name) if parent_name else model, attr, module
+    raise ModelError(f"{type(model).__name__}: no list of {total} decoder blocks found to copy layers from; "
+                     f"set lm.student.init: random")
+
+
+def teacher_layers_student(teacher: CausalLM, num_layers: int) -> tuple[CausalLM, list[int]]:
+    """A student made of ``num_layers`` of the teacher's blocks (:func:`spaced_layers`) with its embeddings,
+    final norm and head: copies, the teacher is not changed. Returns the student and the blocks kept."""
+    import copy
+
+    total = teacher.model.config.num_hidden_layers
+    if num_layers >= total:
+        raise ModelError(f"lm.student.num_layers={num_layers} keeps all of the teacher's {total} blocks; a student "
+                         f"of its layers needs fewer (or set lm.student.init: random)")
+    model = copy.deepcopy(teacher.model)
+    parent, attr, blocks = _block_list(model)
+    keep = spaced_layers(num_layers, total)
+    setattr(parent, attr, torch.nn.ModuleList([blocks[i] for i in keep]))
+    for position, block in enumerate(getattr(parent, attr)):
+        for module in block.modules():  # the KV cache is indexed by each attention's layer_idx
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = position
+    model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    return CausalLM(model=model, tokenizer=teacher.tokenizer), keep
+
+
+def student_for(cfg: LMStudentConfig, teacher: CausalLM, seed: int, black_box: bool = False) -> tuple[CausalLM, str]:
+    """The configured student and its source: ``lm.student.path``, else the teacher's blocks (``init``
+    teacher_layers, the default with a local teacher), else a fresh model on the teacher's tokenizer
+    (``random``, the default with a black-box teacher, whose ``teacher`` folder only lends the tokenizer)."""
     if cfg.path:
         return load_causal_lm(Path(cfg.path)), str(cfg.path)
-    return build_lm_student(cfg, teacher_tokenizer, seed), "built"
+    init = cfg.init or ("random" if black_box else "teacher_layers")
+    if init == "teacher_layers":
+        student, keep = teacher_layers_student(teacher, cfg.num_layers)
+        return student, f"teacher_layers {keep}"
+    return build_lm_student(cfg, teacher.tokenizer, seed), "built"
 
 
 def check_same_tokenizer(student_tokenizer, teacher_tokenizer, what: str = "token-level distillation",

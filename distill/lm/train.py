@@ -35,7 +35,7 @@ from distill import checkpoint, losses
 from distill.config import LMTrainConfig, PipelineConfig
 from distill.lm.batch import TokenBatch, make_batch, selected_logits
 from distill.lm.generate import read_completions, teacher_identity
-from distill.lm.prompts import LMDataError, read_prompts, render_prompt
+from distill.lm.prompts import LMDataError, PromptTemplate, read_prompts, render_prompt
 from distill.lm.student import check_same_tokenizer, save_lm, student_for
 from distill.lm.teacher import CausalLM, describe_source, load_causal_lm, tokenizer_fingerprint
 from distill.lm.topk import TopK, read_topk
@@ -302,11 +302,11 @@ def train_lm(student: CausalLM, data: LMData, cfg: LMTrainConfig, seed: int, dev
     return history
 
 
-def retokenize(frame: pd.DataFrame, system: str, tokenizer, finished_eos: bool = True) -> LMData:
+def retokenize(frame: pd.DataFrame, template: PromptTemplate, tokenizer, finished_eos: bool = True) -> LMData:
     """The teacher's text as the student's tokens (sequence-level KD with another tokenizer)."""
     prompts, completions, rationale = [], [], []
     for row in frame.itertuples():
-        prompts.append(tokenizer(render_prompt(tokenizer, system, row.request), add_special_tokens=False)["input_ids"])
+        prompts.append(tokenizer(render_prompt(tokenizer, template, row.request), add_special_tokens=False)["input_ids"])
         ids = tokenizer(row.completion, add_special_tokens=False)["input_ids"]
         if finished_eos and row.finished and tokenizer.eos_token_id is not None:
             ids = ids + [tokenizer.eos_token_id]
@@ -335,7 +335,7 @@ def run(cfg: PipelineConfig, completions_path: Path, teacher_dir: Path, out_dir:
     fingerprint = teacher_identity(cfg, teacher_dir)
     frame, meta = read_completions(completions_path, fingerprint)
     teacher = load_causal_lm(teacher_dir)
-    student, source = student_for(cfg.lm.student, teacher.tokenizer, cfg.seed)
+    student, source = student_for(cfg.lm.student, teacher, cfg.seed, cfg.lm.api is not None)
     same_tokenizer = tokenizer_fingerprint(student.tokenizer) == tokenizer_fingerprint(teacher.tokenizer)
     if tcfg.mode != "sequence":
         check_same_tokenizer(student.tokenizer, teacher.tokenizer, f"lm.train.mode={tcfg.mode}", source,
@@ -348,7 +348,7 @@ def run(cfg: PipelineConfig, completions_path: Path, teacher_dir: Path, out_dir:
     if same_tokenizer:
         data = teacher_data(frame, caches)
     else:
-        data = retokenize(frame, meta["instruction"], student.tokenizer)
+        data = retokenize(frame, PromptTemplate.of(meta), student.tokenizer)
     train_idx, held_idx = np.flatnonzero(frame["split"] == "train"), np.flatnonzero(frame["split"] == "heldout")
     device, pad_id = pick_device(tcfg.device), student.tokenizer.pad_token_id
     before = heldout_metrics(student.model.to(device), data.subset(held_idx), pad_id, tcfg, device)
@@ -372,10 +372,11 @@ def run(cfg: PipelineConfig, completions_path: Path, teacher_dir: Path, out_dir:
                          round(first, 4), round(last, 4), before, after, student.num_parameters)
 
 
-def reference_data(prompts: pd.DataFrame, system: str, tokenizer) -> LMData:
-    """The prompts with their reference answers (the gold labels) as completions, ended by EOS."""
+def reference_data(prompts: pd.DataFrame, template: PromptTemplate, tokenizer) -> LMData:
+    """The prompts with their reference answers (the gold labels, or the names a rewrite keeps) as completions,
+    ended by EOS."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return LMData([tokenizer(render_prompt(tokenizer, system, r), add_special_tokens=False)["input_ids"]
+    return LMData([tokenizer(render_prompt(tokenizer, template, r), add_special_tokens=False)["input_ids"]
                    for r in prompts["request"]],
                   [tokenizer(str(ref), add_special_tokens=False)["input_ids"] + eos for ref in prompts["reference"]],
                   [0] * len(prompts))
@@ -390,8 +391,8 @@ def run_baseline(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out
     tcfg = cfg.lm.train.model_copy(update={"mode": "sequence", "alpha": 0.0})
     prompts, meta = read_prompts(prompts_path)
     teacher = load_causal_lm(teacher_dir)
-    student, source = student_for(cfg.lm.student, teacher.tokenizer, cfg.seed)
-    data = reference_data(prompts, meta["instruction"], student.tokenizer)
+    student, source = student_for(cfg.lm.student, teacher, cfg.seed, cfg.lm.api is not None)
+    data = reference_data(prompts, PromptTemplate.of(meta), student.tokenizer)
     train_idx, held_idx = np.flatnonzero(prompts["split"] == "train"), np.flatnonzero(prompts["split"] == "heldout")
     device, pad_id = pick_device(tcfg.device), student.tokenizer.pad_token_id
     before = heldout_metrics(student.model.to(device), data.subset(held_idx), pad_id, tcfg, device)

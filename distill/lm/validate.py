@@ -32,7 +32,7 @@ from distill.gates import GateReport, check_lm_teacher
 from distill.io import write_json
 from distill.lm.evaluate import normalize_answer, task_accuracy, text_safety
 from distill.lm.generate import (GenerationSettings, api_completion_rows, completion_rows, teacher_identity)
-from distill.lm.prompts import LMDataError, read_prompts
+from distill.lm.prompts import LMDataError, PromptTemplate, read_prompts
 from distill.models import pick_device
 from distill.teacher import require_passed_gate
 
@@ -48,6 +48,7 @@ class LMTeacherValidation:
     metrics: dict
     teacher: str
     seconds: float
+    task_metric: str = "task_exact"  # the score the gate judged: lm.teacher_gate.metric, else the task's own
 
 
 def score_answers(rows: list[dict], labels: list[str] | None, chain_of_thought: bool = False) -> dict:
@@ -70,7 +71,7 @@ def score_answers(rows: list[dict], labels: list[str] | None, chain_of_thought: 
 def teacher_answers(cfg: PipelineConfig, prompts: pd.DataFrame, meta: dict, teacher_dir: Path) -> list[dict]:
     """The teacher's answers to ``prompts``, generated as lm_generate would (rows in the completions format)."""
     settings = GenerationSettings.from_config(cfg.lm.generate, cfg.seed)
-    system, marker = meta["cot_instruction" if settings.chain_of_thought else "instruction"], meta["answer_marker"]
+    template, marker = PromptTemplate.of(meta, settings.chain_of_thought), meta["answer_marker"]
     if cfg.lm.api is not None:
         from transformers import AutoTokenizer
 
@@ -78,14 +79,14 @@ def teacher_answers(cfg: PipelineConfig, prompts: pd.DataFrame, meta: dict, teac
 
         tokenizer = AutoTokenizer.from_pretrained(teacher_dir, trust_remote_code=False)
         with ChatClient(cfg.lm.api) as client:
-            return api_completion_rows(client, tokenizer, prompts, system, marker, settings)[0]
+            return api_completion_rows(client, tokenizer, prompts, template, marker, settings)[0]
     from tqdm.auto import tqdm
 
     from distill.lm.teacher import load_causal_lm
 
     lm, device, rows = load_causal_lm(teacher_dir), pick_device(cfg.lm.train.device), []
     for start in tqdm(range(0, len(prompts), settings.batch_size), desc="teacher validation", unit="batch"):
-        rows += completion_rows(lm, prompts.iloc[start:start + settings.batch_size], system, marker, settings,
+        rows += completion_rows(lm, prompts.iloc[start:start + settings.batch_size], template, marker, settings,
                                 settings.seed, device)
     return rows
 
@@ -111,10 +112,11 @@ def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_dir: Pat
     started = time.perf_counter()
     rows = teacher_answers(cfg, held, meta, Path(teacher_dir))
     metrics = score_answers(rows, meta.get("labels"), cfg.lm.generate.chain_of_thought)
-    gate: GateReport = check_lm_teacher(metrics, cfg.lm.teacher_gate)
+    task_metric = cfg.lm.teacher_gate.metric or meta.get("metric", "task_exact")
+    gate: GateReport = check_lm_teacher(metrics, cfg.lm.teacher_gate, task_metric)
     identity = teacher_identity(cfg, Path(teacher_dir))
     validation = LMTeacherValidation(gate.passed, gate.reasons, metrics, identity,
-                                     round(time.perf_counter() - started, 2))
+                                     round(time.perf_counter() - started, 2), task_metric)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
