@@ -18,7 +18,8 @@ Steps, each through the library's own stage functions (nothing is reimplemented 
    top-k, and / or sequence-level KD on the teacher's text);
 3. the undistilled student (:func:`distill.lm.train.run_baseline`, the lm_baseline stage): the same
    architecture, seed, epochs, batch size and learning rate, trained with cross-entropy on the
-   prompts' reference answers (the intent name, then EOS) instead of anything from the teacher;
+   prompts' reference answers (the label, or the value a rewrite keeps, then EOS) instead of anything from
+   the teacher;
 4. one harness for all (:func:`distill.lm.evaluate.evaluate_lm`): perplexity, KL and top-1 agreement
    on held-out teacher text, greedy agreement, task accuracy, latency / token, memory, the
    unsafe-content screens, and each student's acceptance rate as the teacher's speculative draft.
@@ -67,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-only", action="store_true", help="only the cache figures (prompts and "
                         "completions reused or made); the quantisation error uses students already in --work")
     parser.add_argument("--modes", default="token,sequence", help="distilled students: token and/or sequence")
+    parser.add_argument("--init", choices=["random", "teacher_layers"], default="random",
+                        help="how the students start (lm.student.init): random, the shape below (the figures in "
+                        "docs/llm.md), or teacher_layers, --layers of the teacher's blocks (the pipeline's default)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
@@ -95,7 +99,7 @@ def build_config(args: argparse.Namespace):
 
     sets = {"lm.prompts.train_size": args.train_size, "lm.prompts.heldout_size": args.heldout_size,
             "lm.generate.max_new_tokens": args.max_new_tokens,
-            "lm.student.num_layers": args.layers, "lm.student.hidden_size": args.width,
+            "lm.student.init": args.init, "lm.student.num_layers": args.layers, "lm.student.hidden_size": args.width,
             "lm.student.num_heads": args.heads, "lm.student.num_kv_heads": args.kv_heads,
             "lm.student.intermediate_size": args.intermediate, "lm.train.epochs": args.epochs,
             "lm.train.batch_size": args.batch_size, "lm.train.learning_rate": args.learning_rate,
