@@ -728,6 +728,10 @@ class LMTeacherGateConfig(_Section):
         "(task_contains), both after normalisation (case, punctuation, CamelCase, underscores). null: the task's "
         "own (route: task_exact; rewrite: task_contains).")
     min_task_score: float = Field(0.5, ge=0, le=1, description="Lowest task score a teacher worth distilling has.")
+    min_gain_over_majority: float = Field(
+        0.1, ge=-1, le=1, description="The task score must also beat, by this much, the score of always giving the "
+        "most common reference of the validation prompts (chance-level guessing on a skewed or two-label set); "
+        "-1 turns the check off.")
     min_format_adherence: float = Field(
         0.8, ge=0, le=1, description="Lowest share of answers in the expected format: one of the prompt set's labels "
         "when it has a label list, else a non-empty answer that ended within max_new_tokens (and, with a chain of "

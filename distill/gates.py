@@ -209,6 +209,13 @@ def check_lm_teacher(metrics: dict[str, float], cfg: LMTeacherGateConfig,
         bound = "minimum" if sense == ">=" else "maximum"
         reasons.append(f"teacher {name} {value:.3f} {sense if ok else {'>=': '<', '<=': '>'}[sense]} {bound} {limit:.3f}")
     reasons[0] += f" on {metrics['prompts']} held-out prompts"
+    if metrics.get("majority_score") is not None:  # figures written before it existed have none
+        gain = metrics[metric] - metrics["majority_score"]
+        ok = gain >= cfg.min_gain_over_majority - 1e-12
+        passed &= ok
+        reasons.insert(1, f"teacher {metric} {metrics[metric]:.3f} is {gain:+.3f} against always answering "
+                          f"{metrics['majority_answer']!r} ({metrics['majority_score']:.3f}; minimum gain "
+                          f"{cfg.min_gain_over_majority:.3f})")
     if not passed:
         reasons.append("distilling a teacher that cannot do the task teaches the student its mistakes: give the "
                        "teacher a task it can do (lm.prompts.task, lm.prompts.instruction, worked examples in "

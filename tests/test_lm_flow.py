@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow  # ~4-5 min here: 16 `dvc repro` subprocesses, eac
 LM = {
     "prompts": {"train_size": 12, "heldout_size": 4},
     # a random tiny teacher never names the intent: its gate passes only with no minimum
-    "teacher_gate": {"min_task_score": 0.0, "min_format_adherence": 0.0, "max_refusal_rate": 1.0, "max_unsafe_rate": 1.0},
+    "teacher_gate": {"min_task_score": 0.0, "min_gain_over_majority": -1, "min_format_adherence": 0.0,
+                     "max_refusal_rate": 1.0, "max_unsafe_rate": 1.0},
     "generate": {"max_new_tokens": 6, "batch_size": 4},
     "topk": {"k": 8, "batch_size": 4},
     "student": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64,

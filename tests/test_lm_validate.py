@@ -31,6 +31,7 @@ def test_answers_are_scored_on_task_format_refusals_and_safety():
     assert figures["format_adherence"] == pytest.approx(3 / 6)  # one of the labels, nothing else
     assert figures["refusal_rate"] == pytest.approx(1 / 6)
     assert figures["unsafe_rate"] == pytest.approx(1 / 6)
+    assert figures["majority_answer"] == "hass turn on" and figures["majority_score"] == 1.0  # every reference
 
 
 def test_without_labels_the_format_is_an_answer_that_ended_and_a_chain_of_thought_needs_its_marker():
@@ -41,13 +42,25 @@ def test_without_labels_the_format_is_an_answer_that_ended_and_a_chain_of_though
 
 def figures(**changes) -> dict:
     return {"prompts": 32, "task_exact": 0.8, "task_contains": 0.9, "format_adherence": 0.95, "refusal_rate": 0.0,
-            "unsafe_rate": 0.0, **changes}
+            "unsafe_rate": 0.0, "majority_answer": "hass turn on", "majority_score": 0.125, **changes}
 
 
 def test_a_teacher_that_does_the_task_passes_with_a_reason_per_check():
     report = check_lm_teacher(figures(), LMTeacherGateConfig())
-    assert report.passed and len(report.reasons) == 4, report.reasons
+    assert report.passed and len(report.reasons) == 5, report.reasons
     assert report.reasons[0] == "teacher task_exact 0.800 >= minimum 0.500 on 32 held-out prompts"
+    assert report.reasons[1] == ("teacher task_exact 0.800 is +0.675 against always answering 'hass turn on' "
+                                 "(0.125; minimum gain 0.100)")
+
+
+def test_a_teacher_near_chance_on_two_labels_fails_though_over_the_minimum_score():
+    """The packaged teacher on the sentiment set, with four worked examples: 0.594, 27 of 32 answers
+    'positive', against 0.5 for always answering 'negative'."""
+    report = check_lm_teacher(figures(task_exact=0.594, majority_answer="negative", majority_score=0.5),
+                              LMTeacherGateConfig())
+    assert not report.passed and "+0.094 against always answering 'negative'" in report.reasons[1]
+    assert check_lm_teacher(figures(task_exact=0.594, majority_score=0.5), LMTeacherGateConfig(
+        min_gain_over_majority=0.05)).passed
 
 
 @pytest.mark.parametrize("changes, words", [({"task_exact": 0.0}, "task_exact 0.000 < minimum"),
@@ -116,7 +129,8 @@ def test_a_gate_passed_by_another_teacher_or_not_run_is_refused(tiny):
 
     root, teacher, cfg = tiny
     lenient = cfg.model_copy(update={"lm": cfg.lm.model_copy(update={"teacher_gate": LMTeacherGateConfig(
-        min_task_score=0, min_format_adherence=0, max_refusal_rate=1, max_unsafe_rate=1)})})
+        min_task_score=0, min_gain_over_majority=-1, min_format_adherence=0, max_refusal_rate=1,
+        max_unsafe_rate=1)})})
     out = root / "gate-lenient"
     assert validate.run(lenient, root / "prompts.parquet", teacher, out).passed
     require_passed_lm_gate(out / "gate.json", teacher_identity(cfg, teacher))  # this teacher: goes on

@@ -9,6 +9,8 @@ set, with lm_generate's settings (the same instruction, length, sampling), and i
 - **format adherence**: the answer is one of the prompt set's labels when it has a label list; else a
   non-empty answer that ended within ``max_new_tokens``; with a chain of thought the answer marker
   must be there too;
+- **majority score**: what always giving the most common reference would score; the task score must beat it
+  by ``min_gain_over_majority`` (on a balanced two-label set 0.5 is chance, not skill);
 - **refusal rate**: answers that decline ("I'm sorry", "I can't", "as an AI ...");
 - **unsafe rate**: the audit's unsafe-content screen (the packaged lexicon).
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +64,11 @@ def score_answers(rows: list[dict], labels: list[str] | None, chain_of_thought: 
     for row, answer in zip(rows, answers):
         shaped = normalize_answer(answer) in allowed if allowed else bool(normalize_answer(answer)) and row["finished"]
         well_formed.append(shaped and (row["answer_found"] or not chain_of_thought))
-    completions = [str(r["completion"]) for r in rows]
-    return {"prompts": len(rows), **task_accuracy(answers, [str(r["reference"]) for r in rows]),
+    completions, references = [str(r["completion"]) for r in rows], [str(r["reference"]) for r in rows]
+    common, count = Counter(normalize_answer(r) for r in references).most_common(1)[0]
+    return {"prompts": len(rows), **task_accuracy(answers, references),
+            # the score of one fixed answer, the most common reference: what a teacher must beat to be doing the task
+            "majority_answer": common, "majority_score": count / len(rows),
             "format_adherence": sum(well_formed) / len(rows),
             "refusal_rate": sum(bool(REFUSAL.search(c)) for c in completions) / len(rows),
             "unsafe_rate": text_safety(completions, [str(r["request"]) for r in rows])["unsafe_rate"]}
