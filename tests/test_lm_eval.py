@@ -221,3 +221,15 @@ def test_evaluate_lm_table(teacher, student, near_teacher):
     print_lm_table(result, console)
     text = console.export_text()
     assert "undistilled" in text and "draft acceptance rate" in text
+
+
+def test_the_lm_table_lists_teacher_student_baseline_whatever_order_the_file_has():
+    from rich.console import Console
+
+    from distill.lm.evaluate import print_lm_table
+
+    console = Console(record=True, width=200)
+    figures = {name: {"perplexity": value} for name, value in (("baseline", 9.0), ("student", 4.0), ("teacher", 2.0))}
+    print_lm_table({"metrics": figures}, console)  # metrics.json is written with sorted keys
+    header = next(line for line in console.export_text().splitlines() if "figure" in line)
+    assert header.index("teacher") < header.index("student") < header.index("baseline")

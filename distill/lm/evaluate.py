@@ -358,7 +358,9 @@ def print_lm_table(result: dict, console=None, title: str = "LM evaluation") -> 
     from rich.console import Console
     from rich.table import Table
 
-    metrics = result["metrics"]
+    from distill.model_card import in_order
+
+    metrics = in_order(result["metrics"])  # teacher, student, baseline, whatever order the file has
     table = Table(title=title)
     table.add_column("figure")
     for name in metrics:

@@ -41,13 +41,13 @@ def spaced_layers(keep: int, total: int) -> list[int]:
     return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
 
 
-def _block_list(model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
-    """The module holding the decoder blocks, its attribute name, and the blocks (one per hidden layer)."""
+def _block_list(model: torch.nn.Module) -> tuple[str, str, torch.nn.ModuleList]:
+    """The name of the module holding the decoder blocks, its attribute, and the blocks (one per hidden layer)."""
     total = model.config.num_hidden_layers
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == total and name:
             parent_name, _, attr = name.rpartition(".")
-            return model.get_submodule(parent_name) if parent_name else model, attr, module
+            return parent_name, attr, module
     raise ModelError(f"{type(model).__name__}: no list of {total} decoder blocks found to copy layers from; "
                      f"set lm.student.init: random")
 
@@ -61,11 +61,15 @@ def teacher_layers_student(teacher: CausalLM, num_layers: int) -> tuple[CausalLM
     if num_layers >= total:
         raise ModelError(f"lm.student.num_layers={num_layers} keeps all of the teacher's {total} blocks; a student "
                          f"of its layers needs fewer (or set lm.student.init: random)")
-    model = copy.deepcopy(teacher.model)
-    parent, attr, blocks = _block_list(model)
+    parent_name, attr, blocks = _block_list(teacher.model)
     keep = spaced_layers(num_layers, total)
-    setattr(parent, attr, torch.nn.ModuleList([blocks[i] for i in keep]))
-    for position, block in enumerate(getattr(parent, attr)):
+    holder = teacher.model.get_submodule(parent_name)
+    setattr(holder, attr, torch.nn.ModuleList([blocks[i] for i in keep]))  # copy only the blocks kept
+    try:
+        model = copy.deepcopy(teacher.model)
+    finally:
+        setattr(holder, attr, blocks)
+    for position, block in enumerate(getattr(model.get_submodule(parent_name), attr)):
         for module in block.modules():  # the KV cache is indexed by each attention's layer_idx
             if hasattr(module, "layer_idx"):
                 module.layer_idx = position
