@@ -11,6 +11,7 @@ spreading the sections over modules would scatter that source.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -718,6 +719,41 @@ class LMGenerateConfig(_Section):
     save_every: int = Field(4, ge=1, description="Batches between saves of the partial file a killed run resumes.")
 
 
+class LMSelectConfig(_Section):
+    """Which training prompts a paid black-box teacher (lm.api) answers: the lm_select stage (distill/lm/select.py).
+
+    Held-out prompts are always answered: they are the evaluation.
+    """
+
+    strategy: Literal["all", "random", "active"] = Field(
+        "all", description="all: every training prompt; random: a seeded random sample of the call budget; active: "
+        "the budget spent in rounds, each chosen by an interim student trained on the answers so far (its "
+        "uncertainty on the unpaid prompts and their spread, `rule`). random and active need lm.api.")
+    share: float = Field(0.5, gt=0, le=1, description="The call budget as a share of the training prompts "
+                         "(random, active); max_calls, when set, wins.")
+    max_calls: int | None = Field(None, ge=1, description="The call budget in training prompts sent to the teacher.")
+    rule: Literal["uncertainty", "diversity", "uncertainty_diversity"] = Field(
+        "uncertainty_diversity", description="How active picks a round. uncertainty: the prompts whose greedy answer "
+        "the interim student is least sure of (mean next-token entropy); diversity: the prompts farthest from every "
+        "prompt paid so far (k-center on the student's embeddings of the requests); uncertainty_diversity: the "
+        "spread-out ones (k-center) among the candidate_factor x round size most uncertain.")
+    rounds: int = Field(4, ge=2, le=50, description="Rounds the budget is split into (active); the first is chosen "
+                        "for coverage (k-center, or at random with rule uncertainty) before any student exists.")
+    candidate_factor: float = Field(3.0, ge=1, description="uncertainty_diversity: the shortlist of most uncertain "
+                                    "prompts, as a multiple of the round size.")
+    min_uncertainty_drop: float = Field(
+        0.0, ge=0, lt=1, description="Stop early (a plateau) when the unpaid prompts' mean uncertainty fell by less "
+        "than this share of its value after the previous round; 0 spends the whole budget.")
+    epochs: int = Field(2, ge=1, description="Epochs of each round's interim student (sequence-level, lm.train's "
+                        "batch size, learning rate and length, from the same start as the real student).")
+
+    def budget(self, pool: int) -> int:
+        """Training prompts the teacher may answer, of a pool of ``pool``."""
+        if self.strategy == "all":
+            return pool
+        return min(pool, self.max_calls if self.max_calls is not None else math.ceil(self.share * pool))
+
+
 class LMTeacherGateConfig(_Section):
     """The LM teacher gate (lm_validate_teacher): the teacher answers held-out prompts before any generation."""
 
@@ -944,6 +980,7 @@ class LMConfig(_Section):
         "it for the completions (sequence-level KD only: no logits, so lm.train.mode must be sequence).")
     prompts: LMPromptsConfig = Field(default_factory=LMPromptsConfig)
     teacher_gate: LMTeacherGateConfig = Field(default_factory=LMTeacherGateConfig)
+    select: LMSelectConfig = Field(default_factory=LMSelectConfig)
     generate: LMGenerateConfig = Field(default_factory=LMGenerateConfig)
     topk: LMTopKConfig = Field(default_factory=LMTopKConfig)
     student: LMStudentConfig = Field(default_factory=LMStudentConfig)
@@ -957,6 +994,11 @@ class LMConfig(_Section):
             raise ValueError(
                 "lm.student.init=teacher_layers copies the teacher's blocks, but lm.api makes the teacher a black-box "
                 "endpoint with no weights to copy; set lm.student.init: random (or null)")
+        if self.api is None and self.select.strategy != "all":
+            raise ValueError(
+                f"lm.select.strategy={self.select.strategy} chooses which prompts a paid black-box teacher answers, but "
+                f"lm.api is not set: a local teacher answers every prompt (its cost is time, not calls); set "
+                f"lm.select.strategy: all, or set lm.api")
         if self.api is not None and self.train.mode != "sequence":
             raise ValueError(
                 f"lm.train.mode={self.train.mode} needs the teacher's logits, but lm.api makes the teacher a "

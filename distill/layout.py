@@ -36,6 +36,7 @@ class Layout:
     lm_imported_teacher: Path = Path("models/lm_imported_teacher")
     lm_prompts: Path = Path("data/lm/prompts.parquet")
     lm_teacher_report: Path = Path("reports/lm_teacher")  # lm_validate_teacher: metrics.json, gate.json, report.md
+    lm_selection: Path = Path("reports/lm_selection.json")  # lm_select: the training prompts the teacher answers
     lm_completions: Path = Path("data/lm/completions.parquet")
     lm_topk: Path = Path("data/lm/topk.parquet")
     lm_student: Path = Path("models/lm_student")
@@ -68,5 +69,6 @@ STAGE_OUTS = {"config": LAYOUT.run_params, "prepare": LAYOUT.prepared, "teacher"
               "size_student": LAYOUT.student_shape, "train_student": LAYOUT.student, "train_baseline": LAYOUT.baseline,
               "compress_student": LAYOUT.compressed,
               "evaluate": LAYOUT.evaluate, "audit": LAYOUT.audit, "lm_teacher": LAYOUT.lm_teacher,
-              "lm_prompts": LAYOUT.lm_prompts, "lm_validate_teacher": LAYOUT.lm_teacher_report, "lm_generate": LAYOUT.lm_completions, "lm_topk": LAYOUT.lm_topk,
+              "lm_prompts": LAYOUT.lm_prompts, "lm_validate_teacher": LAYOUT.lm_teacher_report,
+              "lm_select": LAYOUT.lm_selection, "lm_generate": LAYOUT.lm_completions, "lm_topk": LAYOUT.lm_topk,
               "lm_train": LAYOUT.lm_student, "lm_baseline": LAYOUT.lm_baseline}

@@ -273,7 +273,7 @@ def audit(predictions: Path = LAYOUT.predictions, out: Path = LAYOUT.audit,
     _finish({"passed": report.passed, "reasons": report.reasons}, result_file=result_file)
 
 
-# ---- LLM distillation stages (dvc.yaml: lm_teacher, lm_prompts, lm_validate_teacher, lm_generate, lm_topk, lm_train) ----
+# ---- LLM distillation stages (dvc.yaml: lm_teacher, lm_prompts, lm_validate_teacher, lm_select, lm_generate, ...) ----
 
 LMTeacherDir = Annotated[Path, typer.Option("--teacher", help="Causal-LM teacher folder (lm.teacher_path wins "
                                                              "when set).")]
@@ -329,25 +329,54 @@ def lm_validate_teacher(prompts: Annotated[Path, typer.Option(help="Prompt set."
                       + f". Report: {out / 'report.md'}")
 
 
+GateOpt = Annotated[Optional[Path], typer.Option(
+    help="The LM teacher gate's verdict (gate.json); a failed gate stops the stage before any teacher call.")]
+
+
+def _require_gate(cfg: PipelineConfig, gate: Path | None, folder: Path) -> None:
+    if gate is not None:
+        from distill.lm.generate import teacher_identity
+        from distill.lm.validate import require_passed_lm_gate
+
+        require_passed_lm_gate(gate, teacher_identity(cfg, folder))
+
+
+@app.command("lm-select")
+def lm_select(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = LAYOUT.lm_prompts,
+              teacher: LMTeacherDir = LAYOUT.lm_teacher,
+              out: Annotated[Path, typer.Option(help="The selection (JSON).")] = LAYOUT.lm_selection,
+              params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None,
+              gate: GateOpt = None) -> None:
+    """Choose the training prompts a paid teacher answers (lm.select: all, random, or active rounds)."""
+    from distill.lm import select
+
+    def body():
+        cfg = _config(params, set_)
+        folder = _lm_teacher_dir(cfg, teacher)
+        _require_gate(cfg, gate, folder)
+        chosen = asdict(select.run(cfg, prompts, folder, out))
+        return {"calls": chosen["pool"] if chosen["selected"] is None else len(chosen["selected"]),
+                **{k: v for k, v in chosen.items() if k != "selected"}, "selection": str(out)}
+
+    _finish(_stage(body), result_file=result_file)
+
+
 @app.command("lm-generate")
 def lm_generate(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = LAYOUT.lm_prompts,
                 teacher: LMTeacherDir = LAYOUT.lm_teacher,
                 out: Annotated[Path, typer.Option(help="Completions (Parquet).")] = LAYOUT.lm_completions,
                 params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, result_file: ResultOpt = None,
-                gate: Annotated[Optional[Path], typer.Option(
-                    help="The LM teacher gate's verdict (gate.json); a failed gate stops the generation.")] = None
-                ) -> None:
+                gate: GateOpt = None,
+                selection: Annotated[Optional[Path], typer.Option(
+                    help="lm_select's choice of training prompts; without it every prompt is sent.")] = None) -> None:
     """Generate the teacher's completions once (resumable; recorded sampling settings)."""
     from distill.lm import generate
 
     def body():
         cfg = _config(params, set_)
         folder = _lm_teacher_dir(cfg, teacher)
-        if gate is not None:
-            from distill.lm.validate import require_passed_lm_gate
-
-            require_passed_lm_gate(gate, generate.teacher_identity(cfg, folder))
-        return generate.run(cfg, prompts, folder, out)
+        _require_gate(cfg, gate, folder)
+        return generate.run(cfg, prompts, folder, out, selection)
 
     _finish(_stage(body), result_file=result_file)
 

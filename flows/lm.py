@@ -35,8 +35,8 @@ from flows.promotion import promote_student
 from tasks import dvc, registry, tracking
 from tasks.lm_teacher import fetch_lm_teacher
 
-STAGES = ("prepare", "lm_teacher", "lm_prompts", "lm_validate_teacher", "lm_generate", "lm_topk", "lm_train",
-          "lm_baseline", "lm_evaluate")
+STAGES = ("prepare", "lm_teacher", "lm_prompts", "lm_validate_teacher", "lm_select", "lm_generate", "lm_topk",
+          "lm_train", "lm_baseline", "lm_evaluate")
 
 
 
@@ -53,6 +53,20 @@ def teacher_lineage(cfg: PipelineConfig, teacher_dir: Path) -> dict[str, str]:
         if info.get("version"):
             tags |= {"teacher_model": info["name"], "teacher_version": str(info["version"])}
     return tags
+
+
+def teacher_spend(runs: list[dvc.StageRun]) -> dict[str, float | int | None]:
+    """What the teacher was asked for the student's completions (MLflow metrics ``teacher.*``): prompts answered
+    (calls; train and held-out), tokens and estimated cost (a black-box teacher: counted at the usage each answer
+    was paid with, cached ones included), and how the training prompts were chosen (lm_select)."""
+    by_stage = {run.stage: run.result or {} for run in runs}
+    generated, selected = by_stage.get("lm_generate", {}), by_stage.get("lm_select", {})
+    api = generated.get("api") or {}
+    return {"calls": api.get("calls", generated.get("rows")),
+            "tokens": api.get("dataset_tokens", generated.get("completion_tokens")),
+            "estimated_cost": api.get("dataset_cost"), "paid_this_run": api.get("total_tokens"),
+            "train_calls": selected.get("calls"), "train_pool": selected.get("pool"),
+            "select_rounds": len(selected.get("rounds") or []) or None}
 
 
 def print_lm_summary(result: dict, decision: dict, version: str, promoted: bool, report: str) -> None:
@@ -108,7 +122,7 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
         return {"completed": False, "teacher_gate": {"passed": False, "reasons": gate.result["reasons"]},
                 "teacher_metrics": gate.result["metrics"], "report": str(Path(at.lm_teacher_report, "report.md"))}
     runs.append(gate)
-    runs += [dvc.repro(stage, project_dir) for stage in STAGES[STAGES.index("lm_generate"):]]
+    runs += [dvc.repro(stage, project_dir) for stage in STAGES[STAGES.index("lm_select"):]]
     dvc.push(project_dir)
     metrics = read_json(Path(at.lm_evaluate, "metrics.json"))
     decision = decide_lm_promotion(metrics, cfg.lm.promote, gate.result.get("task_metric"))
@@ -128,7 +142,9 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
     lineage |= {f"eval.{key}": f"{value:.4f}" for key, value in metrics["student"].items()
                 if key in ("perplexity", "kl_from_teacher", "top1_agreement", "greedy_prefix_agreement",
                            "task_exact", "unsafe_rate", "ms_per_token") and value is not None}
-    run_id = tracking.log_run(cfg, {"lm_eval": metrics}, lineage, [str(at.lm_evaluate)], project_dir, kind="lm")
+    lineage["select_strategy"] = cfg.lm.select.strategy
+    run_id = tracking.log_run(cfg, {"lm_eval": metrics, "teacher": teacher_spend(runs)}, lineage,
+                              [str(at.lm_evaluate), str(at.lm_selection)], project_dir, kind="lm")
     description = (f"LM student distilled by distill ({card.get('mode')} mode) from teacher "
                    f"{lineage['teacher_fingerprint'][:16]}.\n\n" + "\n".join(f"- {r}" for r in decision.reasons))
     version, fresh = registry.register_student(cfg, run_id, str(at.lm_student), card, lineage, description,

@@ -96,6 +96,9 @@ def test_lm_flow_registers_the_student_and_promotes_only_through_the_gate(harnes
     assert tags["teacher_fingerprint"] and tags["completions_md5"] and tags["topk_md5"]
     run = mlflow_client.get_run(first["run_id"])
     assert "lm_eval.student.perplexity" in run.data.metrics and run.data.tags["task"] == "lm"
+    # A local teacher answers every prompt: 12 training and 4 held-out completions.
+    assert run.data.metrics["teacher.calls"] == 16 and run.data.metrics["teacher.train_pool"] == 12
+    assert run.data.tags["select_strategy"] == "all"
 
     # Another student (another learning rate) and a gate that cannot pass: registered, not promoted.
     state = distill_lm_pipeline(project_dir=str(project), overrides=[
@@ -105,6 +108,7 @@ def test_lm_flow_registers_the_student_and_promotes_only_through_the_gate(harnes
     second = summary_of(state)
     assert second["completed"] and not second["decision"]["passed"]
     assert {"prepare", "lm_teacher", "lm_prompts", "lm_generate", "lm_topk"} <= set(second["skipped_stages"])
+    # lm_select reran (it reads lm.train) but chose the same: its unchanged file kept lm_generate skipped
     assert second["newly_registered"] and second["student_version"] != first["student_version"]
     assert any("perplexity" in r and ">" in r for r in second["decision"]["reasons"])
     version = mlflow_client.get_model_version(name, second["student_version"])

@@ -58,6 +58,7 @@ class GenerateResult:
     seconds: float
     ms_per_token: float | None
     teacher_fingerprint: str
+    api: dict | None = None    # a black-box teacher's spend (calls, tokens, estimated cost; api_completion_rows)
 
 
 def split_rationale(text: str, marker: str) -> tuple[str, str, bool]:
@@ -272,18 +273,25 @@ def api_completion_rows(client, tokenizer, prompts: pd.DataFrame, template: Prom
                      "rationale_tokens": len(tokenizer(rationale, add_special_tokens=False)["input_ids"])
                      if rationale else 0})
     summary = result.summary
-    return rows, {"requests": summary.requests, "cache_hits": summary.cache_hits, "total_tokens": summary.total_tokens,
-                  "estimated_cost": summary.estimated_cost, "skipped": len(summary.skipped),
-                  "stopped_by_budget": summary.stopped_by_budget}
+    answered = [c for c in result.completions if c is not None]
+    prompt_tokens = sum(c.prompt_tokens for c in answered)
+    completion_tokens = sum(c.completion_tokens for c in answered)
+    # This run's payment (requests, total_tokens, estimated_cost) and what the answers cost whenever paid
+    # (calls, dataset_tokens, dataset_cost: the cached answers counted at the usage they were paid with).
+    return rows, {"calls": len(answered), "requests": summary.requests, "cache_hits": summary.cache_hits,
+                  "total_tokens": summary.total_tokens, "estimated_cost": summary.estimated_cost,
+                  "dataset_tokens": prompt_tokens + completion_tokens,
+                  "dataset_cost": round(client.cfg.cost_of(prompt_tokens, completion_tokens), 6),
+                  "skipped": len(summary.skipped), "stopped_by_budget": summary.stopped_by_budget}
 
 
-def run_api(cfg: PipelineConfig, prompts_path: Path, tokenizer_dir: Path, out_path: Path) -> GenerateResult:
+def run_api(cfg: PipelineConfig, prompts: pd.DataFrame, prompts_meta: dict, tokenizer_dir: Path,
+            out_path: Path) -> GenerateResult:
     """lm_generate with a black-box teacher (``lm.api``): completions through the cached, budgeted ChatClient."""
     from transformers import AutoTokenizer
 
     from distill.lm.client import ChatClient
 
-    prompts, prompts_meta = read_prompts(prompts_path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     settings = GenerationSettings.from_config(cfg.lm.generate, cfg.seed)
     template = PromptTemplate.of(prompts_meta, settings.chain_of_thought)
@@ -304,17 +312,25 @@ def run_api(cfg: PipelineConfig, prompts_path: Path, tokenizer_dir: Path, out_pa
     write_completions(out_path, rows, {**key, "api": spend})
     tokens = sum(len(r["completion_ids"]) for r in rows)
     return GenerateResult(Path(out_path), len(rows), len(rows) - spend["cache_hits"], spend["cache_hits"], tokens,
-                          round(seconds, 2), None, key["teacher_fingerprint"])
+                          round(seconds, 2), None, key["teacher_fingerprint"], spend)
 
 
-def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_path: Path) -> GenerateResult:
+def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_path: Path,
+        selection_path: Path | None = None) -> GenerateResult:
     """Generate the teacher's completions for the prompt set (the lm_generate stage).
 
-    With ``lm.api`` set the teacher is that endpoint and ``teacher_dir`` only lends its tokenizer.
+    With ``lm.api`` set the teacher is that endpoint and ``teacher_dir`` only lends its tokenizer. With
+    ``selection_path`` (lm_select's choice) only the chosen training prompts are sent, and every held-out one.
     """
-    if cfg.lm.api is not None:
-        return run_api(cfg, prompts_path, teacher_dir, out_path)
     prompts, prompts_meta = read_prompts(prompts_path)
+    if selection_path is not None:
+        from distill.lm.select import read_selection
+
+        chosen = read_selection(selection_path, prompts, prompts_meta, teacher_identity(cfg, teacher_dir))
+        if chosen is not None:
+            prompts = prompts[(prompts["split"] != "train") | prompts["prompt_id"].isin(chosen)].reset_index(drop=True)
+    if cfg.lm.api is not None:
+        return run_api(cfg, prompts, prompts_meta, teacher_dir, out_path)
     lm = load_causal_lm(teacher_dir)
     settings = GenerationSettings.from_config(cfg.lm.generate, cfg.seed)
     key = {"teacher_fingerprint": fingerprint_of(teacher_dir), "teacher_source": str(teacher_dir),

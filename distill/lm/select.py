@@ -1,0 +1,334 @@
+"""Which training prompts a paid black-box teacher answers (the lm_select stage, ``lm.select``).
+
+- ``all``: every training prompt (nothing is chosen; a local teacher always works this way).
+- ``random``: a seeded random sample of the call budget.
+- ``active``: the budget spent in rounds. The first round is chosen for coverage before any student
+  exists (k-center on the starting student's embeddings of the requests). Each later round trains an
+  interim student on every answer paid so far (sequence-level, from the same start as the real
+  student), scores the unpaid prompts by its uncertainty (the mean entropy of its next-token
+  distribution along its own greedy answer) and sends the next round by ``rule``: the most uncertain,
+  the farthest from everything paid (k-center), or the spread-out ones among a shortlist of the most
+  uncertain. It stops at the budget, when the pool is empty, or at a plateau (the pool's mean
+  uncertainty stopped falling, ``min_uncertainty_drop``).
+
+The stage writes the chosen prompt ids, each round's figures and what the teacher was paid to
+``reports/lm_selection.json``; lm_generate then asks the teacher for exactly those prompts (and every
+held-out one), which the response cache already holds for the prompts the rounds paid for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from distill.config import LMSelectConfig, PipelineConfig
+from distill.io import read_json, write_json
+from distill.lm.prompts import LMDataError, PromptTemplate, read_prompts, render_prompt
+from distill.lm.teacher import CausalLM
+
+log = logging.getLogger("distill")
+RESELECT = "rerun the lm_select stage (dvc repro lm_select)"
+SPEND_KEYS = ("calls", "requests", "cache_hits", "total_tokens", "estimated_cost", "dataset_tokens", "dataset_cost",
+              "skipped")
+
+
+@dataclass
+class SelectRound:
+    """One round of active selection."""
+
+    round: int
+    sent: int                             # training prompts asked of the teacher this round
+    answered: int                         # of which the teacher answered (a token/cost budget may stop it)
+    paid_total: int                       # training prompts answered so far
+    pool_uncertainty: float | None        # the unpaid prompts' mean uncertainty before this round (None: no student)
+    interim_loss: float | None            # the interim student's last training loss (None: no student)
+    seconds: float
+
+
+@dataclass
+class Selection:
+    """What lm_select chose and paid (``reports/lm_selection.json``)."""
+
+    strategy: str
+    rule: str | None
+    pool: int                             # training prompts in the prompt set
+    budget: int                           # training prompts the teacher may answer
+    selected: list[str] | None            # the chosen training prompt ids (None: all of them)
+    stopped: str                          # all | budget | pool | plateau | teacher budget
+    rounds: list[SelectRound] = field(default_factory=list)
+    spend: dict = field(default_factory=dict)
+    teacher_fingerprint: str = ""
+    prompts_hash: str = ""
+    seconds: float = 0.0
+
+    @property
+    def calls(self) -> int:
+        return self.pool if self.selected is None else len(self.selected)
+
+
+def add_spend(total: dict, part: dict) -> dict:
+    """The sum of two teacher spend summaries (``api_completion_rows``'s), key by key."""
+    out = dict(total)
+    for key in SPEND_KEYS:
+        out[key] = round(out.get(key, 0) + part.get(key, 0), 6)
+    out["stopped_by_budget"] = bool(total.get("stopped_by_budget") or part.get("stopped_by_budget"))
+    return out
+
+
+def k_center(points: np.ndarray, chosen: Sequence[int], candidates: Sequence[int], n: int) -> list[int]:
+    """Greedy k-center (farthest-first, Sener & Savarese 2018): ``n`` of ``candidates``, each in turn the one
+    farthest (cosine distance on unit rows of ``points``) from every index chosen so far. With nothing chosen
+    the first pick is the candidate nearest the candidates' mean; ties go to the earlier candidate."""
+    candidates = list(candidates)
+    if n >= len(candidates):
+        return candidates
+    pts, picks = points[candidates], []
+    if len(chosen):
+        dist = (1.0 - pts @ points[list(chosen)].T).min(axis=1)
+    else:
+        first = int(np.argmax(pts @ pts.mean(axis=0)))
+        picks.append(first)
+        dist = 1.0 - pts @ pts[first]
+        dist[first] = -np.inf
+    while len(picks) < n:
+        at = int(np.argmax(dist))
+        picks.append(at)
+        dist = np.minimum(dist, 1.0 - pts @ pts[at])
+        dist[picks] = -np.inf
+    return [candidates[i] for i in picks]
+
+
+def pick(rule: str, uncertainty: np.ndarray, embeddings: np.ndarray, paid: Sequence[int], unpaid: Sequence[int], n: int,
+         candidate_factor: float = 3.0) -> list[int]:
+    """The next round: ``n`` of the ``unpaid`` indices by ``rule`` (a pure decision on the scores given)."""
+    unpaid = list(unpaid)
+    if n >= len(unpaid):
+        return unpaid
+    # Most uncertain first; ties in pool order.
+    ranked = [unpaid[i] for i in np.lexsort((np.arange(len(unpaid)), -uncertainty[unpaid]))]
+    if rule == "uncertainty":
+        return ranked[:n]
+    if rule == "diversity":
+        return k_center(embeddings, paid, unpaid, n)
+    if rule == "uncertainty_diversity":
+        return k_center(embeddings, paid, ranked[:max(n, int(round(candidate_factor * n)))], n)
+    raise ValueError(f"unknown lm.select.rule {rule!r}")
+
+
+def round_sizes(budget: int, rounds: int) -> list[int]:
+    """The budget split into ``rounds`` near-equal rounds (the first ones larger by one), no empty round."""
+    rounds = max(1, min(rounds, budget))
+    return [budget // rounds + (i < budget % rounds) for i in range(rounds)]
+
+
+@torch.inference_mode()
+def student_scores(lm: CausalLM, template: PromptTemplate, requests: Sequence[str], max_new_tokens: int,
+                   batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per request: the student's uncertainty (mean next-token entropy, in nats, along its own greedy answer, up
+    to and including its end token) and its embedding of the bare request (mean of the last hidden states,
+    unit length)."""
+    from distill.lm.speculative import eos_ids
+
+    tokenizer, model = lm.tokenizer, lm.model.eval()
+    device = next(model.parameters()).device
+    eos = sorted(eos_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    uncertainty, embeddings = [], []
+    for start in range(0, len(requests), batch_size):
+        chunk = list(requests[start:start + batch_size])
+        ids = [tokenizer(render_prompt(tokenizer, template, r), add_special_tokens=False)["input_ids"] for r in chunk]
+        width = max(map(len, ids))
+        inputs = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+        out = model.generate(input_ids=inputs, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=eos or None, pad_token_id=pad, temperature=None, top_p=None, top_k=None,
+                             output_scores=True, return_dict_in_generate=True)
+        logp = torch.stack(out.scores, dim=1).float().log_softmax(-1)          # (batch, steps, vocab)
+        entropy = -(logp.exp() * logp).sum(-1)
+        new = out.sequences[:, width:]
+        is_eos = torch.isin(new, torch.tensor(eos or [-1], device=device)).long()
+        alive = ((is_eos.cumsum(1) - is_eos) == 0).float()  # up to and including the first end token
+        uncertainty += ((entropy * alive).sum(1) / alive.sum(1).clamp(min=1)).tolist()
+        bare = tokenizer(chunk, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+        hidden = model.base_model(input_ids=bare["input_ids"], attention_mask=bare["attention_mask"]).last_hidden_state
+        weights = bare["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+        embeddings.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
+    return np.asarray(uncertainty, dtype=np.float64), np.concatenate(embeddings) if embeddings else np.zeros((0, 1))
+
+
+Ask = Callable[[pd.DataFrame], tuple[list[dict], dict]]
+Score = Callable[[list[dict] | None, pd.DataFrame], tuple[np.ndarray, np.ndarray, float | None]]
+
+
+def select_active(pool: pd.DataFrame, ask: Ask, score: Score, cfg: LMSelectConfig, seed: int,
+                  on_round: Callable[[SelectRound], None] | None = None) -> tuple[list[dict], list[SelectRound], dict, str]:
+    """Active selection over ``pool`` (training prompts, in prompt-set order).
+
+    ``ask(frame)`` has the teacher answer a frame of prompts: ``(rows, spend)``, rows only for the prompts it
+    answered. ``score(rows, pool)`` trains a student on ``rows`` (None: the starting student, untrained) and
+    returns each pool prompt's uncertainty and embedding, and the training's last loss. Returns the answered
+    rows, the rounds, the summed spend and why it stopped.
+    """
+    budget = cfg.budget(len(pool))
+    sizes = round_sizes(budget, cfg.rounds)
+    rng = np.random.default_rng(seed)
+    paid: list[int] = []
+    rows: list[dict] = []
+    spend: dict = {}
+    rounds: list[SelectRound] = []
+    previous: float | None = None
+    stopped = "budget"
+    for number, size in enumerate(sizes, start=1):
+        started = time.perf_counter()
+        taken = set(paid)
+        unpaid = [i for i in range(len(pool)) if i not in taken]
+        if not unpaid:
+            stopped = "pool"
+            break
+        size = min(size, budget - len(paid), len(unpaid))
+        if number == 1:
+            if cfg.rule == "uncertainty":
+                chosen = sorted(rng.choice(unpaid, size=size, replace=False).tolist())
+                mean_u, loss = None, None
+            else:
+                _, embeddings, loss = score(None, pool)
+                chosen, mean_u, loss = k_center(embeddings, [], unpaid, size), None, None
+        else:
+            uncertainty, embeddings, loss = score(rows, pool)
+            mean_u = float(np.mean(uncertainty[unpaid]))
+            if previous is not None and cfg.min_uncertainty_drop > 0 and \
+                    previous - mean_u < cfg.min_uncertainty_drop * previous:
+                stopped = "plateau"
+                rounds.append(SelectRound(number, 0, 0, len(rows), round(mean_u, 4), loss,
+                                          round(time.perf_counter() - started, 2)))
+                break
+            previous = mean_u
+            chosen = pick(cfg.rule, uncertainty, embeddings, paid, unpaid, size, cfg.candidate_factor)
+        answered, part = ask(pool.iloc[chosen])
+        paid += chosen
+        rows += answered
+        spend = add_spend(spend, part)
+        record = SelectRound(number, len(chosen), len(answered), len(rows),
+                             None if mean_u is None else round(mean_u, 4),
+                             None if loss is None else round(loss, 4), round(time.perf_counter() - started, 2))
+        rounds.append(record)
+        if on_round:
+            on_round(record)
+        if part.get("stopped_by_budget"):
+            stopped = "teacher budget"
+            break
+    return rows, rounds, spend, stopped
+
+
+def interim_scorer(cfg: PipelineConfig, teacher_dir: Path, template: PromptTemplate) -> Score:
+    """``score`` for :func:`select_active`: a fresh student (``lm.student``, as lm_train starts it) trained on
+    the answers so far with lm.train's settings in sequence mode for ``lm.select.epochs``, then scored."""
+    from distill.lm.student import student_for
+    from distill.lm.teacher import load_causal_lm, tokenizer_fingerprint
+    from distill.lm.train import retokenize, teacher_data, train_lm
+    from distill.models import pick_device
+
+    lender = load_causal_lm(teacher_dir)  # lends the tokenizer (and a random student's vocabulary)
+    tcfg = cfg.lm.train.model_copy(update={"mode": "sequence", "alpha": 0.0, "epochs": cfg.lm.select.epochs,
+                                           "checkpoint_every": 0})
+    device = pick_device(tcfg.device)
+
+    def score(rows: list[dict] | None, pool: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float | None]:
+        student, _ = student_for(cfg.lm.student, lender, cfg.seed, cfg.lm.api is not None)
+        student.model.to(device)
+        loss = None
+        if rows:
+            frame = pd.DataFrame(rows)
+            same = tokenizer_fingerprint(student.tokenizer) == tokenizer_fingerprint(lender.tokenizer)
+            data = teacher_data(frame, None) if same else retokenize(frame, template, student.tokenizer)
+            history = train_lm(student, data, tcfg, cfg.seed, device)
+            loss = float(np.mean([h["loss"] for h in history[-max(1, len(history) // 10):]]))
+        uncertainty, embeddings = student_scores(student, template, pool["request"].tolist(),
+                                                 cfg.lm.generate.max_new_tokens, cfg.lm.generate.batch_size)
+        return uncertainty, embeddings, loss
+
+    return score
+
+
+def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_path: Path) -> Selection:
+    """Choose the training prompts the teacher answers (the lm_select stage); write ``out_path``."""
+    from distill.lm.generate import GenerationSettings, api_completion_rows, teacher_identity
+
+    started = time.perf_counter()
+    scfg = cfg.lm.select
+    prompts, meta = read_prompts(prompts_path)
+    pool = prompts[prompts["split"] == "train"].reset_index(drop=True)
+    budget = scfg.budget(len(pool))
+    selection = Selection(scfg.strategy, scfg.rule if scfg.strategy == "active" else None, len(pool), budget, None,
+                          "all", teacher_fingerprint=teacher_identity(cfg, teacher_dir),
+                          prompts_hash=str(meta.get("prompts_hash", "")))
+    if scfg.strategy == "random":
+        chosen = np.random.default_rng(cfg.seed).choice(len(pool), size=budget, replace=False)
+        selection.selected, selection.stopped = pool["prompt_id"].iloc[np.sort(chosen)].tolist(), "budget"
+    elif scfg.strategy == "active":
+        from transformers import AutoTokenizer
+
+        from distill.lm.client import ChatClient
+
+        tokenizer = AutoTokenizer.from_pretrained(teacher_dir, trust_remote_code=False)
+        settings = GenerationSettings.from_config(cfg.lm.generate, cfg.seed)
+        template = PromptTemplate.of(meta, settings.chain_of_thought)
+        with ChatClient(cfg.lm.api) as client:
+            def ask(frame: pd.DataFrame) -> tuple[list[dict], dict]:
+                return api_completion_rows(client, tokenizer, frame, template, meta["answer_marker"], settings)
+
+            def report(r: SelectRound) -> None:
+                log.info("lm_select round %d: sent %d (%d answered so far)%s", r.round, r.sent, r.paid_total,
+                         "" if r.pool_uncertainty is None else f", unpaid prompts' mean uncertainty "
+                         f"{r.pool_uncertainty:.3f} nats")
+
+            rows, rounds, spend, stopped = select_active(pool, ask, interim_scorer(cfg, teacher_dir, template), scfg,
+                                                         cfg.seed, report)
+        answered = {r["prompt_id"] for r in rows}
+        selection.selected = [p for p in pool["prompt_id"] if p in answered]
+        selection.rounds, selection.spend, selection.stopped = rounds, spend, stopped
+        if not rows:
+            raise LMDataError(f"the teacher endpoint answered none of the {len(pool)} training prompts lm_select sent "
+                              f"(budget: lm.api.max_total_tokens / lm.api.max_cost)")
+    selection.seconds = round(time.perf_counter() - started, 2)
+    write_json(Path(out_path), selection_record(selection))
+    return selection
+
+
+def selection_record(selection: Selection) -> dict:
+    """The selection as its file holds it: no timings, so an unchanged choice leaves the file (and so
+    lm_generate, which depends on it) unchanged."""
+    record = asdict(selection)
+    record.pop("seconds")
+    for r in record["rounds"]:
+        r.pop("seconds")
+    return record
+
+
+def read_selection(path: Path, prompts: pd.DataFrame, prompts_meta: dict, teacher_fingerprint: str) -> set[str] | None:
+    """The training prompt ids lm_select chose (None: all), checked against this prompt set and teacher."""
+    try:
+        chosen = read_json(Path(path))
+    except (OSError, ValueError) as exc:
+        raise LMDataError(f"{path}: cannot read the prompt selection ({exc}); {RESELECT}") from None
+    if chosen.get("prompts_hash") != str(prompts_meta.get("prompts_hash", "")):
+        raise LMDataError(f"{path}: made for another prompt set; {RESELECT}")
+    if chosen.get("teacher_fingerprint") != teacher_fingerprint:
+        raise LMDataError(f"{path}: made with teacher {str(chosen.get('teacher_fingerprint'))[:16]}, but the teacher "
+                          f"is now {teacher_fingerprint[:16]}; {RESELECT}")
+    if chosen.get("selected") is None:
+        return None
+    selected = set(chosen["selected"])
+    unknown = selected - set(prompts.loc[prompts["split"] == "train", "prompt_id"])
+    if unknown:
+        raise LMDataError(f"{path}: {len(unknown)} selected prompt ids are not training prompts of the prompt set "
+                          f"(e.g. {sorted(unknown)[0]}); {RESELECT}")
+    return selected
