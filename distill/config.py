@@ -744,6 +744,8 @@ class LMSelectConfig(_Section):
     min_uncertainty_drop: float = Field(
         0.0, ge=0, lt=1, description="Stop early (a plateau) when the unpaid prompts' mean uncertainty fell by less "
         "than this share of its value after the previous round; 0 spends the whole budget.")
+    seed: int | None = Field(None, description="Seed of the random sample (random; active's first round with rule "
+                             "uncertainty); null: the run's seed.")
     epochs: int = Field(2, ge=1, description="Epochs of each round's interim student (sequence-level, lm.train's "
                         "batch size, learning rate and length, from the same start as the real student).")
 

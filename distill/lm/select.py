@@ -267,11 +267,12 @@ def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_path: Pa
     prompts, meta = read_prompts(prompts_path)
     pool = prompts[prompts["split"] == "train"].reset_index(drop=True)
     budget = scfg.budget(len(pool))
+    select_seed = cfg.seed if scfg.seed is None else scfg.seed
     selection = Selection(scfg.strategy, scfg.rule if scfg.strategy == "active" else None, len(pool), budget, None,
                           "all", teacher_fingerprint=teacher_identity(cfg, teacher_dir),
                           prompts_hash=str(meta.get("prompts_hash", "")))
     if scfg.strategy == "random":
-        chosen = np.random.default_rng(cfg.seed).choice(len(pool), size=budget, replace=False)
+        chosen = np.random.default_rng(select_seed).choice(len(pool), size=budget, replace=False)
         selection.selected, selection.stopped = pool["prompt_id"].iloc[np.sort(chosen)].tolist(), "budget"
     elif scfg.strategy == "active":
         from transformers import AutoTokenizer
@@ -291,7 +292,7 @@ def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_path: Pa
                          f"{r.pool_uncertainty:.3f} nats")
 
             rows, rounds, spend, stopped = select_active(pool, ask, interim_scorer(cfg, teacher_dir, template), scfg,
-                                                         cfg.seed, report)
+                                                         select_seed, report)
         answered = {r["prompt_id"] for r in rows}
         selection.selected = [p for p in pool["prompt_id"] if p in answered]
         selection.rounds, selection.spend, selection.stopped = rounds, spend, stopped
