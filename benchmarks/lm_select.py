@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def arm_config(args, student_dir: Path, base_url: str, strategy: str, seed: int = 0):
     from distill.config import load_config
 
-    sets = {"lm.select.seed": seed, "lm.prompts.train_size": args.train_size, "lm.prompts.heldout_size": args.heldout_size,
+    sets = {"lm.select.seed": seed, "lm.prompts.train_size": args.train_size,
+            "lm.prompts.heldout_size": args.heldout_size,
             "lm.api": json.dumps({"model": "teacher", "base_url": base_url, "api_key_env": None,
                                   "cache_dir": str(args.work / "responses"), "max_concurrency": args.concurrency,
                                   **PRICES}),
@@ -99,7 +100,8 @@ def run_arm(args, name: str, cfg, teacher_dir: Path, prompts: Path, say) -> dict
     price = cfg.lm.api
     usage = train_tokens(cfg, prompts, train_rows)
     result = {"arm": name, "strategy": cfg.lm.select.strategy, "seed": cfg.seed, "train_calls": len(train_rows),
-              "train_tokens": usage["tokens"], "train_cost": round(price.cost_of(usage["prompt"], usage["completion"]), 4),
+              "train_tokens": usage["tokens"],
+              "train_cost": round(price.cost_of(usage["prompt"], usage["completion"]), 4),
               "calls_with_heldout": gen.api["calls"], "tokens_with_heldout": gen.api["dataset_tokens"],
               "cost_with_heldout": gen.api["dataset_cost"], "stopped": chosen.stopped,
               "rounds": [vars(r) for r in chosen.rounds], "select_seconds": round(selected_s, 1),

@@ -79,7 +79,8 @@ def fake_scores(pool_size: int, drop: float = 0.5):
     """Uncertainty that falls by ``drop`` per round trained; embeddings on a circle."""
     seen: list[int] = []
 
-    def score(rows, pool):
+    def score(rows, pool, unpaid):
+        assert len(unpaid) == len(set(unpaid)) and max(unpaid) < len(pool)
         seen.append(0 if rows is None else len(rows))
         angles = np.linspace(0, 2 * np.pi, pool_size, endpoint=False)
         base = np.linspace(1.0, 2.0, pool_size)

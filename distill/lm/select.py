@@ -128,104 +128,119 @@ def round_sizes(budget: int, rounds: int) -> list[int]:
     return [budget // rounds + (i < budget % rounds) for i in range(rounds)]
 
 
+def _left_padded(tokenizer, texts: Sequence[str], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    inputs = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+    return inputs, mask
+
+
 @torch.inference_mode()
-def student_scores(lm: CausalLM, template: PromptTemplate, requests: Sequence[str], max_new_tokens: int,
-                   batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Per request: the student's uncertainty (mean next-token entropy, in nats, along its own greedy answer, up
-    to and including its end token) and its embedding of the bare request (mean of the last hidden states,
-    unit length)."""
+def student_uncertainty(lm: CausalLM, template: PromptTemplate, requests: Sequence[str], max_new_tokens: int,
+                        batch_size: int = 16) -> np.ndarray:
+    """Per request, the student's uncertainty: the mean entropy (nats) of its next-token distribution along its
+    own greedy answer, up to and including its end token."""
+    from tqdm.auto import tqdm
+
     from distill.lm.speculative import eos_ids
 
     tokenizer, model = lm.tokenizer, lm.model.eval()
     device = next(model.parameters()).device
     eos = sorted(eos_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    uncertainty, embeddings = [], []
-    for start in range(0, len(requests), batch_size):
-        chunk = list(requests[start:start + batch_size])
-        ids = [tokenizer(render_prompt(tokenizer, template, r), add_special_tokens=False)["input_ids"] for r in chunk]
-        width = max(map(len, ids))
-        inputs = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+    out_of = torch.tensor(eos or [-1], device=device)
+    uncertainty: list[float] = []
+    starts = range(0, len(requests), batch_size)
+    for start in tqdm(starts, desc="scoring the unpaid prompts", unit="batch", disable=not len(starts)):
+        texts = [render_prompt(tokenizer, template, r) for r in requests[start:start + batch_size]]
+        inputs, mask = _left_padded(tokenizer, texts, pad, device)
         out = model.generate(input_ids=inputs, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=eos or None, pad_token_id=pad, temperature=None, top_p=None, top_k=None,
                              output_scores=True, return_dict_in_generate=True)
         logp = torch.stack(out.scores, dim=1).float().log_softmax(-1)          # (batch, steps, vocab)
-        entropy = -(logp.exp() * logp).sum(-1)
-        new = out.sequences[:, width:]
-        is_eos = torch.isin(new, torch.tensor(eos or [-1], device=device)).long()
-        alive = ((is_eos.cumsum(1) - is_eos) == 0).float()  # up to and including the first end token
+        entropy = -(logp.exp() * logp).sum(-1)                                 # (batch, steps)
+        is_eos = torch.isin(out.sequences[:, inputs.shape[1]:], out_of).long()
+        alive = ((is_eos.cumsum(1) - is_eos) == 0).float()                    # up to the first end token
         uncertainty += ((entropy * alive).sum(1) / alive.sum(1).clamp(min=1)).tolist()
-        bare = tokenizer(chunk, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+    return np.asarray(uncertainty, dtype=np.float64)
+
+
+@torch.inference_mode()
+def student_embeddings(lm: CausalLM, requests: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    """Per request, the student's embedding of the bare request: its last hidden states' mean, unit length."""
+    tokenizer, model = lm.tokenizer, lm.model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    for start in range(0, len(requests), batch_size):
+        bare = tokenizer(list(requests[start:start + batch_size]), add_special_tokens=False, padding=True,
+                         return_tensors="pt").to(device)
         hidden = model.base_model(input_ids=bare["input_ids"], attention_mask=bare["attention_mask"]).last_hidden_state
         weights = bare["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
-        embeddings.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
-    return np.asarray(uncertainty, dtype=np.float64), np.concatenate(embeddings) if embeddings else np.zeros((0, 1))
+        rows.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, 1))
 
 
 Ask = Callable[[pd.DataFrame], tuple[list[dict], dict]]
-Score = Callable[[list[dict] | None, pd.DataFrame], tuple[np.ndarray, np.ndarray, float | None]]
+Score = Callable[[list[dict] | None, pd.DataFrame, list[int]], tuple[np.ndarray | None, np.ndarray, float | None]]
+
+
+def _choose(number: int, rows: list[dict], pool: pd.DataFrame, paid: list[int], unpaid: list[int], size: int,
+            score: Score, cfg: LMSelectConfig, rng: np.random.Generator
+            ) -> tuple[list[int], float | None, float | None]:
+    """One round's prompts, the unpaid prompts' mean uncertainty and the interim student's loss (None in round 1:
+    no student has learnt anything yet, so the first round is spread out, or random with rule uncertainty)."""
+    if number == 1:
+        if cfg.rule == "uncertainty":
+            return sorted(rng.choice(unpaid, size=size, replace=False).tolist()), None, None
+        _, embeddings, _ = score(None, pool, unpaid)
+        return k_center(embeddings, [], unpaid, size), None, None
+    uncertainty, embeddings, loss = score(rows, pool, unpaid)
+    chosen = pick(cfg.rule, uncertainty, embeddings, paid, unpaid, size, cfg.candidate_factor)
+    return chosen, float(np.mean(uncertainty[unpaid])), loss
 
 
 def select_active(pool: pd.DataFrame, ask: Ask, score: Score, cfg: LMSelectConfig, seed: int,
-                  on_round: Callable[[SelectRound], None] | None = None) -> tuple[list[dict], list[SelectRound], dict, str]:
+                  on_round: Callable[[SelectRound], None] | None = None) -> tuple[list[dict], list[SelectRound],
+                                                                                   dict, str]:
     """Active selection over ``pool`` (training prompts, in prompt-set order).
 
     ``ask(frame)`` has the teacher answer a frame of prompts: ``(rows, spend)``, rows only for the prompts it
-    answered. ``score(rows, pool)`` trains a student on ``rows`` (None: the starting student, untrained) and
-    returns each pool prompt's uncertainty and embedding, and the training's last loss. Returns the answered
-    rows, the rounds, the summed spend and why it stopped.
+    answered. ``score(rows, pool, unpaid)`` trains a student on ``rows`` and returns the uncertainty of each pool
+    prompt (those of ``unpaid`` at least), every pool prompt's embedding and the training's last loss; with
+    ``rows`` None, the untrained starting student's embeddings only. Returns the answered
+    rows, the rounds, the summed spend and why it stopped (budget, pool, plateau or teacher budget).
     """
-    budget = cfg.budget(len(pool))
-    sizes = round_sizes(budget, cfg.rounds)
-    rng = np.random.default_rng(seed)
+    budget, rng = cfg.budget(len(pool)), np.random.default_rng(seed)
     paid: list[int] = []
     rows: list[dict] = []
-    spend: dict = {}
     rounds: list[SelectRound] = []
-    previous: float | None = None
-    stopped = "budget"
-    for number, size in enumerate(sizes, start=1):
+    spend: dict = {}
+    for number, size in enumerate(round_sizes(budget, cfg.rounds), start=1):
         started = time.perf_counter()
         taken = set(paid)
         unpaid = [i for i in range(len(pool)) if i not in taken]
         if not unpaid:
-            stopped = "pool"
-            break
-        size = min(size, budget - len(paid), len(unpaid))
-        if number == 1:
-            if cfg.rule == "uncertainty":
-                chosen = sorted(rng.choice(unpaid, size=size, replace=False).tolist())
-                mean_u, loss = None, None
-            else:
-                _, embeddings, loss = score(None, pool)
-                chosen, mean_u, loss = k_center(embeddings, [], unpaid, size), None, None
-        else:
-            uncertainty, embeddings, loss = score(rows, pool)
-            mean_u = float(np.mean(uncertainty[unpaid]))
-            if previous is not None and cfg.min_uncertainty_drop > 0 and \
-                    previous - mean_u < cfg.min_uncertainty_drop * previous:
-                stopped = "plateau"
-                rounds.append(SelectRound(number, 0, 0, len(rows), round(mean_u, 4), loss,
-                                          round(time.perf_counter() - started, 2)))
-                break
-            previous = mean_u
-            chosen = pick(cfg.rule, uncertainty, embeddings, paid, unpaid, size, cfg.candidate_factor)
-        answered, part = ask(pool.iloc[chosen])
-        paid += chosen
+            return rows, rounds, spend, "pool"
+        chosen, mean_u, loss = _choose(number, rows, pool, paid, unpaid, min(size, len(unpaid)), score, cfg, rng)
+        previous = rounds[-1].pool_uncertainty if rounds else None
+        plateau = previous is not None and mean_u is not None and cfg.min_uncertainty_drop > 0 and \
+            previous - mean_u < cfg.min_uncertainty_drop * previous
+        answered, part = ([], {}) if plateau else ask(pool.iloc[chosen])
+        paid += [] if plateau else chosen
         rows += answered
-        spend = add_spend(spend, part)
-        record = SelectRound(number, len(chosen), len(answered), len(rows),
-                             None if mean_u is None else round(mean_u, 4),
-                             None if loss is None else round(loss, 4), round(time.perf_counter() - started, 2))
-        rounds.append(record)
+        spend = add_spend(spend, part) if part else spend
+        rounds.append(SelectRound(number, 0 if plateau else len(chosen), len(answered), len(rows),
+                                  None if mean_u is None else round(mean_u, 4),
+                                  None if loss is None else round(loss, 4), round(time.perf_counter() - started, 2)))
         if on_round:
-            on_round(record)
+            on_round(rounds[-1])
+        if plateau:
+            return rows, rounds, spend, "plateau"
         if part.get("stopped_by_budget"):
-            stopped = "teacher budget"
-            break
-    return rows, rounds, spend, stopped
+            return rows, rounds, spend, "teacher budget"
+    return rows, rounds, spend, "budget"
 
 
 def interim_scorer(cfg: PipelineConfig, teacher_dir: Path, template: PromptTemplate) -> Score:
@@ -241,19 +256,22 @@ def interim_scorer(cfg: PipelineConfig, teacher_dir: Path, template: PromptTempl
                                            "checkpoint_every": 0})
     device = pick_device(tcfg.device)
 
-    def score(rows: list[dict] | None, pool: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float | None]:
+    def score(rows: list[dict] | None, pool: pd.DataFrame,
+              unpaid: list[int]) -> tuple[np.ndarray | None, np.ndarray, float | None]:
         student, _ = student_for(cfg.lm.student, lender, cfg.seed, cfg.lm.api is not None)
         student.model.to(device)
-        loss = None
-        if rows:
-            frame = pd.DataFrame(rows)
-            same = tokenizer_fingerprint(student.tokenizer) == tokenizer_fingerprint(lender.tokenizer)
-            data = teacher_data(frame, None) if same else retokenize(frame, template, student.tokenizer)
-            history = train_lm(student, data, tcfg, cfg.seed, device)
-            loss = float(np.mean([h["loss"] for h in history[-max(1, len(history) // 10):]]))
-        uncertainty, embeddings = student_scores(student, template, pool["request"].tolist(),
-                                                 cfg.lm.generate.max_new_tokens, cfg.lm.generate.batch_size)
-        return uncertainty, embeddings, loss
+        requests = pool["request"].tolist()
+        if rows is None:
+            return None, student_embeddings(student, requests), None
+        frame = pd.DataFrame(rows)
+        same = tokenizer_fingerprint(student.tokenizer) == tokenizer_fingerprint(lender.tokenizer)
+        data = teacher_data(frame, None) if same else retokenize(frame, template, student.tokenizer)
+        history = train_lm(student, data, tcfg, cfg.seed, device)
+        loss = float(np.mean([h["loss"] for h in history[-max(1, len(history) // 10):]]))
+        uncertainty = np.full(len(pool), np.nan)  # only the unpaid prompts are scored: the paid ones are chosen
+        uncertainty[unpaid] = student_uncertainty(student, template, [requests[i] for i in unpaid],
+                                                  cfg.lm.generate.max_new_tokens, cfg.lm.generate.batch_size)
+        return uncertainty, student_embeddings(student, requests), loss
 
     return score
 
