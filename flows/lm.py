@@ -69,13 +69,28 @@ def teacher_spend(runs: list[dvc.StageRun]) -> dict[str, float | int | None]:
             "select_rounds": len(selected.get("rounds") or []) or None}
 
 
-def print_lm_summary(result: dict, decision: dict, version: str, promoted: bool, report: str) -> None:
+def spend_line(spend: dict, strategy: str) -> str:
+    """The teacher's bill in one line: calls (training prompts of the pool, how chosen), tokens, cost."""
+    line = f"teacher: {spend['calls']} calls"
+    if spend.get("train_calls") is not None:
+        line += f" ({spend['train_calls']} of {spend['train_pool']} training prompts, lm.select.strategy {strategy})"
+    if spend.get("tokens") is not None:
+        line += f", {spend['tokens']:,} tokens"
+    if spend.get("estimated_cost"):
+        line += f", estimated cost {spend['estimated_cost']:.4f}"
+    return line
+
+
+def print_lm_summary(result: dict, decision: dict, version: str, promoted: bool, report: str,
+                     spend: str = "") -> None:
     from rich.console import Console
 
     from distill.lm.evaluate import print_lm_table
 
     console = Console()
     print_lm_table(result, console, title="distill: LM teacher vs distilled student vs baseline (held-out)")
+    if spend:
+        console.print(spend)
     verdict = "[green]promoted to champion[/]" if promoted else "[yellow]not promoted[/]"
     console.print(f"LM student version {version}: {verdict}")
     for reason in decision["reasons"]:
@@ -143,7 +158,8 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
                 if key in ("perplexity", "kl_from_teacher", "top1_agreement", "greedy_prefix_agreement",
                            "task_exact", "unsafe_rate", "ms_per_token") and value is not None}
     lineage["select_strategy"] = cfg.lm.select.strategy
-    run_id = tracking.log_run(cfg, {"lm_eval": metrics, "teacher": teacher_spend(runs)}, lineage,
+    spend = teacher_spend(runs)
+    run_id = tracking.log_run(cfg, {"lm_eval": metrics, "teacher": spend}, lineage,
                               [str(at.lm_evaluate), str(at.lm_selection)], project_dir, kind="lm")
     description = (f"LM student distilled by distill ({card.get('mode')} mode) from teacher "
                    f"{lineage['teacher_fingerprint'][:16]}.\n\n" + "\n".join(f"- {r}" for r in decision.reasons))
@@ -159,10 +175,11 @@ def run_lm_pipeline(project_dir: str, overrides: list[str] | None, reason: str) 
     outcome, promoted = promotion["outcome"], promotion["promoted"]
     from distill.lm.evaluate import markdown_table
 
+    bill = spend_line(spend, cfg.lm.select.strategy) if spend.get("calls") is not None else ""
     create_markdown_artifact(key="distill-lm-summary", markdown=markdown_table(metrics)
-                             + f"\n\nLM student version {version}: {outcome}.")
+                             + f"\n\nLM student version {version}: {outcome}." + (f"\n\n{bill}." if bill else ""))
     report = str(Path(at.lm_evaluate, "report.md"))
-    print_lm_summary({"metrics": metrics}, decision.to_dict(), version, promoted, report)
+    print_lm_summary({"metrics": metrics}, decision.to_dict(), version, promoted, report, bill)
     return {"completed": True, "run_id": run_id, "student_version": version, "newly_registered": fresh,
             "promoted": promoted, "promotion": outcome, "decision": decision.to_dict(), "metrics": metrics,
             "skipped_stages": [r.stage for r in runs if r.skipped], "report": report}

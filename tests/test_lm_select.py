@@ -199,3 +199,20 @@ def test_the_stage_pays_for_the_rounds_and_generation_asks_only_for_the_chosen(t
     write_prompts(tmp_path / "other.parquet", other, {**instructions(cfg.lm.prompts, labels), "labels": labels})
     with pytest.raises(LMDataError, match="another prompt set.*dvc repro lm_select"):
         gen.run(cfg, tmp_path / "other.parquet", folder, tmp_path / "x.parquet", tmp_path / "selection.json")
+
+
+def test_the_flow_reports_the_teachers_bill_from_the_stage_results():
+    from flows.lm import spend_line, teacher_spend
+    from tasks.dvc import StageRun
+
+    api = {"calls": 160, "dataset_tokens": 30_000, "dataset_cost": 0.0123, "total_tokens": 0, "cache_hits": 160}
+    runs = [StageRun("lm_select", False, "", {"calls": 96, "pool": 192, "rounds": [{}, {}, {}, {}]}),
+            StageRun("lm_generate", True, "", {"rows": 160, "completion_tokens": 2400, "api": api})]
+    spend = teacher_spend(runs)
+    assert spend == {"calls": 160, "tokens": 30_000, "estimated_cost": 0.0123, "paid_this_run": 0,
+                     "train_calls": 96, "train_pool": 192, "select_rounds": 4}
+    assert spend_line(spend, "active") == ("teacher: 160 calls (96 of 192 training prompts, lm.select.strategy "
+                                           "active), 30,000 tokens, estimated cost 0.0123")
+    # A local teacher: its rows are the calls, its completion tokens the tokens, no cost.
+    local = teacher_spend([StageRun("lm_generate", False, "", {"rows": 80, "completion_tokens": 900})])
+    assert local["calls"] == 80 and local["tokens"] == 900 and local["estimated_cost"] is None
