@@ -14,6 +14,10 @@ the task's metric. Arms:
 - ``random``: a random sample of the budget, once per ``--random-seeds`` seed;
 - ``active``: the budget in rounds chosen by an interim student (lm.select's defaults unless overridden).
 
+The random and active students train as many optimizer steps as the student of every prompt (more
+epochs: ``lm.select.keep_steps``, the default); ``--set lm.select.keep_steps=false`` compares them at
+equal epochs instead.
+
 Every student starts from the same folder (``--student-blocks`` of the teacher's blocks, saved once and
 given as ``lm.student.path``: with a black-box teacher there are no weights to copy, so a user brings a
 small open model; this one stands in for it). One response cache serves all arms: the endpoint is
@@ -99,7 +103,8 @@ def run_arm(args, name: str, cfg, teacher_dir: Path, prompts: Path, say) -> dict
     # Tokens and cost of the training prompts' answers alone (the held-out ones are the same in every arm).
     price = cfg.lm.api
     usage = train_tokens(cfg, prompts, train_rows)
-    result = {"arm": name, "strategy": cfg.lm.select.strategy, "seed": cfg.seed, "train_calls": len(train_rows),
+    result = {"arm": name, "strategy": cfg.lm.select.strategy, "select_seed": cfg.lm.select.seed,
+              "steps": trained.steps, "train_calls": len(train_rows),
               "train_tokens": usage["tokens"],
               "train_cost": round(price.cost_of(usage["prompt"], usage["completion"]), 4),
               "calls_with_heldout": gen.api["calls"], "tokens_with_heldout": gen.api["dataset_tokens"],

@@ -746,6 +746,11 @@ class LMSelectConfig(_Section):
         "than this share of its value after the previous round; 0 spends the whole budget.")
     seed: int | None = Field(None, description="Seed of the random sample (random; active's first round with rule "
                              "uncertainty); null: the run's seed.")
+    keep_steps: bool = Field(
+        True, description="Train the student on a selection for as many optimizer steps as on every training prompt "
+        "(lm.train.epochs x pool / selected, rounded up): the teacher is paid less, the student does not learn less "
+        "for it. Measured: at the same epochs half the prompts lost 25-54 points of task score, at the same steps none "
+        "(docs/llm.md).")
     epochs: int = Field(2, ge=1, description="Epochs of each round's interim student (sequence-level, lm.train's "
                         "batch size, learning rate and length, from the same start as the real student).")
 

@@ -194,6 +194,14 @@ def test_the_stage_pays_for_the_rounds_and_generation_asks_only_for_the_chosen(t
     assert (frame["split"] == "heldout").sum() == heldout and len(sent) == 6 + heldout  # the chosen: from the cache
     assert result.api["calls"] == 6 + heldout and result.api["cache_hits"] == 6
     assert result.api["dataset_tokens"] == (6 + heldout) * 16
+    # The student of 6 of the pool's prompts trains as many steps as one of all of them (keep_steps).
+    from distill.lm import train
+
+    trained = train.run(cfg, tmp_path / "completions.parquet", folder, None)
+    epochs = -(-cfg.lm.train.epochs * pool // 6)
+    assert epochs > cfg.lm.train.epochs and trained.steps == epochs * 2  # 6 completions, batches of 4
+    assert train.steps_kept(cfg.lm.train, False, 6, pool).epochs == cfg.lm.train.epochs
+    assert train.steps_kept(cfg.lm.train, True, pool, pool).epochs == cfg.lm.train.epochs
 
     other = build_prompts(examples.iloc[1::2], examples.iloc[::2], cfg.lm.prompts, 0)
     write_prompts(tmp_path / "other.parquet", other, {**instructions(cfg.lm.prompts, labels), "labels": labels})

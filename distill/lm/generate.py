@@ -286,7 +286,7 @@ def api_completion_rows(client, tokenizer, prompts: pd.DataFrame, template: Prom
 
 
 def run_api(cfg: PipelineConfig, prompts: pd.DataFrame, prompts_meta: dict, tokenizer_dir: Path,
-            out_path: Path) -> GenerateResult:
+            out_path: Path, train_pool: int | None = None) -> GenerateResult:
     """lm_generate with a black-box teacher (``lm.api``): completions through the cached, budgeted ChatClient."""
     from transformers import AutoTokenizer
 
@@ -309,7 +309,7 @@ def run_api(cfg: PipelineConfig, prompts: pd.DataFrame, prompts_meta: dict, toke
     if spend["skipped"]:
         log.warning("budget reached: %d of %d prompts have no teacher completion and are left out",
                     spend["skipped"], len(prompts))
-    write_completions(out_path, rows, {**key, "api": spend})
+    write_completions(out_path, rows, {**key, "api": spend, "train_pool": train_pool})
     tokens = sum(len(r["completion_ids"]) for r in rows)
     return GenerateResult(Path(out_path), len(rows), len(rows) - spend["cache_hits"], spend["cache_hits"], tokens,
                           round(seconds, 2), None, key["teacher_fingerprint"], spend)
@@ -323,6 +323,7 @@ def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_path: Pa
     ``selection_path`` (lm_select's choice) only the chosen training prompts are sent, and every held-out one.
     """
     prompts, prompts_meta = read_prompts(prompts_path)
+    train_pool = int((prompts["split"] == "train").sum())  # recorded: lm_train's keep_steps scales by it
     if selection_path is not None:
         from distill.lm.select import read_selection
 
@@ -330,7 +331,7 @@ def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_path: Pa
         if chosen is not None:
             prompts = prompts[(prompts["split"] != "train") | prompts["prompt_id"].isin(chosen)].reset_index(drop=True)
     if cfg.lm.api is not None:
-        return run_api(cfg, prompts, prompts_meta, teacher_dir, out_path)
+        return run_api(cfg, prompts, prompts_meta, teacher_dir, out_path, train_pool)
     lm = load_causal_lm(teacher_dir)
     settings = GenerationSettings.from_config(cfg.lm.generate, cfg.seed)
     key = {"teacher_fingerprint": fingerprint_of(teacher_dir), "teacher_source": str(teacher_dir),
