@@ -749,7 +749,7 @@ class LMSelectConfig(_Section):
     keep_steps: bool = Field(
         True, description="Train the student on a selection for as many optimizer steps as on every training prompt "
         "(lm.train.epochs x pool / selected, rounded up): the teacher is paid less, the student does not learn less "
-        "for it. Measured: at the same epochs half the prompts lost 25-54 points of task score, at the same steps none "
+        "for it. Measured: at the same epochs half the prompts lost 20-54 points of task score, at the same steps none "
         "(docs/llm.md).")
     epochs: int = Field(2, ge=1, description="Epochs of each round's interim student (sequence-level, lm.train's "
                         "batch size, learning rate and length, from the same start as the real student).")
