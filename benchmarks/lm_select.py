@@ -95,7 +95,8 @@ def run_arm(args, name: str, cfg, teacher_dir: Path, prompts: Path, say) -> dict
     started = time.perf_counter()
     chosen = select.run(cfg, prompts, teacher_dir, work / "selection.json")
     selected_s = time.perf_counter() - started
-    gen = generate.run(cfg, prompts, teacher_dir, work / "completions.parquet", work / "selection.json")
+    chosen_ids = select.read_selection(work / "selection.json", prompts, generate.teacher_identity(cfg, teacher_dir))
+    gen = generate.run(cfg, prompts, teacher_dir, work / "completions.parquet", chosen_ids)
     frame, meta = generate.read_completions(work / "completions.parquet")
     train_rows = frame[frame["split"] == "train"]
     trained = train.run(cfg, work / "completions.parquet", teacher_dir, work / "student")

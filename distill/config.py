@@ -754,6 +754,13 @@ class LMSelectConfig(_Section):
     epochs: int = Field(2, ge=1, description="Epochs of each round's interim student (sequence-level, lm.train's "
                         "batch size, learning rate and length, from the same start as the real student).")
 
+    def train_epochs(self, epochs: int, trained: int, pool: int | None) -> int:
+        """lm.train.epochs for a student of ``trained`` of a ``pool`` of training prompts: with keep_steps, scaled
+        (rounded up) to as many steps as the whole pool."""
+        if not self.keep_steps or not pool or not trained or trained >= pool:
+            return epochs
+        return math.ceil(epochs * pool / trained)
+
     def budget(self, pool: int) -> int:
         """Training prompts the teacher may answer, of a pool of ``pool``."""
         if self.strategy == "all":

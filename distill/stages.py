@@ -376,7 +376,12 @@ def lm_generate(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = LAY
         cfg = _config(params, set_)
         folder = _lm_teacher_dir(cfg, teacher)
         _require_gate(cfg, gate, folder)
-        return generate.run(cfg, prompts, folder, out, selection)
+        chosen = None
+        if selection is not None:
+            from distill.lm.select import read_selection
+
+            chosen = read_selection(selection, prompts, generate.teacher_identity(cfg, folder))
+        return generate.run(cfg, prompts, folder, out, chosen)
 
     _finish(_stage(body), result_file=result_file)
 

@@ -187,8 +187,9 @@ def test_the_stage_pays_for_the_rounds_and_generation_asks_only_for_the_chosen(t
     record = json.loads((tmp_path / "selection.json").read_text())
     assert record["selected"] == chosen.selected and "seconds" not in record
 
+    identity = gen.teacher_identity(cfg, folder)
     result = gen.run(cfg, tmp_path / "prompts.parquet", folder, tmp_path / "completions.parquet",
-                     tmp_path / "selection.json")
+                     sel.read_selection(tmp_path / "selection.json", tmp_path / "prompts.parquet", identity))
     frame, _ = gen.read_completions(tmp_path / "completions.parquet")
     assert set(frame.loc[frame["split"] == "train", "prompt_id"]) == set(chosen.selected)
     assert (frame["split"] == "heldout").sum() == heldout and len(sent) == 6 + heldout  # the chosen: from the cache
@@ -200,13 +201,15 @@ def test_the_stage_pays_for_the_rounds_and_generation_asks_only_for_the_chosen(t
     trained = train.run(cfg, tmp_path / "completions.parquet", folder, None)
     epochs = -(-cfg.lm.train.epochs * pool // 6)
     assert epochs > cfg.lm.train.epochs and trained.steps == epochs * 2  # 6 completions, batches of 4
-    assert train.steps_kept(cfg.lm.train, False, 6, pool).epochs == cfg.lm.train.epochs
-    assert train.steps_kept(cfg.lm.train, True, pool, pool).epochs == cfg.lm.train.epochs
+    assert LMSelectConfig(keep_steps=False).train_epochs(3, 6, pool) == 3
+    assert LMSelectConfig().train_epochs(3, pool, pool) == 3 and LMSelectConfig().train_epochs(3, 6, None) == 3
 
     other = build_prompts(examples.iloc[1::2], examples.iloc[::2], cfg.lm.prompts, 0)
     write_prompts(tmp_path / "other.parquet", other, {**instructions(cfg.lm.prompts, labels), "labels": labels})
     with pytest.raises(LMDataError, match="another prompt set.*dvc repro lm_select"):
-        gen.run(cfg, tmp_path / "other.parquet", folder, tmp_path / "x.parquet", tmp_path / "selection.json")
+        sel.read_selection(tmp_path / "selection.json", tmp_path / "other.parquet", identity)
+    with pytest.raises(LMDataError, match="teacher.*dvc repro lm_select"):
+        sel.read_selection(tmp_path / "selection.json", tmp_path / "prompts.parquet", "api:" + "0" * 64)
 
 
 def test_the_flow_reports_the_teachers_bill_from_the_stage_results():

@@ -316,20 +316,17 @@ def run_api(cfg: PipelineConfig, prompts: pd.DataFrame, prompts_meta: dict, toke
 
 
 def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_path: Path,
-        selection_path: Path | None = None) -> GenerateResult:
+        selected: set[str] | None = None) -> GenerateResult:
     """Generate the teacher's completions for the prompt set (the lm_generate stage).
 
     With ``lm.api`` set the teacher is that endpoint and ``teacher_dir`` only lends its tokenizer. With
-    ``selection_path`` (lm_select's choice) only the chosen training prompts are sent, and every held-out one.
+    ``selected`` (lm_select's choice, :func:`distill.lm.select.read_selection`) only those training prompts
+    are sent, and every held-out one.
     """
     prompts, prompts_meta = read_prompts(prompts_path)
     train_pool = int((prompts["split"] == "train").sum())  # recorded: lm_train's keep_steps scales by it
-    if selection_path is not None:
-        from distill.lm.select import read_selection
-
-        chosen = read_selection(selection_path, prompts, prompts_meta, teacher_identity(cfg, teacher_dir))
-        if chosen is not None:
-            prompts = prompts[(prompts["split"] != "train") | prompts["prompt_id"].isin(chosen)].reset_index(drop=True)
+    if selected is not None:
+        prompts = prompts[(prompts["split"] != "train") | prompts["prompt_id"].isin(selected)].reset_index(drop=True)
     if cfg.lm.api is not None:
         return run_api(cfg, prompts, prompts_meta, teacher_dir, out_path, train_pool)
     lm = load_causal_lm(teacher_dir)

@@ -332,8 +332,9 @@ def selection_record(selection: Selection) -> dict:
     return record
 
 
-def read_selection(path: Path, prompts: pd.DataFrame, prompts_meta: dict, teacher_fingerprint: str) -> set[str] | None:
-    """The training prompt ids lm_select chose (None: all), checked against this prompt set and teacher."""
+def read_selection(path: Path, prompts_path: Path, teacher_fingerprint: str) -> set[str] | None:
+    """The training prompt ids lm_select chose (None: all), checked against the prompt set and the teacher."""
+    prompts, prompts_meta = read_prompts(prompts_path)
     try:
         chosen = read_json(Path(path))
     except (OSError, ValueError) as exc:

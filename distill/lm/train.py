@@ -328,17 +328,6 @@ def teacher_data(frame: pd.DataFrame, caches: dict[str, TopK] | None) -> LMData:
                   None if caches is None else [caches[p] for p in frame["prompt_id"]])
 
 
-def steps_kept(cfg: LMTrainConfig, keep_steps: bool, trained: int, pool: int | None) -> LMTrainConfig:
-    """With ``lm.select.keep_steps``, the settings that train ``trained`` completions of a ``pool`` of training
-    prompts (lm_select's choice) for as many steps as the whole pool: epochs x pool / trained, rounded up."""
-    if not keep_steps or not pool or not trained or trained >= pool:
-        return cfg
-    epochs = math.ceil(cfg.epochs * pool / trained)
-    log.info("lm.select.keep_steps: %d of %d training prompts, so %d epochs instead of %d", trained, pool, epochs,
-             cfg.epochs)
-    return cfg.model_copy(update={"epochs": epochs})
-
-
 def run(cfg: PipelineConfig, completions_path: Path, teacher_dir: Path, out_dir: Path | None,
         topk_path: Path | None = None, on_log: Callable[[int, dict], None] | None = None) -> LMTrainResult:
     """Train the LM student on the teacher's completions (the lm_train stage); ``out_dir`` None skips saving."""
@@ -361,7 +350,11 @@ def run(cfg: PipelineConfig, completions_path: Path, teacher_dir: Path, out_dir:
     else:
         data = retokenize(frame, PromptTemplate.of(meta), student.tokenizer)
     train_idx, held_idx = np.flatnonzero(frame["split"] == "train"), np.flatnonzero(frame["split"] == "heldout")
-    tcfg = steps_kept(tcfg, cfg.lm.select.keep_steps, len(train_idx), meta.get("train_pool"))
+    epochs = cfg.lm.select.train_epochs(tcfg.epochs, len(train_idx), meta.get("train_pool"))
+    if epochs != tcfg.epochs:  # a selection of the pool (lm_select) trains as many steps as all of it
+        log.info("lm.select.keep_steps: %d of %d training prompts, %d epochs", len(train_idx),
+                 meta["train_pool"], epochs)
+        tcfg = tcfg.model_copy(update={"epochs": epochs})
     device, pad_id = pick_device(tcfg.device), student.tokenizer.pad_token_id
     before = heldout_metrics(student.model.to(device), data.subset(held_idx), pad_id, tcfg, device)
     started = time.perf_counter()
