@@ -64,7 +64,7 @@ def teacher_spend(runs: list[dvc.StageRun]) -> dict[str, float | int | None]:
     api = generated.get("api") or {}
     return {"calls": api.get("calls", generated.get("rows")),
             "tokens": api.get("dataset_tokens", generated.get("completion_tokens")),
-            "estimated_cost": api.get("dataset_cost"), "paid_this_run": api.get("total_tokens"),
+            "estimated_cost": api.get("dataset_cost"),
             "train_calls": selected.get("calls"), "train_pool": selected.get("pool"),
             "select_rounds": len(selected.get("rounds") or []) or None}
 

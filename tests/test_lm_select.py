@@ -220,8 +220,8 @@ def test_the_flow_reports_the_teachers_bill_from_the_stage_results():
     runs = [StageRun("lm_select", False, "", {"calls": 96, "pool": 192, "rounds": [{}, {}, {}, {}]}),
             StageRun("lm_generate", True, "", {"rows": 160, "completion_tokens": 2400, "api": api})]
     spend = teacher_spend(runs)
-    assert spend == {"calls": 160, "tokens": 30_000, "estimated_cost": 0.0123, "paid_this_run": 0,
-                     "train_calls": 96, "train_pool": 192, "select_rounds": 4}
+    assert spend == {"calls": 160, "tokens": 30_000, "estimated_cost": 0.0123, "train_calls": 96, "train_pool": 192,
+                     "select_rounds": 4}
     assert spend_line(spend, "active") == ("teacher: 160 calls (96 of 192 training prompts, lm.select.strategy "
                                            "active), 30,000 tokens, estimated cost 0.0123")
     # A local teacher: its rows are the calls, its completion tokens the tokens, no cost.
