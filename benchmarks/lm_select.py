@@ -101,13 +101,10 @@ def run_arm(args, name: str, cfg, teacher_dir: Path, prompts: Path, say) -> dict
     train_rows = frame[frame["split"] == "train"]
     trained = train.run(cfg, work / "completions.parquet", teacher_dir, work / "student")
     score = heldout_score(cfg, work / "student", work / "completions.parquet")
-    # Tokens and cost of the training prompts' answers alone (the held-out ones are the same in every arm).
-    price = cfg.lm.api
-    usage = train_tokens(cfg, prompts, train_rows)
+    usage = train_spend(cfg, prompts, teacher_dir, train_rows)
     result = {"arm": name, "strategy": cfg.lm.select.strategy, "select_seed": cfg.lm.select.seed,
               "steps": trained.steps, "train_calls": len(train_rows),
-              "train_tokens": usage["tokens"],
-              "train_cost": round(price.cost_of(usage["prompt"], usage["completion"]), 4),
+              "train_tokens": usage["dataset_tokens"], "train_cost": round(usage["dataset_cost"], 4),
               "calls_with_heldout": gen.api["calls"], "tokens_with_heldout": gen.api["dataset_tokens"],
               "cost_with_heldout": gen.api["dataset_cost"], "stopped": chosen.stopped,
               "rounds": [vars(r) for r in chosen.rounds], "select_seconds": round(selected_s, 1),
@@ -117,23 +114,23 @@ def run_arm(args, name: str, cfg, teacher_dir: Path, prompts: Path, say) -> dict
     return result
 
 
-def train_tokens(cfg, prompts: Path, rows) -> dict:
-    """Prompt and completion tokens the endpoint reported for these rows' answers (from the response cache)."""
-    from distill.lm.client import ChatClient, cache_key
-    from distill.lm.generate import GenerationSettings
+def train_spend(cfg, prompts: Path, teacher_dir: Path, rows) -> dict:
+    """What the training prompts' answers alone cost (the held-out ones are the same in every arm): the same
+    requests again through the client, every one a cache hit, so nothing is paid."""
+    from transformers import AutoTokenizer
+
+    from distill.lm.client import ChatClient
+    from distill.lm.generate import GenerationSettings, api_completion_rows
     from distill.lm.prompts import PromptTemplate, read_prompts
 
     _, meta = read_prompts(prompts)
-    template = PromptTemplate.of(meta)
     settings = GenerationSettings.from_config(cfg.lm.generate, cfg.seed)
-    params = {"max_tokens": settings.max_new_tokens, "temperature": settings.sampling_temperature,
-              "top_p": settings.top_p, "seed": settings.seed}
-    prompt = completion = 0
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     with ChatClient(cfg.lm.api) as client:
-        for request in rows["request"]:
-            usage = client.cache.get(cache_key(client.request_body(template.messages(request), **params)))["usage"]
-            prompt, completion = prompt + usage["prompt_tokens"], completion + usage["completion_tokens"]
-    return {"prompt": prompt, "completion": completion, "tokens": prompt + completion}
+        _, spend = api_completion_rows(client, tokenizer, rows, PromptTemplate.of(meta), meta["answer_marker"],
+                                       settings)
+    assert spend["requests"] == 0, "the training prompts' answers should all come from the response cache"
+    return spend
 
 
 def main(argv: list[str] | None = None) -> int:

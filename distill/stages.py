@@ -354,9 +354,9 @@ def lm_select(prompts: Annotated[Path, typer.Option(help="Prompt set.")] = LAYOU
         cfg = _config(params, set_)
         folder = _lm_teacher_dir(cfg, teacher)
         _require_gate(cfg, gate, folder)
-        chosen = asdict(select.run(cfg, prompts, folder, out))
-        return {"calls": chosen["pool"] if chosen["selected"] is None else len(chosen["selected"]),
-                **{k: v for k, v in chosen.items() if k != "selected"}, "selection": str(out)}
+        chosen = select.run(cfg, prompts, folder, out)
+        return {"calls": chosen.calls, **{k: v for k, v in asdict(chosen).items() if k != "selected"},
+                "selection": str(out)}
 
     _finish(_stage(body), result_file=result_file)
 

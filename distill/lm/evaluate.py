@@ -179,16 +179,23 @@ def token_kl(teacher: CausalLM, student: CausalLM, pairs: Sequence[Pair], batch_
 
 
 @torch.inference_mode()
+def left_padded(tokenizer, prompts: Sequence[str], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rendered prompts as a left-padded batch for ``generate``: ``(input_ids, attention_mask)``."""
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    width = max(map(len, ids))
+    inputs = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+    return inputs, mask
+
+
 def generate_greedy(lm: CausalLM, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8) -> list[list[int]]:
     """Greedy completions' ids (up to and including EOS), batched with left padding (transformers' generate)."""
     eos = sorted(eos_ids(lm.model, lm.tokenizer))
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     device, outputs = _device(lm.model), []
     for start in range(0, len(prompts), batch_size):
-        ids = [encode_prompt(lm.tokenizer, p) for p in prompts[start:start + batch_size]]
-        width = max(map(len, ids))
-        inputs = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+        inputs, mask = left_padded(lm.tokenizer, prompts[start:start + batch_size], pad, device)
+        width = inputs.shape[1]
         out = lm.model.generate(input_ids=inputs, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                 eos_token_id=eos or None, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
         outputs += [cut_after_eos(row[width:].tolist(), set(eos)) for row in out]

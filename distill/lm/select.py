@@ -128,14 +128,6 @@ def round_sizes(budget: int, rounds: int) -> list[int]:
     return [budget // rounds + (i < budget % rounds) for i in range(rounds)]
 
 
-def _left_padded(tokenizer, texts: Sequence[str], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    width = max(map(len, ids))
-    inputs = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
-    return inputs, mask
-
-
 @torch.inference_mode()
 def student_uncertainty(lm: CausalLM, template: PromptTemplate, requests: Sequence[str], max_new_tokens: int,
                         batch_size: int = 16) -> np.ndarray:
@@ -143,6 +135,7 @@ def student_uncertainty(lm: CausalLM, template: PromptTemplate, requests: Sequen
     own greedy answer, up to and including its end token."""
     from tqdm.auto import tqdm
 
+    from distill.lm.evaluate import left_padded
     from distill.lm.speculative import eos_ids
 
     tokenizer, model = lm.tokenizer, lm.model.eval()
@@ -154,7 +147,7 @@ def student_uncertainty(lm: CausalLM, template: PromptTemplate, requests: Sequen
     starts = range(0, len(requests), batch_size)
     for start in tqdm(starts, desc="scoring the unpaid prompts", unit="batch", disable=not len(starts)):
         texts = [render_prompt(tokenizer, template, r) for r in requests[start:start + batch_size]]
-        inputs, mask = _left_padded(tokenizer, texts, pad, device)
+        inputs, mask = left_padded(tokenizer, texts, pad, device)
         out = model.generate(input_ids=inputs, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=eos or None, pad_token_id=pad, temperature=None, top_p=None, top_k=None,
                              output_scores=True, return_dict_in_generate=True)
@@ -243,15 +236,15 @@ def select_active(pool: pd.DataFrame, ask: Ask, score: Score, cfg: LMSelectConfi
     return rows, rounds, spend, "budget"
 
 
-def interim_scorer(cfg: PipelineConfig, teacher_dir: Path, template: PromptTemplate) -> Score:
-    """``score`` for :func:`select_active`: a fresh student (``lm.student``, as lm_train starts it) trained on
-    the answers so far with lm.train's settings in sequence mode for ``lm.select.epochs``, then scored."""
+def interim_scorer(cfg: PipelineConfig, lender: CausalLM, template: PromptTemplate) -> Score:
+    """``score`` for :func:`select_active`: a fresh student (``lm.student``, as lm_train starts it, ``lender``
+    the folder that lends the tokenizer) trained on the answers so far with lm.train's settings in sequence mode
+    for ``lm.select.epochs``, then scored."""
     from distill.lm.student import student_for
-    from distill.lm.teacher import load_causal_lm, tokenizer_fingerprint
+    from distill.lm.teacher import tokenizer_fingerprint
     from distill.lm.train import retokenize, teacher_data, train_lm
     from distill.models import pick_device
 
-    lender = load_causal_lm(teacher_dir)  # lends the tokenizer (and a random student's vocabulary)
     tcfg = cfg.lm.train.model_copy(update={"mode": "sequence", "alpha": 0.0, "epochs": cfg.lm.select.epochs,
                                            "checkpoint_every": 0})
     device = pick_device(tcfg.device)
@@ -293,23 +286,22 @@ def run(cfg: PipelineConfig, prompts_path: Path, teacher_dir: Path, out_path: Pa
         chosen = np.random.default_rng(select_seed).choice(len(pool), size=budget, replace=False)
         selection.selected, selection.stopped = pool["prompt_id"].iloc[np.sort(chosen)].tolist(), "budget"
     elif scfg.strategy == "active":
-        from transformers import AutoTokenizer
-
         from distill.lm.client import ChatClient
+        from distill.lm.teacher import load_causal_lm
 
-        tokenizer = AutoTokenizer.from_pretrained(teacher_dir, trust_remote_code=False)
+        lender = load_causal_lm(teacher_dir)  # lends the tokenizer (and a random student's vocabulary)
         settings = GenerationSettings.from_config(cfg.lm.generate, cfg.seed)
         template = PromptTemplate.of(meta, settings.chain_of_thought)
         with ChatClient(cfg.lm.api) as client:
             def ask(frame: pd.DataFrame) -> tuple[list[dict], dict]:
-                return api_completion_rows(client, tokenizer, frame, template, meta["answer_marker"], settings)
+                return api_completion_rows(client, lender.tokenizer, frame, template, meta["answer_marker"], settings)
 
             def report(r: SelectRound) -> None:
                 log.info("lm_select round %d: sent %d (%d answered so far)%s", r.round, r.sent, r.paid_total,
                          "" if r.pool_uncertainty is None else f", unpaid prompts' mean uncertainty "
                          f"{r.pool_uncertainty:.3f} nats")
 
-            rows, rounds, spend, stopped = select_active(pool, ask, interim_scorer(cfg, teacher_dir, template), scfg,
+            rows, rounds, spend, stopped = select_active(pool, ask, interim_scorer(cfg, lender, template), scfg,
                                                          select_seed, report)
         answered = {r["prompt_id"] for r in rows}
         selection.selected = [p for p in pool["prompt_id"] if p in answered]
