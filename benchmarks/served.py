@@ -12,6 +12,10 @@ ONNX export run by ONNX Runtime with ``evaluate.threads`` threads) into a scratc
 - **http**: one JSON request at a time to ``mlflow models serve`` on 127.0.0.1 (one model served at a
   time, a kept-alive connection), the latency a client sees.
 
+A third model, **null**, is a pyfunc with the student's signature that answers without running any model
+(a fixed row of the same columns): what MLflow itself costs per request. The teacher's time over it is
+the largest batch-1 speed-up any student could show through that server (a student that takes no time).
+
 The same texts (from --data, else generic requests) go to both models in rounds that alternate the
 order; figures are medians over rounds of the per-round median. Prints a table and, with --json, writes
 the figures. Run it alone: a second busy process on the machine moves every figure.
@@ -30,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlflow
+
 REQUESTS = ["turn on the lights in the kitchen", "what is the weather like tomorrow", "set a timer for ten minutes",
             "is the front door locked", "play some jazz in the living room", "turn off the bedroom fan",
             "what time is it in tokyo", "open the garage door please"]
@@ -45,11 +51,36 @@ def texts_from(path: Path | None, limit: int) -> list[str]:
 
 
 def save_pyfunc(folder: Path, target: Path, threads: int) -> Path:
-    import mlflow
 
     from tasks.registry import classifier_pyfunc
 
     mlflow.pyfunc.save_model(str(target), **classifier_pyfunc(folder, threads))
+    return target
+
+
+class NullClassifier(mlflow.pyfunc.PythonModel):
+    """A pyfunc that answers every row with the same label, without a model: MLflow's own cost per request."""
+
+    def __init__(self, labels: list[str]):
+        self.labels = labels
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        rows = len(model_input)
+        columns = {"label": [self.labels[0]] * rows, "score": [1.0] * rows}
+        columns.update((f"p_{label}", [float(i == 0)] * rows) for i, label in enumerate(self.labels))
+        return pd.DataFrame(columns)
+
+
+def save_null(like: Path, target: Path) -> Path:
+    """The null pyfunc with the signature and input example of ``like``'s classifier pyfunc."""
+    from distill.models import read_card
+    from tasks.registry import classifier_pyfunc
+
+    spec = classifier_pyfunc(like)
+    mlflow.pyfunc.save_model(str(target), python_model=NullClassifier(list(read_card(like)["labels"])), signature=spec["signature"],
+                             input_example=spec["input_example"], pip_requirements=spec["pip_requirements"])
     return target
 
 
@@ -141,7 +172,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    import mlflow
     from rich.console import Console
     from rich.table import Table
 
@@ -153,11 +183,13 @@ def main() -> None:
     figures: dict[str, dict] = {name: {"pyfunc_ms": [], "http_ms": []} for name in models}
     with tempfile.TemporaryDirectory(prefix="distill-served-") as scratch:
         saved = {name: save_pyfunc(folder, Path(scratch) / name, threads) for name, folder in models.items()}
+        saved["null"] = save_null(args.student, Path(scratch) / "null")
+        figures["null"] = {"pyfunc_ms": [], "http_ms": []}
         loaded = {name: mlflow.pyfunc.load_model(str(path)) for name, path in saved.items()}
         for name, model in loaded.items():
-            figures[name]["runtime"] = model.unwrap_python_model().runtime
+            figures[name]["runtime"] = getattr(model.unwrap_python_model(), "runtime", "none (no model)")
         for r in range(args.rounds):
-            for name in (list(models) if r % 2 == 0 else list(models)[::-1]):
+            for name in (list(saved) if r % 2 == 0 else list(saved)[::-1]):
                 figures[name]["pyfunc_ms"].append(time_pyfunc(loaded[name], texts))
         del loaded
         if args.http:
@@ -174,14 +206,17 @@ def main() -> None:
         http_ms = summary[name]["http_ms"]
         table.add_row(name, f["runtime"], f"{summary[name]['pyfunc_ms']:.3f}",
                       f"{http_ms:.3f}" if http_ms is not None else "-")
-    speedup = {"pyfunc": summary["teacher"]["pyfunc_ms"] / summary["student"]["pyfunc_ms"]}
-    if args.http:
-        speedup["http"] = summary["teacher"]["http_ms"] / summary["student"]["http_ms"]
-    table.add_row("speed-up", "", f"{speedup['pyfunc']:.1f}x", f"{speedup['http']:.1f}x" if args.http else "-")
+    ways = ["pyfunc", "http"] if args.http else ["pyfunc"]
+    speedup = {way: summary["teacher"][f"{way}_ms"] / summary["student"][f"{way}_ms"] for way in ways}
+    ceiling = {way: summary["teacher"][f"{way}_ms"] / summary["null"][f"{way}_ms"] for way in ways}
+    table.add_row("speed-up", "", *(f"{speedup[way]:.1f}x" for way in ways), *(["-"] if not args.http else []))
+    table.add_row("ceiling (teacher / null)", "", *(f"{ceiling[way]:.1f}x" for way in ways),
+                  *(["-"] if not args.http else []))
     Console(width=120).print(table)
     if args.json:
         args.json.write_text(json.dumps({"threads": threads, "requests": len(texts), "rounds": args.rounds,
-                                         "models": summary, "speedup": speedup}, indent=2))
+                                         "models": summary, "speedup": speedup,
+                                         "ceiling": ceiling}, indent=2))
 
 
 if __name__ == "__main__":
