@@ -17,6 +17,10 @@ The steps, each optional (``compress`` section):
   accuracy go.
 - **recovery**: the pruned student distils again from the cached teacher outputs (the response terms
   of ``train.losses``); the weights of its best validation check are kept.
+- **INT8** (``int8``): the stage writes the compressed student's INT8 model (``model-int8.onnx``, which the
+  ``compressed_int8`` candidate serves): ONNX Runtime's dynamic or static quantization, or first a
+  quantization-aware distillation (``qat``: the same distillation with weights and layer inputs rounded
+  as static INT8 rounds them), then static (``distill.quantize``).
 
 Attention heads are not pruned: transformers 5 dropped ``prune_heads`` and a BERT config cannot
 describe heads narrower than ``hidden_size / num_attention_heads``.
@@ -44,6 +48,8 @@ from distill.io import atomic_dir, write_json
 from distill.lengths import with_teacher_lengths
 from distill.models import MODEL_CARD, Classifier, ModelError, load_classifier, predict_logits, read_card, save_classifier
 from distill.objective import ModelShape, Objective
+from distill.quantize import INT8_FILE, calibration_feeds, quantization_aware, quantize_static_onnx
+from distill.served import ONNX_FILE, OnnxClassifier, quantize_onnx
 from distill.students import distillation_set, settings_for
 from distill.teacher import gold_data
 from distill.trainer import TrainData, train
@@ -216,17 +222,46 @@ def prune_layers(clf: Classifier, keep: int, val: TrainData, max_length: int) ->
     return kept
 
 
-def recover(cfg: PipelineConfig, clf: Classifier, data: TrainData, val: TrainData, max_length: int):
+def recover(cfg: PipelineConfig, clf: Classifier, data: TrainData, val: TrainData, max_length: int,
+            epochs: int | None = None, learning_rate: float | None = None,
+            progress: str = "recovering compressed student", on_log=None):
     """Distil the pruned student again from the cached teacher outputs (the response terms of
-    ``train.losses``; plain KD when there are none) for ``compress.recovery_epochs``, early stopping on gold_val."""
+    ``train.losses``; plain KD when there are none) for ``compress.recovery_epochs`` (or ``epochs``), early
+    stopping on gold_val."""
     terms = [term for term in cfg.train.losses if term.name in RESPONSE_LOSSES]
-    settings = settings_for(cfg, len(data), distilled=True, epochs=cfg.compress.recovery_epochs)
+    settings = settings_for(cfg, len(data), distilled=True, epochs=epochs or cfg.compress.recovery_epochs)
     # the pruned start is not a candidate: on a small validation set it ties with the recovered weights, which
     # match the teacher better (docs/compression.md has the measurements)
-    settings = replace(settings, learning_rate=cfg.compress.learning_rate, max_length=max_length)
+    settings = replace(settings, learning_rate=learning_rate or cfg.compress.learning_rate, max_length=max_length)
     objective = Objective(terms, settings.kd_temperature, settings.alpha, ModelShape.of(clf.model), None,
                           same_tokenizer=False)
-    return train(clf, data, val, settings, progress="recovering compressed student", objective=objective)
+    return train(clf, data, val, settings, on_log=on_log, progress=progress, objective=objective)
+
+
+def quantization_aware_distillation(cfg: PipelineConfig, clf: Classifier, data: TrainData, val: TrainData,
+                                    max_length: int, feeds: list[dict]):
+    """``compress.qat_epochs`` of the recovery's distillation with the student computing as its static INT8
+    version will (``distill.quantize.quantization_aware``; the activation ranges are recalibrated at each
+    validation check, as the weights move); the model keeps the float weights of the best check."""
+    with quantization_aware(clf.model, feeds) as inputs:
+        return recover(cfg, clf, data, val, max_length, cfg.compress.qat_epochs, cfg.compress.qat_learning_rate,
+                       progress="quantization-aware distillation", on_log=lambda _step, _metrics: inputs.calibrate())
+
+
+def write_int8(clf: Classifier, folder: Path, mode: str, feeds: list[dict], val: TrainData,
+               max_length: int) -> Step:
+    """``folder/model-int8.onnx`` from ``folder/model.onnx`` (dynamic, or static calibrated on ``feeds``), and
+    the step it makes: its size on disk and its validation accuracy as ONNX Runtime serves it."""
+    if mode == "dynamic":
+        quantize_onnx(folder / ONNX_FILE, folder / INT8_FILE)
+    else:
+        quantize_static_onnx(folder / ONNX_FILE, folder / INT8_FILE, feeds)
+    served = Classifier(OnnxClassifier(folder / INT8_FILE, 1, eager=clf.model), clf.tokenizer, clf.labels)
+    detail = {"dynamic": "ONNX Runtime's dynamic quantization (activation ranges per request)",
+              "static": f"ONNX Runtime's static quantization, activations calibrated on {len(feeds)} texts",
+              "qat": f"static quantization of the quantization-aware weights, calibrated on {len(feeds)} texts"}[mode]
+    return Step(f"INT8 ({mode})", detail, clf.num_parameters, round((folder / INT8_FILE).stat().st_size / 2**20, 3),
+                accuracy(served, val, max_length))
 
 
 def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Path, outputs: Path,
@@ -276,11 +311,18 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
     if keep < width:
         prune_ffn(clf, keep, ffn_importance(clf, data.texts[:c.importance_texts], max_length))
         record("feed-forward", f"{width} -> {keep} neurons per layer, by importance")
-    history = None
+    history = []
     if len(steps) > 1 and c.recovery_epochs:
         result = recover(cfg, clf, data, val, max_length)
         history = result.history
         record("recovery", f"{result.steps} distillation steps from the cached teacher outputs")
+    feeds = calibration_feeds(clf, data.texts[:c.calibration_texts], max_length) if c.int8 != "dynamic" else []
+    if c.int8 == "qat":
+        result = quantization_aware_distillation(cfg, clf, data, val, max_length, feeds)
+        offset = history[-1]["step"] if history else 0
+        history = history + [{**row, "step": row["step"] + offset} for row in result.history]
+        record("quantization-aware distillation", f"{result.steps} distillation steps with weights and layer "
+               "inputs rounded as static INT8 rounds them (float weights kept)")
     # the student's card (method, losses, training settings, teacher) with the shape it has now
     card = {key: value for key, value in student_card.items() if key not in ("fingerprint", "serving", "parameters",
                                                                              "labels", "cut")}
@@ -293,5 +335,14 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
                          else card.get("student", {}).get("vocab_size")},
              "compression": {"steps": [vars(s) for s in steps], "skipped": skipped}}
     with atomic_dir(out_dir) as tmp:
-        fingerprint = save_classifier(clf, tmp, card, history, export=cfg.evaluate.runtime == "onnxruntime")
+        fingerprint = save_classifier(clf, tmp, card, history or None, export=cfg.evaluate.runtime == "onnxruntime")
+        if (tmp / ONNX_FILE).is_file():  # else the evaluation quantizes an export it makes itself (dynamic)
+            steps.append(write_int8(clf, tmp, c.int8, feeds, val, max_length))
+            print(f"compress: {steps[-1].step}: {steps[-1].size_mb:.2f} MB, val accuracy {steps[-1].val_accuracy:.3f}",
+                  flush=True)
+        else:
+            skipped.append(f"INT8 ({c.int8}): no ONNX export to quantize (evaluate.runtime is eager or the export "
+                           "failed); the evaluation quantizes dynamically")
+        write_json(tmp / MODEL_CARD, read_card(tmp) | {"compression": {"steps": [vars(s) for s in steps],
+                                                                       "skipped": skipped}})
     return CompressResult(out_dir, True, steps, skipped, fingerprint)

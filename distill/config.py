@@ -375,6 +375,16 @@ class CompressConfig(_Section):
                                  "after pruning (early stopping on gold_val: the best check's weights are kept); "
                                  "0: none.")
     learning_rate: float = Field(1.0e-3, gt=0, description="Learning rate of the recovery.")
+    int8: Literal["dynamic", "static", "qat"] = Field(
+        "dynamic", description="How the compressed student's INT8 model (compressed_int8) is made. dynamic: int8 "
+        "weights, each request's activations scaled by their own range. static: fixed activation scales calibrated "
+        "on distillation texts. qat: quantization-aware distillation first (qat_epochs of distillation from the "
+        "cached teacher outputs with weights and layer inputs rounded as static INT8 rounds them), then static.")
+    qat_epochs: int = Field(2, ge=1, description="Epochs of quantization-aware distillation (int8: qat); the best "
+                            "validation check's weights are kept.")
+    qat_learning_rate: float = Field(2.0e-4, gt=0, description="Learning rate of the quantization-aware distillation.")
+    calibration_texts: int = Field(256, ge=1, description="Distillation texts, run one at a time, that static INT8 "
+                                   "calibrates its activation scales on (int8: static or qat).")
     max_accuracy_drop: float = Field(0.005, ge=0, le=1, description="Compression gate: the compressed student "
                                      "(fp32, the model registered) may score at most this much below the student "
                                      "on the gold test set; its INT8 version is reported, not gated.")

@@ -16,6 +16,7 @@ from typing import Literal
 from torch import nn
 
 from distill.models import Classifier, export_into
+from distill.quantize import INT8_FILE
 from distill.served import ONNX_FILE, OnnxClassifier, quantize_onnx
 
 __all__ = ["Runtime", "OnnxClassifier", "eager_model", "onnx_classifier", "quantized_classifier", "with_runtime"]
@@ -39,8 +40,13 @@ def onnx_classifier(clf: Classifier, folder: Path | None, threads: int, texts: l
 
 def quantized_classifier(clf: Classifier, folder: Path | None, threads: int, texts: list[str],
                          max_length: int) -> tuple[Classifier, int]:
-    """The INT8 model (ONNX Runtime's dynamic quantization of the folder's export, or of one made now) and
-    its size in bytes on disk. INT8 is served by ONNX Runtime whatever ``evaluate.runtime`` says."""
+    """The INT8 model and its size in bytes on disk: the one the folder's stage made (``model-int8.onnx``, see
+    ``distill.quantize``), else ONNX Runtime's dynamic quantization of the folder's export, or of one made now.
+    INT8 is served by ONNX Runtime whatever ``evaluate.runtime`` says."""
+    made = Path(folder) / INT8_FILE if folder is not None else None
+    if made is not None and made.is_file():
+        model = OnnxClassifier(made, threads, eager=clf.model)
+        return Classifier(model, clf.tokenizer, clf.labels), model.size_bytes
     with tempfile.TemporaryDirectory(prefix="distill-int8-") as scratch:
         source = Path(folder) / ONNX_FILE if folder is not None else None
         if source is None or not source.is_file():

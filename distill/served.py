@@ -15,6 +15,7 @@ very ``model.onnx`` the evaluation timed, whether or not distill is installed wh
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -103,13 +104,33 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path |
     program.save(str(path))
 
 
+class _SkippedTensors(logging.Filter):
+    """ONNX Runtime's quantizer logs, on the root logger, every tensor it leaves in float (index and shape
+    tensors) with the tensor's whole type: pages of protobuf text in a stage's log that ask nothing of anyone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Inference failed or unsupported type to quantize")
+
+
+@contextlib.contextmanager
+def quiet_quantizer():
+    """Leave out ONNX Runtime's quantizer's notes on the tensors it does not quantize (see _SkippedTensors)."""
+    notes = _SkippedTensors()
+    root = logging.getLogger()
+    root.addFilter(notes)
+    try:
+        yield
+    finally:
+        root.removeFilter(notes)
+
+
 def quantize_onnx(source: Path | str, target: Path | str) -> None:
     """ONNX Runtime's dynamic INT8 quantization of ``source`` (int8 weights of MatMul / Gemm, activations
     quantized per batch), after its recommended pre-processing (shape inference, graph optimisation)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory(dir=Path(target).parent) as scratch:
+    with tempfile.TemporaryDirectory(dir=Path(target).parent) as scratch, quiet_quantizer():
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
