@@ -75,6 +75,7 @@ class CompressResult:
     steps: list[Step] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     fingerprint: str | None = None
+    int8: Step | None = None  # the INT8 model beside it (compressed_int8): reported, the fp32 one is registered
 
 
 def _encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -336,13 +337,13 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
              "compression": {"steps": [vars(s) for s in steps], "skipped": skipped}}
     with atomic_dir(out_dir) as tmp:
         fingerprint = save_classifier(clf, tmp, card, history or None, export=cfg.evaluate.runtime == "onnxruntime")
+        int8 = None
         if (tmp / ONNX_FILE).is_file():  # else the evaluation quantizes an export it makes itself (dynamic)
-            steps.append(write_int8(clf, tmp, c.int8, feeds, val, max_length))
-            print(f"compress: {steps[-1].step}: {steps[-1].size_mb:.2f} MB, val accuracy {steps[-1].val_accuracy:.3f}",
-                  flush=True)
+            int8 = write_int8(clf, tmp, c.int8, feeds, val, max_length)
+            print(f"compress: {int8.step}: {int8.size_mb:.2f} MB, val accuracy {int8.val_accuracy:.3f}", flush=True)
         else:
             skipped.append(f"INT8 ({c.int8}): no ONNX export to quantize (evaluate.runtime is eager or the export "
                            "failed); the evaluation quantizes dynamically")
-        write_json(tmp / MODEL_CARD, read_card(tmp) | {"compression": {"steps": [vars(s) for s in steps],
-                                                                       "skipped": skipped}})
-    return CompressResult(out_dir, True, steps, skipped, fingerprint)
+        write_json(tmp / MODEL_CARD, read_card(tmp) | {"compression": {
+            "steps": [vars(s) for s in steps], "skipped": skipped, "int8": vars(int8) if int8 else None}})
+    return CompressResult(out_dir, True, steps, skipped, fingerprint, int8)

@@ -117,6 +117,11 @@ def compression_section(student_card: dict, compression: dict | None) -> str:
         skipped = (student_card.get("compression") or {}).get("skipped") or []
         if skipped:
             lines.append("Skipped: " + "; ".join(skipped) + ".")
+        int8 = (student_card.get("compression") or {}).get("int8")
+        if int8:
+            lines.append(f"Its INT8 model (`compressed_int8` in the evaluation; reported, not registered): "
+                         f"{int8['step']}, {int8['detail']}; {int8['size_mb']:.1f} MB, validation accuracy "
+                         f"{int8['val_accuracy']:.3f}.")
     if compression:
         lines.append(f"Compression gate: **{'passed' if compression.get('passed') else 'failed'}**.\n\n"
                      + "\n".join(f"- {r}" for r in compression.get("reasons", [])))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from distill import compress, evaluate, students
+from distill import compress, evaluate, model_card, students
 from distill.config import config_from_dict
 from distill.models import encode, load_classifier, read_card
 from distill.quantize import (INT8_FILE, TABLE_LEVELS, calibration_feeds, quantization_aware, quantize_static_onnx,
@@ -110,13 +110,14 @@ def test_the_compress_stage_writes_the_int8_model_the_evaluation_serves(served_c
     students.run_student(cfg, prepared, teacher_dir, outputs, tmp_path / "student")
     result = compress.run(cfg, prepared, teacher_dir, tmp_path / "student", outputs, tmp_path / "compressed")
     names = [s.step for s in result.steps]
-    assert names[-1] == f"INT8 ({mode})"
+    assert result.int8.step == f"INT8 ({mode})" and result.int8.step not in names  # the fp32 model is registered
     assert ("quantization-aware distillation" in names) == (mode == "qat")
     int8 = tmp_path / "compressed" / INT8_FILE
     assert kernel in _ops(int8)
     card = read_card(tmp_path / "compressed")
     assert [s["step"] for s in card["compression"]["steps"]] == names
-    assert card["compression"]["steps"][-1]["size_mb"] == pytest.approx(int8.stat().st_size / 2**20, abs=1e-3)
+    assert card["compression"]["int8"]["size_mb"] == pytest.approx(int8.stat().st_size / 2**20, abs=1e-3)
+    assert f"INT8 ({mode})" in model_card.compression_section(card, None)
 
     scored = evaluate.run(cfg, prepared, teacher_dir, tmp_path / "student", None, tmp_path / "eval",
                           tmp_path / "compressed")
