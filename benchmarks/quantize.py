@@ -68,7 +68,7 @@ def main() -> None:
                                read_card(project / "models/teacher")["fingerprint"], clf.labels)
     val = gold_data(project / "data/prepared", "gold_val", clf.labels)
     test = gold_data(project / "data/prepared", "gold_test", clf.labels)
-    feeds = calibration_feeds(clf, data.texts[:cfg.compress.calibration_texts], max_length)
+    feeds = calibration_feeds(clf, data.texts, cfg.compress.calibration_texts, max_length, cfg.seed)
     seconds = {}
     with tempfile.TemporaryDirectory(prefix="distill-quantize-") as scratch:
         scratch = Path(scratch)

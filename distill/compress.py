@@ -317,7 +317,7 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
         result = recover(cfg, clf, data, val, max_length)
         history = result.history
         record("recovery", f"{result.steps} distillation steps from the cached teacher outputs")
-    feeds = calibration_feeds(clf, data.texts[:c.calibration_texts], max_length) if c.int8 != "dynamic" else []
+    feeds = calibration_feeds(clf, data.texts, c.calibration_texts, max_length, cfg.seed) if c.int8 != "dynamic" else []
     if c.int8 == "qat":
         result = quantization_aware_distillation(cfg, clf, data, val, max_length, feeds)
         offset = history[-1]["step"] if history else 0

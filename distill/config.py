@@ -383,8 +383,8 @@ class CompressConfig(_Section):
     qat_epochs: int = Field(2, ge=1, description="Epochs of quantization-aware distillation (int8: qat); the best "
                             "validation check's weights are kept.")
     qat_learning_rate: float = Field(2.0e-4, gt=0, description="Learning rate of the quantization-aware distillation.")
-    calibration_texts: int = Field(256, ge=1, description="Distillation texts, run one at a time, that static INT8 "
-                                   "calibrates its activation scales on (int8: static or qat).")
+    calibration_texts: int = Field(256, ge=1, description="Distillation texts (a seeded sample), run one at a time, "
+                                   "that static INT8 calibrates its activation scales on (int8: static or qat).")
     max_accuracy_drop: float = Field(0.005, ge=0, le=1, description="Compression gate: the compressed student "
                                      "(fp32, the model registered) may score at most this much below the student "
                                      "on the gold test set; its INT8 version is reported, not gated.")

@@ -10,9 +10,9 @@ distillation before the static one.
   them (fake quantization with a straight-through gradient), so it learns weights that survive the
   rounding. The same calibration then makes the INT8 file from the trained weights.
 
-The fake quantization mirrors :func:`quantize_static_onnx`: weights symmetric int8 per tensor (per output
-channel with ``per_channel``), embedding tables and the inputs of products asymmetric uint8 over their
-range (calibrated, for inputs) including 0; outputs and the products of two activations stay float. Only
+The fake quantization mirrors :func:`quantize_static_onnx`: weights symmetric per tensor in 7 bits,
+embedding tables and the inputs of products asymmetric unsigned over their range (calibrated, for inputs)
+including 0; outputs and the products of two activations stay float. Only
 torch's own fake-quantize operators are used (no ``torch.ao``), so nothing here is deprecated.
 """
 
@@ -22,7 +22,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -32,21 +31,22 @@ from torch.nn.utils import parametrize
 from distill.models import Classifier, encode
 from distill.served import quiet_quantizer
 
-Int8Mode = Literal["dynamic", "static", "qat"]
 INT8_FILE = "model-int8.onnx"  # beside model.onnx in a folder whose stage made its INT8 model
 WEIGHT_LEVELS = 64  # 7-bit weights: reduce_range (see quantize_static_onnx), symmetric in [-64, 64]
 TABLE_LEVELS = 127  # ... and embedding tables in [0, 127]
 QUANTIZED_OPS = ["MatMul", "Gemm", "Gather"]  # products with a weight, and embedding lookups
 
 
-def calibration_feeds(clf: Classifier, texts: list[str], max_length: int) -> list[dict[str, np.ndarray]]:
-    """Each text encoded alone (batch 1, no padding), as a served request is."""
-    return [{k: v.numpy().astype(np.int64) for k, v in encode(clf.tokenizer, [text], max_length).items()}
-            for text in texts]
+def calibration_feeds(clf: Classifier, texts: list[str], count: int, max_length: int,
+                      seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``count`` of ``texts`` (a seeded sample, in their order), each encoded alone (batch 1, no padding), as a
+    served request is."""
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(texts))[:count])
+    return [{k: v.numpy().astype(np.int64) for k, v in encode(clf.tokenizer, [texts[i]], max_length).items()}
+            for i in chosen]
 
 
-def quantize_static_onnx(source: Path | str, target: Path | str, feeds: list[dict[str, np.ndarray]],
-                         per_channel: bool = False) -> None:
+def quantize_static_onnx(source: Path | str, target: Path | str, feeds: list[dict[str, np.ndarray]]) -> None:
     """ONNX Runtime's static INT8 quantization of ``source`` (QDQ format: uint8 activations with scales
     calibrated on ``feeds`` by min / max, symmetric weights), after its recommended pre-processing.
 
@@ -74,7 +74,8 @@ def quantize_static_onnx(source: Path | str, target: Path | str, feeds: list[dic
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=QUANTIZED_OPS, nodes_to_quantize=weight_nodes(prepared),
-                        per_channel=per_channel, reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=False, reduce_range=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
                         extra_options={"OpTypesToExcludeOutputQuantization": QUANTIZED_OPS})
 
 
@@ -93,13 +94,13 @@ def weight_nodes(path: Path | str) -> list[str]:
 
 class FakeQuantWeight(nn.Module):
     """A weight parametrization: the weight as static INT8 stores it. A product's weight: symmetric 7-bit in
-    [-64, 64] (``reduce_range``, see :func:`quantize_static_onnx`), scale max |w| / 64 (per tensor, or per
-    output row). An embedding table (``table``): ONNX
-    Runtime quantizes a lookup's data as an activation, asymmetric over the table's range, in [0, 127]."""
+    [-64, 64] (``reduce_range``, see :func:`quantize_static_onnx`), scale max |w| / 64. An embedding table
+    (``table``): ONNX Runtime quantizes a lookup's data as an activation, asymmetric over the table's range,
+    in [0, 127]."""
 
-    def __init__(self, per_channel: bool = False, table: bool = False):
+    def __init__(self, table: bool = False):
         super().__init__()
-        self.per_channel, self.table = per_channel, table
+        self.table = table
         self.enabled = True  # off while calibrating: ONNX Runtime calibrates the float model
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -109,11 +110,7 @@ class FakeQuantWeight(nn.Module):
             scale, zero = uint8_qparams(float(weight.detach().min()), float(weight.detach().max()), TABLE_LEVELS)
             return torch.fake_quantize_per_tensor_affine(weight, scale, zero, 0, TABLE_LEVELS)
         with torch.no_grad():
-            bound = weight.abs().amax(dim=1) if self.per_channel else weight.abs().max()
-            scale = (bound / WEIGHT_LEVELS).clamp_min(1e-12).float()
-        if self.per_channel:
-            zero = torch.zeros_like(scale, dtype=torch.int32)
-            return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -WEIGHT_LEVELS, WEIGHT_LEVELS)
+            scale = (weight.abs().max() / WEIGHT_LEVELS).clamp_min(1e-12).float()
         return torch.fake_quantize_per_tensor_affine(weight, scale, torch.zeros((), dtype=torch.int32),
                                                      -WEIGHT_LEVELS, WEIGHT_LEVELS)
 
@@ -172,15 +169,14 @@ class InputQuantizer:
 
 
 @contextmanager
-def quantization_aware(model: nn.Module, feeds: list[dict[str, np.ndarray]],
-                       per_channel: bool = False) -> Iterator[InputQuantizer]:
+def quantization_aware(model: nn.Module, feeds: list[dict[str, np.ndarray]]) -> Iterator[InputQuantizer]:
     """Inside, ``model`` computes as its static INT8 version would: weights of its linear and embedding
     layers and the inputs of its linear layers are fake-quantized (activation ranges calibrated on
     ``feeds``). Yields the inputs' quantizer: its ``calibrate()`` measures the ranges again (the weights move
     while training). On exit the model has its float weights (the trained ones) and no hooks."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    weights = [FakeQuantWeight(per_channel) for _ in linears] + [FakeQuantWeight(table=True) for _ in embeddings]
+    weights = [FakeQuantWeight() for _ in linears] + [FakeQuantWeight(table=True) for _ in embeddings]
     inputs = InputQuantizer(model, linears, weights, feeds)
     try:
         for layer, weight in zip(linears + embeddings, weights):

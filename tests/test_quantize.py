@@ -43,7 +43,7 @@ def _dequantized_initializers(path) -> tuple[list[np.ndarray], set[tuple[float, 
 
 def test_fake_quantization_rounds_as_the_static_int8_model_stores(tiny_teacher, tmp_path):
     clf = load_classifier(tiny_teacher)
-    feeds = calibration_feeds(clf, TEXTS, 32)
+    feeds = calibration_feeds(clf, TEXTS, len(TEXTS), 32)
     quantize_static_onnx(tiny_teacher / ONNX_FILE, tmp_path / "int8.onnx", feeds)
     ops = _ops(tmp_path / "int8.onnx")
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops  # fixed scales
@@ -60,8 +60,8 @@ def test_fake_quantization_rounds_as_the_static_int8_model_stores(tiny_teacher, 
         assert any(w.shape == weight.shape and np.allclose(w, weight, atol=1e-7) or
                    w.T.shape == weight.shape and np.allclose(w.T, weight, atol=1e-7) for w in fake)
     # the inputs' scales and zero points are the calibrated ones (lookups' outputs keep their table's)
-    table_scales = {(round(s, 7), z) for s, z in (uint8_qparams(float(t.weight.detach().min()), float(t.weight.detach().max()),
-                                                                 TABLE_LEVELS) for t in tables)}
+    bounds = [(float(t.weight.detach().min()), float(t.weight.detach().max())) for t in tables]
+    table_scales = {(round(s, 7), z) for s, z in (uint8_qparams(low, high, TABLE_LEVELS) for low, high in bounds)}
     assert {(round(s, 7), z) for s, z in (uint8_qparams(*r) for r in ranges)} | table_scales == scales
     batch = dict(encode(clf.tokenizer, TEXTS, 32))
     with torch.inference_mode():
@@ -75,7 +75,7 @@ def test_fake_quantization_rounds_as_the_static_int8_model_stores(tiny_teacher, 
 def test_quantization_aware_training_leaves_float_weights_and_no_hooks(tiny_teacher):
     clf = load_classifier(tiny_teacher)
     before = {k: v.clone() for k, v in clf.model.state_dict().items()}
-    feeds = calibration_feeds(clf, TEXTS[:4], 32)
+    feeds = calibration_feeds(clf, TEXTS, 4, 32)
     batch = dict(encode(clf.tokenizer, TEXTS, 32))
     optimizer = torch.optim.SGD(clf.model.parameters(), lr=0.1)
     with warnings.catch_warnings():
