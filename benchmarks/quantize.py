@@ -41,7 +41,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
@@ -118,8 +117,7 @@ def main() -> None:
     Console(width=140).print(table)
     if args.json:
         args.json.write_text(json.dumps({"project": str(project), "student": str(folder), "test_texts": len(test),
-                                         "threads": cfg.evaluate.threads, "variants": figures,
-                                         "n_test": int(np.asarray(test.labels).size)}, indent=2))
+                                         "threads": cfg.evaluate.threads, "variants": figures}, indent=2))
 
 
 if __name__ == "__main__":
