@@ -49,8 +49,8 @@ def main() -> None:
     from distill.evaluate import Candidate, measure_latency
     from distill.lengths import with_teacher_lengths
     from distill.models import Classifier, export_into, load_classifier, predict_logits, read_card
-    from distill.quantize import calibration_feeds, quantize_static_onnx
-    from distill.served import ONNX_FILE, OnnxClassifier, quantize_onnx
+    from distill.quantize import calibration_feeds, quantize_onnx, quantize_static_onnx
+    from distill.served import ONNX_FILE, OnnxClassifier
     from distill.students import distillation_set
     from distill.teacher import gold_data
 

@@ -48,8 +48,8 @@ from distill.io import atomic_dir, write_json
 from distill.lengths import with_teacher_lengths
 from distill.models import MODEL_CARD, Classifier, ModelError, load_classifier, predict_logits, read_card, save_classifier
 from distill.objective import ModelShape, Objective
-from distill.quantize import INT8_FILE, calibration_feeds, quantization_aware, quantize_static_onnx
-from distill.served import ONNX_FILE, OnnxClassifier, quantize_onnx
+from distill.quantize import INT8_FILE, calibration_feeds, quantization_aware, quantize_onnx, quantize_static_onnx
+from distill.served import ONNX_FILE, OnnxClassifier
 from distill.students import distillation_set, settings_for
 from distill.teacher import gold_data
 from distill.trainer import TrainData, train

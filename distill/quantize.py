@@ -18,6 +18,7 @@ torch's own fake-quantize operators are used (no ``torch.ao``), so nothing here 
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from distill.models import Classifier, encode
-from distill.served import quiet_quantizer
 
 INT8_FILE = "model-int8.onnx"  # beside model.onnx in a folder whose stage made its INT8 model
 WEIGHT_LEVELS = 64  # 7-bit weights: reduce_range (see quantize_static_onnx), symmetric in [-64, 64]
@@ -46,6 +46,38 @@ def calibration_feeds(clf: Classifier, texts: list[str], count: int, max_length:
             for i in chosen]
 
 
+class _SkippedTensors(logging.Filter):
+    """ONNX Runtime's quantizer logs, on the root logger, every tensor it leaves in float (index and shape
+    tensors) with the tensor's whole type: pages of protobuf text in a stage's log that ask nothing of anyone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Inference failed or unsupported type to quantize")
+
+
+@contextmanager
+def quiet_quantizer():
+    """Leave out ONNX Runtime's quantizer's notes on the tensors it does not quantize (see _SkippedTensors)."""
+    notes = _SkippedTensors()
+    root = logging.getLogger()
+    root.addFilter(notes)
+    try:
+        yield
+    finally:
+        root.removeFilter(notes)
+
+
+def quantize_onnx(source: Path | str, target: Path | str) -> None:
+    """ONNX Runtime's dynamic INT8 quantization of ``source`` (int8 weights of MatMul / Gemm, activations
+    quantized per batch), after its recommended pre-processing (shape inference, graph optimisation)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(dir=Path(target).parent) as scratch, quiet_quantizer():
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+
+
 def quantize_static_onnx(source: Path | str, target: Path | str, feeds: list[dict[str, np.ndarray]]) -> None:
     """ONNX Runtime's static INT8 quantization of ``source`` (QDQ format: uint8 activations with scales
     calibrated on ``feeds`` by min / max, symmetric weights), after its recommended pre-processing.
@@ -54,16 +86,14 @@ def quantize_static_onnx(source: Path | str, target: Path | str, feeds: list[dic
     kernels add pairs of uint8 x int8 products in 16 bits, which full-range weights overflow. Measured on
     this project's CPU: with 8-bit weights the fused model's logits moved 10x further from the same
     graph run unfused than with 7 bits, where the two agree exactly. The file must serve right on any CPU."""
-    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not feeds:
         raise ValueError("static INT8 needs calibration texts; none were given")
-    names = [i.name for i in ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()]
 
     class Reader(CalibrationDataReader):
-        def __init__(self):
+        def __init__(self, names: list[str]):
             self.feeds = iter([{name: feed[name] for name in names} for feed in feeds])
 
         def get_next(self):
@@ -72,24 +102,26 @@ def quantize_static_onnx(source: Path | str, target: Path | str, feeds: list[dic
     with tempfile.TemporaryDirectory(dir=Path(target).parent) as scratch, quiet_quantizer():
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=QUANTIZED_OPS, nodes_to_quantize=weight_nodes(prepared),
+        names, nodes = weight_nodes(prepared)
+        quantize_static(str(prepared), str(target), Reader(names), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=QUANTIZED_OPS, nodes_to_quantize=nodes,
                         per_channel=False, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8,
                         extra_options={"OpTypesToExcludeOutputQuantization": QUANTIZED_OPS})
 
 
-def weight_nodes(path: Path | str) -> list[str]:
-    """The graph's products with a weight and its embedding lookups: the nodes that static INT8 quantizes,
-    their weight and (for products) their input; the products of two activations (attention's scores and
-    mixing) and every node's output stay float, as the fake quantization assumes."""
+def weight_nodes(path: Path | str) -> tuple[list[str], list[str]]:
+    """The graph's input names, and its products with a weight and its embedding lookups: the nodes that static
+    INT8 quantizes, their weight and (for products) their input; the products of two activations (attention's
+    scores and mixing) and every node's output stay float, as the fake quantization assumes."""
     import onnx
 
     graph = onnx.load(str(path)).graph
     weights = {init.name for init in graph.initializer}
     weight_input = {"MatMul": 1, "Gemm": 1, "Gather": 0}
-    return [node.name for node in graph.node
-            if node.op_type in weight_input and node.input[weight_input[node.op_type]] in weights]
+    return ([i.name for i in graph.input if i.name not in weights],
+            [node.name for node in graph.node
+             if node.op_type in weight_input and node.input[weight_input[node.op_type]] in weights])
 
 
 class FakeQuantWeight(nn.Module):
@@ -131,6 +163,7 @@ class InputQuantizer:
                  feeds: list[dict[str, np.ndarray]]):
         self.model, self.layers, self.weights, self.feeds = model, layers, weights, feeds
         self.ranges: dict[int, list[float]] = {}
+        self.qparams: dict[int, tuple[float, int]] = {}  # from the ranges, once per calibration
         self.quantize = False
         self.hooks = [layer.register_forward_pre_hook(self._hook) for layer in layers]
 
@@ -142,7 +175,7 @@ class InputQuantizer:
             seen = self.ranges.setdefault(key, [low, high])
             seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
             return None
-        scale, zero = uint8_qparams(*self.ranges[key])
+        scale, zero = self.qparams[key]
         return (torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255), *args[1:])
 
     @torch.no_grad()
@@ -159,6 +192,7 @@ class InputQuantizer:
                 model(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()})
         finally:
             model.train(was_training)
+            self.qparams = {key: uint8_qparams(*bounds) for key, bounds in self.ranges.items()}
             self.quantize = True
             for weight in self.weights:
                 weight.enabled = True

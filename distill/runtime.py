@@ -16,8 +16,8 @@ from typing import Literal
 from torch import nn
 
 from distill.models import Classifier, export_into
-from distill.quantize import INT8_FILE
-from distill.served import ONNX_FILE, OnnxClassifier, quantize_onnx
+from distill.quantize import INT8_FILE, quantize_onnx
+from distill.served import ONNX_FILE, OnnxClassifier
 
 __all__ = ["Runtime", "OnnxClassifier", "eager_model", "onnx_classifier", "quantized_classifier", "with_runtime"]
 

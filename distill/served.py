@@ -4,8 +4,7 @@ A small student spends most of a batch-1 request outside its arithmetic: the Hug
 its modules in Python, builds masks and output objects. ONNX Runtime runs the exported graph (fused by
 its optimizer) without them, so small models gain most. The export (``torch.onnx.export``, the
 ``torch.export`` based exporter) is checked against the eager model on a padded batch of several lengths
-before it is kept; INT8 is ONNX Runtime's dynamic quantization of that graph (int8 weights, activations
-quantized per batch).
+before it is kept; its INT8 versions are made by ``distill.quantize``.
 
 Dependency-light (torch, numpy and onnxruntime; no distill, no transformers) because the served model
 ships this file beside its pyfunc (``log_model(code_paths=...)``): ``mlflow models serve`` then runs the
@@ -15,12 +14,10 @@ very ``model.onnx`` the evaluation timed, whether or not distill is installed wh
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import logging
 import os
-import tempfile
 import warnings
 import weakref
 from pathlib import Path
@@ -102,38 +99,6 @@ def export_onnx(model: nn.Module, example: dict[str, torch.Tensor], path: Path |
                                     input_names=list(example), output_names=["logits"], verbose=False,
                                     optimize=False)  # ONNX Runtime optimises the graph when it loads it
     program.save(str(path))
-
-
-class _SkippedTensors(logging.Filter):
-    """ONNX Runtime's quantizer logs, on the root logger, every tensor it leaves in float (index and shape
-    tensors) with the tensor's whole type: pages of protobuf text in a stage's log that ask nothing of anyone."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Inference failed or unsupported type to quantize")
-
-
-@contextlib.contextmanager
-def quiet_quantizer():
-    """Leave out ONNX Runtime's quantizer's notes on the tensors it does not quantize (see _SkippedTensors)."""
-    notes = _SkippedTensors()
-    root = logging.getLogger()
-    root.addFilter(notes)
-    try:
-        yield
-    finally:
-        root.removeFilter(notes)
-
-
-def quantize_onnx(source: Path | str, target: Path | str) -> None:
-    """ONNX Runtime's dynamic INT8 quantization of ``source`` (int8 weights of MatMul / Gemm, activations
-    quantized per batch), after its recommended pre-processing (shape inference, graph optimisation)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory(dir=Path(target).parent) as scratch, quiet_quantizer():
-        prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
 
 
 def largest_difference(served: nn.Module, eager: nn.Module, batch: dict[str, torch.Tensor]) -> float:
