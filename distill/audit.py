@@ -42,6 +42,7 @@ class AuditReport:
     flip_examples: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     compressed: dict | None = None  # the compressed student's own audit (passed, reasons, worst), when evaluated
+    compressed_int8: dict | None = None  # ... and its INT8 model's, as that model answers
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -289,10 +290,13 @@ def run(cfg: PipelineConfig, predictions_path: Path, out_dir: Path, teacher_dir:
         student_dir: Path | None = None, baseline_dir: Path | None = None,
         compressed_dir: Path | None = None) -> AuditReport:
     """Audit the evaluate stage's predictions (and, given the model folders, the models' flips); the compressed
-    student, when the evaluation scored it, is audited the same way against the teacher (``compressed``)."""
+    student and its INT8 model, when the evaluation scored them, are audited the same way against the teacher
+    (``compressed``, ``compressed_int8``): either may be registered in the student's place."""
     from distill import plots
     from distill.lengths import with_teacher_lengths
     from distill.models import load_classifier, read_card
+    from distill.runtime import load_served
+    from distill.served import INT8_FILE
 
     cfg = with_teacher_lengths(cfg, teacher_dir)
     predictors, labels = {}, None
@@ -305,15 +309,22 @@ def run(cfg: PipelineConfig, predictions_path: Path, out_dir: Path, teacher_dir:
         predictors["teacher"] = remembered(predictors["teacher"])
     predictions = pd.read_parquet(predictions_path)
     report = audit(predictions, cfg.audit, predictors, cfg.data.slice_columns, labels, cfg.seed)
-    if compressed_dir is not None and "compressed" in predictions and read_card(Path(compressed_dir)).get("enabled"):
-        compressed = {k: v for k, v in predictors.items() if k != "baseline"}
-        if "student" in compressed:
-            compressed["student"] = classifier_predictor(load_classifier(Path(compressed_dir)), cfg.audit.batch_size,
-                                                         cfg.train.max_length)
-        view = predictions.drop(columns=["student", "baseline"], errors="ignore").rename(
-            columns={"compressed": "student"})
-        other = audit(view, cfg.audit, compressed, cfg.data.slice_columns, labels, cfg.seed)
-        report.compressed = {"passed": other.passed, "reasons": other.reasons, "worst": other.worst}
+    compressed = compressed_dir is not None and read_card(Path(compressed_dir)).get("enabled")
+    for name, precision in (("compressed", "fp32"), ("compressed_int8", "int8")):
+        if not compressed or name not in predictions:
+            continue
+        if precision == "int8" and not Path(compressed_dir, INT8_FILE).is_file():
+            report.notes.append("compressed_int8 not audited: the compressed student's folder holds no INT8 model "
+                                "(evaluate.runtime is eager or its export failed; the evaluation quantized one of "
+                                "its own), so it cannot be registered")
+            continue
+        stand_in = {k: v for k, v in predictors.items() if k != "baseline"}
+        if "student" in stand_in:
+            stand_in["student"] = classifier_predictor(load_served(Path(compressed_dir), precision),
+                                                       cfg.audit.batch_size, cfg.train.max_length)
+        view = predictions.drop(columns=["student", "baseline"], errors="ignore").rename(columns={name: "student"})
+        other = audit(view, cfg.audit, stand_in, cfg.data.slice_columns, labels, cfg.seed)
+        setattr(report, name, {"passed": other.passed, "reasons": other.reasons, "worst": other.worst})
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "audit.json", report.to_dict())
         chart = plots.flip_rate_chart(report.flips, tmp / "flip_rates.png") if report.flips else None

@@ -28,8 +28,9 @@ describe heads narrower than ``hidden_size / num_attention_heads``.
 The folder (``models/student_compressed``) holds the compressed student with its ONNX export and a
 card whose ``compression`` lists each step with its parameters, size and validation accuracy after
 it. The evaluation scores it beside the student (``compressed``, ``compressed_int8``) and
-:func:`distill.gates.check_compression` says whether it keeps the student's accuracy. Disabled, the
-folder holds only a card saying so.
+:func:`distill.gates.choose_compressed` says which of them, if any, is registered in the student's
+place. A student that continues from a compressed champion is not pruned again (it would compound),
+but it gets its INT8 model. Disabled, the folder holds only a card saying so.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ from distill.io import atomic_dir, write_json
 from distill.lengths import with_teacher_lengths
 from distill.models import MODEL_CARD, Classifier, ModelError, load_classifier, predict_logits, read_card, save_classifier
 from distill.objective import ModelShape, Objective
-from distill.quantize import INT8_FILE, calibration_feeds, quantization_aware, quantize_onnx, quantize_static_onnx
-from distill.served import ONNX_FILE, OnnxClassifier
+from distill.quantize import calibration_feeds, quantization_aware, quantize_onnx, quantize_static_onnx
+from distill.served import INT8_FILE, ONNX_FILE, OnnxClassifier
 from distill.students import distillation_set, settings_for
 from distill.teacher import gold_data
 from distill.trainer import TrainData, train
@@ -269,16 +270,15 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
         out_dir: Path) -> CompressResult:
     """Compress the trained student (see the module docstring) into ``out_dir``."""
     student_card = read_card(student_dir)
-    # a student that continues from a compressed champion is compressed already: pruning it again would
-    # compound (a quarter of a quarter of the neurons)
-    why = ("compress.enabled is false" if not cfg.compress.enabled else
-           "the student continues from a compressed model (student.warm_start), so it is compressed already"
-           if (student_card.get("warm_start") or {}).get("compressed") else None)
-    if why:
+    if not cfg.compress.enabled:
+        why = "compress.enabled is false"
         with atomic_dir(out_dir) as tmp:
             write_json(tmp / MODEL_CARD, {"role": ROLE, "enabled": False, "why": why})
         print(f"compress: not applied: {why}", flush=True)
         return CompressResult(out_dir, False, skipped=[why])
+    # a student that continues from a compressed champion is pruned already: pruning it again would compound
+    # (a quarter of a quarter of the neurons); it still gets its INT8 model, which its champion may have served
+    pruned_already = bool((student_card.get("warm_start") or {}).get("compressed"))
     cfg = with_teacher_lengths(cfg, teacher_dir)
     max_length = cfg.train.max_length
     labels = student_card["labels"]
@@ -296,20 +296,23 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
     steps: list[Step] = []
     skipped: list[str] = []
     record("student", f"the distilled student ({student_card['fingerprint'][:12]})")
-    if c.vocabulary:
+    if pruned_already:
+        skipped.append("pruning: the student continues from a compressed model (student.warm_start), so it is "
+                       "pruned already")
+    if c.vocabulary and not pruned_already:
         rows = clf.model.get_input_embeddings().num_embeddings
         clf, why = prune_vocabulary(clf, data.texts + val.texts)
         if why:
             skipped.append(f"vocabulary: {why}")
         else:
             record("vocabulary", f"{rows:,} -> {clf.model.get_input_embeddings().num_embeddings:,} embedding rows")
-    if c.keep_layers is not None and c.keep_layers < clf.model.config.num_hidden_layers:
+    if not pruned_already and c.keep_layers is not None and c.keep_layers < clf.model.config.num_hidden_layers:
         before = clf.model.config.num_hidden_layers
         kept = prune_layers(clf, c.keep_layers, val, max_length)
         record("layers", f"{before} -> {len(kept)} layers (kept {kept}, 0-based)")
     width = clf.model.config.intermediate_size
     keep = max(8, int(np.ceil(width * c.ffn_keep / 8) * 8)) if c.ffn_keep < 1 else width
-    if keep < width:
+    if keep < width and not pruned_already:
         prune_ffn(clf, keep, ffn_importance(clf, data.texts[:c.importance_texts], max_length))
         record("feed-forward", f"{width} -> {keep} neurons per layer, by importance")
     history = []

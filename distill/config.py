@@ -385,9 +385,13 @@ class CompressConfig(_Section):
     qat_learning_rate: float = Field(2.0e-4, gt=0, description="Learning rate of the quantization-aware distillation.")
     calibration_texts: int = Field(256, ge=1, description="Distillation texts (a seeded sample), run one at a time, "
                                    "that static INT8 calibrates its activation scales on (int8: static or qat).")
-    max_accuracy_drop: float = Field(0.005, ge=0, le=1, description="Compression gate: the compressed student "
-                                     "(fp32, the model registered) may score at most this much below the student "
-                                     "on the gold test set; its INT8 version is reported, not gated.")
+    register_int8: bool = Field(True, description="Compression gate: register the compressed student's INT8 model "
+                                "(compressed_int8) when it passes the gate, before its fp32 weights (compressed). "
+                                "false: the INT8 model is reported, never registered (a server that runs the float "
+                                "weights, a GPU).")
+    max_accuracy_drop: float = Field(0.005, ge=0, le=1, description="Compression gate: the model registered in the "
+                                     "student's place (the INT8 model, else the fp32 compressed student) may score "
+                                     "at most this much below the student on the gold test set.")
 
 
 class TrainConfig(_Section):

@@ -150,46 +150,73 @@ def compare_with_champion(accuracy: float, slices: dict[str, dict[str, float]], 
     return passed and not worse, reasons
 
 
-def check_compression(metrics: dict[str, dict[str, float]], audit: dict | None, cfg: CompressConfig) -> GateReport:
-    """Should the compressed student stand in for the student (be the one registered and gated for promotion)?
+COMPRESSED = {"compressed_int8": "its INT8 model", "compressed": "the compressed student"}
+
+
+def check_compression(metrics: dict[str, dict[str, float]], audit: dict | None, cfg: CompressConfig,
+                      candidate: str = "compressed") -> GateReport:
+    """May ``candidate`` (``compressed``, the fp32 compressed student, or ``compressed_int8``, its INT8 model)
+    stand in for the student (be the one registered and gated for promotion)?
 
     It must keep the student's accuracy on the gold test set within ``cfg.max_accuracy_drop``, be faster at
-    batch 1 and smaller, and pass the same audit against the teacher. ``audit`` is the compressed student's
-    audit (``passed``, ``reasons``), None when it was not audited.
+    batch 1 and smaller, and pass the same audit against the teacher. ``audit`` is the candidate's own audit
+    (``passed``, ``reasons``), None when it was not audited.
     """
-    compressed, student = metrics.get("compressed"), metrics.get("student")
-    if not compressed or not student:
-        return GateReport(False, ["no compressed student was evaluated (compress.enabled is false, the student "
-                                  "continues from a compressed champion, or evaluate.candidates leaves it out): "
-                                  "the student is registered"])
+    what = COMPRESSED.get(candidate, candidate)
+    variant, student = metrics.get(candidate), metrics.get("student")
+    if not variant or not student:
+        return GateReport(False, [f"{what} was not evaluated (compress.enabled is false, the student continues from "
+                                  "a compressed champion, or evaluate.candidates leaves it out)"])
     reasons, passed = [], True
-    drop = student["accuracy"] - compressed["accuracy"]
+    drop = student["accuracy"] - variant["accuracy"]
     ok = drop <= cfg.max_accuracy_drop + 1e-12
     passed &= ok
-    reasons.append(f"compressed accuracy {compressed['accuracy']:.3f} vs student {student['accuracy']:.3f}: "
+    reasons.append(f"{candidate} accuracy {variant['accuracy']:.3f} vs student {student['accuracy']:.3f}: "
                    f"{'drop' if drop > 0 else 'gain'} {abs(drop):.3f} ({'within' if ok else 'over'} the limit "
                    f"{cfg.max_accuracy_drop:g})")
-    for key, what, unit in (("latency_p50_ms", "p50 latency", "ms"), ("size_mb", "size", "MB")):
-        ok = compressed[key] < student[key]
+    for key, figure, unit in (("latency_p50_ms", "p50 latency", "ms"), ("size_mb", "size", "MB")):
+        ok = variant[key] < student[key]
         passed &= ok
-        reasons.append(f"{what} {compressed[key]:.2f} {unit} vs student {student[key]:.2f} {unit} "
-                       f"({student[key] / max(compressed[key], 1e-9):.2f}x{'' if ok else ': not an improvement'})")
-    quantized = metrics.get("compressed_int8")
-    if quantized:
-        speedup = student["latency_p50_ms"] / max(quantized["latency_p50_ms"], 1e-9)
-        reasons.append(f"its INT8 version (evaluated, not registered): accuracy {quantized['accuracy']:.3f}, "
-                       f"p50 {quantized['latency_p50_ms']:.2f} ms ({speedup:.2f}x the student), "
-                       f"{quantized['size_mb']:.2f} MB")
+        reasons.append(f"{candidate} {figure} {variant[key]:.2f} {unit} vs student {student[key]:.2f} {unit} "
+                       f"({student[key] / max(variant[key], 1e-9):.2f}x{'' if ok else ': not an improvement'})")
     if audit is None:
         passed = False
-        reasons.append("the compressed student was not audited: it cannot stand in for the student")
+        reasons.append(f"{what} was not audited: it cannot stand in for the student")
     else:
         passed &= bool(audit["passed"])
-        reasons.append("compressed student's audit passed" if audit["passed"] else
-                       "compressed student's audit failed: " + "; ".join(audit["reasons"][:3]))
-    reasons.append("the compressed student is registered in the student's place" if passed else
-                   "the student is registered (uncompressed)")
+        reasons.append(f"{candidate} audit passed" if audit["passed"] else
+                       f"{candidate} audit failed: " + "; ".join(audit["reasons"][:3]))
     return GateReport(bool(passed), reasons)
+
+
+def choose_compressed(metrics: dict[str, dict[str, float]], audits: dict[str, dict | None],
+                      cfg: CompressConfig) -> tuple[str, GateReport]:
+    """Which model is registered in the student's place: the compression gate.
+
+    Its INT8 model when it passes :func:`check_compression` (and ``cfg.register_int8``), else the fp32 compressed
+    student when that passes, else the student. ``audits`` holds each candidate's own audit by name. Returns
+    the chosen candidate (``compressed_int8``, ``compressed`` or ``student``) and the report, passed when a
+    compressed model was chosen, with every candidate's reasons.
+    """
+    order = ["compressed_int8", "compressed"] if cfg.register_int8 else ["compressed"]
+    if not any(metrics.get(name) for name in order) or "student" not in metrics:
+        return "student", GateReport(False, [
+            "no compressed student was evaluated (compress.enabled is false, the student continues from a "
+            "compressed champion, or evaluate.candidates leaves it out): the student is registered"])
+    reasons = []
+    if not cfg.register_int8 and metrics.get("compressed_int8"):
+        quantized, student = metrics["compressed_int8"], metrics["student"]
+        reasons.append(f"its INT8 model (evaluated, not registered: compress.register_int8 is false): accuracy "
+                       f"{quantized['accuracy']:.3f}, p50 {quantized['latency_p50_ms']:.2f} ms "
+                       f"({student['latency_p50_ms'] / max(quantized['latency_p50_ms'], 1e-9):.2f}x the student), "
+                       f"{quantized['size_mb']:.2f} MB")
+    for name in order:
+        report = check_compression(metrics, audits.get(name), cfg, name)
+        reasons += report.reasons
+        if report.passed:
+            return name, GateReport(True, reasons + [f"{COMPRESSED[name]} ({name}) is registered in the student's "
+                                                     "place"])
+    return "student", GateReport(False, reasons + ["the student is registered (uncompressed)"])
 
 
 def check_lm_teacher(metrics: dict[str, float], cfg: LMTeacherGateConfig,

@@ -79,7 +79,10 @@ def summary_line(name: str, version: str, metrics: dict, student_card: dict, tea
                  registered: str = "student") -> str:
     """The card's first sentence: what it is and how it compares with its teacher."""
     student, teacher_m = metrics.get(registered, {}), metrics.get("teacher", {})
-    steps = [s["step"] for s in (student_card.get("compression") or {}).get("steps", [])[1:]]
+    compression = student_card.get("compression") or {}
+    steps = [s["step"] for s in compression.get("steps", [])[1:]]
+    if registered.endswith("_int8") and compression.get("int8"):
+        steps.append(compression["int8"]["step"])
     facts = [f"`{name}` v{version} is a {student_card.get('parameters', 0) / 1e6:.1f} M-parameter student "
              f"distilled with {student_card.get('method', 'an unknown method')} from teacher "
              f"`{teacher.get('name')}` v{teacher.get('version')}"
@@ -95,16 +98,22 @@ def summary_line(name: str, version: str, metrics: dict, student_card: dict, tea
     return " ".join(facts)
 
 
-def compression_tag(student_card: dict, passed: bool) -> str:
+def compression_tag(student_card: dict, passed: bool, precision: str = "fp32") -> str:
     """The version row's one-line account of compression: which steps made the registered model, or why none."""
-    steps = (student_card.get("compression") or {}).get("steps", [])
+    compression = student_card.get("compression") or {}
+    steps = compression.get("steps", [])
     if passed and steps:
-        return (" + ".join(s["step"] for s in steps[1:]) + f": {steps[0]['parameters'] / 1e6:.2f} M -> "
-                f"{steps[-1]['parameters'] / 1e6:.2f} M parameters")
+        names = [s["step"] for s in steps[1:]]
+        if precision != "fp32" and compression.get("int8"):
+            names.append(compression["int8"]["step"])
+        return (" + ".join(names) + f": {steps[0]['parameters'] / 1e6:.2f} M -> "
+                f"{steps[-1]['parameters'] / 1e6:.2f} M parameters"
+                + (f", {compression['int8']['size_mb']:.1f} MB" if precision != "fp32" and compression.get("int8")
+                   else ""))
     return "not applied (its gate failed or it is switched off; the model card says why)"
 
 
-def compression_section(student_card: dict, compression: dict | None) -> str:
+def compression_section(student_card: dict, compression: dict | None, registered: str = "compressed") -> str:
     """What each compression step cost and gained, and the gate that chose the registered model."""
     steps = (student_card.get("compression") or {}).get("steps", [])
     lines = []
@@ -119,7 +128,8 @@ def compression_section(student_card: dict, compression: dict | None) -> str:
             lines.append("Skipped: " + "; ".join(skipped) + ".")
         int8 = (student_card.get("compression") or {}).get("int8")
         if int8:
-            lines.append(f"Its INT8 model (`compressed_int8` in the evaluation; reported, not registered): "
+            role = ("this version serves it" if registered.endswith("_int8") else "reported, not registered")
+            lines.append(f"Its INT8 model (`compressed_int8` in the evaluation; {role}): "
                          f"{int8['step']}, {int8['detail']}; {int8['size_mb']:.1f} MB, validation accuracy "
                          f"{int8['val_accuracy']:.3f}.")
     if compression:
@@ -198,7 +208,8 @@ def render(*, name: str, version: str, student_card: dict, teacher: dict, lineag
         decision: the promotion gates (``passed``, ``reasons``).
         champion: the champion scored in the same run, if there was one.
         confused: the most confused label pairs of the student (``evaluate.confused_pairs`` rows).
-        registered: the evaluation candidate registered as this version (``student`` or ``compressed``).
+        registered: the evaluation candidate registered as this version (``student``, ``compressed`` or
+            ``compressed_int8``).
         compression: the compression gate (``passed``, ``reasons``), when the run had one.
     """
     # the shape the model has (a size search or a compression changed it), else the configured one
@@ -226,7 +237,8 @@ def render(*, name: str, version: str, student_card: dict, teacher: dict, lineag
             f"- **params sha256:** `{str(lineage.get('params_sha256', ''))[:16]}`"]),
         "## Distillation and hyperparameters\n\n"
         + f"Method: **{method}**" + (f"; losses: {describe_losses(losses)}" if losses else "") + ".\n\n" + hyper,
-        *(["## Compression\n\n" + compression_section(student_card, compression)] if compression else []),
+        *(["## Compression\n\n" + compression_section(student_card, compression, registered)] if compression
+          else []),
         "## Evaluation against the teacher\n\nGold test set; every candidate scored by the same harness"
         + (f" (this version is `{registered}`)" if registered != "student" else "") + ".\n\n"
         + evaluation_table(metrics, champion, registered),

@@ -31,7 +31,6 @@ from torch.nn.utils import parametrize
 
 from distill.models import Classifier, encode
 
-INT8_FILE = "model-int8.onnx"  # beside model.onnx in a folder whose stage made its INT8 model
 WEIGHT_LEVELS = 64  # 7-bit weights: reduce_range (see quantize_static_onnx), symmetric in [-64, 64]
 TABLE_LEVELS = 127  # ... and embedding tables in [0, 127]
 QUANTIZED_OPS = ["MatMul", "Gemm", "Gather"]  # products with a weight, and embedding lookups

@@ -15,11 +15,12 @@ from typing import Literal
 
 from torch import nn
 
-from distill.models import Classifier, export_into
-from distill.quantize import INT8_FILE, quantize_onnx
-from distill.served import ONNX_FILE, OnnxClassifier
+from distill.models import Classifier, ModelError, export_into, load_classifier
+from distill.quantize import quantize_onnx
+from distill.served import INT8_FILE, ONNX_FILE, SERVED_FILES, OnnxClassifier
 
-__all__ = ["Runtime", "OnnxClassifier", "eager_model", "onnx_classifier", "quantized_classifier", "with_runtime"]
+__all__ = ["Runtime", "OnnxClassifier", "eager_model", "load_served", "onnx_classifier", "quantized_classifier",
+           "with_runtime"]
 
 Runtime = Literal["eager", "onnxruntime"]
 log = logging.getLogger(__name__)
@@ -59,6 +60,21 @@ def quantized_classifier(clf: Classifier, folder: Path | None, threads: int, tex
         quantize_onnx(source, target)
         model = OnnxClassifier(target, threads, eager=clf.model)  # the session holds the graph: the file may go
     return Classifier(model, clf.tokenizer, clf.labels), model.size_bytes
+
+
+def load_served(folder: Path, precision: str = "fp32", threads: int = 1,
+                labels: list[str] | None = None) -> Classifier:
+    """A model folder answering as its version registered at ``precision`` does: fp32, its weights (eager, as the
+    audit and the hold-out scoring have always read them); int8, the INT8 model its compress stage made, on
+    ONNX Runtime (the file that version's pyfunc serves)."""
+    clf = load_classifier(Path(folder), labels)
+    if precision == "fp32":
+        return clf
+    path = Path(folder) / SERVED_FILES[precision]
+    if not path.is_file():
+        raise ModelError(f"{folder} has no {path.name}: it has no {precision} model to serve (the compress stage "
+                         "writes it; run `dvc repro compress_student`)")
+    return Classifier(OnnxClassifier(path, threads, eager=clf.model), clf.tokenizer, clf.labels)
 
 
 def with_runtime(clf: Classifier, runtime: Runtime, texts: list[str], max_length: int,

@@ -28,6 +28,9 @@ import torch
 from torch import nn
 
 ONNX_FILE = "model.onnx"  # beside the weights in a model folder distill saved
+INT8_FILE = "model-int8.onnx"  # beside it where the compress stage made the INT8 model (distill.quantize)
+# the file a registered version serves, by its precision (the pyfunc's model_config ``onnx_file``)
+SERVED_FILES = {"fp32": ONNX_FILE, "int8": INT8_FILE}
 OPSET = 18
 # torch's own exporter deep-copies its pytree specs inside ExportedProgram.run_decompositions, and the copy
 # trips torch's own deprecation of the LeafSpec class (pytorch/pytorch#167470 removed the same message from

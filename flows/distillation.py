@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from distill import model_card
-from distill.gates import GateReport, check_compression, decide_promotion, label_accuracy
+from distill.gates import GateReport, choose_compressed, decide_promotion, label_accuracy
 from distill.io import read_json
 from distill.layout import LAYOUT
 from distill.models import MODEL_CARD, is_model_uri, read_card, read_history
@@ -88,7 +88,7 @@ def gold_text(predictions: pd.DataFrame, model: str = "student") -> str | None:
     return str((right if len(right) else predictions)["text"].iloc[0]) if len(predictions) else None
 
 
-def run_name(reason: str, student_card: dict, metrics: dict) -> str:
+def run_name(reason: str, student_card: dict, metrics: dict, precision: str = "fp32") -> str:
     """What a run made, for the MLflow runs table: ``drift: kl T=4 a=0.7 2x128 -> 0.962 (98.1% of teacher)``."""
     shape = student_card.get("student") or {}
     size = f"{shape.get('num_layers')}x{shape.get('hidden_size')}" if shape.get("num_layers") else "student"
@@ -99,6 +99,8 @@ def run_name(reason: str, student_card: dict, metrics: dict) -> str:
         recipe += f" T={student_card['kd_temperature']:g} a={student_card['alpha']:g}"
     if student_card.get("compression"):
         size += " compressed"
+    if precision != "fp32":
+        size += f" {precision}"
     accuracy, teacher = metrics["student"]["accuracy"], metrics["teacher"]["accuracy"]
     return f"{reason}: {recipe} {size} -> {accuracy:.3f} ({accuracy / max(teacher, 1e-9):.1%} of teacher)"
 
@@ -144,14 +146,17 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     metrics = read_json(Path(at.evaluate, "metrics.json"))
     audit = read_json(Path(at.audit, "audit.json"))
     predictions = pd.read_parquet(at.predictions)
-    # the compressed student stands in for the student when it keeps its accuracy, is faster and smaller and
-    # passes the audit: from here on "student" is the model that is registered and gated for promotion
-    compression = check_compression(metrics, audit.get("compressed"), cfg.compress)
-    registered, student_dir = ("compressed", at.compressed) if compression.passed else ("student", at.student)
+    # the compressed student's INT8 model, else its fp32 weights, stands in for the student when it keeps its
+    # accuracy, is faster and smaller and passes the audit: from here on "student" is the model that is
+    # registered and gated for promotion
+    registered, compression = choose_compressed(metrics, {name: audit.get(name) for name in
+                                                          ("compressed", "compressed_int8")}, cfg.compress)
+    student_dir = at.compressed if compression.passed else at.student
+    precision = "int8" if registered.endswith("_int8") else "fp32"
     logger.info("compression gate %s: %s", verdict(compression.passed), "; ".join(compression.reasons))
     gated = {**metrics, "student": metrics[registered]}
     if compression.passed:
-        audit = {**audit, **audit["compressed"]}
+        audit = {**audit, **audit[registered]}
     gold, student_pred = predictions["label"].astype(str).tolist(), predictions[registered].astype(str).tolist()
     # Traffic held out of drifted windows (with ground truth) is gated like a label slice: a re-distilled
     # student may not fall behind the champion on the shifted data it was re-distilled for.
@@ -159,7 +164,7 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     holdouts = {name: frame for name, frame in holdouts.items() if len(frame)}
     champion = scoring.score_champion(cfg, str(at.prepared), project_dir, holdouts)  # same sets, same run
     challenger_slices = label_accuracy(gold, student_pred) | (
-        scoring.score_student_holdouts(cfg, str(student_dir), holdouts) if champion else {})
+        scoring.score_student_holdouts(cfg, str(student_dir), holdouts, precision) if champion else {})
     decision = decide_promotion(teacher_gate, gated, audit["passed"], audit["reasons"], cfg.promote,
                                 champion=champion, challenger_slices=challenger_slices)
 
@@ -176,7 +181,8 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
                "eval.accuracy": f"{gated['student']['accuracy']:.4f}",
                "eval.teacher_share": f"{gated['student']['accuracy'] / max(metrics['teacher']['accuracy'], 1e-9):.4f}",
                "eval.latency_p50_ms": f"{gated['student']['latency_p50_ms']:.2f}",
-               "compression": model_card.compression_tag(student_card, compression.passed),
+               "compression": model_card.compression_tag(student_card, compression.passed, precision),
+               "precision": precision,
                "champion_at_decision": champion["version"] if champion else "none"}
     shape_file = at.student_shape
     if shape_file.is_file():
@@ -192,7 +198,7 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
               (("teacher", at.teacher), ("student", at.student), ("baseline", at.baseline),
                ("compressed", at.compressed))}
     run_id = tracking.log_run(cfg, {"eval": tracking.headline(metrics)}, lineage, artifacts, project_dir, curves=curves,
-                              run_name=run_name(reason, student_card, gated))
+                              run_name=run_name(reason, student_card, gated, precision))
     # the version row carries what a reviewer scans and what the monitor reads; the whole lineage is on the
     # run (its tags) and in the model card
     version_tags = {key: value for key, value in lineage.items() if key in registry.VERSION_TAGS}

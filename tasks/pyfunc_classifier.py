@@ -26,7 +26,8 @@ class TextClassifier(PythonModel):
         self.cut = self._card(folder).get("cut") or {"how": "head"}
         self.torch = torch
         self._served = self._served_module()
-        self.model = self._serving_model(folder, (context.model_config or {}).get("threads"))
+        config = context.model_config or {}
+        self.model = self._serving_model(folder, config.get("threads"), config.get("onnx_file"))
 
     @staticmethod
     def _card(folder) -> dict:
@@ -75,24 +76,33 @@ class TextClassifier(PythonModel):
             import served  # shipped beside this file (log_model's code_paths)
         return served
 
-    def _serving_model(self, folder, threads):
-        """ONNX Runtime on the folder's ``model.onnx``, the file the evaluation timed (exported and checked
-        against the eager model when the model was saved), with the evaluation's thread count
-        (``self.runtime`` says which); the eager model where the folder has no export or DISTILL_RUNTIME=eager.
-        The session is distill's own (distill/served.py, shipped beside this file): it serves alike without
+    def _serving_model(self, folder, threads, onnx_file=None):
+        """ONNX Runtime on the file the evaluation timed and the gates passed, with the evaluation's thread count:
+        the folder's ``model.onnx`` (exported and checked against the eager model when the model was saved), or
+        the file the version was registered with (``onnx_file`` in its model_config: ``model-int8.onnx`` for an
+        INT8 version). ``self.runtime`` says which. The eager model where the folder has no export or
+        DISTILL_RUNTIME=eager; an INT8 version without its INT8 file is an error, not a quiet fp32 model. The
+        session is distill's own (distill/served.py, shipped beside this file): it serves alike without
         distill."""
         import logging
         import os
         from pathlib import Path
 
+        log = logging.getLogger(__name__)
         self.runtime = "eager"
+        name = onnx_file or self._served.ONNX_FILE
         if os.environ.get("DISTILL_RUNTIME", "onnxruntime") == "eager":
+            if name != self._served.ONNX_FILE:
+                log.warning("DISTILL_RUNTIME=eager: serving the float weights, not %s that this version was "
+                            "evaluated and gated as", name)
             return self.model
-        path = Path(folder) / self._served.ONNX_FILE
+        path = Path(folder) / name
         if not path.is_file():
-            logging.getLogger(__name__).warning("%s has no %s: serving the eager model", folder, path.name)
+            if name != self._served.ONNX_FILE:
+                raise FileNotFoundError(f"{folder} has no {name}, the model this version was registered to serve")
+            log.warning("%s has no %s: serving the eager model", folder, path.name)
             return self.model
-        self.runtime = "onnxruntime"
+        self.runtime = "onnxruntime" if name == self._served.ONNX_FILE else f"onnxruntime ({name})"
         return self._served.OnnxClassifier(path, self._served.session_threads(threads), eager=self.model)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

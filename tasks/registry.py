@@ -34,7 +34,9 @@ SERVED_CODE = Path(__file__).resolve().parents[1] / "distill" / "served.py"
 # the lineage (data and output hashes, commit, params hash, loss terms, shape search) is on the training run
 # and in the model card.
 VERSION_TAGS = ("method", "reason", "eval.accuracy", "eval.teacher_share", "eval.latency_p50_ms", "teacher_gate",
-                "audit", "promotion_gate", "compression", "teacher_version", "teacher_fingerprint", "overrides")
+                "audit", "promotion_gate", "compression", "precision", "teacher_version", "teacher_fingerprint",
+                "overrides")
+Precision = Literal["fp32", "int8"]  # which of a folder's ONNX files a version serves (distill.served.SERVED_FILES)
 Kind = Literal["student", "lm"]  # the classifier student (promote.student_model) or the LM student
 REQUIREMENTS = ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0", "pandas==2.3.3",
                 "onnxruntime==1.32.0"]
@@ -98,10 +100,14 @@ def git_commit(project_dir: str = ".") -> str:
     return proc.stdout.strip() if proc.returncode == 0 else "unknown"
 
 
-def find_version(model_name: str, fingerprint: str):
-    """The registered version whose tag ``fingerprint`` matches, or None."""
+def find_version(model_name: str, fingerprint: str, precision: Precision = "fp32"):
+    """The registered version whose tag ``fingerprint`` matches and that serves at ``precision``, or None.
+
+    One folder's weights may be registered twice: as fp32 and as its INT8 model (a version without a
+    ``precision`` tag, registered before INT8 versions existed, is fp32)."""
     client = MlflowClient()
-    versions = client.search_model_versions(f"name = '{model_name}' and tags.fingerprint = '{fingerprint}'")
+    versions = [v for v in client.search_model_versions(f"name = '{model_name}' and tags.fingerprint = '{fingerprint}'")
+                if v.tags.get("precision", "fp32") == precision]
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
@@ -116,28 +122,39 @@ def signature(labels: list[str]):
 
 
 def logged_name(model_name: str, tags: dict[str, str]) -> str:
-    """The logged model's name in MLflow's Models tab: the registered name and the weights' fingerprint."""
+    """The logged model's name in MLflow's Models tab: the registered name, the weights' fingerprint and, when it
+    is not fp32, the precision it serves at."""
     fingerprint = str(tags.get("fingerprint", ""))[:12]
-    return f"{model_name}-{fingerprint}" if fingerprint else model_name
+    precision = tags.get("precision", "fp32")
+    return (f"{model_name}-{fingerprint}" if fingerprint else model_name) + (
+        f"-{precision}" if precision != "fp32" else "")
 
 
-def classifier_pyfunc(model_dir: Path, threads: int = 1, example_text: str = "turn on the kitchen light") -> dict:
+def classifier_pyfunc(model_dir: Path, threads: int = 1, example_text: str = "turn on the kitchen light",
+                      precision: Precision = "fp32") -> dict:
     """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a classifier folder: distill's
-    models-from-code pyfunc serving the folder's ONNX export with ``threads`` threads (``evaluate.threads``:
-    as it was timed), with the code it ships and its signature."""
+    models-from-code pyfunc serving the folder's ONNX export (``precision`` int8: its INT8 model) with
+    ``threads`` threads (``evaluate.threads``: as it was timed), with the code it ships and its signature."""
     from distill.models import read_card
+    from distill.served import SERVED_FILES
 
+    served = Path(model_dir) / SERVED_FILES[precision]
+    if precision != "fp32" and not served.is_file():
+        raise FileNotFoundError(f"{model_dir} has no {served.name}: it cannot be registered as {precision}")
     return {"python_model": str(PYFUNC_CODE), "artifacts": {"model": str(model_dir)},
-            "code_paths": [str(CUT_CODE), str(SERVED_CODE)], "model_config": {"threads": threads},
+            "code_paths": [str(CUT_CODE), str(SERVED_CODE)],
+            "model_config": {"threads": threads, "onnx_file": served.name},
             "signature": signature(list(read_card(model_dir)["labels"])),
             "input_example": pd.DataFrame({"text": [example_text]}), "pip_requirements": REQUIREMENTS}
 
 
 def log_classifier(model_dir: Path, model_name: str, tags: dict[str, str], description: str,
                    example_text: str = "turn on the kitchen light", threads: int = 1) -> str:
-    """Log a model folder as a pyfunc in the active run and register it; return the version."""
+    """Log a model folder as a pyfunc in the active run and register it; return the version. Its tag
+    ``precision`` (default fp32) says which of the folder's ONNX files it serves."""
     info = mlflow.pyfunc.log_model(name=logged_name(model_name, tags), registered_model_name=model_name,
-                                   **classifier_pyfunc(model_dir, threads, example_text))
+                                   **classifier_pyfunc(model_dir, threads, example_text,
+                                                       tags.get("precision", "fp32")))
     version = str(info.registered_model_version)
     client = MlflowClient()
     for key, value in tags.items():
@@ -167,11 +184,11 @@ def register_teacher(cfg: PipelineConfig, teacher_dir: str, card: dict, project_
 @task(name="register student", **NETWORK)
 def register_student(cfg: PipelineConfig, run_id: str, student_dir: str, card: dict, tags: dict[str, str],
                      description: str, project_dir: str = ".", kind: Kind = "student") -> tuple[str, bool]:
-    """Register the student (once per weights fingerprint) under alias ``challenger``; returns
-    (version, newly_registered)."""
+    """Register the student (once per weights fingerprint and ``precision`` tag) under alias ``challenger``;
+    returns (version, newly_registered)."""
     configure(cfg.tracking, project_dir)
     name = model_name(cfg, kind)
-    existing = find_version(name, card["fingerprint"])
+    existing = find_version(name, card["fingerprint"], tags.get("precision", "fp32"))
     if existing is not None:
         return str(existing.version), False
     with mlflow.start_run(run_id=run_id):
@@ -219,6 +236,12 @@ def champion_version(cfg: PipelineConfig, project_dir: str = ".", kind: Kind = "
     """The version the ``champion`` alias points to, or None."""
     configure(cfg.tracking, project_dir)
     return alias_version(MlflowClient(), model_name(cfg, kind), "champion")
+
+
+def version_precision(cfg: PipelineConfig, version: str, project_dir: str = ".") -> Precision:
+    """Which of its folder's models a student version serves (its ``precision`` tag; fp32 when untagged)."""
+    configure(cfg.tracking, project_dir)
+    return MlflowClient().get_model_version(cfg.promote.student_model, version).tags.get("precision", "fp32")
 
 
 def version_overrides(cfg: PipelineConfig, version: str, project_dir: str = ".") -> list[str]:

@@ -16,9 +16,10 @@ from distill.config import PipelineConfig
 from distill.data import read_split
 from distill.gates import label_accuracy
 from distill.lengths import model_length
-from distill.models import load_classifier, read_card
+from distill.models import read_card
+from distill.runtime import load_served
 from distill.slices import Predict, classifier_predict, slice_accuracy
-from tasks.registry import NETWORK, champion_version, fetch_model_folder, load_version
+from tasks.registry import NETWORK, Precision, champion_version, fetch_model_folder, load_version, version_precision
 
 
 def holdout_slices(predict: Predict, holdouts: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
@@ -27,29 +28,34 @@ def holdout_slices(predict: Predict, holdouts: dict[str, pd.DataFrame]) -> dict[
     return slice_accuracy(predict, {f"holdout={name}": frame for name, frame in holdouts.items()})
 
 
-def folder_predict(cfg: PipelineConfig, folder: Path) -> Predict:
-    """A classifier folder as a predictor, at the input length recorded in its card."""
-    return classifier_predict(load_classifier(folder), cfg.evaluate.batch_size, model_length(read_card(folder)))
+def folder_predict(cfg: PipelineConfig, folder: Path, precision: Precision = "fp32") -> Predict:
+    """A classifier folder as a predictor at ``precision`` (int8: its INT8 model), at the input length recorded
+    in its card."""
+    return classifier_predict(load_served(folder, precision, cfg.evaluate.threads), cfg.evaluate.batch_size,
+                              model_length(read_card(folder)))
 
 
 @task(name="score student on hold-outs")
-def score_student_holdouts(cfg: PipelineConfig, student_dir: str, holdouts: dict[str, pd.DataFrame]) -> dict:
-    """The new student's ``holdout_slices``."""
-    return holdout_slices(folder_predict(cfg, Path(student_dir)), holdouts) if holdouts else {}
+def score_student_holdouts(cfg: PipelineConfig, student_dir: str, holdouts: dict[str, pd.DataFrame],
+                           precision: Precision = "fp32") -> dict:
+    """The new student's ``holdout_slices``, as the model that would be registered answers (``precision``)."""
+    return holdout_slices(folder_predict(cfg, Path(student_dir), precision), holdouts) if holdouts else {}
 
 
 @task(name="score champion", **NETWORK)
 def score_champion(cfg: PipelineConfig, prepared: str, project_dir: str = ".",
                    holdouts: dict[str, pd.DataFrame] | None = None) -> dict | None:
     """The current champion scored now on this run's gold test set: ``{"version", "accuracy", "slices"}``;
-    None when there is no champion yet. ``holdouts`` (name -> labelled frame) add ``holdout=<name>`` slices."""
+    None when there is no champion yet. ``holdouts`` (name -> labelled frame) add ``holdout=<name>`` slices.
+    An INT8 champion is scored as its INT8 model (its ``precision`` tag)."""
     version = champion_version(cfg, project_dir)
     if version is None:
         return None
     test = read_split(Path(prepared), "gold_test")
     with tempfile.TemporaryDirectory() as tmp:
         predict = folder_predict(cfg, fetch_model_folder(f"models:/{cfg.promote.student_model}/{version}",
-                                                         Path(tmp) / "champion"))
+                                                         Path(tmp) / "champion"),
+                                 version_precision(cfg, version, project_dir))
         predicted = [str(p) for p in predict(test["text"].astype(str).tolist())]
         extra = holdout_slices(predict, holdouts or {})
     gold = test["label"].astype(str).tolist()

@@ -55,16 +55,17 @@ def test_a_labelled_file_and_a_roberta_teacher_run_with_default_settings(harness
     from mlflow import MlflowClient
 
     import flows.distillation
-    from distill.gates import check_compression
-    # The compression gate's decisions are tested on their own (test_compress); here it is made to pass, so
-    # that the registration of a compressed student is tested whatever the tiny models' timings say.
+    from distill.gates import GateReport, choose_compressed
+    # The compression gate's decisions are tested on their own (test_compress); here it is made to choose the
+    # INT8 model, so that the registration of a compressed INT8 student is tested whatever the tiny models'
+    # timings say.
     decisions = []
 
     def passing(*args, **kwargs):
-        decisions.append(check_compression(*args, **kwargs))
-        return type(decisions[-1])(True, decisions[-1].reasons)
+        decisions.append(choose_compressed(*args, **kwargs))
+        return "compressed_int8", GateReport(True, decisions[-1][1].reasons)
 
-    monkeypatch.setattr(flows.distillation, "check_compression", passing)
+    monkeypatch.setattr(flows.distillation, "choose_compressed", passing)
 
     from distill.models import read_card
     from flows.pipeline import distill_pipeline
@@ -87,6 +88,7 @@ def test_a_labelled_file_and_a_roberta_teacher_run_with_default_settings(harness
     # The tiny project's student trains a dozen steps; this file needs a few epochs of a faster one.
     params["train"].update(epochs=10, eval_every=12, patience=5, learning_rate=3e-3)
     params["compress"] = {**params.get("compress", {}), "vocabulary": True}  # asked for: BPE is left whole
+    params["evaluate"]["runtime"] = "onnxruntime"  # the default: the stages export, and INT8 can be registered
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     summary = distill_pipeline(project_dir=str(project), monitor=False)
@@ -128,10 +130,20 @@ def test_a_labelled_file_and_a_roberta_teacher_run_with_default_settings(harness
     assert "vocabulary: the tokenizer is BPE" in compressed["compression"]["skipped"][0]
     assert metrics["compressed"]["parameters"] < metrics["student"]["parameters"]
     assert metrics["compressed_int8"]["size_mb"] < metrics["compressed"]["size_mb"]
-    assert decisions and summary["registered"] == "compressed" and summary["compression"]["passed"]
+    assert decisions and summary["registered"] == "compressed_int8" and summary["compression"]["passed"]
     version = client.get_model_version("distill-student", summary["student_version"])
     assert version.tags["fingerprint"] == compressed["fingerprint"] != student["fingerprint"]
-    assert version.tags["compression"].startswith("feed-forward + recovery: ")
+    assert version.tags["precision"] == "int8"
+    assert version.tags["compression"].startswith("feed-forward + recovery + INT8 (dynamic): ")
+    assert version.tags["eval.accuracy"] == f"{metrics['compressed_int8']['accuracy']:.4f}"
     assert "## Compression" in version.description and "| feed-forward |" in version.description
+    assert "(`compressed_int8` in the evaluation; this version serves it)" in version.description
     audit = pd.read_json(project / "reports/audit/audit.json", typ="series")
-    assert set(audit["compressed"]) == {"passed", "reasons", "worst"}
+    assert set(audit["compressed"]) == set(audit["compressed_int8"]) == {"passed", "reasons", "worst"}
+    # the registered pyfunc serves the INT8 file the gates passed, and answers as the evaluation's INT8 model did
+    # (dynamic INT8 scales each batch by its own range, so batches made otherwise may differ in a rare answer)
+    served = mlflow.pyfunc.load_model(f"models:/distill-student/{summary['student_version']}")
+    assert served.unwrap_python_model().runtime == "onnxruntime (model-int8.onnx)"
+    predictions = pd.read_parquet(project / "reports/evaluate/predictions.parquet")
+    answers = served.predict(predictions[["text"]])["label"].to_numpy()
+    assert (answers == predictions["compressed_int8"].astype(str).to_numpy()).mean() >= 0.9

@@ -8,9 +8,10 @@ import torch
 
 from distill import audit, compress, evaluate, students
 from distill.config import CompressConfig, config_from_dict
-from distill.gates import check_compression
+from distill.gates import check_compression, choose_compressed
 from distill.io import read_json
 from distill.models import Classifier, load_classifier, predict_logits, read_card, save_classifier
+from distill.served import INT8_FILE
 
 SEEN = ["turn on the kitchen lights", "what is the temperature in the bedroom", "pause the music please",
         "set a timer for ten minutes"]
@@ -143,7 +144,7 @@ def _figures(accuracy: float, latency: float, size: float) -> dict:
 
 
 @pytest.mark.parametrize("compressed, audit, passed, says", [
-    (_figures(0.948, 0.2, 1.0), {"passed": True, "reasons": []}, True, "registered in the student's place"),
+    (_figures(0.948, 0.2, 1.0), {"passed": True, "reasons": []}, True, "compressed audit passed"),
     (_figures(0.940, 0.2, 1.0), {"passed": True, "reasons": []}, False, "drop 0.010 (over the limit 0.005)"),
     (_figures(0.950, 0.5, 1.0), {"passed": True, "reasons": []}, False, "not an improvement"),
     (_figures(0.950, 0.2, 1.0), {"passed": False, "reasons": ["slice x drops"]}, False, "audit failed: slice x"),
@@ -158,22 +159,62 @@ def test_compression_gate(compressed, audit, passed, says):
 
 
 def test_compression_gate_without_a_compressed_student():
-    report = check_compression({"student": _figures(0.9, 1, 1)}, None, CompressConfig())
-    assert not report.passed and "no compressed student" in report.reasons[0]
+    registered, report = choose_compressed({"student": _figures(0.9, 1, 1)}, {}, CompressConfig())
+    assert registered == "student" and not report.passed and "no compressed student" in report.reasons[0]
 
 
-def test_a_student_continuing_from_a_compressed_model_is_not_compressed_again(distilled, tmp_path):
+PASSED, FAILED = {"passed": True, "reasons": []}, {"passed": False, "reasons": ["slice label=x drops 0.2"]}
+
+
+@pytest.mark.parametrize("int8, int8_audit, register_int8, registered, says", [
+    # the INT8 model passes: it is registered, before the fp32 compressed student
+    (_figures(0.949, 0.15, 0.3), PASSED, True, "compressed_int8", "its INT8 model (compressed_int8) is registered"),
+    # it loses too much accuracy, or its own audit fails: the fp32 compressed student is the fallback
+    (_figures(0.940, 0.15, 0.3), PASSED, True, "compressed", "compressed_int8 accuracy 0.940 vs student 0.950: drop"),
+    (_figures(0.949, 0.15, 0.3), FAILED, True, "compressed", "compressed_int8 audit failed: slice label=x"),
+    (_figures(0.949, 0.15, 0.3), None, True, "compressed", "its INT8 model was not audited"),
+    # slower than the student: not an improvement, whatever its size
+    (_figures(0.950, 0.45, 0.3), PASSED, True, "compressed", "compressed_int8 p50 latency 0.45 ms vs student 0.40 ms"),
+    # switched off: reported, never registered
+    (_figures(0.950, 0.15, 0.3), PASSED, False, "compressed", "evaluated, not registered: compress.register_int8"),
+])
+def test_the_compression_gate_chooses_the_int8_model_only_when_it_passes(int8, int8_audit, register_int8,
+                                                                        registered, says):
+    metrics = {"student": _figures(0.950, 0.4, 16.0), "compressed": _figures(0.948, 0.2, 4.0),
+               "compressed_int8": int8}
+    chosen, report = choose_compressed(metrics, {"compressed": PASSED, "compressed_int8": int8_audit},
+                                       CompressConfig(max_accuracy_drop=0.005, register_int8=register_int8))
+    assert chosen == registered and report.passed
+    assert any(says in reason for reason in report.reasons), report.reasons
+    assert report.reasons[-1].endswith(f"({registered}) is registered in the student's place")
+
+
+def test_when_neither_compressed_model_passes_the_student_is_registered():
+    metrics = {"student": _figures(0.950, 0.4, 16.0), "compressed": _figures(0.930, 0.2, 4.0),
+               "compressed_int8": _figures(0.931, 0.15, 0.3)}
+    chosen, report = choose_compressed(metrics, {"compressed": PASSED, "compressed_int8": PASSED}, CompressConfig())
+    assert chosen == "student" and not report.passed
+    assert report.reasons[-1] == "the student is registered (uncompressed)"
+    assert sum("over the limit 0.005" in reason for reason in report.reasons) == 2
+
+
+def test_a_student_continuing_from_a_compressed_model_is_not_pruned_again_but_gets_its_int8_model(distilled,
+                                                                                                 tmp_path):
     from distill import sizing
 
     cfg, prepared, teacher_dir, outputs = distilled
     vocab = config_from_dict({**cfg.model_dump(mode="json"), "compress": {"vocabulary": True}})
     compress.run(vocab, prepared, teacher_dir, tmp_path / "student", outputs, tmp_path / "compressed")
     warm = config_from_dict({**cfg.model_dump(mode="json"), "student": {
-        **cfg.student.model_dump(mode="json"), "warm_start": str(tmp_path / "compressed")}})
+        **cfg.student.model_dump(mode="json"), "warm_start": str(tmp_path / "compressed")},
+        "evaluate": {**cfg.evaluate.model_dump(mode="json"), "runtime": "onnxruntime"}})  # INT8 needs the export
     sizing.run(warm, prepared, teacher_dir, outputs, tmp_path / "shape.json")
     students.run_student(warm, prepared, teacher_dir, outputs, tmp_path / "again", shape_file=tmp_path / "shape.json")
     card = read_card(tmp_path / "again")
     assert card["warm_start"]["compressed"] is True and card["parameters"] == read_card(tmp_path / "compressed")[
         "parameters"]
     result = compress.run(warm, prepared, teacher_dir, tmp_path / "again", outputs, tmp_path / "compressed_again")
-    assert not result.enabled and "compressed already" in read_card(tmp_path / "compressed_again")["why"]
+    again = read_card(tmp_path / "compressed_again")
+    assert result.enabled and [s.step for s in result.steps] == ["student"] and "pruned already" in result.skipped[0]
+    assert again["parameters"] == card["parameters"] and again["compression"]["int8"]["step"] == "INT8 (dynamic)"
+    assert (tmp_path / "compressed_again" / INT8_FILE).is_file()

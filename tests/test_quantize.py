@@ -14,9 +14,8 @@ from onnx import numpy_helper
 from distill import compress, evaluate, model_card, students
 from distill.config import config_from_dict
 from distill.models import encode, load_classifier, read_card
-from distill.quantize import (INT8_FILE, TABLE_LEVELS, calibration_feeds, quantization_aware, quantize_static_onnx,
-                              uint8_qparams)
-from distill.served import ONNX_FILE, OnnxClassifier
+from distill.quantize import TABLE_LEVELS, calibration_feeds, quantization_aware, quantize_static_onnx, uint8_qparams
+from distill.served import INT8_FILE, ONNX_FILE, OnnxClassifier
 
 TEXTS = ["turn on the kitchen lights", "what is the temperature in the bedroom", "pause the music please",
          "set a timer for ten minutes", "is the front door locked", "play jazz in the living room",

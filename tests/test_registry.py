@@ -455,6 +455,46 @@ def test_the_served_model_runs_the_file_threads_and_encoding_the_evaluation_time
                                    timed.clf.model(**expected).logits.numpy(), atol=1e-6)
 
 
+def test_an_int8_version_serves_the_int8_file_and_is_another_version_than_its_float_weights(server, tiny_teacher,
+                                                                                            tmp_path):
+    import shutil
+
+    from distill.quantize import quantize_onnx
+    from distill.served import INT8_FILE, ONNX_FILE
+
+    folder = tmp_path / "compressed"
+    shutil.copytree(tiny_teacher, folder)
+    cfg = config("int8-model")
+    card = {"fingerprint": "f-int8"}
+    # not quantized yet: an INT8 registration is refused before anything is logged
+    with pytest.raises(FileNotFoundError, match="has no model-int8.onnx"):
+        registry.register_student.fn(cfg, _run_id(cfg), str(folder), card, {"precision": "int8"}, "int8")
+    assert MlflowClient().search_model_versions("name = 'int8-model'") == []
+    quantize_onnx(folder / ONNX_FILE, folder / INT8_FILE)
+    fp32, new_fp32 = registry.register_student.fn(cfg, _run_id(cfg), str(folder), card, {}, "fp32")
+    int8, new_int8 = registry.register_student.fn(cfg, _run_id(cfg), str(folder), card, {"precision": "int8"}, "int8")
+    again, new_again = registry.register_student.fn(cfg, _run_id(cfg), str(folder), card, {"precision": "int8"}, "x")
+    # the same weights at two precisions are two versions; the same precision again is the same version
+    assert new_fp32 and new_int8 and int8 != fp32 and (again, new_again) == (int8, False)
+    assert registry.version_precision(cfg, int8) == "int8" and registry.version_precision(cfg, fp32) == "fp32"
+    served = mlflow.pyfunc.load_model(f"models:/int8-model/{int8}").unwrap_python_model()
+    assert served.runtime == "onnxruntime (model-int8.onnx)"
+    assert Path(served.model.path).read_bytes() == (folder / INT8_FILE).read_bytes()
+    assert mlflow.pyfunc.load_model(f"models:/int8-model/{fp32}").unwrap_python_model().runtime == "onnxruntime"
+    # the champion is scored as the model it serves: the INT8 file, not the float weights
+    from distill.runtime import load_served
+
+    assert load_served(folder, "int8").model.path == str(folder / INT8_FILE)
+    with pytest.raises(ValueError, match="has no model-int8.onnx"):
+        load_served(tiny_teacher, "int8")
+
+
+def _run_id(cfg: PipelineConfig) -> str:
+    """A finished run to register into, as the flow's training run is."""
+    with mlflow.start_run(experiment_id=registry.configure(cfg.tracking)) as run:
+        return run.info.run_id
+
+
 class Echo(mlflow.pyfunc.PythonModel):
     """A pyfunc registered outside distill (pickled)."""
 
