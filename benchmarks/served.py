@@ -3,6 +3,7 @@ and behind ``mlflow models serve``.
 
     python benchmarks/served.py --teacher models/teacher --student models/student
     python benchmarks/served.py --teacher models/teacher --student models/student --no-http --requests 500
+    python benchmarks/served.py --compressed models/student_compressed   # + its INT8 model, as an INT8 version
 
 Each folder is saved as the pyfunc distill registers (``tasks.registry.classifier_pyfunc``: the folder's
 ONNX export run by ONNX Runtime with ``evaluate.threads`` threads) into a scratch folder. Then, for each:
@@ -50,11 +51,10 @@ def texts_from(path: Path | None, limit: int) -> list[str]:
     return frame["text"].astype(str).sample(min(limit, len(frame)), random_state=0, replace=False).tolist()
 
 
-def save_pyfunc(folder: Path, target: Path, threads: int) -> Path:
-
+def save_pyfunc(folder: Path, target: Path, threads: int, precision: str = "fp32") -> Path:
     from tasks.registry import classifier_pyfunc
 
-    mlflow.pyfunc.save_model(str(target), **classifier_pyfunc(folder, threads))
+    mlflow.pyfunc.save_model(str(target), **classifier_pyfunc(folder, threads, precision=precision))
     return target
 
 
@@ -163,6 +163,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, default=Path("models/teacher"))
     parser.add_argument("--student", type=Path, default=Path("models/student"))
+    parser.add_argument("--compressed", type=Path, help="a compressed student's folder: also served as its INT8 model "
+                        "(model-int8.onnx), as an INT8 version of it is")
     parser.add_argument("--data", type=Path, help="prepared folder or data file whose texts are sent")
     parser.add_argument("--requests", type=int, default=200, help="requests per model and round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -179,10 +181,13 @@ def main() -> None:
 
     threads = args.threads or load_config(args.params, missing_ok=True).evaluate.threads
     texts = texts_from(args.data, args.requests)
-    models = {"teacher": args.teacher, "student": args.student}
+    models = {"teacher": (args.teacher, "fp32"), "student": (args.student, "fp32")}
+    if args.compressed:
+        models["compressed_int8"] = (args.compressed, "int8")
     figures: dict[str, dict] = {name: {"pyfunc_ms": [], "http_ms": []} for name in models}
     with tempfile.TemporaryDirectory(prefix="distill-served-") as scratch:
-        saved = {name: save_pyfunc(folder, Path(scratch) / name, threads) for name, folder in models.items()}
+        saved = {name: save_pyfunc(folder, Path(scratch) / name, threads, precision)
+                 for name, (folder, precision) in models.items()}
         saved["null"] = save_null(args.student, Path(scratch) / "null")
         figures["null"] = {"pyfunc_ms": [], "http_ms": []}
         loaded = {name: mlflow.pyfunc.load_model(str(path)) for name, path in saved.items()}
@@ -210,6 +215,11 @@ def main() -> None:
     speedup = {way: summary["teacher"][f"{way}_ms"] / summary["student"][f"{way}_ms"] for way in ways}
     ceiling = {way: summary["teacher"][f"{way}_ms"] / summary["null"][f"{way}_ms"] for way in ways}
     table.add_row("speed-up", "", *(f"{speedup[way]:.1f}x" for way in ways), *(["-"] if not args.http else []))
+    if "compressed_int8" in summary:
+        speedup["compressed_int8"] = {way: summary["teacher"][f"{way}_ms"] / summary["compressed_int8"][f"{way}_ms"]
+                                      for way in ways}
+        table.add_row("speed-up (compressed_int8)", "", *(f"{speedup['compressed_int8'][way]:.1f}x" for way in ways),
+                      *(["-"] if not args.http else []))
     table.add_row("ceiling (teacher / null)", "", *(f"{ceiling[way]:.1f}x" for way in ways),
                   *(["-"] if not args.http else []))
     Console(width=120).print(table)

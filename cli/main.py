@@ -287,14 +287,14 @@ def registry_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -
         console.print(f"no versions of {name!r} are registered yet: run `distill run` first")
         return
     table = Table(title=f"{name} versions")
-    for column in ("version", "aliases", "created (UTC)", "accuracy", "share of teacher", "gates", "review",
-                   "promoted by"):
+    for column in ("version", "aliases", "created (UTC)", "precision", "accuracy", "share of teacher", "gates",
+                   "review", "promoted by"):
         table.add_column(column, justify="right" if column in ("version", "accuracy", "share of teacher") else "left",
                          overflow="fold")
     for row in rows:
         aliases = ", ".join(row["aliases"]) + (" (rolled back)" if row["rolled_back"] else "")
         share = f"{float(row['teacher_share']):.1%}" if row["teacher_share"] else "–"
-        table.add_row(row["version"], aliases or "–", row["created"].strftime("%Y-%m-%d %H:%M"),
+        table.add_row(row["version"], aliases or "–", row["created"].strftime("%Y-%m-%d %H:%M"), row["precision"],
                       row["accuracy"] or "–", share, row["gates"] or "–", row["review"] or "–",
                       row["promoted_by"] or "–")
     Console().print(table)

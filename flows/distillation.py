@@ -222,9 +222,10 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
                               smoke_text=gold_text(predictions, registered))
     promoted = outcome["promoted"]
     create_markdown_artifact(key="distill-summary", markdown=summary_table(metrics)
-                             + f"\n\nStudent version {version}: {'promoted' if promoted else 'not promoted'}.")
+                             + f"\n\nStudent version {version} (`{registered}`): "
+                             f"{'promoted' if promoted else 'not promoted'}.")
     reports |= tracking.ui_links(cfg, project_dir, run_id, version)
-    print_summary(metrics, decision, version, promoted, reports, compression)
+    print_summary(metrics, decision, f"{version} ({registered})", promoted, reports, compression)
     print(f"promotion: {outcome['outcome']}" + (f" (serving check: {outcome['serving']})" if "serving" in outcome
                                                  else ""))
     return {"completed": True, "run_id": run_id, "student_version": version, "newly_registered": fresh,

@@ -310,6 +310,7 @@ def test_cli_promote_rollback_and_registry_table(logged, tmp_path):
     v1, v2 = register(logged, name, 2)
     MlflowClient().set_model_version_tag(name, v2, "eval.accuracy", "0.9310")
     MlflowClient().set_model_version_tag(name, v2, "eval.teacher_share", "0.9800")
+    MlflowClient().set_model_version_tag(name, v2, "precision", "int8")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"promote": {"student_model": name}}))
     runner = CliRunner()
@@ -322,8 +323,8 @@ def test_cli_promote_rollback_and_registry_table(logged, tmp_path):
     table = runner.invoke(app, ["registry", "--params", str(params)], env={"COLUMNS": "160"})
     assert table.exit_code == 0
     lines = {line.split("│")[1].strip(): line for line in table.output.splitlines() if line.count("│") > 3}
-    assert "champion" in lines[v2] and "0.9310" in lines[v2] and "98.0%" in lines[v2]
-    assert "previous" in lines[v1]
+    assert "champion" in lines[v2] and "0.9310" in lines[v2] and "98.0%" in lines[v2] and "int8" in lines[v2]
+    assert "previous" in lines[v1] and "fp32" in lines[v1]
     result = runner.invoke(app, ["rollback", "--reason", "latency spike", "--params", str(params)])
     assert result.exit_code == 0, result.output
     assert aliases(name)["champion"] == v1 and tags(name, v2)["rolled_back"] == "true"
