@@ -94,11 +94,25 @@ def figures(project: Path) -> dict:
     return {"models": models, "compression_steps": (compressed.get("compression") or {}).get("steps"),
             "prepare": report, "length": card.get("length"), "teacher_steps": card.get("steps"),
             "shape": shape["shape"], "shape_reason": shape["reason"],
-            "teacher_gate": gate["passed"],
+            "teacher_gate": gate["passed"], "registered": registered(project),
             "teacher_share": student["accuracy"] / teacher["accuracy"],
             "speedup_fp32": teacher["latency_p50_ms"] / student["latency_p50_ms"],
             "speedup_int8": models["teacher_int8"]["latency_p50_ms"] / student["latency_p50_ms"]
             if "teacher_int8" in models else None}
+
+
+def registered(project: Path) -> list[dict]:
+    """Every student version the run registered: its precision, what made it and the gates' verdict."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    aliases: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model("distill-student").aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    return [{"version": v.version, "aliases": sorted(aliases.get(str(v.version), [])), "reason": v.tags.get("reason"),
+             "precision": v.tags.get("precision", "fp32"), "compression": v.tags.get("compression"),
+             "accuracy": v.tags.get("eval.accuracy"), "promotion_gate": v.tags.get("promotion_gate")}
+            for v in sorted(client.search_model_versions("name = 'distill-student'"), key=lambda v: int(v.version))]
 
 
 def kd_lift(project: Path, seeds: int, out: Path) -> dict:
@@ -162,6 +176,10 @@ def print_table(results: dict) -> None:
         console.print(table)
         for line in verdicts(result):
             console.print(f"  {line}")
+        for v in result.get("registered", []):
+            console.print(f"  registered v{v['version']} ({v['reason']}, {v['precision']}, aliases "
+                          f"{', '.join(v['aliases']) or 'none'}): accuracy {v['accuracy']}, promotion gate "
+                          f"{v['promotion_gate']}; compression: {v['compression']}")
 
 
 def main() -> int:

@@ -165,8 +165,8 @@ def check_compression(metrics: dict[str, dict[str, float]], audit: dict | None, 
     what = COMPRESSED.get(candidate, candidate)
     variant, student = metrics.get(candidate), metrics.get("student")
     if not variant or not student:
-        return GateReport(False, [f"{what} was not evaluated (compress.enabled is false, the student continues from "
-                                  "a compressed champion, or evaluate.candidates leaves it out)"])
+        return GateReport(False, [f"{what} was not evaluated (compress.enabled is false, or evaluate.candidates "
+                                  "leaves it out)"])
     reasons, passed = [], True
     drop = student["accuracy"] - variant["accuracy"]
     ok = drop <= cfg.max_accuracy_drop + 1e-12
@@ -201,8 +201,8 @@ def choose_compressed(metrics: dict[str, dict[str, float]], audits: dict[str, di
     order = ["compressed_int8", "compressed"] if cfg.register_int8 else ["compressed"]
     if not any(metrics.get(name) for name in order) or "student" not in metrics:
         return "student", GateReport(False, [
-            "no compressed student was evaluated (compress.enabled is false, the student continues from a "
-            "compressed champion, or evaluate.candidates leaves it out): the student is registered"])
+            "no compressed student was evaluated (compress.enabled is false, or evaluate.candidates leaves it out): "
+            "the student is registered"])
     reasons = []
     if not cfg.register_int8 and metrics.get("compressed_int8"):
         quantized, student = metrics["compressed_int8"], metrics["student"]
