@@ -83,9 +83,11 @@ def summary_line(name: str, version: str, metrics: dict, student_card: dict, tea
     steps = [s["step"] for s in compression.get("steps", [])[1:]]
     if registered.endswith("_int8") and compression.get("int8"):
         steps.append(compression["int8"]["step"])
+    inherited = (student_card.get("warm_start") or {}).get("compressed")
     facts = [f"`{name}` v{version} is a {student_card.get('parameters', 0) / 1e6:.1f} M-parameter student "
              f"distilled with {student_card.get('method', 'an unknown method')} from teacher "
              f"`{teacher.get('name')}` v{teacher.get('version')}"
+             + (", continuing from a compressed model (its pruned shape)" if inherited else "")
              + (f", then compressed ({', '.join(steps)})." if steps else ".")]
     if student and teacher_m:
         share = student["accuracy"] / max(teacher_m["accuracy"], 1e-9)

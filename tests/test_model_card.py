@@ -1,6 +1,7 @@
 """The model card is pure: dicts in, Markdown out."""
 
 from distill.config import PipelineConfig
+from distill import model_card
 from distill.model_card import params_hash, render
 
 METRICS = {
@@ -89,3 +90,24 @@ def test_a_compressed_version_says_what_each_step_did_and_shows_the_shape_it_has
     assert "| feed-forward | 512 -> 128 neurons per layer | 4.19 | 16.0 | 0.984 |" in text
     assert "Compression gate: **passed**" in text and "**compressed**" in text
     assert "intermediate_size `128`" in text and "intermediate_size `512`" not in text
+
+
+def test_an_int8_version_says_it_serves_the_int8_model_and_a_continued_one_says_whence_its_shape():
+    int8 = {"step": "INT8 (dynamic)", "detail": "ONNX Runtime's dynamic quantization", "parameters": 4_191_640,
+            "size_mb": 4.04, "val_accuracy": 0.984}
+    steps = [{"step": "student", "detail": "the distilled student", "parameters": 4_191_640, "size_mb": 15.99,
+              "val_accuracy": 0.990}]
+    student_card = {"method": "kl", "parameters": 4_191_640, "labels": ["a", "b"],
+                    "warm_start": {"from": "models:/distill-student@champion", "compressed": True},
+                    "compression": {"steps": steps, "skipped": ["pruning: pruned already"], "int8": int8}}
+    metrics = METRICS | {"compressed_int8": METRICS["student"] | {"accuracy": 0.981}}
+    text = card(student_card=student_card, metrics=metrics, registered="compressed_int8",
+                compression={"passed": True, "reasons": ["its INT8 model (compressed_int8) is registered"]})
+    assert ("continuing from a compressed model (its pruned shape), then compressed (INT8 (dynamic))." in text
+            and "scores 0.981 accuracy" in text)
+    assert "(`compressed_int8` in the evaluation; this version serves it)" in text and "**compressed_int8**" in text
+    assert model_card.compression_tag(student_card, True, "int8") == (
+        "INT8 (dynamic): 4.19 M -> 4.19 M parameters, 4.0 MB")
+    fp32 = card(student_card={**student_card, "warm_start": None}, metrics=metrics, registered="compressed",
+                compression={"passed": True, "reasons": []})
+    assert "reported, not registered" in fp32 and "continuing from" not in fp32 and "then compressed" not in fp32
