@@ -102,17 +102,14 @@ def figures(project: Path) -> dict:
 
 
 def registered(project: Path) -> list[dict]:
-    """Every student version the run registered: its precision, what made it and the gates' verdict."""
+    """Every student version the run registered, oldest first: the rows `distill registry` shows (aliases,
+    precision, reason, compression, accuracy, gates)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    aliases: dict[str, list[str]] = {}
-    for alias, version in client.get_registered_model("distill-student").aliases.items():
-        aliases.setdefault(str(version), []).append(alias)
-    return [{"version": v.version, "aliases": sorted(aliases.get(str(v.version), [])), "reason": v.tags.get("reason"),
-             "precision": v.tags.get("precision", "fp32"), "compression": v.tags.get("compression"),
-             "accuracy": v.tags.get("eval.accuracy"), "promotion_gate": v.tags.get("promotion_gate")}
-            for v in sorted(client.search_model_versions("name = 'distill-student'"), key=lambda v: int(v.version))]
+    from tasks.registry import version_rows
+
+    rows = version_rows(MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}"), "distill-student")
+    return [{**row, "created": row["created"].isoformat()} for row in reversed(rows)]
 
 
 def kd_lift(project: Path, seeds: int, out: Path) -> dict:
@@ -179,7 +176,7 @@ def print_table(results: dict) -> None:
         for v in result.get("registered", []):
             console.print(f"  registered v{v['version']} ({v['reason']}, {v['precision']}, aliases "
                           f"{', '.join(v['aliases']) or 'none'}): accuracy {v['accuracy']}, promotion gate "
-                          f"{v['promotion_gate']}; compression: {v['compression']}")
+                          f"{v['gates']}; compression: {v['compression']}")
 
 
 def main() -> int:

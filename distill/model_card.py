@@ -79,10 +79,7 @@ def summary_line(name: str, version: str, metrics: dict, student_card: dict, tea
                  registered: str = "student") -> str:
     """The card's first sentence: what it is and how it compares with its teacher."""
     student, teacher_m = metrics.get(registered, {}), metrics.get("teacher", {})
-    compression = student_card.get("compression") or {}
-    steps = [s["step"] for s in compression.get("steps", [])[1:]]
-    if registered.endswith("_int8") and compression.get("int8"):
-        steps.append(compression["int8"]["step"])
+    steps = applied_steps(student_card, registered.endswith("_int8"))
     inherited = (student_card.get("warm_start") or {}).get("compressed")
     facts = [f"`{name}` v{version} is a {student_card.get('parameters', 0) / 1e6:.1f} M-parameter student "
              f"distilled with {student_card.get('method', 'an unknown method')} from teacher "
@@ -100,18 +97,21 @@ def summary_line(name: str, version: str, metrics: dict, student_card: dict, tea
     return " ".join(facts)
 
 
+def applied_steps(student_card: dict, int8: bool) -> list[str]:
+    """The compression steps that made the registered model: the card's steps after the student itself, and its
+    INT8 step when the version serves the INT8 model."""
+    compression = student_card.get("compression") or {}
+    steps = [s["step"] for s in compression.get("steps", [])[1:]]
+    return steps + [compression["int8"]["step"]] if int8 and compression.get("int8") else steps
+
+
 def compression_tag(student_card: dict, passed: bool, precision: str = "fp32") -> str:
     """The version row's one-line account of compression: which steps made the registered model, or why none."""
     compression = student_card.get("compression") or {}
-    steps = compression.get("steps", [])
+    steps, int8 = compression.get("steps", []), precision != "fp32" and compression.get("int8")
     if passed and steps:
-        names = [s["step"] for s in steps[1:]]
-        if precision != "fp32" and compression.get("int8"):
-            names.append(compression["int8"]["step"])
-        return (" + ".join(names) + f": {steps[0]['parameters'] / 1e6:.2f} M -> "
-                f"{steps[-1]['parameters'] / 1e6:.2f} M parameters"
-                + (f", {compression['int8']['size_mb']:.1f} MB" if precision != "fp32" and compression.get("int8")
-                   else ""))
+        return (" + ".join(applied_steps(student_card, bool(int8))) + f": {steps[0]['parameters'] / 1e6:.2f} M -> "
+                f"{steps[-1]['parameters'] / 1e6:.2f} M parameters" + (f", {int8['size_mb']:.1f} MB" if int8 else ""))
     return "not applied (its gate failed or it is switched off; the model card says why)"
 
 

@@ -65,15 +65,24 @@ def quiet_quantizer():
         root.removeFilter(notes)
 
 
-def quantize_onnx(source: Path | str, target: Path | str) -> None:
-    """ONNX Runtime's dynamic INT8 quantization of ``source`` (int8 weights of MatMul / Gemm, activations
-    quantized per batch), after its recommended pre-processing (shape inference, graph optimisation)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+@contextmanager
+def prepared_graph(source: Path | str, target: Path | str) -> Iterator[Path]:
+    """``source`` after ONNX Runtime's recommended pre-processing for quantization (shape inference, graph
+    optimisation), in a scratch file beside ``target``, with the quantizer's notes left out."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(dir=Path(target).parent) as scratch, quiet_quantizer():
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        yield prepared
+
+
+def quantize_onnx(source: Path | str, target: Path | str) -> None:
+    """ONNX Runtime's dynamic INT8 quantization of ``source`` (int8 weights of MatMul / Gemm, activations
+    quantized per batch), after its recommended pre-processing."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with prepared_graph(source, target) as prepared:
         quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
 
 
@@ -86,7 +95,6 @@ def quantize_static_onnx(source: Path | str, target: Path | str, feeds: list[dic
     this project's CPU: with 8-bit weights the fused model's logits moved 10x further from the same
     graph run unfused than with 7 bits, where the two agree exactly. The file must serve right on any CPU."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not feeds:
         raise ValueError("static INT8 needs calibration texts; none were given")
@@ -98,9 +106,7 @@ def quantize_static_onnx(source: Path | str, target: Path | str, feeds: list[dic
         def get_next(self):
             return next(self.feeds, None)
 
-    with tempfile.TemporaryDirectory(dir=Path(target).parent) as scratch, quiet_quantizer():
-        prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    with prepared_graph(source, target) as prepared:
         names, nodes = weight_nodes(prepared)
         quantize_static(str(prepared), str(target), Reader(names), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=QUANTIZED_OPS, nodes_to_quantize=nodes,

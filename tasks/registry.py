@@ -263,7 +263,8 @@ def version_rows(client: MlflowClient, name: str) -> list[dict]:
     for v in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version)):
         rows.append({"version": str(v.version), "aliases": sorted(aliases.get(str(v.version), [])),
                      "created": datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc),
-                     "precision": v.tags.get("precision", "fp32"),
+                     "precision": v.tags.get("precision", "fp32"), "reason": v.tags.get("reason"),
+                     "compression": v.tags.get("compression"),
                      "accuracy": v.tags.get("eval.accuracy"), "teacher_share": v.tags.get("eval.teacher_share"),
                      "gates": v.tags.get("promotion_gate"), "review": v.tags.get("review"),
                      "promoted_by": v.tags.get("promoted_by"), "rolled_back": v.tags.get("rolled_back")})
