@@ -79,7 +79,7 @@ class CompressResult:
     int8: Step | None = None  # the INT8 model beside it (compressed_int8): reported, the fp32 one is registered
 
 
-def _encoder_layers(model: nn.Module) -> nn.ModuleList:
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
     layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
     if layers is None or not all(hasattr(layer, "intermediate") and hasattr(layer, "output") for layer in layers):
         raise ModelError(f"{type(model.base_model).__name__} is not a BERT-style encoder (encoder.layer with "
@@ -166,7 +166,7 @@ def renumber_ids(node, new_id: dict[int, int]) -> None:
 def ffn_importance(clf: Classifier, texts: list[str], max_length: int) -> list[torch.Tensor]:
     """Per layer, each feed-forward neuron's mean absolute activation on ``texts`` times the norm of its
     output weights: how much it writes into the residual stream."""
-    layers = _encoder_layers(clf.model)
+    layers = encoder_layers(clf.model)
     totals = [torch.zeros(layer.intermediate.dense.out_features) for layer in layers]
     hooks = [layer.intermediate.register_forward_hook(
         lambda _module, _inputs, out, i=i: totals[i].add_(out.detach().abs().sum(dim=(0, 1)).cpu()))
@@ -181,14 +181,16 @@ def ffn_importance(clf: Classifier, texts: list[str], max_length: int) -> list[t
 
 def prune_ffn(clf: Classifier, keep: int, importance: list[torch.Tensor]) -> None:
     """Keep the ``keep`` most important intermediate neurons of every layer (in place)."""
-    for layer, score in zip(_encoder_layers(clf.model), importance):
+    for layer, score in zip(encoder_layers(clf.model), importance):
         index = score.topk(keep).indices.sort().values
-        layer.intermediate.dense = _sliced(layer.intermediate.dense, rows=index)
-        layer.output.dense = _sliced(layer.output.dense, columns=index)
+        layer.intermediate.dense = sliced_linear(layer.intermediate.dense, rows=index)
+        layer.output.dense = sliced_linear(layer.output.dense, columns=index)
     clf.model.config.intermediate_size = keep
 
 
-def _sliced(linear: nn.Linear, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None) -> nn.Linear:
+def sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None,
+                  columns: torch.Tensor | None = None) -> nn.Linear:
+    """A new linear layer with only the given output ``rows`` and input ``columns`` of ``linear``'s weights."""
     weight = linear.weight.detach()
     weight = weight[rows] if rows is not None else weight
     weight = weight[:, columns] if columns is not None else weight
@@ -208,7 +210,7 @@ def prune_layers(clf: Classifier, keep: int, val: TrainData, max_length: int) ->
     """Drop layers one at a time, each time the one whose removal costs the least validation accuracy (of equal
     costs, the one that changes the logits least), until ``keep`` remain (in place); returns the kept layers'
     original indices."""
-    layers = _encoder_layers(clf.model)
+    layers = encoder_layers(clf.model)
     kept = list(range(len(layers)))
     reference = predict_logits(clf, val.texts, 64, max_length)
     while len(kept) > keep:

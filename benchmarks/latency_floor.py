@@ -1,0 +1,183 @@
+"""How much faster can compression make a student at all? The batch-1 latency floor on the evaluation's harness.
+
+    python benchmarks/latency_floor.py --project .                     # after distill run
+    python benchmarks/latency_floor.py --project /tmp/byod/sentiment --json /tmp/floor.json
+    python benchmarks/latency_floor.py --project . --student OLD/student --compressed OLD/student_compressed
+
+Pruning and INT8 shrink a student's encoder layers; they cannot shrink what every request pays whatever
+the layers: tokenization, the embedding lookup, the classifier head and ONNX Runtime's per-request cost.
+This benchmark times the student (its served ONNX export) against the same model with half of every
+layer's attention heads cut away (as head pruning would), with its encoder layers cut away one by one
+(``k`` of ``L`` kept, down to none), each exported and dynamically quantized as the compression stage
+does, and against tokenization alone. The weights are not retrained (latency does not
+depend on them, and a cut model's accuracy is not reported): the figures say how fast a model of that
+shape serves, so ``0 layers`` bounds the speed-up of *any* compression that keeps the tokenizer, the
+embeddings and the head (a model no one would serve: with no layer, a BERT head reads the ``[CLS]``
+embedding alone and answers every text alike). The cut models start from the compressed student (its pruned feed-forward
+layers) when there is one. ``--student`` / ``--compressed`` time other folders (for example a first run's
+student after a re-distillation replaced ``models/student``), scored on ``--project``'s gold_test texts.
+
+Timed with :func:`distill.evaluate.measure_latency` (``evaluate.threads``, ``evaluate.latency_rounds``
+rounds that rotate the order, ``evaluate.latency_samples`` texts). Run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def cut_to(clf, keep: int):
+    """A copy of ``clf`` with only its first ``keep`` encoder layers (untrained: for timing)."""
+    from torch import nn
+
+    from distill.compress import encoder_layers
+    from distill.models import Classifier
+
+    model = copy.deepcopy(clf.model)
+    model.base_model.encoder.layer = nn.ModuleList(list(encoder_layers(model))[:keep])
+    model.config.num_hidden_layers = keep
+    return Classifier(model, clf.tokenizer, clf.labels)
+
+
+def heads_cut_to(clf, keep: int):
+    """A copy of ``clf`` whose every attention keeps its first ``keep`` heads at their width (query, key and
+    value rows and the output projection's columns sliced, as head pruning would; untrained: for timing).
+    transformers 5 can run such a module but no BERT config describes it, so distill does not build it."""
+    import torch
+
+    from distill.compress import encoder_layers, sliced_linear
+    from distill.models import Classifier
+
+    model = copy.deepcopy(clf.model)
+    for layer in encoder_layers(model):
+        attention = layer.attention.self
+        rows = torch.arange(keep * attention.attention_head_size)
+        for name in ("query", "key", "value"):
+            setattr(attention, name, sliced_linear(getattr(attention, name), rows=rows))
+        attention.num_attention_heads, attention.all_head_size = keep, len(rows)
+        layer.attention.output.dense = sliced_linear(layer.attention.output.dense, columns=rows)
+    return Classifier(model, clf.tokenizer, clf.labels)
+
+
+class TokenizeOnly:
+    """A 'model' that does nothing: the harness then times tokenization and tensor conversion alone."""
+
+    def __call__(self, **batch):
+        return None
+
+    def to(self, *_):
+        return self
+
+    def eval(self):
+        return self
+
+    def parameters(self):
+        return iter(())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--project", type=Path, default=Path("."), help="a project after `distill run`")
+    parser.add_argument("--student", type=Path, help="the fp32 student folder (default: the project's)")
+    parser.add_argument("--compressed", type=Path, help="the compressed student folder (default: the project's)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from distill.compress import encoder_layers
+    from distill.config import load_config
+    from distill.evaluate import Candidate, measure_latency
+    from distill.lengths import with_teacher_lengths
+    from distill.models import Classifier, export_into, load_classifier, read_card
+    from distill.quantize import quantize_onnx
+    from distill.served import INT8_FILE, ONNX_FILE, OnnxClassifier
+    from distill.teacher import gold_data
+
+    project = args.project.resolve()
+    params = project / ".distill/params.yaml"  # what the stages ran with (the run's overrides applied)
+    cfg = load_config(params if params.is_file() else project / "params.yaml")
+    cfg = with_teacher_lengths(cfg, project / "models/teacher")
+    max_length, threads = cfg.train.max_length, cfg.evaluate.threads
+    student_dir = args.student or project / "models/student"
+    compressed_dir = args.compressed or project / "models/student_compressed"
+    if not (compressed_dir / INT8_FILE).is_file() or not read_card(compressed_dir).get("enabled", True):
+        compressed_dir = None
+    student = load_classifier(student_dir)
+    test = gold_data(project / "data/prepared", "gold_test", student.labels)
+    texts = test.texts[:cfg.evaluate.latency_samples]
+
+    candidates, shapes = [], {}
+
+    def add(name: str, file: Path, clf: Classifier) -> None:
+        model = OnnxClassifier(file, threads, eager=clf.model)
+        candidates.append(Candidate(name, Classifier(model, clf.tokenizer, clf.labels), model.size_bytes,
+                                    clf.num_parameters, quantized=True))
+        config, layers = clf.model.config, encoder_layers(clf.model)
+        heads = layers[0].attention.self.num_attention_heads if len(layers) else 0
+        shapes[name] = (f"{len(layers)} x {config.hidden_size}, {heads} head{'' if heads == 1 else 's'}, "
+                        f"feed-forward {config.intermediate_size}")
+
+    with tempfile.TemporaryDirectory(prefix="distill-floor-") as scratch:
+        scratch = Path(scratch)
+        add("student", student_dir / ONNX_FILE, student)
+        quantize_onnx(student_dir / ONNX_FILE, scratch / "student-int8.onnx")
+        add("student INT8", scratch / "student-int8.onnx", student)
+        base = student
+        if compressed_dir is not None:
+            base = load_classifier(compressed_dir)
+            add("compressed", compressed_dir / ONNX_FILE, base)
+            add("compressed INT8", compressed_dir / INT8_FILE, base)
+        origin = "compressed" if compressed_dir is not None else "student"
+
+        def add_cut(name: str, cut: Classifier) -> None:
+            folder = scratch / f"cut-{len(candidates)}"
+            folder.mkdir()
+            served, why = export_into(cut, folder, max_length, texts[:16], threads)
+            if served is None:
+                raise SystemExit(f"{name} did not export: {why}")
+            quantize_onnx(folder / ONNX_FILE, folder / INT8_FILE)
+            add(name, folder / ONNX_FILE, cut)
+            add(f"{name}, INT8", folder / INT8_FILE, cut)
+
+        heads = base.model.config.num_attention_heads
+        if heads > 1:
+            add_cut(f"{origin}, {heads // 2} of {heads} heads kept", heads_cut_to(base, heads // 2))
+        for keep in range(len(encoder_layers(base.model)) - 1, -1, -1):
+            add_cut(f"{origin}, {keep} layer{'' if keep == 1 else 's'} kept", cut_to(base, keep))
+        candidates.append(Candidate("tokenization alone", Classifier(TokenizeOnly(), student.tokenizer,
+                                                                     student.labels), 0, 0, quantized=True))
+        shapes["tokenization alone"] = "no model"
+        latency = measure_latency(candidates, texts, max_length, cfg.evaluate.warmup, threads,
+                                  cfg.evaluate.latency_rounds)
+
+    reference = latency["student"]["latency_p50_ms"]
+    table = Table(title=f"Batch-1 latency floor: {len(texts)} gold_test texts of {project.name}, {threads} thread(s), "
+                        f"median of {cfg.evaluate.latency_rounds} rounds")
+    for column in ("model", "shape", "p50 ms", "student / model", "MB"):
+        table.add_column(column, justify="left" if column in ("model", "shape") else "right")
+    figures = {}
+    for c in candidates:
+        p50 = latency[c.name]["latency_p50_ms"]
+        figures[c.name] = {"shape": shapes[c.name], "latency_p50_ms": p50, "speedup": reference / p50,
+                           "size_mb": c.size_bytes / 2**20}
+        table.add_row(c.name, shapes[c.name], f"{p50:.3f}", f"{reference / p50:.2f}x",
+                      f"{c.size_bytes / 2**20:.2f}" if c.size_bytes else "")
+    Console(width=140).print(table)
+    if args.json:
+        args.json.write_text(json.dumps({"project": str(project), "student": str(student_dir),
+                                         "compressed": str(compressed_dir) if compressed_dir else None,
+                                         "texts": len(texts), "threads": threads, "models": figures}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
