@@ -6,16 +6,23 @@
 
 Pruning and INT8 shrink a student's encoder layers; they cannot shrink what every request pays whatever
 the layers: tokenization, the embedding lookup, the classifier head and ONNX Runtime's per-request cost.
-This benchmark times the student (its served ONNX export) against the same model with half of every
+This benchmark times the student (its served ONNX export) against the same model with part of every
 layer's attention heads cut away (as head pruning would), with its encoder layers cut away one by one
 (``k`` of ``L`` kept, down to none), each exported and dynamically quantized as the compression stage
-does, and against tokenization alone. The weights are not retrained (latency does not
-depend on them, and a cut model's accuracy is not reported): the figures say how fast a model of that
-shape serves, so ``0 layers`` bounds the speed-up of *any* compression that keeps the tokenizer, the
-embeddings and the head (a model no one would serve: with no layer, a BERT head reads the ``[CLS]``
-embedding alone and answers every text alike). The cut models start from the compressed student (its pruned feed-forward
-layers) when there is one. ``--student`` / ``--compressed`` time other folders (for example a first run's
-student after a re-distillation replaced ``models/student``), scored on ``--project``'s gold_test texts.
+does, and against tokenization alone. The cut models start from the compressed student (its pruned
+feed-forward layers) when there is one. The heads kept are the most important ones (each head's context
+through its columns of the output projection, as the feed-forward pruning scores neurons),
+``--heads-keep`` per layer (default half).
+
+The weights are not retrained (latency does not depend on them, and a cut model's accuracy is not
+reported) unless ``--recover``: then the head-pruned model is distilled again from the cached teacher
+outputs as the compression stage recovers its pruned student (:func:`distill.compress.recover`), and it,
+the student and the compressed student are scored on gold_test. So the figures say how fast a model of
+that shape serves, and ``0 layers`` bounds the speed-up of *any* compression that keeps the tokenizer,
+the embeddings and the head (a model no one would serve: with no layer, a BERT head reads the ``[CLS]``
+embedding alone and answers every text alike). ``--student`` / ``--compressed`` time other folders (for
+example a first run's student after a re-distillation replaced ``models/student``), scored on
+``--project``'s gold_test texts.
 
 Timed with :func:`distill.evaluate.measure_latency` (``evaluate.threads``, ``evaluate.latency_rounds``
 rounds that rotate the order, ``evaluate.latency_samples`` texts). Run it alone.
@@ -47,22 +54,55 @@ def cut_to(clf, keep: int):
     return Classifier(model, clf.tokenizer, clf.labels)
 
 
-def heads_cut_to(clf, keep: int):
-    """A copy of ``clf`` whose every attention keeps its first ``keep`` heads at their width (query, key and
-    value rows and the output projection's columns sliced, as head pruning would; untrained: for timing).
-    transformers 5 can run such a module but no BERT config describes it, so distill does not build it."""
+def head_importance(clf, texts: list[str], max_length: int) -> list:
+    """Per layer, how much each attention head writes into the residual stream on ``texts``: the summed norm
+    of its context vectors through its columns of the attention's output projection (the feed-forward
+    pruning's score, for heads)."""
+    import torch
+
+    from distill.compress import encoder_layers
+    from distill.models import predict_logits
+
+    layers = encoder_layers(clf.model)
+    totals = [torch.zeros(layer.attention.self.num_attention_heads) for layer in layers]
+
+    def score(i, layer):
+        width, weight = layer.attention.self.attention_head_size, layer.attention.output.dense.weight.detach()
+
+        def hook(_module, inputs):
+            context = inputs[0].detach()
+            for head in range(len(totals[i])):
+                columns = slice(head * width, (head + 1) * width)
+                totals[i][head] += (context[..., columns] @ weight[:, columns].T).norm(dim=-1).sum().cpu()
+        return layer.attention.output.dense.register_forward_pre_hook(hook)
+
+    hooks = [score(i, layer) for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            predict_logits(clf, texts, 64, max_length)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return totals
+
+
+def heads_cut_to(clf, kept: list[list[int]]):
+    """A copy of ``clf`` whose layer ``i`` keeps only the attention heads ``kept[i]`` at their width (query,
+    key and value rows and the output projection's columns sliced, as head pruning would). transformers 5
+    runs such a module, but no BERT config describes it, so distill does not build it."""
     import torch
 
     from distill.compress import encoder_layers, sliced_linear
     from distill.models import Classifier
 
     model = copy.deepcopy(clf.model)
-    for layer in encoder_layers(model):
+    for layer, heads in zip(encoder_layers(model), kept):
         attention = layer.attention.self
-        rows = torch.arange(keep * attention.attention_head_size)
+        width = attention.attention_head_size
+        rows = torch.cat([torch.arange(head * width, (head + 1) * width) for head in heads])
         for name in ("query", "key", "value"):
             setattr(attention, name, sliced_linear(getattr(attention, name), rows=rows))
-        attention.num_attention_heads, attention.all_head_size = keep, len(rows)
+        attention.num_attention_heads, attention.all_head_size = len(heads), len(rows)
         layer.attention.output.dense = sliced_linear(layer.attention.output.dense, columns=rows)
     return Classifier(model, clf.tokenizer, clf.labels)
 
@@ -88,19 +128,23 @@ def main() -> None:
     parser.add_argument("--project", type=Path, default=Path("."), help="a project after `distill run`")
     parser.add_argument("--student", type=Path, help="the fp32 student folder (default: the project's)")
     parser.add_argument("--compressed", type=Path, help="the compressed student folder (default: the project's)")
+    parser.add_argument("--heads-keep", type=int, help="attention heads each layer keeps (default: half)")
+    parser.add_argument("--recover", action="store_true",
+                        help="recover the head-pruned model by distillation (compress.recover) and score it")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
     from rich.console import Console
     from rich.table import Table
 
-    from distill.compress import encoder_layers
+    from distill.compress import encoder_layers, recover
     from distill.config import load_config
     from distill.evaluate import Candidate, measure_latency
     from distill.lengths import with_teacher_lengths
-    from distill.models import Classifier, export_into, load_classifier, read_card
+    from distill.models import Classifier, export_into, load_classifier, predict_logits, read_card
     from distill.quantize import quantize_onnx
     from distill.served import INT8_FILE, ONNX_FILE, OnnxClassifier
+    from distill.students import distillation_set
     from distill.teacher import gold_data
 
     project = args.project.resolve()
@@ -116,7 +160,10 @@ def main() -> None:
     test = gold_data(project / "data/prepared", "gold_test", student.labels)
     texts = test.texts[:cfg.evaluate.latency_samples]
 
-    candidates, shapes = [], {}
+    candidates, shapes, trained = [], {}, {"student", "student INT8", "compressed", "compressed INT8"}
+
+    def score_of(clf: Classifier) -> float:
+        return float((predict_logits(clf, test.texts, 64, max_length).argmax(axis=1) == test.labels).mean())
 
     def add(name: str, file: Path, clf: Classifier) -> None:
         model = OnnxClassifier(file, threads, eager=clf.model)
@@ -150,8 +197,22 @@ def main() -> None:
             add(f"{name}, INT8", folder / INT8_FILE, cut)
 
         heads = base.model.config.num_attention_heads
-        if heads > 1:
-            add_cut(f"{origin}, {heads // 2} of {heads} heads kept", heads_cut_to(base, heads // 2))
+        keep_heads = args.heads_keep or heads // 2
+        accuracy, before = {}, None
+        if 0 < keep_heads < heads:
+            data, _ = distillation_set(project / "data/teacher_outputs/logits.parquet",
+                                       read_card(project / "models/teacher")["fingerprint"], base.labels)
+            importance = head_importance(base, data.texts[:cfg.compress.importance_texts], max_length)
+            kept = [sorted(score.topk(keep_heads).indices.tolist()) for score in importance]
+            cut = heads_cut_to(base, kept)
+            name = f"{origin}, {keep_heads} of {heads} heads kept"
+            if args.recover:
+                val = gold_data(project / "data/prepared", "gold_val", base.labels)
+                before = score_of(cut)
+                recover(cfg, cut, data, val, max_length)
+                name += ", recovered"
+                trained |= {name, f"{name}, INT8"}
+            add_cut(name, cut)
         for keep in range(len(encoder_layers(base.model)) - 1, -1, -1):
             add_cut(f"{origin}, {keep} layer{'' if keep == 1 else 's'} kept", cut_to(base, keep))
         candidates.append(Candidate("tokenization alone", Classifier(TokenizeOnly(), student.tokenizer,
@@ -159,24 +220,31 @@ def main() -> None:
         shapes["tokenization alone"] = "no model"
         latency = measure_latency(candidates, texts, max_length, cfg.evaluate.warmup, threads,
                                   cfg.evaluate.latency_rounds)
+        if args.recover:  # the cut layers are untrained: only the models with real weights are scored
+            accuracy = {c.name: score_of(c.clf) for c in candidates if c.name in trained}
 
     reference = latency["student"]["latency_p50_ms"]
     table = Table(title=f"Batch-1 latency floor: {len(texts)} gold_test texts of {project.name}, {threads} thread(s), "
                         f"median of {cfg.evaluate.latency_rounds} rounds")
-    for column in ("model", "shape", "p50 ms", "student / model", "MB"):
+    for column in ("model", "shape", "p50 ms", "student / model", "MB", "gold_test"):
         table.add_column(column, justify="left" if column in ("model", "shape") else "right")
     figures = {}
     for c in candidates:
         p50 = latency[c.name]["latency_p50_ms"]
         figures[c.name] = {"shape": shapes[c.name], "latency_p50_ms": p50, "speedup": reference / p50,
-                           "size_mb": c.size_bytes / 2**20}
+                           "size_mb": c.size_bytes / 2**20, "accuracy": accuracy.get(c.name)}
         table.add_row(c.name, shapes[c.name], f"{p50:.3f}", f"{reference / p50:.2f}x",
-                      f"{c.size_bytes / 2**20:.2f}" if c.size_bytes else "")
-    Console(width=140).print(table)
+                      f"{c.size_bytes / 2**20:.2f}" if c.size_bytes else "",
+                      f"{accuracy[c.name]:.4f}" if c.name in accuracy else "")
+    console = Console(width=150)
+    console.print(table)
+    if before is not None:
+        console.print(f"the head-pruned model before recovery: {before:.4f} on gold_test")
     if args.json:
         args.json.write_text(json.dumps({"project": str(project), "student": str(student_dir),
                                          "compressed": str(compressed_dir) if compressed_dir else None,
-                                         "texts": len(texts), "threads": threads, "models": figures}, indent=2))
+                                         "texts": len(texts), "threads": threads, "models": figures,
+                                         "heads_before_recovery": before}, indent=2))
 
 
 if __name__ == "__main__":
