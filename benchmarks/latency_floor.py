@@ -156,6 +156,10 @@ def main() -> None:
     compressed_dir = args.compressed or project / "models/student_compressed"
     if not (compressed_dir / INT8_FILE).is_file() or not read_card(compressed_dir).get("enabled", True):
         compressed_dir = None
+    for folder in filter(None, (student_dir, compressed_dir)):
+        if not (folder / ONNX_FILE).is_file():
+            raise SystemExit(f"{folder}: no ONNX export ({ONNX_FILE}); the floor is timed as distill serves, on "
+                             "ONNX Runtime: run the pipeline with evaluate.runtime: onnxruntime (the default)")
     student = load_classifier(student_dir)
     test = gold_data(project / "data/prepared", "gold_test", student.labels)
     texts = test.texts[:cfg.evaluate.latency_samples]
@@ -198,8 +202,10 @@ def main() -> None:
 
         heads = base.model.config.num_attention_heads
         keep_heads = args.heads_keep or heads // 2
+        if args.heads_keep is not None and not 0 < keep_heads < heads:
+            raise SystemExit(f"--heads-keep {keep_heads}: the model has {heads} heads per layer; keep 1 to {heads - 1}")
         accuracy, before = {}, None
-        if 0 < keep_heads < heads:
+        if keep_heads:
             data, _ = distillation_set(project / "data/teacher_outputs/logits.parquet",
                                        read_card(project / "models/teacher")["fingerprint"], base.labels)
             importance = head_importance(base, data.texts[:cfg.compress.importance_texts], max_length)
