@@ -7,7 +7,7 @@
 Pruning and INT8 shrink a student's encoder layers; they cannot shrink what every request pays whatever
 the layers: tokenization, the embedding lookup, the classifier head and ONNX Runtime's per-request cost.
 This benchmark times the student (its served ONNX export) against the same model with part of every
-layer's attention heads cut away (as head pruning would), with its encoder layers cut away one by one
+layer's attention heads cut away (as the compression stage's head pruning cuts them, ``compress.heads_keep``), with its encoder layers cut away one by one
 (``k`` of ``L`` kept, down to none), each exported and dynamically quantized as the compression stage
 does, and against tokenization alone. The cut models start from the compressed student (its pruned
 feed-forward layers) when there is one. The heads kept are the most important ones (each head's context
@@ -54,56 +54,15 @@ def cut_to(clf, keep: int):
     return Classifier(model, clf.tokenizer, clf.labels)
 
 
-def head_importance(clf, texts: list[str], max_length: int) -> list:
-    """Per layer, how much each attention head writes into the residual stream on ``texts``: the summed norm
-    of its context vectors through its columns of the attention's output projection (the feed-forward
-    pruning's score, for heads)."""
-    import torch
-
-    from distill.compress import encoder_layers
-    from distill.models import predict_logits
-
-    layers = encoder_layers(clf.model)
-    totals = [torch.zeros(layer.attention.self.num_attention_heads) for layer in layers]
-
-    def score(i, layer):
-        width, weight = layer.attention.self.attention_head_size, layer.attention.output.dense.weight.detach()
-
-        def hook(_module, inputs):
-            context = inputs[0].detach()
-            for head in range(len(totals[i])):
-                columns = slice(head * width, (head + 1) * width)
-                totals[i][head] += (context[..., columns] @ weight[:, columns].T).norm(dim=-1).sum().cpu()
-        return layer.attention.output.dense.register_forward_pre_hook(hook)
-
-    hooks = [score(i, layer) for i, layer in enumerate(layers)]
-    try:
-        with torch.no_grad():
-            predict_logits(clf, texts, 64, max_length)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return totals
-
-
-def heads_cut_to(clf, kept: list[list[int]]):
-    """A copy of ``clf`` whose layer ``i`` keeps only the attention heads ``kept[i]`` at their width (query,
-    key and value rows and the output projection's columns sliced, as head pruning would). transformers 5
-    runs such a module, but no BERT config describes it, so distill does not build it."""
-    import torch
-
-    from distill.compress import encoder_layers, sliced_linear
+def heads_cut_to(clf, keep: int, texts: list[str], max_length: int):
+    """A copy of ``clf`` whose layers keep only their ``keep`` most important attention heads, as the compression
+    stage's head pruning cuts them (:mod:`distill.heads`)."""
+    from distill.compress import head_importance
+    from distill.heads import prune_heads
     from distill.models import Classifier
 
     model = copy.deepcopy(clf.model)
-    for layer, heads in zip(encoder_layers(model), kept):
-        attention = layer.attention.self
-        width = attention.attention_head_size
-        rows = torch.cat([torch.arange(head * width, (head + 1) * width) for head in heads])
-        for name in ("query", "key", "value"):
-            setattr(attention, name, sliced_linear(getattr(attention, name), rows=rows))
-        attention.num_attention_heads, attention.all_head_size = len(heads), len(rows)
-        layer.attention.output.dense = sliced_linear(layer.attention.output.dense, columns=rows)
+    prune_heads(model, keep, head_importance(clf, texts, max_length))
     return Classifier(model, clf.tokenizer, clf.labels)
 
 
@@ -208,9 +167,7 @@ def main() -> None:
         if keep_heads:
             data, _ = distillation_set(project / "data/teacher_outputs/logits.parquet",
                                        read_card(project / "models/teacher")["fingerprint"], base.labels)
-            importance = head_importance(base, data.texts[:cfg.compress.importance_texts], max_length)
-            kept = [sorted(score.topk(keep_heads).indices.tolist()) for score in importance]
-            cut = heads_cut_to(base, kept)
+            cut = heads_cut_to(base, keep_heads, data.texts[:cfg.compress.importance_texts], max_length)
             name = f"{origin}, {keep_heads} of {heads} heads kept"
             if args.recover:
                 val = gold_data(project / "data/prepared", "gold_val", base.labels)

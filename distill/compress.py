@@ -13,6 +13,10 @@ The steps, each optional (``compress`` section):
   the largest importance (mean absolute activation on the distillation texts times the norm of the
   neuron's output weights); the layers stay one shape, so the model is an ordinary Hugging Face
   folder that is smaller on disk and faster, not a sparse copy.
+- **attention heads** (``heads_keep``, off by default): each layer keeps that share of its heads, the most
+  important (how much each head's context writes through the attention's output projection on the
+  distillation texts); the model computes only the heads it keeps (``distill.heads``: the saved folder is an
+  ordinary one with the cut heads zero, the ONNX export and its INT8 model are smaller and faster).
 - **layers** (``keep_layers``, off by default): the layers whose removal costs the least validation
   accuracy go.
 - **recovery**: the pruned student distils again from the cached teacher outputs (the response terms
@@ -21,9 +25,6 @@ The steps, each optional (``compress`` section):
   ``compressed_int8`` candidate serves): ONNX Runtime's dynamic or static quantization, or first a
   quantization-aware distillation (``qat``: the same distillation with weights and layer inputs rounded
   as static INT8 rounds them), then static (``distill.quantize``).
-
-Attention heads are not pruned: transformers 5 dropped ``prune_heads`` and a BERT config cannot
-describe heads narrower than ``hidden_size / num_attention_heads``.
 
 The folder (``models/student_compressed``) holds the compressed student with its ONNX export and a
 card whose ``compression`` lists each step with its parameters, size and validation accuracy after
@@ -45,6 +46,7 @@ import torch
 from torch import nn
 
 from distill.config import RESPONSE_LOSSES, PipelineConfig
+from distill.heads import cut_heads_of, prune_heads, sliced_linear
 from distill.io import atomic_dir, write_json
 from distill.lengths import with_teacher_lengths
 from distill.models import MODEL_CARD, Classifier, ModelError, load_classifier, predict_logits, read_card, save_classifier
@@ -83,7 +85,8 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
     layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
     if layers is None or not all(hasattr(layer, "intermediate") and hasattr(layer, "output") for layer in layers):
         raise ModelError(f"{type(model.base_model).__name__} is not a BERT-style encoder (encoder.layer with "
-                         "intermediate and output): set compress.ffn_keep: 1.0 and compress.keep_layers: null")
+                         "intermediate and output): set compress.ffn_keep: 1.0, compress.heads_keep: 1.0 and "
+                         "compress.keep_layers: null")
     return layers
 
 
@@ -179,6 +182,33 @@ def ffn_importance(clf: Classifier, texts: list[str], max_length: int) -> list[t
     return [total * layer.output.dense.weight.detach().norm(dim=0).cpu() for total, layer in zip(totals, layers)]
 
 
+@torch.no_grad()
+def head_importance(clf, texts: list[str], max_length: int) -> list[torch.Tensor]:
+    """Per layer, how much each attention head writes into the residual stream on ``texts``: the summed norm of
+    its context vectors through its columns of the attention's output projection (the feed-forward
+    pruning's score, for heads). An uncut model only."""
+    layers = encoder_layers(clf.model)
+    totals = [torch.zeros(layer.attention.self.num_attention_heads) for layer in layers]
+
+    def score(i, layer):
+        width, weight = layer.attention.self.attention_head_size, layer.attention.output.dense.weight.detach()
+
+        def hook(_module, inputs):
+            context = inputs[0].detach()
+            for head in range(len(totals[i])):
+                columns = slice(head * width, (head + 1) * width)
+                totals[i][head] += (context[..., columns] @ weight[:, columns].T).norm(dim=-1).sum().cpu()
+        return layer.attention.output.dense.register_forward_pre_hook(hook)
+
+    hooks = [score(i, layer) for i, layer in enumerate(layers)]
+    try:
+        predict_logits(clf, texts, 64, max_length)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return totals
+
+
 def prune_ffn(clf: Classifier, keep: int, importance: list[torch.Tensor]) -> None:
     """Keep the ``keep`` most important intermediate neurons of every layer (in place)."""
     for layer, score in zip(encoder_layers(clf.model), importance):
@@ -186,20 +216,6 @@ def prune_ffn(clf: Classifier, keep: int, importance: list[torch.Tensor]) -> Non
         layer.intermediate.dense = sliced_linear(layer.intermediate.dense, rows=index)
         layer.output.dense = sliced_linear(layer.output.dense, columns=index)
     clf.model.config.intermediate_size = keep
-
-
-def sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None,
-                  columns: torch.Tensor | None = None) -> nn.Linear:
-    """A new linear layer with only the given output ``rows`` and input ``columns`` of ``linear``'s weights."""
-    weight = linear.weight.detach()
-    weight = weight[rows] if rows is not None else weight
-    weight = weight[:, columns] if columns is not None else weight
-    out = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None)
-    with torch.no_grad():
-        out.weight.copy_(weight)
-        if linear.bias is not None:
-            out.bias.copy_(linear.bias.detach()[rows] if rows is not None else linear.bias.detach())
-    return out
 
 
 def accuracy(clf: Classifier, data: TrainData, max_length: int) -> float:
@@ -312,6 +328,11 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
         before = clf.model.config.num_hidden_layers
         kept = prune_layers(clf, c.keep_layers, val, max_length)
         record("layers", f"{before} -> {len(kept)} layers (kept {kept}, 0-based)")
+    heads = clf.model.config.num_attention_heads
+    keep_heads = max(1, int(np.ceil(heads * c.heads_keep)))
+    if keep_heads < heads and not pruned_already:
+        cut = prune_heads(clf.model, keep_heads, head_importance(clf, data.texts[:c.importance_texts], max_length))
+        record("attention heads", f"{heads} -> {keep_heads} heads per layer, by importance (cut, per layer: {cut})")
     width = clf.model.config.intermediate_size
     keep = max(8, int(np.ceil(width * c.ffn_keep / 8) * 8)) if c.ffn_keep < 1 else width
     if keep < width and not pruned_already:
@@ -337,6 +358,7 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
              "input_hash": meta["input_hash"],
              "student": {**card.get("student", {}), "num_layers": config.num_hidden_layers,
                          "intermediate_size": config.intermediate_size,
+                         "heads_kept": config.num_attention_heads - max(map(len, cut_heads_of(clf.model))),
                          "vocab_size": config.vocab_size if any(s.step == "vocabulary" for s in steps)
                          else card.get("student", {}).get("vocab_size")},
              "compression": {"steps": [vars(s) for s in steps], "skipped": skipped}}

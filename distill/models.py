@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from distill.cut import card_cut, cut_of, cut_texts, set_cut
+from distill.heads import full_width
+from distill.heads import restore as restore_cut_heads
 from distill.io import hash_files, read_json, write_json
 from distill.served import ONNX_FILE, exported, single_text_encoder
 
@@ -108,6 +110,10 @@ def load_classifier(folder: Path, labels: list[str] | None = None) -> Classifier
                             "classifier. " if all(k.split(".")[0] in HEADS for k in missing) else "")
                          + "Give a fine-tuned *ForSequenceClassification folder, or leave teacher.path null to "
                          "bootstrap one")
+    try:
+        restore_cut_heads(model)  # the attention heads distill's pruning cut, saved as zeros, are cut again
+    except ValueError as exc:
+        raise ModelError(f"{folder}: {exc}") from None
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise ModelError(f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings only "
                          f"{model.get_input_embeddings().num_embeddings}; the tokenizer belongs to another model")
@@ -198,7 +204,8 @@ def save_classifier(clf: Classifier, folder: Path, card: dict, history: list[dic
         import pandas as pd
 
         pd.DataFrame(history).to_csv(folder / HISTORY, index=False, float_format="%.6g")
-    clf.model.save_pretrained(folder, safe_serialization=True)
+    with full_width(clf.model):  # cut attention heads are saved as zeros: an ordinary folder (distill.heads)
+        clf.model.save_pretrained(folder, safe_serialization=True)
     clf.tokenizer.save_pretrained(folder)
     why = export_into(clf, folder)[1] if export else "not exported (evaluate.runtime: eager)"
     cut = cut_of(clf.tokenizer)

@@ -59,6 +59,57 @@ def test_feed_forward_pruning_removes_the_least_important_neurons(tiny_teacher):
     np.testing.assert_allclose(predict_logits(clf, SEEN, 8, 32), before, atol=1e-5)
 
 
+def test_head_pruning_computes_only_the_kept_heads_and_saves_an_ordinary_folder(tiny_teacher, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from distill.compress import head_importance
+    from distill.heads import CONFIG_KEY, prune_heads
+    from distill.models import ModelError, encode
+
+    clf = _copy(tiny_teacher)
+    layers = clf.model.base_model.encoder.layer
+    width = layers[0].attention.self.attention_head_size
+    with torch.no_grad():  # head 0 of every layer writes nothing through the output projection: unimportant
+        for layer in layers:
+            layer.attention.output.dense.weight[:, :width] = 0
+    before = predict_logits(clf, SEEN, 8, 32)
+    importance = head_importance(clf, SEEN, 32)
+    assert all(float(score[0]) == 0 < float(score[1]) for score in importance)
+    assert prune_heads(clf.model, 1, importance) == [[0]] * len(layers)
+    assert [layer.attention.self.query.out_features for layer in layers] == [width] * len(layers)
+    assert [layer.attention.output.dense.in_features for layer in layers] == [width] * len(layers)
+    np.testing.assert_allclose(predict_logits(clf, SEEN, 8, 32), before, atol=1e-5)
+
+    save_classifier(clf, tmp_path / "m", {"role": "compressed"}, export=True)
+    # on disk: the config's full width, the cut head zero, and the cut listed; in memory still cut
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    query = next(v for k, v in weights.items() if k.endswith("layer.0.attention.self.query.weight"))
+    assert query.shape[0] == 2 * width and float(query[:width].abs().max()) == 0 < float(query[width:].abs().max())
+    assert read_json(tmp_path / "m" / "config.json")[CONFIG_KEY] == [[0]] * len(layers)
+    assert layers[0].attention.self.query.out_features == width
+    # plain transformers loads it as an ordinary model computing the same function
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        logits = plain(**encode(clf.tokenizer, SEEN, 32)).logits.numpy()
+    np.testing.assert_allclose(logits, before, atol=1e-5)
+    # distill loads it cut, and its ONNX export (what is served) holds only the kept heads
+    again = load_classifier(tmp_path / "m")
+    assert again.model.base_model.encoder.layer[1].attention.self.value.out_features == width
+    assert again.num_parameters == clf.num_parameters < _copy(tiny_teacher).num_parameters
+    np.testing.assert_allclose(predict_logits(again, SEEN, 8, 32), before, atol=1e-5)
+    full = _copy(tiny_teacher)
+    save_classifier(full, tmp_path / "full", {"role": "student"}, export=True)
+    assert (tmp_path / "m" / "model.onnx").stat().st_size < (tmp_path / "full" / "model.onnx").stat().st_size
+    # a folder whose listed heads are not zero (written by something else) is refused, not silently changed
+    with torch.no_grad():
+        plain.base_model.encoder.layer[0].attention.output.dense.weight[:, :width] = 0.5
+    plain.save_pretrained(tmp_path / "edited")
+    clf.tokenizer.save_pretrained(tmp_path / "edited")
+    with pytest.raises(ModelError, match=r"heads \[0\] of layer 0 as cut .*not zero"):
+        load_classifier(tmp_path / "edited")
+
+
 def test_layer_pruning_keeps_the_layers_that_matter(tiny_teacher):
     from distill.trainer import TrainData
 
@@ -85,13 +136,14 @@ def distilled(tiny_cfg, labelled, tmp_path):
 
 def test_compress_stage_writes_a_smaller_student_that_the_evaluation_scores(distilled, tmp_path):
     cfg, prepared, teacher_dir, outputs = distilled
-    cfg = config_from_dict({**cfg.model_dump(mode="json"), "compress": {"vocabulary": True}})
+    cfg = config_from_dict({**cfg.model_dump(mode="json"), "compress": {"vocabulary": True, "heads_keep": 0.5}})
     result = compress.run(cfg, prepared, teacher_dir, tmp_path / "student", outputs, tmp_path / "compressed")
-    assert [s.step for s in result.steps] == ["student", "vocabulary", "feed-forward", "recovery"]
+    assert [s.step for s in result.steps] == ["student", "vocabulary", "attention heads", "feed-forward", "recovery"]
     card = read_card(tmp_path / "compressed")
     assert card["student_fingerprint"] == read_card(tmp_path / "student")["fingerprint"]
     assert card["compression"]["steps"][0]["parameters"] > 3 * card["parameters"]
     assert card["student"]["intermediate_size"] == 16 < cfg.student.intermediate_size
+    assert card["student"]["heads_kept"] == 1 < cfg.student.num_heads
     assert card["method"] == read_card(tmp_path / "student")["method"]
     weights = lambda folder: (folder / "model.safetensors").stat().st_size
     assert weights(tmp_path / "compressed") < weights(tmp_path / "student") / 3
@@ -203,7 +255,7 @@ def test_a_student_continuing_from_a_compressed_model_is_not_pruned_again_but_ge
     from distill import sizing
 
     cfg, prepared, teacher_dir, outputs = distilled
-    vocab = config_from_dict({**cfg.model_dump(mode="json"), "compress": {"vocabulary": True}})
+    vocab = config_from_dict({**cfg.model_dump(mode="json"), "compress": {"vocabulary": True, "heads_keep": 0.5}})
     compress.run(vocab, prepared, teacher_dir, tmp_path / "student", outputs, tmp_path / "compressed")
     warm = config_from_dict({**cfg.model_dump(mode="json"), "student": {
         **cfg.student.model_dump(mode="json"), "warm_start": str(tmp_path / "compressed")},
@@ -218,3 +270,6 @@ def test_a_student_continuing_from_a_compressed_model_is_not_pruned_again_but_ge
     assert result.enabled and [s.step for s in result.steps] == ["student"] and "pruned already" in result.skipped[0]
     assert again["parameters"] == card["parameters"] and again["compression"]["int8"]["step"] == "INT8 (dynamic)"
     assert (tmp_path / "compressed_again" / INT8_FILE).is_file()
+    # its cut attention heads stayed cut through the warm start, the training and both saves
+    assert again["student"]["heads_kept"] == 1 and load_classifier(tmp_path / "compressed_again").model.base_model.\
+        encoder.layer[0].attention.self.all_head_size == cfg.student.hidden_size // 2
