@@ -97,6 +97,7 @@ def main() -> None:
     from rich.table import Table
 
     from distill.compress import encoder_layers, recover
+    from distill.heads import cut_heads_of
     from distill.config import load_config
     from distill.evaluate import Candidate, measure_latency
     from distill.lengths import with_teacher_lengths
@@ -123,6 +124,7 @@ def main() -> None:
     test = gold_data(project / "data/prepared", "gold_test", student.labels)
     texts = test.texts[:cfg.evaluate.latency_samples]
 
+    console = Console(width=150)
     candidates, shapes, trained = [], {}, {"student", "student INT8", "compressed", "compressed INT8"}
 
     def score_of(clf: Classifier) -> float:
@@ -164,6 +166,9 @@ def main() -> None:
         if args.heads_keep is not None and not 0 < keep_heads < heads:
             raise SystemExit(f"--heads-keep {keep_heads}: the model has {heads} heads per layer; keep 1 to {heads - 1}")
         accuracy, before = {}, None
+        if any(cut_heads_of(base.model)):  # the stage cut its heads already (compress.heads_keep)
+            console.print(f"{origin}: its attention heads are cut already (compress.heads_keep); no heads variant")
+            keep_heads = 0
         if keep_heads:
             data, _ = distillation_set(project / "data/teacher_outputs/logits.parquet",
                                        read_card(project / "models/teacher")["fingerprint"], base.labels)
@@ -199,7 +204,6 @@ def main() -> None:
         table.add_row(c.name, shapes[c.name], f"{p50:.3f}", f"{reference / p50:.2f}x",
                       f"{c.size_bytes / 2**20:.2f}" if c.size_bytes else "",
                       f"{accuracy[c.name]:.4f}" if c.name in accuracy else "")
-    console = Console(width=150)
     console.print(table)
     if before is not None:
         console.print(f"the head-pruned model before recovery: {before:.4f} on gold_test")
