@@ -146,7 +146,8 @@ def verdicts(result: dict) -> list[str]:
         ok = speedup >= COMPRESSION["speedup"] and share <= COMPRESSION["size_share"] and \
             drop <= COMPRESSION["max_drop_points"]
         out.append(f"{'met' if ok else 'MISSED'}: {name} {speedup:.2f}x faster than the student, {share:.0%} of its "
-                   f"size, {drop:+.1f} points below it (target >= 2x, <= 50 %, <= 0.5)")
+                   f"size, {abs(drop):.1f} points {'below' if drop > 0 else 'above'} it (target >= 2x, <= 50 %, "
+                   "<= 0.5 below)")
     if result.get("kd"):
         lift = result["kd"]["lift_points"]
         out.append(f"{'met' if lift >= TARGETS['kd_lift_points'] else 'MISSED'}: KD lift {lift:+.1f} points over "

@@ -329,7 +329,7 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
         kept = prune_layers(clf, c.keep_layers, val, max_length)
         record("layers", f"{before} -> {len(kept)} layers (kept {kept}, 0-based)")
     heads = clf.model.config.num_attention_heads
-    keep_heads = max(1, int(np.ceil(heads * c.heads_keep)))
+    keep_heads = max(1, int(np.floor(heads * c.heads_keep + 0.5)))  # the nearest count: 0.67 of 3 heads is 2
     if keep_heads < heads and not pruned_already:
         cut = prune_heads(clf.model, keep_heads, head_importance(clf, data.texts[:c.importance_texts], max_length))
         record("attention heads", f"{heads} -> {keep_heads} heads per layer, by importance (cut, per layer: {cut})")

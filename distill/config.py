@@ -368,10 +368,10 @@ class CompressConfig(_Section):
     ffn_keep: float = Field(0.25, gt=0, le=1, description="Share of each layer's feed-forward neurons kept, the "
                             "most important by activation x output weight (rounded up to a multiple of 8); 1 keeps "
                             "all.")
-    heads_keep: float = Field(1.0, gt=0, le=1, description="Share of each layer's attention heads kept (rounded "
-                              "up, at least one), the most important by how much each writes through the "
-                              "attention's output projection; 1 keeps all. Measured: free after recovery on the "
-                              "default data (1 of 2 heads), 2 points lost on news posts (2 of 3): "
+    heads_keep: float = Field(1.0, gt=0, le=1, description="Share of each layer's attention heads kept (the "
+                              "nearest count, at least one: 0.67 of 3 heads keeps 2), the most important by how "
+                              "much each writes through the attention's output projection; 1 keeps all. Measured: "
+                              "free after recovery on the default data, 0.75-3.5 points lost on news posts: "
                               "docs/compression.md.")
     keep_layers: int | None = Field(None, ge=1, description="Layers kept, dropping those whose removal costs the "
                                     "least validation accuracy; null keeps every layer.")
