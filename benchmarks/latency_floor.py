@@ -8,8 +8,9 @@ Pruning and INT8 shrink a student's encoder layers; they cannot shrink what ever
 the layers: tokenization, the embedding lookup, the classifier head and ONNX Runtime's per-request cost.
 This benchmark times the student (its served ONNX export) against the same model with part of every
 layer's attention heads cut away (as the compression stage's head pruning cuts them,
-``compress.heads_keep``), with its encoder layers cut away one by one (``k`` of ``L`` kept, down to none), each exported and dynamically quantized as the compression stage
-does, and against tokenization alone. The cut models start from the compressed student (its pruned
+``compress.heads_keep``), with its encoder layers cut away one by one (``k`` of ``L`` kept, down to
+none), each exported and dynamically quantized as the compression stage does, and against tokenization
+alone. The cut models start from the compressed student (its pruned
 feed-forward layers) when there is one. The heads kept are the most important ones (each head's context
 through its columns of the output projection, as the feed-forward pruning scores neurons),
 ``--heads-keep`` per layer (default half).
