@@ -332,7 +332,8 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
     keep_heads = max(1, int(np.floor(heads * c.heads_keep + 0.5)))  # the nearest count: 0.67 of 3 heads is 2
     if keep_heads < heads and not pruned_already:
         cut = prune_heads(clf.model, keep_heads, head_importance(clf, data.texts[:c.importance_texts], max_length))
-        record("attention heads", f"{heads} -> {keep_heads} heads per layer, by importance (cut per layer, 0-based: {cut})")
+        record("attention heads", f"{heads} -> {keep_heads} heads per layer, by importance (cut per layer, "
+               f"0-based: {cut})")
     width = clf.model.config.intermediate_size
     keep = max(8, int(np.ceil(width * c.ffn_keep / 8) * 8)) if c.ffn_keep < 1 else width
     if keep < width and not pruned_already:
