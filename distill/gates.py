@@ -110,6 +110,13 @@ def slice_drop_p_value(champion: dict[str, float], challenger: dict[str, float])
     return float(fisher_exact([counts(champion), counts(challenger)], alternative="greater").pvalue)
 
 
+def drop_text(drop: float, ok: bool, limit: float) -> str:
+    """How far a model fell below its bar, against the largest drop allowed (a gain says only that)."""
+    if drop <= 0:
+        return f"gain {abs(drop):.3f} (no drop; at most {limit:g} allowed)"
+    return f"drop {drop:.3f} ({'within' if ok else 'over'} the limit {limit:g})"
+
+
 def compare_with_champion(accuracy: float, slices: dict[str, dict[str, float]], champion: dict,
                           cfg: PromoteConfig) -> tuple[bool, list[str]]:
     """The champion gates: overall accuracy, then every label slice both models were scored on."""
@@ -117,8 +124,7 @@ def compare_with_champion(accuracy: float, slices: dict[str, dict[str, float]], 
     drop = champion["accuracy"] - accuracy
     passed = drop <= cfg.max_drop_vs_champion
     reasons = [f"accuracy {accuracy:.3f} vs {name} {champion['accuracy']:.3f} on the same test set: "
-               f"{'drop' if drop > 0 else 'gain'} {abs(drop):.3f} "
-               f"({'within' if passed else 'over'} the limit {cfg.max_drop_vs_champion:g})"]
+               + drop_text(drop, passed, cfg.max_drop_vs_champion)]
     worse = []
     for slice_name, theirs in sorted(champion.get("slices", {}).items()):
         ours = slices.get(slice_name)
@@ -172,8 +178,7 @@ def check_compression(metrics: dict[str, dict[str, float]], audit: dict | None, 
     ok = drop <= cfg.max_accuracy_drop + 1e-12
     passed &= ok
     reasons.append(f"{candidate} accuracy {variant['accuracy']:.3f} vs student {student['accuracy']:.3f}: "
-                   f"{'drop' if drop > 0 else 'gain'} {abs(drop):.3f} ({'within' if ok else 'over'} the limit "
-                   f"{cfg.max_accuracy_drop:g})")
+                   + drop_text(drop, ok, cfg.max_accuracy_drop))
     for key, figure, unit in (("latency_p50_ms", "p50 latency", "ms"), ("size_mb", "size", "MB")):
         ok = variant[key] < student[key]
         passed &= ok

@@ -198,6 +198,7 @@ def _figures(accuracy: float, latency: float, size: float) -> dict:
 @pytest.mark.parametrize("compressed, audit, passed, says", [
     (_figures(0.948, 0.2, 1.0), {"passed": True, "reasons": []}, True, "compressed audit passed"),
     (_figures(0.940, 0.2, 1.0), {"passed": True, "reasons": []}, False, "drop 0.010 (over the limit 0.005)"),
+    (_figures(0.955, 0.2, 1.0), {"passed": True, "reasons": []}, True, "gain 0.005 (no drop; at most 0.005 allowed)"),
     (_figures(0.950, 0.5, 1.0), {"passed": True, "reasons": []}, False, "not an improvement"),
     (_figures(0.950, 0.2, 1.0), {"passed": False, "reasons": ["slice x drops"]}, False, "audit failed: slice x"),
     (_figures(0.950, 0.2, 1.0), None, False, "was not audited"),
