@@ -334,6 +334,8 @@ def run(cfg: PipelineConfig, prepared: Path, teacher_dir: Path, student_dir: Pat
         cut = prune_heads(clf.model, keep_heads, head_importance(clf, data.texts[:c.importance_texts], max_length))
         record("attention heads", f"{heads} -> {keep_heads} heads per layer, by importance (cut per layer, "
                f"0-based: {cut})")
+    elif c.heads_keep < 1 and not pruned_already:
+        skipped.append(f"attention heads: heads_keep {c.heads_keep:g} of {heads} heads is {keep_heads}, so none is cut")
     width = clf.model.config.intermediate_size
     keep = max(8, int(np.ceil(width * c.ffn_keep / 8) * 8)) if c.ffn_keep < 1 else width
     if keep < width and not pruned_already:

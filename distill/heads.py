@@ -53,10 +53,10 @@ def cut_heads(model: nn.Module, cut: list[list[int]]) -> None:
     if any(cut_heads_of(model)):
         raise ValueError("the model's heads are cut already; cut an uncut model")
     for layer, heads in zip(_layers(model), cut):
-        attention = layer.attention.self
-        kept = [h for h in range(attention.num_attention_heads) if h not in heads]
         if not heads:
             continue
+        attention = layer.attention.self
+        kept = [h for h in range(attention.num_attention_heads) if h not in heads]
         if not kept:
             raise ValueError(f"cutting heads {heads} would leave a layer with no attention head")
         rows = _columns(kept, attention.attention_head_size)

@@ -166,6 +166,14 @@ def test_compress_stage_writes_a_smaller_student_that_the_evaluation_scores(dist
     assert read_json(tmp_path / "audit" / "audit.json")["compressed"] == report.compressed
 
 
+def test_a_heads_share_that_rounds_to_every_head_cuts_none_and_says_so(distilled, tmp_path):
+    cfg, prepared, teacher_dir, outputs = distilled
+    cfg = config_from_dict({**cfg.model_dump(mode="json"), "compress": {"heads_keep": 0.9, "ffn_keep": 1.0}})
+    result = compress.run(cfg, prepared, teacher_dir, tmp_path / "student", outputs, tmp_path / "compressed")
+    assert [s.step for s in result.steps] == ["student"]
+    assert any("heads_keep 0.9 of 2 heads is 2, so none is cut" in why for why in result.skipped), result.skipped
+
+
 def test_the_audit_asks_the_teacher_once_per_text():
     asked = []
 
