@@ -751,13 +751,16 @@ class LMSelectConfig(_Section):
     share: float = Field(0.5, gt=0, le=1, description="The call budget as a share of the training prompts "
                          "(random, active); max_calls, when set, wins.")
     max_calls: int | None = Field(None, ge=1, description="The call budget in training prompts sent to the teacher.")
-    rule: Literal["uncertainty", "diversity", "uncertainty_diversity"] = Field(
+    rule: Literal["uncertainty", "diversity", "uncertainty_diversity", "coverage", "uncertainty_coverage"] = Field(
         "uncertainty_diversity", description="How active picks a round. uncertainty: the prompts whose greedy answer "
         "the interim student is least sure of (mean next-token entropy); diversity: the prompts farthest from every "
         "prompt paid so far (k-center on the student's embeddings of the requests); uncertainty_diversity: the "
-        "spread-out ones (k-center) among the candidate_factor x round size most uncertain.")
+        "spread-out ones (k-center) among the candidate_factor x round size most uncertain; coverage: the prompts "
+        "that stand for most of the pool (greedy facility location on the embeddings, not the outliers k-center "
+        "reaches for); uncertainty_coverage: coverage weighted by the unpaid prompts' uncertainty.")
     rounds: int = Field(4, ge=2, le=50, description="Rounds the budget is split into (active); the first is chosen "
-                        "for coverage (k-center, or at random with rule uncertainty) before any student exists.")
+                        "for coverage (k-center; facility location with the coverage rules; at random with rule "
+                        "uncertainty) before any student exists.")
     candidate_factor: float = Field(3.0, ge=1, description="uncertainty_diversity: the shortlist of most uncertain "
                                     "prompts, as a multiple of the round size.")
     min_uncertainty_drop: float = Field(

@@ -54,6 +54,53 @@ def test_each_rule_picks_what_it_says_and_never_a_paid_prompt():
         sel.pick("loudest", uncertainty, POINTS, paid, unpaid, 2)
 
 
+# Eight requests near one direction, four near another, one alone far from both (in 3-D).
+CROWD = np.vstack([np.array([1.0, 0, 0]) + 0.05 * np.random.default_rng(0).normal(size=(8, 3)),
+                   np.array([0, 1.0, 0]) + 0.05 * np.random.default_rng(1).normal(size=(4, 3)), [[-1.0, -1.0, 0.3]]])
+CROWD = unit(CROWD)
+
+
+def crowd(i: int) -> str:
+    return "big" if i < 8 else "small" if i < 12 else "outlier"
+
+
+def test_coverage_picks_prompts_that_stand_for_many_where_k_center_reaches_for_the_outlier():
+    everything = range(len(CROWD))
+    assert [crowd(i) for i in sel.coverage(CROWD, [], everything, 2)] == ["big", "small"]
+    assert "outlier" in [crowd(i) for i in sel.k_center(CROWD, [], everything, 2)]
+    # Once the big group is paid for, the next one stands for the small group.
+    assert [crowd(i) for i in sel.coverage(CROWD, [0, 1], range(2, 13), 1)] == ["small"]
+    # Weights say where covering matters: with only the outlier weighted, the outlier is picked.
+    weights = np.zeros(len(CROWD))
+    weights[12] = 1.0
+    assert sel.coverage(CROWD, [], everything, 1, weights) == [12]
+    assert sel.coverage(CROWD, [], [3, 4], 5) == [3, 4]  # a budget past the candidates takes them all
+
+
+def test_uncertainty_coverage_covers_where_the_student_is_unsure_and_coverage_ignores_it():
+    uncertainty = np.r_[np.full(8, 0.1), np.full(4, 3.0), [np.nan]]  # the paid outlier is not scored
+    paid, unpaid = [12], list(range(12))
+    assert [crowd(i) for i in sel.pick("uncertainty_coverage", uncertainty, CROWD, paid, unpaid, 1)] == ["small"]
+    assert [crowd(i) for i in sel.pick("coverage", uncertainty, CROWD, paid, unpaid, 1)] == ["big"]
+    for rule in ("coverage", "uncertainty_coverage"):
+        picks = sel.pick(rule, uncertainty, CROWD, paid, unpaid, 6)
+        assert len(picks) == len(set(picks)) == 6 and not set(picks) & set(paid)
+
+
+def test_the_first_round_is_chosen_by_the_rules_own_measure_of_spread():
+    def score(rows, pool, unpaid):
+        return (None if rows is None else np.ones(len(pool))), CROWD, None
+
+    first = {}
+    for rule in ("coverage", "uncertainty_coverage", "diversity"):
+        teacher = FakeTeacher()
+        sel.select_active(pool_of(13), teacher, score, LMSelectConfig(strategy="active", max_calls=4, rounds=2,
+                                                                       rule=rule), seed=0)
+        first[rule] = sorted(crowd(int(p[1:])) for p in teacher.asked[:2])
+    assert first["coverage"] == first["uncertainty_coverage"] == ["big", "small"]
+    assert first["diversity"] == ["big", "outlier"]  # k-center
+
+
 def pool_of(n: int) -> pd.DataFrame:
     return pd.DataFrame({"prompt_id": [f"p{i:03d}" for i in range(n)], "request": [f"request {i}" for i in range(n)]})
 

@@ -7,9 +7,10 @@
   interim student on every answer paid so far (sequence-level, from the same start as the real
   student), scores the unpaid prompts by its uncertainty (the mean entropy of its next-token
   distribution along its own greedy answer) and sends the next round by ``rule``: the most uncertain,
-  the farthest from everything paid (k-center), or the spread-out ones among a shortlist of the most
-  uncertain. It stops at the budget, when the pool is empty, or at a plateau (the pool's mean
-  uncertainty stopped falling, ``min_uncertainty_drop``).
+  the farthest from everything paid (k-center), the spread-out ones among a shortlist of the most
+  uncertain, the ones that stand for most of the pool (facility location, which the coverage rules also
+  use for the first round), or those weighted by uncertainty. It stops at the budget, when the pool is
+  empty, or at a plateau (the pool's mean uncertainty stopped falling, ``min_uncertainty_drop``).
 
 The stage writes the chosen prompt ids, each round's figures and what the teacher was paid to
 ``reports/lm_selection.json``; lm_generate then asks the teacher for exactly those prompts (and every
@@ -105,6 +106,33 @@ def k_center(points: np.ndarray, chosen: Sequence[int], candidates: Sequence[int
     return [candidates[i] for i in picks]
 
 
+def coverage(points: np.ndarray, chosen: Sequence[int], candidates: Sequence[int], n: int,
+             weights: np.ndarray | None = None) -> list[int]:
+    """Greedy weighted facility location (Wei et al. 2015; with uncertainty weights, the information density of
+    Settles & Craven 2008): ``n`` of ``candidates``, each in turn the one that raises most the pool's coverage
+    ``sum_i weights_i * max_j sim(i, j)`` over the indices chosen so far (``chosen`` first). The similarity is the
+    cosine of the rows of ``points`` centred on their mean (language-model states all point one way; centred,
+    they tell requests apart), clipped at 0. Unlike k-center, which reaches for the outliers first, it picks
+    prompts that stand for many others. ``weights`` (one per row of ``points``; None: all 1) say how much each
+    prompt needs covering; ties go to the earlier candidate."""
+    candidates = list(candidates)
+    if n >= len(candidates):
+        return candidates
+    centred = points - points.mean(axis=0)
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True).clip(min=1e-12)
+    sim = np.clip(centred @ centred[candidates].T, 0.0, None)                  # (pool, candidates)
+    w = np.ones(len(points)) if weights is None else np.nan_to_num(np.asarray(weights, dtype=np.float64))
+    cover = np.clip(centred @ centred[list(chosen)].T, 0.0, None).max(axis=1) if len(chosen) else np.zeros(len(points))
+    picks: list[int] = []
+    for _ in range(n):
+        gain = w @ np.maximum(sim - cover[:, None], 0.0)
+        gain[picks] = -np.inf
+        at = int(np.argmax(gain))
+        picks.append(at)
+        cover = np.maximum(cover, sim[:, at])
+    return [candidates[i] for i in picks]
+
+
 def pick(rule: str, uncertainty: np.ndarray, embeddings: np.ndarray, paid: Sequence[int], unpaid: Sequence[int], n: int,
          candidate_factor: float = 3.0) -> list[int]:
     """The next round: ``n`` of the ``unpaid`` indices by ``rule`` (a pure decision on the scores given)."""
@@ -119,6 +147,12 @@ def pick(rule: str, uncertainty: np.ndarray, embeddings: np.ndarray, paid: Seque
         return k_center(embeddings, paid, unpaid, n)
     if rule == "uncertainty_diversity":
         return k_center(embeddings, paid, ranked[:max(n, int(round(candidate_factor * n)))], n)
+    if rule == "coverage":
+        return coverage(embeddings, paid, unpaid, n)
+    if rule == "uncertainty_coverage":  # cover the pool where the student is unsure; the paid prompts need none
+        weights = np.zeros(len(embeddings))
+        weights[unpaid] = np.nan_to_num(uncertainty[unpaid])
+        return coverage(embeddings, paid, unpaid, n, weights)
     raise ValueError(f"unknown lm.select.rule {rule!r}")
 
 
@@ -188,7 +222,8 @@ def _choose(number: int, rows: list[dict], pool: pd.DataFrame, paid: list[int], 
         if cfg.rule == "uncertainty":
             return sorted(rng.choice(unpaid, size=size, replace=False).tolist()), None, None
         _, embeddings, _ = score(None, pool, unpaid)
-        return k_center(embeddings, [], unpaid, size), None, None
+        first = coverage if cfg.rule in ("coverage", "uncertainty_coverage") else k_center
+        return first(embeddings, [], unpaid, size), None, None
     uncertainty, embeddings, loss = score(rows, pool, unpaid)
     chosen = pick(cfg.rule, uncertainty, embeddings, paid, unpaid, size, cfg.candidate_factor)
     return chosen, float(np.mean(uncertainty[unpaid])), loss
