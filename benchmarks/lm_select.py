@@ -2,6 +2,7 @@
 
     python benchmarks/lm_select.py --prepared data/prepared --teacher models/lm_teacher \\
         --heldout-size 192 --random-seeds 0,1,2 --out reports/lm_select_benchmark.json
+    python benchmarks/lm_select.py --rescore 512   # every arm's student (and the teacher) on 512 held-out prompts
 
 The teacher is the local OpenAI-compatible endpoint (:mod:`distill.lm.server`, what ``distill lm-serve``
 runs) serving ``--teacher`` on 127.0.0.1; the pipeline reaches it as ``lm.api`` through the cached,
@@ -12,7 +13,8 @@ the task's metric. Arms:
 
 - ``all``: every training prompt (lm.select.strategy all);
 - ``random``: a random sample of the budget, once per ``--random-seeds`` seed;
-- ``active``: the budget in rounds chosen by an interim student (lm.select's defaults unless overridden).
+- ``active``: the budget in rounds chosen by an interim student (lm.select's defaults unless overridden);
+  ``active:RULE`` (e.g. ``active:coverage``) the same with ``lm.select.rule`` RULE, so rules compare in one run.
 
 The random and active students train as many optimizer steps as the student of every prompt (more
 epochs: ``lm.select.keep_steps``, the default); ``--set lm.select.keep_steps=false`` compares them at
@@ -23,6 +25,11 @@ given as ``lm.student.path``: with a black-box teacher there are no weights to c
 small open model; this one stands in for it). One response cache serves all arms: the endpoint is
 greedy, so a prompt's answer is the same whichever arm asks, and each arm's calls, tokens and estimated
 cost are counted from the answers it used (cached or not), as a first run would pay them.
+
+A few points of task score separate the arms, and on 192 held-out prompts one prompt is half a point:
+``--rescore N`` scores every student a run left in ``--work`` (and the teacher, greedy as the endpoint)
+again on N held-out prompts, the run's own and more (the sampler is nested), with no endpoint and no
+training; the report is ``--out`` with ``-rescore`` added to its name.
 """
 
 from __future__ import annotations
@@ -52,14 +59,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--student-blocks", type=int, default=6)
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight (the server shares the CPU)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rescore", type=int, default=0, metavar="N",
+                        help="only score the students of an earlier run (in --work) on N held-out prompts")
     return parser.parse_args(argv)
 
 
-def arm_config(args, student_dir: Path, base_url: str, strategy: str, seed: int = 0):
+def arm_config(args, student_dir: Path, base_url: str, strategy: str, seed: int = 0, rule: str | None = None):
     from distill.config import load_config
 
     sets = {"lm.select.seed": seed, "lm.prompts.train_size": args.train_size,
-            "lm.prompts.heldout_size": args.heldout_size,
+            "lm.prompts.heldout_size": args.heldout_size, **({"lm.select.rule": rule} if rule else {}),
             "lm.api": json.dumps({"model": "teacher", "base_url": base_url, "api_key_env": None,
                                   "cache_dir": str(args.work / "responses"), "max_concurrency": args.concurrency,
                                   **PRICES}),
@@ -133,6 +142,56 @@ def train_spend(cfg, prompts: Path, teacher_dir: Path, rows) -> dict:
     return spend
 
 
+def rescore(args: argparse.Namespace, say) -> list[dict]:
+    """The teacher and every arm's student in ``--work`` on ``--rescore`` held-out prompts (greedy, task metric)."""
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    from distill.config import load_config
+    from distill.lm import prompts as lm_prompts
+    from distill.lm.evaluate import generate_greedy, task_accuracy
+    from distill.lm.teacher import load_causal_lm
+
+    cfg = load_config(args.params, [f"lm.prompts.train_size={args.train_size}",
+                                    f"lm.prompts.heldout_size={args.rescore}"] + args.overrides)
+    path = args.work / "rescore_prompts.parquet"
+    lm_prompts.run(cfg, args.prepared, path)
+    frame, meta = lm_prompts.read_prompts(path)
+    held, template = frame[frame["split"] == "heldout"], lm_prompts.PromptTemplate.of(meta)
+    before, _ = lm_prompts.read_prompts(args.work / "prompts.parquet")
+    run_ids, ids = set(before.loc[before["split"] == "heldout", "prompt_id"]), set(held["prompt_id"])
+    assert run_ids <= ids or ids <= run_ids, "the held-out prompts are not nested: another seed or data?"
+    assert before.loc[before["split"] == "train", "prompt_id"].tolist() == \
+        frame.loc[frame["split"] == "train", "prompt_id"].tolist(), "another training pool than the run's"
+    results = []
+    folders = [("teacher", args.teacher)] + [(f.parent.name, f) for f in sorted(args.work.glob("*/student"))]
+    for name, folder in folders:
+        lm = load_causal_lm(folder)
+        texts = [lm_prompts.render_prompt(lm.tokenizer, template, r) for r in held["request"]]
+        outputs = generate_greedy(lm, texts, cfg.lm.generate.max_new_tokens, batch_size=16)
+        answers = [lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+        hits = [task_accuracy([a], [r])["task_contains"] for a, r in zip(answers, held["reference"])]
+        results.append({"arm": name, "heldout": len(held), "task": task_accuracy(answers, held["reference"].tolist()),
+                        "hits": hits, "answers": pd.Series(answers, index=held["prompt_id"]).to_dict()})
+        say(f"{name}: task_contains {np.mean(hits):.4f} on {len(held)} held-out prompts")
+    base = next((r for r in results if r["arm"] == "all"), None)
+    for r in results:  # each arm minus the student of every prompt, prompt by prompt, with a 95 % interval
+        if base is not None and r["arm"] not in ("all", "teacher"):
+            diff = np.asarray(r["hits"]) - np.asarray(base["hits"])
+            ci = stats.bootstrap((diff,), np.mean, confidence_level=0.95, random_state=0).confidence_interval
+            r["vs_all"] = {"points": round(100 * diff.mean(), 2), "ci95": [round(100 * ci.low, 2),
+                                                                             round(100 * ci.high, 2)]}
+            low, high = r["vs_all"]["ci95"]
+            say(f"{r['arm']} - all: {r['vs_all']['points']:+.2f} points (95 % interval {low:+.2f} to {high:+.2f})")
+    return results
+
+
+def write_report(args: argparse.Namespace, results: list[dict]) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "arms": results}, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -147,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     console = Console(width=150)
     say = lambda line: console.print(f"[dim]{time.strftime('%H:%M:%S')} {line}[/dim]")  # noqa: E731
+    if args.rescore:
+        results = rescore(args, say)
+        args.out = args.out.with_name(f"{args.out.stem}-rescore{args.out.suffix}")
+        write_report(args, results)
+        say(f"report: {args.out}")
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     teacher = load_causal_lm(args.teacher)
     student_dir = args.work / "student_start"
@@ -159,12 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         lm_prompts.run(arm_config(args, student_dir, base_url, "all"), args.prepared, prompts)
         arms = [a.strip() for a in args.arms.split(",") if a.strip()]
         for arm in arms:
-            seeds = [int(s) for s in args.random_seeds.split(",")] if arm == "random" else [0]
+            strategy, _, rule = arm.partition(":")
+            seeds = [int(s) for s in args.random_seeds.split(",")] if strategy == "random" else [0]
             for seed in seeds:  # lm.select.seed draws the sample; the run's seed (training, sampling) stays
-                cfg = arm_config(args, student_dir, base_url, arm, seed)
-                name = arm if arm != "random" else f"random_{seed}"
+                cfg = arm_config(args, student_dir, base_url, strategy, seed, rule or None)
+                name = f"random_{seed}" if strategy == "random" else f"{strategy}_{rule}" if rule else strategy
                 say(f"arm {name}")
                 results.append(run_arm(args, name, cfg, args.teacher, prompts, say))
+                write_report(args, results)  # after every arm: a long run killed late keeps what it measured
     table = Table(title=f"lm.select on {results[0]['task']['heldout']} held-out prompts (task metric: share of "
                         f"answers keeping the named value)")
     for column in ("arm", "training calls", "tokens", "est. cost", "student task_contains", "teacher", "minutes"):
@@ -174,8 +241,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['task']['student']['task_contains']:.3f}", f"{r['task']['teacher']['task_contains']:.3f}",
                       f"{r['seconds'] / 60:.1f}")
     console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "arms": results}, indent=2))
     say(f"report: {args.out}")
     return 0
 
