@@ -752,12 +752,13 @@ class LMSelectConfig(_Section):
                          "(random, active); max_calls, when set, wins.")
     max_calls: int | None = Field(None, ge=1, description="The call budget in training prompts sent to the teacher.")
     rule: Literal["uncertainty", "diversity", "uncertainty_diversity", "coverage", "uncertainty_coverage"] = Field(
-        "uncertainty_diversity", description="How active picks a round. uncertainty: the prompts whose greedy answer "
+        "coverage", description="How active picks a round. uncertainty: the prompts whose greedy answer "
         "the interim student is least sure of (mean next-token entropy); diversity: the prompts farthest from every "
         "prompt paid so far (k-center on the student's embeddings of the requests); uncertainty_diversity: the "
         "spread-out ones (k-center) among the candidate_factor x round size most uncertain; coverage: the prompts "
         "that stand for most of the pool (greedy facility location on the embeddings, not the outliers k-center "
-        "reaches for); uncertainty_coverage: coverage weighted by the unpaid prompts' uncertainty.")
+        "reaches for; measured the best of the five, docs/llm.md); uncertainty_coverage: coverage weighted by the unpaid "
+        "prompts' uncertainty.")
     rounds: int = Field(4, ge=2, le=50, description="Rounds the budget is split into (active); the first is chosen "
                         "for coverage (k-center; facility location with the coverage rules; at random with rule "
                         "uncertainty) before any student exists.")

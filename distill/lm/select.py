@@ -3,7 +3,8 @@
 - ``all``: every training prompt (nothing is chosen; a local teacher always works this way).
 - ``random``: a seeded random sample of the call budget.
 - ``active``: the budget spent in rounds. The first round is chosen for coverage before any student
-  exists (k-center on the starting student's embeddings of the requests). Each later round trains an
+  exists (on the starting student's embeddings of the requests: facility location, or k-center with the
+  diversity rules, or at random with rule uncertainty). Each later round trains an
   interim student on every answer paid so far (sequence-level, from the same start as the real
   student), scores the unpaid prompts by its uncertainty (the mean entropy of its next-token
   distribution along its own greedy answer) and sends the next round by ``rule``: the most uncertain,
