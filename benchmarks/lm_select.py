@@ -81,19 +81,25 @@ def heldout_score(cfg, student_dir: Path, completions: Path) -> dict:
     """The student's greedy answers on the held-out prompts, scored like the teacher gate (the task's metric)."""
     import pandas as pd
 
-    from distill.lm.evaluate import generate_greedy, task_accuracy
+    from distill.lm.evaluate import task_accuracy
     from distill.lm.generate import read_completions
     from distill.lm.teacher import load_causal_lm
 
     frame, _ = read_completions(completions)
     held = frame[frame["split"] == "heldout"]
-    lm = load_causal_lm(student_dir)
-    outputs = generate_greedy(lm, held["prompt"].tolist(), cfg.lm.generate.max_new_tokens, batch_size=16)
-    answers = [lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+    answers = greedy_answers(load_causal_lm(student_dir), held["prompt"].tolist(), cfg.lm.generate.max_new_tokens)
     student = task_accuracy(answers, held["reference"].tolist())
     teacher = task_accuracy(held["answer"].tolist(), held["reference"].tolist())
     return {"student": student, "teacher": teacher, "heldout": len(held),
             "agreement_exact": float(pd.Series([a == t.strip() for a, t in zip(answers, held["answer"])]).mean())}
+
+
+def greedy_answers(lm, texts: list[str], max_new_tokens: int) -> list[str]:
+    """The model's greedy answers to rendered prompts, decoded."""
+    from distill.lm.evaluate import generate_greedy
+
+    outputs = generate_greedy(lm, texts, max_new_tokens, batch_size=16)
+    return [lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
 
 
 def run_arm(args, name: str, cfg, teacher_dir: Path, prompts: Path, say) -> dict:
@@ -150,7 +156,7 @@ def rescore(args: argparse.Namespace, say) -> list[dict]:
 
     from distill.config import load_config
     from distill.lm import prompts as lm_prompts
-    from distill.lm.evaluate import generate_greedy, task_accuracy
+    from distill.lm.evaluate import task_accuracy
     from distill.lm.teacher import load_causal_lm
 
     cfg = load_config(args.params, [f"lm.prompts.train_size={args.train_size}",
@@ -169,8 +175,7 @@ def rescore(args: argparse.Namespace, say) -> list[dict]:
     for name, folder in folders:
         lm = load_causal_lm(folder)
         texts = [lm_prompts.render_prompt(lm.tokenizer, template, r) for r in held["request"]]
-        outputs = generate_greedy(lm, texts, cfg.lm.generate.max_new_tokens, batch_size=16)
-        answers = [lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+        answers = greedy_answers(lm, texts, cfg.lm.generate.max_new_tokens)
         hits = [task_accuracy([a], [r])["task_contains"] for a, r in zip(answers, held["reference"])]
         results.append({"arm": name, "heldout": len(held), "task": task_accuracy(answers, held["reference"].tolist()),
                         "hits": hits, "answers": pd.Series(answers, index=held["prompt_id"]).to_dict()})
