@@ -1157,10 +1157,17 @@ def read_overrides_file(path: Path) -> list[str]:
     if not path.is_file():
         return []
     try:
-        items = (yaml.safe_load(path.read_text()) or {}).get("overrides") or []
+        record = yaml.safe_load(path.read_text()) or {}
+        items = record.get("overrides") or []
     except (yaml.YAMLError, AttributeError):
         raise ConfigError(f"{path}: not a YAML mapping with an `overrides` list; delete it (the next run "
                           "writes it again)") from None
+    other = sorted(str(key) for key in record if key != "overrides")
+    if other:  # e.g. a nested `lm: {select: ...}` mapping: it would be applied as nothing, silently
+        raise ConfigError(f"{path}: holds {', '.join(map(repr, other))} besides the `overrides` list, and only "
+                          "that list is read (`overrides:` with one key.path=value string per item); put settings "
+                          "in params.yaml or pass them as --set key.path=value, or delete the file (the next run "
+                          "writes it again)")
     if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
         raise ConfigError(f"{path}: `overrides` must be a list of key.path=value strings")
     return items

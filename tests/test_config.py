@@ -89,6 +89,12 @@ def test_a_damaged_overrides_file_is_named_with_what_to_do(tmp_path):
     (tmp_path / RUN_OVERRIDES).write_text("overrides: {train.alpha: 1}\n")
     with pytest.raises(ConfigError, match="overrides.yaml.*list"):
         read_run_overrides(tmp_path)
+    # Settings nested as in params.yaml would be applied as nothing: refused, naming the key.
+    (tmp_path / RUN_OVERRIDES).write_text("lm:\n  select:\n    rule: diversity\n")
+    with pytest.raises(ConfigError, match="overrides.yaml: holds 'lm' besides the `overrides` list.*--set"):
+        read_run_overrides(tmp_path)
+    (tmp_path / RUN_OVERRIDES).write_text("# nothing yet\n")
+    assert read_run_overrides(tmp_path) == []
 
 
 def test_the_effective_params_hold_every_key_and_round_trip(tmp_path):
