@@ -14,7 +14,8 @@ the task's metric. Arms:
 - ``all``: every training prompt (lm.select.strategy all);
 - ``random``: a random sample of the budget, once per ``--random-seeds`` seed;
 - ``active``: the budget in rounds chosen by an interim student (lm.select's defaults unless overridden);
-  ``active:RULE`` (e.g. ``active:coverage``) the same with ``lm.select.rule`` RULE, so rules compare in one run.
+  ``active:RULE`` (e.g. ``active:coverage``) the same with ``lm.select.rule`` RULE, so rules compare in one run;
+  ``active:RULE:ROUNDS`` with ``lm.select.rounds`` ROUNDS too (``active:coverage:1``: one choice, no interim student).
 
 The random and active students train as many optimizer steps as the student of every prompt (more
 epochs: ``lm.select.keep_steps``, the default); ``--set lm.select.keep_steps=false`` compares them at
@@ -64,11 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def arm_config(args, student_dir: Path, base_url: str, strategy: str, seed: int = 0, rule: str | None = None):
+def arm_config(args, student_dir: Path, base_url: str, strategy: str, seed: int = 0, rule: str | None = None,
+               rounds: str | None = None):
     from distill.config import load_config
 
     sets = {"lm.select.seed": seed, "lm.prompts.train_size": args.train_size,
             "lm.prompts.heldout_size": args.heldout_size, **({"lm.select.rule": rule} if rule else {}),
+            **({"lm.select.rounds": rounds} if rounds else {}),
             "lm.api": json.dumps({"model": "teacher", "base_url": base_url, "api_key_env": None,
                                   "cache_dir": str(args.work / "responses"), "max_concurrency": args.concurrency,
                                   **PRICES}),
@@ -230,10 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         arms = [a.strip() for a in args.arms.split(",") if a.strip()]
         for arm in arms:
             strategy, _, rule = arm.partition(":")
+            rule, _, rounds = rule.partition(":")
             seeds = [int(s) for s in args.random_seeds.split(",")] if strategy == "random" else [0]
             for seed in seeds:  # lm.select.seed draws the sample; the run's seed (training, sampling) stays
-                cfg = arm_config(args, student_dir, base_url, strategy, seed, rule or None)
-                name = f"random_{seed}" if strategy == "random" else f"{strategy}_{rule}" if rule else strategy
+                cfg = arm_config(args, student_dir, base_url, strategy, seed, rule or None, rounds or None)
+                name = f"random_{seed}" if strategy == "random" else "_".join(filter(None, (strategy, rule, rounds)))
                 say(f"arm {name}")
                 results.append(run_arm(args, name, cfg, args.teacher, prompts, say))
                 write_report(args, results)  # after every arm: a long run killed late keeps what it measured

@@ -759,9 +759,10 @@ class LMSelectConfig(_Section):
         "that stand for most of the pool (greedy facility location on the embeddings, not the outliers k-center "
         "reaches for; measured the best of the five, docs/llm.md); uncertainty_coverage: coverage weighted by the unpaid "
         "prompts' uncertainty.")
-    rounds: int = Field(4, ge=2, le=50, description="Rounds the budget is split into (active); the first is chosen "
+    rounds: int = Field(4, ge=1, le=50, description="Rounds the budget is split into (active); the first is chosen "
                         "for coverage (k-center; facility location with the coverage rules; at random with rule "
-                        "uncertainty) before any student exists.")
+                        "uncertainty) before any student exists. 1 (rules coverage and diversity only): the whole "
+                        "budget chosen at once on the starting student's embeddings, no interim student.")
     candidate_factor: float = Field(3.0, ge=1, description="uncertainty_diversity: the shortlist of most uncertain "
                                     "prompts, as a multiple of the round size.")
     min_uncertainty_drop: float = Field(
@@ -776,6 +777,14 @@ class LMSelectConfig(_Section):
         "(docs/llm.md).")
     epochs: int = Field(2, ge=1, description="Epochs of each round's interim student (sequence-level, lm.train's "
                         "batch size, learning rate and length, from the same start as the real student).")
+
+    @model_validator(mode="after")
+    def _one_round_needs_no_student(self) -> "LMSelectConfig":
+        if self.strategy == "active" and self.rounds == 1 and self.rule not in ("coverage", "diversity"):
+            raise ValueError(
+                f"lm.select.rounds=1 chooses the whole budget before any interim student exists, so rule {self.rule} "
+                f"would never see an uncertainty; set lm.select.rule: coverage (or diversity), or rounds: 2 or more")
+        return self
 
     def train_epochs(self, epochs: int, trained: int, pool: int | None) -> int:
         """lm.train.epochs for a student of ``trained`` of a ``pool`` of training prompts: with keep_steps, scaled

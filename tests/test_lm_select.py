@@ -179,6 +179,21 @@ def test_rule_uncertainty_starts_from_a_seeded_random_round_without_a_student():
     assert first.asked[4:] == sorted(unpaid)[-4:][::-1]
 
 
+def test_one_round_of_coverage_chooses_the_whole_budget_without_an_interim_student():
+    score, seen = fake_scores(40)
+    teacher = FakeTeacher()
+    cfg = LMSelectConfig(strategy="active", max_calls=6, rounds=1, rule="coverage")
+    rows, done, _, stopped = sel.select_active(pool_of(40), teacher, score, cfg, seed=0)
+    assert seen == [0] and len(done) == 1 and done[0].pool_uncertainty is None  # the starting student's embeddings only
+    assert len(rows) == len(set(teacher.asked)) == 6 and stopped == "budget"
+    # On a circle, six prompts that stand for the pool are spread round it: none two neighbours.
+    picked = sorted(int(p[1:]) for p in teacher.asked)
+    assert min(np.diff(picked + [picked[0] + 40])) >= 4
+    with pytest.raises(ConfigError, match="rounds=1 .*rule uncertainty_coverage would never see an uncertainty"):
+        config_from_dict({"lm": {"select": {"strategy": "active", "rounds": 1, "rule": "uncertainty_coverage"},
+                                 "api": {"model": "m"}, "train": {"mode": "sequence"}}})
+
+
 def test_round_sizes_split_the_budget():
     assert sel.round_sizes(10, 4) == [3, 3, 2, 2] and sel.round_sizes(3, 5) == [1, 1, 1]
 
