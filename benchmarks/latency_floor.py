@@ -3,6 +3,7 @@
     python benchmarks/latency_floor.py --project .                     # after distill run
     python benchmarks/latency_floor.py --project /tmp/byod/sentiment --json /tmp/floor.json
     python benchmarks/latency_floor.py --project . --student OLD/student --compressed OLD/student_compressed
+    python benchmarks/latency_floor.py --project . --fused                 # + the graph fused for ONNX Runtime
 
 Pruning and INT8 shrink a student's encoder layers; they cannot shrink what every request pays whatever
 the layers: tokenization, the embedding lookup, the classifier head and ONNX Runtime's per-request cost.
@@ -24,6 +25,14 @@ the embeddings and the head (a model no one would serve: with no layer, a BERT h
 embedding alone and answers every text alike). ``--student`` / ``--compressed`` time other folders (for
 example a first run's student after a re-distillation replaced ``models/student``), scored on
 ``--project``'s gold_test texts.
+
+Where the time goes: the column ``ORT alone`` times the same models' ONNX Runtime sessions on the same
+texts encoded beforehand (``session.run`` and nothing else, the same rotating rounds), so the request's
+cost splits into the session's and the harness's (tokenization, tensors, the Python call). ``--fused``
+adds the student and the compressed student with their graphs fused for ONNX Runtime (onnxscript's
+``optimize_for_ort``: attention, skip layer norm and bias-GELU kernels in place of some 300 small
+nodes; the compressed one then dynamically quantized), to say how much of a model's time is the
+runtime's per-node cost, which fusion removes from every model alike.
 
 Timed with :func:`distill.evaluate.measure_latency` (``evaluate.threads``, ``evaluate.latency_rounds``
 rounds that rotate the order, ``evaluate.latency_samples`` texts). Run it alone.
@@ -67,6 +76,42 @@ def heads_cut_to(clf, keep: int, texts: list[str], max_length: int):
     return Classifier(model, clf.tokenizer, clf.labels)
 
 
+def fuse_graph(source: Path, target: Path) -> None:
+    """``source``'s graph fused for ONNX Runtime (onnxscript's optimizer, then its ORT fusions) into ``target``."""
+    import onnx_ir as ir
+    import onnxscript.optimizer
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    model = ir.load(str(source))
+    onnxscript.optimizer.optimize(model)
+    model, _ = optimize_for_ort(model)
+    ir.save(model, str(target))
+
+
+def session_ms(candidates, feeds: list[dict], rounds: int) -> dict[str, float]:
+    """Median over ``rounds`` rotating rounds of each ONNX Runtime session's median ``run`` time (ms) on ``feeds``
+    (the texts encoded beforehand): the model's cost without the harness's."""
+    import time
+
+    import numpy as np
+
+    sessions = {c.name: c.clf.model.session for c in candidates if hasattr(c.clf.model, "session")}
+    runs = {name: [{i.name: feed[i.name] for i in s.get_inputs()} for feed in feeds] for name, s in sessions.items()}
+    names, per_round = list(sessions), {name: [] for name in sessions}
+    for name in names:  # warm-up
+        for feed in runs[name][:20]:
+            sessions[name].run(None, feed)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times = []
+            for feed in runs[name]:
+                start = time.perf_counter()
+                sessions[name].run(None, feed)
+                times.append((time.perf_counter() - start) * 1000)
+            per_round[name].append(np.median(times))
+    return {name: float(np.median(values)) for name, values in per_round.items()}
+
+
 class TokenizeOnly:
     """A 'model' that does nothing: the harness then times tokenization and tensor conversion alone."""
 
@@ -91,6 +136,8 @@ def main() -> None:
     parser.add_argument("--heads-keep", type=int, help="attention heads each layer keeps (default: half)")
     parser.add_argument("--recover", action="store_true",
                         help="recover the head-pruned model by distillation (compress.recover) and score it")
+    parser.add_argument("--fused", action="store_true",
+                        help="also time the student and the compressed student, graphs fused for ONNX Runtime")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -102,7 +149,7 @@ def main() -> None:
     from distill.config import load_config
     from distill.evaluate import Candidate, measure_latency
     from distill.lengths import with_teacher_lengths
-    from distill.models import Classifier, export_into, load_classifier, predict_logits, read_card
+    from distill.models import Classifier, encode, export_into, load_classifier, predict_logits, read_card
     from distill.quantize import quantize_onnx
     from distill.served import INT8_FILE, ONNX_FILE, OnnxClassifier
     from distill.students import distillation_set
@@ -126,13 +173,17 @@ def main() -> None:
     texts = test.texts[:cfg.evaluate.latency_samples]
 
     console = Console(width=150)
-    candidates, shapes, trained = [], {}, {"student", "student INT8", "compressed", "compressed INT8"}
+    candidates, shapes, nodes = [], {}, {}
+    trained = {"student", "student INT8", "compressed", "compressed INT8", "student, fused", "compressed INT8, fused"}
 
     def score_of(clf: Classifier) -> float:
         return float((predict_logits(clf, test.texts, 64, max_length).argmax(axis=1) == test.labels).mean())
 
     def add(name: str, file: Path, clf: Classifier) -> None:
+        import onnx
+
         model = OnnxClassifier(file, threads, eager=clf.model)
+        nodes[name] = len(onnx.load(str(file)).graph.node)
         candidates.append(Candidate(name, Classifier(model, clf.tokenizer, clf.labels), model.size_bytes,
                                     clf.num_parameters, quantized=True))
         config, layers = clf.model.config, encoder_layers(clf.model)
@@ -151,6 +202,13 @@ def main() -> None:
             add("compressed", compressed_dir / ONNX_FILE, base)
             add("compressed INT8", compressed_dir / INT8_FILE, base)
         origin = "compressed" if compressed_dir is not None else "student"
+        if args.fused:
+            fuse_graph(student_dir / ONNX_FILE, scratch / "student-fused.onnx")
+            add("student, fused", scratch / "student-fused.onnx", student)
+            if compressed_dir is not None:
+                fuse_graph(compressed_dir / ONNX_FILE, scratch / "compressed-fused.onnx")
+                quantize_onnx(scratch / "compressed-fused.onnx", scratch / "compressed-fused-int8.onnx")
+                add("compressed INT8, fused", scratch / "compressed-fused-int8.onnx", base)
 
         def add_cut(name: str, cut: Classifier) -> None:
             folder = scratch / f"cut-{len(candidates)}"
@@ -189,20 +247,27 @@ def main() -> None:
         shapes["tokenization alone"] = "no model"
         latency = measure_latency(candidates, texts, max_length, cfg.evaluate.warmup, threads,
                                   cfg.evaluate.latency_rounds)
-        if args.recover:  # the cut layers are untrained: only the models with real weights are scored
+        feeds = [{k: v.numpy() for k, v in encode(student.tokenizer, [text], max_length).items()} for text in texts]
+        alone = session_ms(candidates, feeds, cfg.evaluate.latency_rounds)
+        if args.recover or args.fused:  # the cut layers are untrained: only the models with real weights are scored
             accuracy = {c.name: score_of(c.clf) for c in candidates if c.name in trained}
 
     reference = latency["student"]["latency_p50_ms"]
     table = Table(title=f"Batch-1 latency floor: {len(texts)} gold_test texts of {project.name}, {threads} thread(s), "
                         f"median of {cfg.evaluate.latency_rounds} rounds")
-    for column in ("model", "shape", "p50 ms", "student / model", "MB", "gold_test"):
+    for column in ("model", "shape", "nodes", "p50 ms", "student / model", "ORT alone ms", "student / model", "MB",
+                   "gold_test"):
         table.add_column(column, justify="left" if column in ("model", "shape") else "right")
     figures = {}
     for c in candidates:
         p50 = latency[c.name]["latency_p50_ms"]
-        figures[c.name] = {"shape": shapes[c.name], "latency_p50_ms": p50, "speedup": reference / p50,
+        own = alone.get(c.name)
+        figures[c.name] = {"shape": shapes[c.name], "nodes": nodes.get(c.name), "latency_p50_ms": p50,
+                           "speedup": reference / p50, "session_ms": own,
+                           "session_speedup": alone["student"] / own if own else None,
                            "size_mb": c.size_bytes / 2**20, "accuracy": accuracy.get(c.name)}
-        table.add_row(c.name, shapes[c.name], f"{p50:.3f}", f"{reference / p50:.2f}x",
+        table.add_row(c.name, shapes[c.name], str(nodes.get(c.name, "")), f"{p50:.3f}", f"{reference / p50:.2f}x",
+                      f"{own:.3f}" if own else "", f"{alone['student'] / own:.2f}x" if own else "",
                       f"{c.size_bytes / 2**20:.2f}" if c.size_bytes else "",
                       f"{accuracy[c.name]:.4f}" if c.name in accuracy else "")
     console.print(table)
