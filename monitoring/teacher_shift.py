@@ -16,6 +16,7 @@ Everything here is a pure decision over figures the flow gathers; no registry ca
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,11 +109,35 @@ def cached_answers(predict: Callable[[list[str]], list[str]], texts: list[str], 
     return [answers[t] for t in texts]
 
 
-def ensure_canary(path: Path, gold_test: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
-    """The canary set: cut from gold_test the first time, then always read back unchanged."""
+def ensure_canary(path: Path, gold_test: pd.DataFrame, size: int, seed: int,
+                  min_present: float = 0.5) -> tuple[pd.DataFrame, str]:
+    """The canary set and a note for the log ("" when there is nothing to say).
+
+    Cut from gold_test the first time, then read back unchanged while it belongs to this data: while at
+    least ``min_present`` of its rows (text and label) are still in gold_test. A re-distillation keeps
+    gold_test, so the canary stays fixed across runs; a canary mostly absent from it was cut from another
+    data set (the project's ``data.path`` changed, or its file was re-split), and measuring this teacher and
+    student on it would raise a false teacher-shift alarm. It is moved aside (``<name>.replaced-<time>``,
+    nothing is deleted) and a new one is cut.
+    """
     path = Path(path)
+    note = ""
     if path.is_file():
-        return pd.read_parquet(path)
+        canary = pd.read_parquet(path)
+        current = set(zip(gold_test["text"].astype(str), gold_test["label"].astype(str)))
+        present = float(np.mean([(str(t), str(lbl)) in current for t, lbl in zip(canary["text"], canary["label"])])
+                        ) if len(canary) else 0.0
+        if present >= min_present:
+            return canary, note
+        aside = path.with_name(f"{path.stem}.replaced-{time.strftime('%Y%m%dT%H%M%S')}{path.suffix}")
+        path.rename(aside)
+        note = (f"the canary set {path} was cut from other data: {present:.0%} of its {len(canary)} rows are in "
+                f"this gold_test (under {min_present:.0%}); it is kept as {aside.name}, and a new one is cut from "
+                "gold_test. Commit the new one so later runs compare against it.")
+    canary = gold_test[["text", "label"]].sample(n=min(size, len(gold_test)), random_state=seed)
+    with atomic_file(path, "wb") as handle:
+        canary.reset_index(drop=True).to_parquet(handle, index=False)
+    return pd.read_parquet(path), note
     canary = gold_test[["text", "label"]].sample(n=min(size, len(gold_test)), random_state=seed)
     with atomic_file(path, "wb") as handle:
         canary.reset_index(drop=True).to_parquet(handle, index=False)

@@ -79,9 +79,11 @@ def load_teacher(cfg: PipelineConfig, project_dir: str, teacher_version: str):
 @task(name="canary check", cache_policy=NO_CACHE)  # the models cannot be hashed
 def canary_task(cfg: PipelineConfig, project_dir: str, student, teacher) -> tuple[float, int]:
     """Teacher vs student disagreement on the fixed canary set."""
-    canary = ensure_canary(Path(project_dir, cfg.monitor.canary_path),
-                           read_split(LAYOUT.under(project_dir).prepared, "gold_test"), cfg.monitor.canary_size,
-                           cfg.seed)
+    canary, note = ensure_canary(Path(project_dir, cfg.monitor.canary_path),
+                                 read_split(LAYOUT.under(project_dir).prepared, "gold_test"), cfg.monitor.canary_size,
+                                 cfg.seed)
+    if note:
+        get_run_logger().warning(note)
     texts = canary[["text"]]
     return disagreement(teacher.predict(texts)["label"].tolist(), student.predict(texts)["label"].tolist()), len(canary)
 

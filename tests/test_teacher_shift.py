@@ -50,9 +50,27 @@ def test_disagreement():
 
 def test_canary_is_cut_once_and_kept(tmp_path):
     gold = pd.DataFrame({"text": [f"t{i}" for i in range(50)], "label": ["x", "y"] * 25})
-    first = ensure_canary(tmp_path / "canary.parquet", gold, 20, seed=1)
-    again = ensure_canary(tmp_path / "canary.parquet", gold.iloc[::-1], 30, seed=2)
-    assert len(first) == 20 and first.equals(again)
+    first, note = ensure_canary(tmp_path / "canary.parquet", gold, 20, seed=1)
+    again, again_note = ensure_canary(tmp_path / "canary.parquet", gold.iloc[::-1], 30, seed=2)
+    assert len(first) == 20 and first.equals(again) and note == again_note == ""
+    # a gold_test that lost some of the canary's rows (a re-split) keeps it while most are there
+    kept = gold[~gold["text"].isin(first["text"].iloc[:8])]
+    assert ensure_canary(tmp_path / "canary.parquet", kept, 20, seed=3)[0].equals(first)
+
+
+def test_a_canary_cut_from_other_data_is_set_aside_and_cut_again(tmp_path):
+    """The project switched to another data set: its teacher and student are not measured on the old texts."""
+    intents = pd.DataFrame({"text": [f"turn on lamp {i}" for i in range(50)],
+                            "label": ["HassTurnOn", "HassTurnOff"] * 25})
+    reviews = pd.DataFrame({"text": [f"review {i}" for i in range(60)], "label": ["positive", "negative"] * 30})
+    path = tmp_path / "canary.parquet"
+    old, _ = ensure_canary(path, intents, 20, seed=1)
+    new, note = ensure_canary(path, reviews, 20, seed=1)
+    assert set(new["text"]) <= set(reviews["text"]) and len(new) == 20
+    assert pd.read_parquet(path).equals(new)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("canary.replaced-")]
+    assert len(aside) == 1 and pd.read_parquet(aside[0]).equals(old)  # nothing is lost
+    assert "0% of its 20 rows" in note and aside[0].name in note
 
 
 def test_incident_opens_once_until_resolved(tmp_path):
