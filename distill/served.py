@@ -169,7 +169,8 @@ def single_text_encoder(tokenizer, max_length: int, probe: str):
 
     def single(text: str) -> dict[str, torch.Tensor]:
         encoding = private.encode(text)
-        return {name: torch.tensor([getattr(encoding, fields[name])]) for name in names}
+        # through numpy: a third of the time torch.tensor takes on a list of ints
+        return {name: torch.from_numpy(np.array([getattr(encoding, fields[name])], dtype=np.int64)) for name in names}
 
     usable = bool(names) and set(names) <= set(fields)
     if usable:
