@@ -63,7 +63,8 @@ def label_accuracy(labels: Sequence[str], predicted: Sequence[str]) -> dict[str,
 
 def decide_promotion(teacher_gate: GateReport, metrics: dict[str, dict[str, float]], audit_passed: bool,
                      audit_reasons: list[str], cfg: PromoteConfig, champion: dict | None = None,
-                     challenger_slices: dict[str, dict[str, float]] | None = None) -> GateReport:
+                     challenger_slices: dict[str, dict[str, float]] | None = None,
+                     other_task: str = "") -> GateReport:
     """Should the new student become champion? Every gate must pass.
 
     Args:
@@ -75,6 +76,8 @@ def decide_promotion(teacher_gate: GateReport, metrics: dict[str, dict[str, floa
             ``{"version": "3", "accuracy": 0.95, "slices": label_accuracy(...)}``; None when there
             is no champion yet (the champion gates are then skipped, and the reasons say so).
         challenger_slices: the student's ``label_accuracy`` on that set.
+        other_task: why the champion is not compared when it was distilled for another task (its labels
+            are not this data's; ``champion`` is then None): the reasons say so instead of "no champion yet".
     """
     reasons, passed = [], teacher_gate.passed
     reasons.append("teacher gate passed" if teacher_gate.passed else "teacher gate failed")
@@ -92,7 +95,8 @@ def decide_promotion(teacher_gate: GateReport, metrics: dict[str, dict[str, floa
     reasons.append("no latency figure for the student: the latency gate fails" if latency is None else
                    f"student p50 latency {latency:.2f} ms {'<=' if ok else '>'} limit {cfg.max_latency_p50_ms:g} ms")
     if champion is None:
-        reasons.append("no champion yet: the champion gates (overall and per-label accuracy) are skipped")
+        reasons.append(f"{other_task or 'no champion yet'}: the champion gates (overall and per-label accuracy) "
+                       "are skipped")
         return GateReport(bool(passed), reasons)
     ok, champion_reasons = compare_with_champion(student["accuracy"], challenger_slices or {}, champion, cfg)
     return GateReport(bool(passed and ok), reasons + champion_reasons)

@@ -22,6 +22,7 @@ from distill.layout import LAYOUT
 from distill.models import MODEL_CARD, is_model_uri, read_card, read_history
 from monitoring.production import labelled_holdout, log_root
 from tasks import dvc, registry, scoring, tracking
+from tasks.task_switch import set_aside_other_task
 from flows.lock import project_lock
 from flows.promotion import promote_student
 
@@ -122,6 +123,12 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     logger = get_run_logger()
     cfg, runs = dvc.start_run(project_dir, overrides or [])
     at = LAYOUT.under(project_dir)
+    # a champion of other labels (the project moved to another data set) is not this data's: its task's
+    # monitoring state is set aside, the data prepared again without that task's traffic, and the champion
+    # not compared
+    other_task = set_aside_other_task(cfg, project_dir)
+    if other_task:
+        runs.append(dvc.repro("prepare", project_dir))
     new_teacher = is_model_uri(cfg.teacher.path) and registry.fetch_model(
         cfg, cfg.teacher.path, str(at.imported_teacher), project_dir)
     runs.append(dvc.repro("teacher", project_dir, force=new_teacher))
@@ -162,11 +169,11 @@ def _distil(project_dir: str, overrides: list[str] | None, reason: str) -> dict:
     # student may not fall behind the champion on the shifted data it was re-distilled for.
     holdouts = {"shifted": labelled_holdout(log_root(cfg.monitor.log_path, project_dir))}
     holdouts = {name: frame for name, frame in holdouts.items() if len(frame)}
-    champion = scoring.score_champion(cfg, str(at.prepared), project_dir, holdouts)  # same sets, same run
+    champion = None if other_task else scoring.score_champion(cfg, str(at.prepared), project_dir, holdouts)
     challenger_slices = label_accuracy(gold, student_pred) | (
         scoring.score_student_holdouts(cfg, str(student_dir), holdouts, precision) if champion else {})
     decision = decide_promotion(teacher_gate, gated, audit["passed"], audit["reasons"], cfg.promote,
-                                champion=champion, challenger_slices=challenger_slices)
+                                champion=champion, challenger_slices=challenger_slices, other_task=other_task)
 
     hashes = dvc.lock_hashes(project_dir)
     student_card = read_card(student_dir)

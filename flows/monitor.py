@@ -28,6 +28,7 @@ from monitoring.alerts import REPORTS, incidents_dir
 from monitoring.production import assign_windows, log_root, read_log
 from monitoring.teacher_shift import TeacherShift, check_teacher_shift
 from tasks import registry
+from tasks.task_switch import champion_labels, other_task
 from tasks.monitor import (DRIFT_EVENT, TEACHER_EVENT, alert, canary_task, drift_task, embed_task, load_teacher,
                            serve_simulated, teacher_answers)
 from flows.outcome import summary_of
@@ -163,6 +164,10 @@ def drift_monitor(project_dir: str = ".", redistill: bool = True) -> dict:
     if version is None:
         logger.warning("no champion student in the registry yet; nothing to monitor")
         return {"skipped": "no champion"}
+    why = other_task(*champion_labels(cfg, project_dir), project_dir)
+    if why:  # its traffic would be this data's, its reference this data's: nothing it says would be true
+        logger.warning("%s: nothing to monitor until a student of this data is promoted", why)
+        return {"skipped": why}
     model = registry.load_champion(cfg, project_dir)
     served = serve_simulated(cfg, project_dir, model, version) if cfg.monitor.simulate else 0
     shift, lineage, teacher = teacher_check(cfg, project_dir, model, version)

@@ -238,6 +238,14 @@ def champion_version(cfg: PipelineConfig, project_dir: str = ".", kind: Kind = "
     return alias_version(MlflowClient(), model_name(cfg, kind), "champion")
 
 
+def version_labels(cfg: PipelineConfig, version: str, project_dir: str = ".", kind: Kind = "student") -> list[str]:
+    """The labels a registered classifier version answers with: its signature's ``p_<label>`` outputs."""
+    configure(cfg.tracking, project_dir)
+    info = mlflow.models.get_model_info(f"models:/{model_name(cfg, kind)}/{version}")
+    outputs = info.signature.outputs.input_names() if info.signature is not None else []
+    return [str(name)[2:] for name in outputs if str(name).startswith("p_")]
+
+
 def version_precision(cfg: PipelineConfig, version: str, project_dir: str = ".") -> Precision:
     """Which of its folder's models a student version serves (its ``precision`` tag; fp32 when untagged)."""
     configure(cfg.tracking, project_dir)

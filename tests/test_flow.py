@@ -278,3 +278,38 @@ def test_registered_teacher_round_trips_through_an_mlflow_uri(harness, project, 
     champion = registry(project).get_model_version_by_alias("distill-teacher", "champion")
     assert result.fingerprint == champion.tags["fingerprint"] == read_card(fetched)["fingerprint"]
     assert result.source == "models:/distill-teacher@champion"
+
+
+def test_a_run_on_another_data_set_sets_the_old_tasks_monitoring_state_aside(harness, project):
+    """The user tried the built-in data, then runs their own file in the same project: the monitor's state of
+    the old task (its kept traffic, hold-out, canary, incidents) moves to data/archive, the new data is prepared
+    without that traffic, and the old champion, which answers other labels, is not compared."""
+    from distill.data import read_split
+    from flows.monitor import drift_monitor
+    from flows.pipeline import distill_pipeline
+    from tests.conftest import make_examples
+
+    incoming = sorted((project / "data/incoming").glob("*.parquet"))
+    assert incoming and (project / "data/canary.parquet").is_file()  # the monitor's state, from the tests above
+    traffic = set(pd.concat([pd.read_parquet(p) for p in incoming])["text"])
+    old = registry(project).get_model_version_by_alias("distill-student", "champion").version
+    frame = make_examples(per_label=20, seed=5)
+    frame = frame.assign(text="ticket: " + frame["text"], label="queue-" + frame["label"])
+    frame.to_csv(project / "data/raw/tickets.csv", index=False)
+
+    summary = distill_pipeline(project_dir=str(project), monitor=False, overrides=["data.path=data/raw/tickets.csv"])
+
+    assert summary["completed"] is True
+    (archive,) = list((project / "data/archive").iterdir())
+    assert sorted(p.name for p in (archive / "data/incoming").glob("*.parquet")) == [p.name for p in incoming]
+    assert (archive / "data/canary.parquet").is_file() and (archive / "data/production_log/requests").is_dir()
+    assert not list((project / "data/incoming").glob("*.parquet")) and not (project / "data/production_log").exists()
+    transfer = set(read_split(project / "data/prepared", "transfer")["text"])
+    assert transfer and not transfer & traffic  # the old task's traffic is not the new teacher's to label
+    skipped = f"champion v{old} was distilled for other labels"
+    assert any(r.startswith(skipped) for r in summary["decision"]["reasons"]), summary["decision"]["reasons"]
+    assert summary["promoted"]
+    # the new champion answers this data's labels: the monitor watches it, from a fresh canary
+    watched = drift_monitor(project_dir=str(project), redistill=False)
+    assert "skipped" not in watched and watched["champion_version"] != old
+    assert set(pd.read_parquet(project / "data/canary.parquet")["label"]) <= set(frame["label"])
