@@ -45,7 +45,9 @@ def state_paths(cfg: PipelineConfig, project_dir: str | Path) -> tuple[list[Path
             paths.append(root)
         else:
             outside = root
-    paths += [p for p in (project / cfg.monitor.canary_path, incidents_dir(project)) if p.exists()]
+    canary = project / cfg.monitor.canary_path
+    replaced = sorted(canary.parent.glob(f"{canary.stem}.replaced-*{canary.suffix}"))  # set aside by ensure_canary
+    paths += [p for p in (canary, *replaced, incidents_dir(project)) if p.exists()]
     return paths, outside
 
 

@@ -27,7 +27,8 @@ def project_with_state(root: Path, cfg: PipelineConfig) -> dict[str, bytes]:
     files = {"data/incoming/window-0004-abc.parquet": pd.DataFrame({"text": ["turn on the lamp"]}),
              "data/production_log/requests/part-1.parquet": pd.DataFrame({"request_id": ["r1"]}),
              "data/production_log/holdout/window-0004-abc.parquet": pd.DataFrame({"request_id": ["r1"]}),
-             cfg.monitor.canary_path: pd.DataFrame({"text": ["lights off"], "label": ["HassTurnOff"]})}
+             cfg.monitor.canary_path: pd.DataFrame({"text": ["lights off"], "label": ["HassTurnOff"]}),
+             "data/canary.replaced-20261208T000000.parquet": pd.DataFrame({"text": ["older"], "label": ["x"]})}
     for name, frame in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(root / name, index=False)
@@ -46,7 +47,7 @@ def test_the_monitoring_state_moves_whole_into_the_archive(tmp_path):
         assert not (tmp_path / name).exists(), name
         assert (archive / name).read_bytes() == content, name
     assert (tmp_path / "data/incoming/README.md").is_file()  # the folder's own file stays
-    assert len(moved) == 4  # the window, the log folder, the canary, the incidents folder
+    assert len(moved) == 5  # the window, the log folder, the canary and the one it replaced, the incidents
     assert set_aside(cfg, tmp_path) == (None, [], None)  # nothing left to move
 
 
