@@ -160,11 +160,11 @@ def drift_monitor(project_dir: str = ".", redistill: bool = True) -> dict:
     inputs, check the teacher, alert and start one re-distillation per new incident."""
     logger = get_run_logger()
     cfg = run_config(project_dir)
-    version = registry.champion_version(cfg, project_dir)
+    version, labels = champion_labels(cfg, project_dir)
     if version is None:
         logger.warning("no champion student in the registry yet; nothing to monitor")
         return {"skipped": "no champion"}
-    why = other_task(*champion_labels(cfg, project_dir), project_dir)
+    why = other_task(version, labels, project_dir)
     if why:  # its traffic would be this data's, its reference this data's: nothing it says would be true
         logger.warning("%s: nothing to monitor until a student of this data is promoted", why)
         return {"skipped": why}
